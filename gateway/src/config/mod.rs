@@ -1,0 +1,839 @@
+//! Configuration: one TOML file, typed with serde, validated all at once.
+//!
+//! Owns the mapping from `gateway.toml` to a validated [`Config`]. Loading
+//! has two layers:
+//!
+//! 1. [`RawConfig`] is what serde reads. The `///` comment of each field is
+//!    the user documentation (the README's configuration reference and
+//!    `systemd/gateway.toml` repeat it). Sizes and durations are read as
+//!    plain TOML values so that a bad one is reported with the others
+//!    instead of stopping the parse. Unknown keys are rejected, all of them
+//!    (collected with `serde_ignored`, which reports every unknown key where
+//!    `deny_unknown_fields` would stop at the first).
+//! 2. [`Config::from_raw`] checks every field and returns either a complete
+//!    `Config` or a [`ConfigError`] listing every problem with its key.
+//!
+//! Promises: a `Config` that exists is valid (sizes parsed, required fields
+//! present, secrets readable); secrets never appear in `Debug` or logs.
+
+mod secret;
+pub mod units;
+
+pub use secret::Secret;
+
+use crate::log::WhenFull;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use units::{parse_duration, parse_size};
+
+/// The file as written by the user. See `systemd/gateway.toml` for a
+/// commented example.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    /// Unique id of this gateway among all sites feeding the same Kafka
+    /// cluster. Every frame id is `"{gateway_id}:{seq}"`. Letters, digits,
+    /// `.`, `_` and `-`, at most 64 characters. Default: the host name.
+    pub gateway_id: Option<String>,
+    /// The durable on-disk log.
+    #[serde(default)]
+    pub log: RawLog,
+    /// The MQTT broker the cameras publish to.
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    /// The inference stage.
+    #[serde(default)]
+    pub detect: RawDetect,
+    /// Replication to the central Kafka cluster.
+    #[serde(default)]
+    pub replicate: RawReplicate,
+    /// Logs, metrics, health endpoints.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[log]`: where and how much the gateway keeps on disk.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    /// Directory of the log. Default: `$STATE_DIRECTORY/log` under systemd,
+    /// else `/var/lib/vision-gateway/log`.
+    pub path: Option<PathBuf>,
+    /// Byte budget of everything the log holds (frames, images, annotations,
+    /// dead letters), e.g. `"2GiB"`. Default `"2GiB"`.
+    pub max_bytes: Option<toml::Value>,
+    /// What happens when `max_bytes` is reached after retention and after
+    /// dropping sampled images not yet uploaded: `"block"` (default: stop
+    /// acknowledging MQTT, the broker holds the frames) or `"drop_oldest"`
+    /// (drop the oldest frames not yet detected, reported as gap records).
+    pub when_full: Option<String>,
+    /// Memory the storage engine may use as page cache, e.g. `"64MiB"`.
+    pub cache: Option<toml::Value>,
+}
+
+/// `[mqtt]`: intake.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMqtt {
+    /// Broker address: `"host:port"`, `"mqtt://host:port"` or
+    /// `"mqtts://host:port"` (TLS). Required.
+    pub broker: Option<String>,
+    /// MQTT client id; it names the persistent session on the broker, so it
+    /// must be stable. Default `"vision-gateway-{gateway_id}"`.
+    pub client_id: Option<String>,
+    /// Topic filters to subscribe to with QoS 1. The camera id is the `+`
+    /// level. Default `["cameras/+/frames"]`.
+    pub topics: Option<Vec<String>>,
+    /// Largest frame accepted, e.g. `"16MiB"`; larger ones are quarantined.
+    /// Default `"16MiB"`.
+    pub max_frame_bytes: Option<toml::Value>,
+    /// MQTT keep-alive interval. Default `"30s"`.
+    pub keep_alive: Option<toml::Value>,
+    /// How long the broker keeps the session (and queued frames) while the
+    /// gateway is away. Default `"7d"`.
+    pub session_expiry: Option<toml::Value>,
+    /// Upper bound of the reconnect backoff. Default `"30s"`.
+    pub reconnect_max_backoff: Option<toml::Value>,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// File holding the password (a systemd credential: a relative path is
+    /// looked up in `$CREDENTIALS_DIRECTORY`).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// TLS settings (used with `mqtts://`).
+    pub tls: Option<RawTls>,
+}
+
+/// `[mqtt.tls]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    /// PEM file of the CA that signed the broker's certificate. Required for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY`).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[detect]`: the inference stage.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDetect {
+    /// Model folder (with `model.toml`). Default
+    /// `/usr/share/vision-gateway/models/ppocr-v4`.
+    pub model: Option<PathBuf>,
+    /// Path of `libonnxruntime.so.1.31.1`. Default: `$ORT_DYLIB_PATH`, else
+    /// `/usr/lib/vision-gateway/libonnxruntime.so.1.31.1`.
+    pub onnxruntime: Option<PathBuf>,
+    /// Inference worker threads, each with its own session. Default 1.
+    pub workers: Option<u32>,
+    /// Threads ONNX Runtime may use inside one inference. Default 1.
+    pub intra_threads: Option<u32>,
+    /// Frames per inference batch. Default 1.
+    pub batch: Option<u32>,
+    /// Frames waiting for a worker (bounded queue). Default 8.
+    pub queue: Option<u32>,
+}
+
+/// `[replicate]`: the uplink to Kafka.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawReplicate {
+    /// Kafka bootstrap servers, `"host:port[,host:port...]"`. Required.
+    pub brokers: Option<String>,
+    /// Topic for annotations. Default `"vision.annotations"`.
+    pub annotations_topic: Option<String>,
+    /// Topic for sampled images (chunked). Default `"vision.images"`.
+    pub images_topic: Option<String>,
+    /// Topic for gap records. Default `"vision.gaps"`.
+    pub gaps_topic: Option<String>,
+    /// Topic for quarantined input. Default `"vision.dead-letters"`.
+    pub dead_letters_topic: Option<String>,
+    /// Images larger than this are split into chunks. Default `"900KiB"`
+    /// (under Kafka's default 1 MB `message.max.bytes`).
+    pub chunk_bytes: Option<toml::Value>,
+    /// Extra librdkafka producer options passed through as they are (SSL,
+    /// SASL, ...), e.g. `{ "security.protocol" = "ssl" }`.
+    pub librdkafka: Option<BTreeMap<String, String>>,
+    /// librdkafka options whose values are read from files (secrets), e.g.
+    /// `{ "sasl.password" = "kafka-password" }` with a systemd credential.
+    pub librdkafka_secret_files: Option<BTreeMap<String, PathBuf>>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/`).
+    /// Default `"127.0.0.1:9464"`.
+    pub listen: Option<String>,
+    /// `"text"` (journald-friendly, default) or `"json"`.
+    pub log_format: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File it was read from (for messages).
+    pub source: PathBuf,
+    /// This gateway's id.
+    pub gateway_id: String,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[mqtt]`.
+    pub mqtt: MqttConfig,
+    /// `[detect]`.
+    pub detect: DetectConfig,
+    /// `[replicate]`.
+    pub replicate: ReplicateConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Validated `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Directory.
+    pub path: PathBuf,
+    /// Byte budget.
+    pub max_bytes: u64,
+    /// Policy at the budget.
+    pub when_full: WhenFull,
+    /// Page cache bytes.
+    pub cache_bytes: u64,
+}
+
+/// A broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Whether to use TLS.
+    pub tls: bool,
+}
+
+/// Validated `[mqtt.tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// CA file.
+    pub ca_file: PathBuf,
+    /// Client certificate and key for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Validated `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker.
+    pub broker: BrokerAddr,
+    /// Client id (session name).
+    pub client_id: String,
+    /// Topic filters.
+    pub topics: Vec<String>,
+    /// Largest frame accepted.
+    pub max_frame_bytes: u64,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Session expiry.
+    pub session_expiry: Duration,
+    /// Backoff cap.
+    pub reconnect_max_backoff: Duration,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Validated `[detect]`.
+#[derive(Debug, Clone)]
+pub struct DetectConfig {
+    /// Model folder.
+    pub model: PathBuf,
+    /// ONNX Runtime library.
+    pub onnxruntime: PathBuf,
+    /// Worker threads.
+    pub workers: u32,
+    /// Intra-op threads.
+    pub intra_threads: u32,
+    /// Batch size.
+    pub batch: u32,
+    /// Queue length.
+    pub queue: u32,
+}
+
+/// Validated `[replicate]`.
+#[derive(Debug, Clone)]
+pub struct ReplicateConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Annotation topic.
+    pub annotations_topic: String,
+    /// Image topic.
+    pub images_topic: String,
+    /// Gap topic.
+    pub gaps_topic: String,
+    /// Dead-letter topic.
+    pub dead_letters_topic: String,
+    /// Chunk size.
+    pub chunk_bytes: u64,
+    /// Pass-through librdkafka options.
+    pub librdkafka: BTreeMap<String, String>,
+    /// Pass-through librdkafka options holding secrets.
+    pub librdkafka_secrets: BTreeMap<String, Secret>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Plain text for journald.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated `[telemetry]`.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key (`log.max_bytes`), or `""` for the file as a whole.
+    pub key: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, in file order where known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "{}: {n} problem{}:", self.path.display(), if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            if p.key.is_empty() {
+                writeln!(f, "  - {}", p.message)?;
+            } else {
+                writeln!(f, "  - {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where relative secret files are looked up (systemd credentials), and
+/// environment variables are read. Injected for tests.
+pub trait Env {
+    /// `std::env::var`.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            problems: vec![Problem { key: String::new(), message: format!("cannot read the file: {e}") }],
+        })?;
+        Self::parse(path, &text, &ProcessEnv)
+    }
+
+    /// Parses and validates config text (`path` is used in messages and to
+    /// resolve nothing else).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found.
+    pub fn parse(path: &Path, text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let parsed: Result<RawConfig, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        let mut problems: Vec<Problem> = unknown
+            .into_iter()
+            .map(|key| Problem { key, message: "unknown key (check the spelling; see systemd/gateway.toml)".into() })
+            .collect();
+        match parsed {
+            Ok(raw) => match Self::from_raw(path, raw, env) {
+                Ok(c) if problems.is_empty() => Ok(c),
+                Ok(_) => Err(ConfigError { path: path.to_owned(), problems }),
+                Err(mut e) => {
+                    problems.append(&mut e.problems);
+                    Err(ConfigError { path: path.to_owned(), problems })
+                }
+            },
+            Err(e) => {
+                problems.push(Problem { key: String::new(), message: e.to_string().trim().replace('\n', "\n    ") });
+                Err(ConfigError { path: path.to_owned(), problems })
+            }
+        }
+    }
+
+    /// Validates a raw config.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found.
+    pub fn from_raw(path: &Path, raw: RawConfig, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut v = Validator { problems: Vec::new(), env };
+
+        let gateway_id = match raw.gateway_id.or_else(host_name) {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    v.problem("gateway_id", format!("{id:?} must be 1 to 64 of A-Z a-z 0-9 . _ -"));
+                }
+                id
+            }
+            None => {
+                v.problem("gateway_id", "missing, and the host name could not be read".into());
+                String::new()
+            }
+        };
+
+        let log = LogConfig {
+            path: raw.log.path.unwrap_or_else(|| {
+                env.var("STATE_DIRECTORY")
+                    .and_then(|s| s.split(':').next().map(|d| PathBuf::from(d).join("log")))
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/vision-gateway/log"))
+            }),
+            max_bytes: v.size("log.max_bytes", raw.log.max_bytes.as_ref(), 2 << 30),
+            when_full: match raw.log.when_full.as_deref() {
+                None | Some("block") => WhenFull::Block,
+                Some("drop_oldest") => WhenFull::DropOldest,
+                Some(o) => {
+                    v.problem("log.when_full", format!("{o:?} is not a policy (use \"block\" or \"drop_oldest\")"));
+                    WhenFull::Block
+                }
+            },
+            cache_bytes: v.size("log.cache", raw.log.cache.as_ref(), 64 << 20),
+        };
+        if log.max_bytes < 1 << 20 {
+            v.problem("log.max_bytes", format!("{} is too small (at least 1MiB)", log.max_bytes));
+        }
+
+        let m = raw.mqtt;
+        let broker = match m.broker.as_deref() {
+            None => {
+                v.problem("mqtt.broker", "missing (for example \"127.0.0.1:1883\" or \"mqtts://broker.local:8883\")".into());
+                BrokerAddr { host: String::new(), port: 0, tls: false }
+            }
+            Some(b) => parse_broker(b).unwrap_or_else(|e| {
+                v.problem("mqtt.broker", e);
+                BrokerAddr { host: String::new(), port: 0, tls: false }
+            }),
+        };
+        let topics = m.topics.unwrap_or_else(|| vec!["cameras/+/frames".into()]);
+        if topics.is_empty() {
+            v.problem("mqtt.topics", "is empty: the gateway would receive nothing".into());
+        }
+        for t in &topics {
+            if t.split('/').filter(|l| *l == "+").count() != 1 || t.contains('#') {
+                v.problem("mqtt.topics", format!("{t:?} must contain exactly one `+` level (the camera id) and no `#`"));
+            }
+        }
+        let max_frame_bytes = v.size("mqtt.max_frame_bytes", m.max_frame_bytes.as_ref(), 16 << 20);
+        if max_frame_bytes > 256 << 20 {
+            v.problem("mqtt.max_frame_bytes", "is above the MQTT limit of 256MiB".into());
+        }
+        if max_frame_bytes >= log.max_bytes {
+            v.problem("mqtt.max_frame_bytes", "must be smaller than log.max_bytes".into());
+        }
+        let password = v.secret("mqtt.password", m.password_file.as_deref(), m.password_env.as_deref());
+        if password.is_some() && m.username.is_none() {
+            v.problem("mqtt.username", "a password is set but no username".into());
+        }
+        let tls = match m.tls {
+            None => None,
+            Some(t) => {
+                let ca_file = v.existing_file("mqtt.tls.ca_file", t.ca_file, true);
+                let cert = v.existing_file("mqtt.tls.cert_file", t.cert_file, false);
+                let key = t.key_file.map(|k| v.credential_path(&k));
+                let key = v.existing_file("mqtt.tls.key_file", key, false);
+                let client = match (cert, key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        v.problem("mqtt.tls", "cert_file and key_file go together (mutual TLS)".into());
+                        None
+                    }
+                };
+                ca_file.map(|ca_file| TlsConfig { ca_file, client })
+            }
+        };
+        if broker.tls && tls.is_none() {
+            v.problem("mqtt.tls", "mqtts:// needs [mqtt.tls] with ca_file".into());
+        }
+        let mqtt = MqttConfig {
+            client_id: m.client_id.unwrap_or_else(|| format!("vision-gateway-{gateway_id}")),
+            broker,
+            topics,
+            max_frame_bytes,
+            keep_alive: v.duration("mqtt.keep_alive", m.keep_alive.as_ref(), Duration::from_secs(30)),
+            session_expiry: v.duration("mqtt.session_expiry", m.session_expiry.as_ref(), Duration::from_secs(7 * 86_400)),
+            reconnect_max_backoff: v.duration(
+                "mqtt.reconnect_max_backoff",
+                m.reconnect_max_backoff.as_ref(),
+                Duration::from_secs(30),
+            ),
+            username: m.username,
+            password,
+            tls,
+        };
+
+        let d = raw.detect;
+        let detect = DetectConfig {
+            model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v4")),
+            onnxruntime: d.onnxruntime.or_else(|| env.var("ORT_DYLIB_PATH").map(PathBuf::from)).unwrap_or_else(|| {
+                PathBuf::from("/usr/lib/vision-gateway/libonnxruntime.so.1.31.1")
+            }),
+            workers: v.range("detect.workers", d.workers, 1, 1, 64),
+            intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1, 64),
+            batch: v.range("detect.batch", d.batch, 1, 1, 64),
+            queue: v.range("detect.queue", d.queue, 8, 1, 4096),
+        };
+
+        let r = raw.replicate;
+        let brokers = r.brokers.unwrap_or_else(|| {
+            v.problem("replicate.brokers", "missing (for example \"kafka-1.example:9092,kafka-2.example:9092\")".into());
+            String::new()
+        });
+        for b in brokers.split(',').filter(|b| !b.trim().is_empty()) {
+            if let Err(e) = parse_host_port(b.trim(), None) {
+                v.problem("replicate.brokers", e);
+            }
+        }
+        let chunk_bytes = v.size("replicate.chunk_bytes", r.chunk_bytes.as_ref(), 900 << 10);
+        if !(1024..=4 << 20).contains(&chunk_bytes) {
+            v.problem("replicate.chunk_bytes", "must be between 1KiB and 4MiB".into());
+        }
+        let mut librdkafka_secrets = BTreeMap::new();
+        for (k, p) in r.librdkafka_secret_files.unwrap_or_default() {
+            let key = format!("replicate.librdkafka_secret_files.{k}");
+            if let Some(s) = v.secret(&key, Some(&p), None) {
+                librdkafka_secrets.insert(k, s);
+            }
+        }
+        let librdkafka = r.librdkafka.unwrap_or_default();
+        for k in librdkafka.keys() {
+            if k.contains("password") || k.contains("secret") {
+                v.problem(
+                    &format!("replicate.librdkafka.{k}"),
+                    "looks like a secret: put it in a file and use replicate.librdkafka_secret_files".into(),
+                );
+            }
+        }
+        let replicate = ReplicateConfig {
+            brokers,
+            annotations_topic: r.annotations_topic.unwrap_or_else(|| "vision.annotations".into()),
+            images_topic: r.images_topic.unwrap_or_else(|| "vision.images".into()),
+            gaps_topic: r.gaps_topic.unwrap_or_else(|| "vision.gaps".into()),
+            dead_letters_topic: r.dead_letters_topic.unwrap_or_else(|| "vision.dead-letters".into()),
+            chunk_bytes,
+            librdkafka,
+            librdkafka_secrets,
+        };
+
+        let t = raw.telemetry;
+        let listen_s = t.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
+        let listen = listen_s.parse().unwrap_or_else(|_| {
+            v.problem("telemetry.listen", format!("{listen_s:?} is not an address like \"127.0.0.1:9464\""));
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        });
+        let log_format = match t.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(o) => {
+                v.problem("telemetry.log_format", format!("{o:?} is not a format (use \"text\" or \"json\")"));
+                LogFormat::Text
+            }
+        };
+
+        if v.problems.is_empty() {
+            Ok(Config {
+                source: path.to_owned(),
+                gateway_id,
+                log,
+                mqtt,
+                detect,
+                replicate,
+                telemetry: TelemetryConfig { listen, log_format },
+            })
+        } else {
+            Err(ConfigError { path: path.to_owned(), problems: v.problems })
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => {
+            (h, p.parse::<u16>().map_err(|_| format!("{s:?}: {p:?} is not a port number"))?)
+        }
+        _ => match default_port {
+            Some(p) if !s.is_empty() => (s, p),
+            _ => return Err(format!("{s:?} is not \"host:port\"")),
+        },
+    };
+    if host.contains('/') || host.contains(' ') {
+        return Err(format!("{s:?} is not \"host:port\""));
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+/// Parses `host:port`, `mqtt://host:port` or `mqtts://host:port`.
+///
+/// # Errors
+/// A message saying what form is expected.
+pub fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("mqtt://") {
+        (false, r)
+    } else if s.contains("://") {
+        return Err(format!("{s:?}: only mqtt:// and mqtts:// are supported"));
+    } else {
+        (false, s)
+    };
+    let (host, port) = parse_host_port(rest.trim_end_matches('/'), Some(if tls { 8883 } else { 1883 }))?;
+    Ok(BrokerAddr { host, port, tls })
+}
+
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    env: &'a dyn Env,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: &str, message: String) {
+        self.problems.push(Problem { key: key.to_owned(), message });
+    }
+
+    fn size(&mut self, key: &str, v: Option<&toml::Value>, default: u64) -> u64 {
+        let r = match v {
+            None => return default,
+            Some(toml::Value::Integer(i)) => u64::try_from(*i).map_err(|_| format!("{i} is negative")),
+            Some(toml::Value::String(s)) => parse_size(s),
+            Some(o) => Err(format!("{o} is not a size (write a string like \"2GiB\")")),
+        };
+        r.unwrap_or_else(|e| {
+            self.problem(key, e);
+            default
+        })
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&toml::Value>, default: Duration) -> Duration {
+        let r = match v {
+            None => return default,
+            Some(toml::Value::String(s)) => parse_duration(s),
+            Some(o) => Err(format!("{o} is not a duration (write a string like \"30s\")")),
+        };
+        r.unwrap_or_else(|e| {
+            self.problem(key, e);
+            default
+        })
+    }
+
+    fn range(&mut self, key: &str, v: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
+        let x = v.unwrap_or(default);
+        if !(lo..=hi).contains(&x) {
+            self.problem(key, format!("{x} is out of range {lo}..={hi}"));
+            return default;
+        }
+        x
+    }
+
+    fn credential_path(&self, p: &Path) -> PathBuf {
+        match self.env.var("CREDENTIALS_DIRECTORY") {
+            Some(dir) if p.is_relative() => PathBuf::from(dir).join(p),
+            _ => p.to_owned(),
+        }
+    }
+
+    fn existing_file(&mut self, key: &str, p: Option<PathBuf>, required: bool) -> Option<PathBuf> {
+        match p {
+            None => {
+                if required {
+                    self.problem(key, "missing".into());
+                }
+                None
+            }
+            Some(p) if p.is_file() => Some(p),
+            Some(p) => {
+                self.problem(key, format!("{} is not a readable file", p.display()));
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, key: &str, file: Option<&Path>, var: Option<&str>) -> Option<Secret> {
+        match (file, var) {
+            (Some(_), Some(_)) => {
+                self.problem(key, "set either a file or an environment variable, not both".into());
+                None
+            }
+            (Some(f), None) => {
+                let p = self.credential_path(f);
+                match Secret::from_file(&p) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.problem(&format!("{key}_file"), e);
+                        None
+                    }
+                }
+            }
+            (None, Some(name)) => match self.env.var(name) {
+                Some(s) if !s.is_empty() => Some(Secret::new(s)),
+                _ => {
+                    self.problem(&format!("{key}_env"), format!("environment variable {name} is not set"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<String, String>);
+    impl Env for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn env() -> FakeEnv {
+        FakeEnv(HashMap::new())
+    }
+
+    const MINIMAL: &str = r#"
+gateway_id = "line1"
+[mqtt]
+broker = "127.0.0.1:1883"
+[replicate]
+brokers = "127.0.0.1:9092"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(Path::new("t.toml"), MINIMAL, &env()).unwrap();
+        assert_eq!(c.gateway_id, "line1");
+        assert_eq!(c.log.max_bytes, 2 << 30);
+        assert_eq!(c.log.when_full, WhenFull::Block);
+        assert_eq!(c.mqtt.topics, vec!["cameras/+/frames".to_string()]);
+        assert_eq!(c.mqtt.max_frame_bytes, 16 << 20);
+        assert_eq!(c.mqtt.client_id, "vision-gateway-line1");
+        assert_eq!(c.replicate.chunk_bytes, 900 << 10);
+        assert_eq!(c.mqtt.broker, BrokerAddr { host: "127.0.0.1".into(), port: 1883, tls: false });
+    }
+
+    #[test]
+    fn three_mistakes_are_all_reported() {
+        let text = r#"
+gateway_id = "line1"
+[log]
+max_bytes = "2 gigs"
+colour = "blue"
+[replicate]
+brokers = "127.0.0.1:9092"
+"#;
+        let e = Config::parse(Path::new("bad.toml"), text, &env()).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["log.colour", "log.max_bytes", "mqtt.broker"], "{e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with("bad.toml: 3 problems:"), "{shown}");
+    }
+
+    #[test]
+    fn type_errors_are_reported_with_unknown_keys_seen_before_them() {
+        let text = "typo = 1\n[detect]\nworkers = \"two\"\n";
+        let e = Config::parse(Path::new("x.toml"), text, &env()).unwrap_err();
+        assert_eq!(e.problems[0].key, "typo");
+        assert!(e.problems[1].message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_credentials_and_are_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mqtt-password"), "s3cret\n").unwrap();
+        let e = FakeEnv(HashMap::from([("CREDENTIALS_DIRECTORY".into(), dir.path().display().to_string())]));
+        let text = r#"
+gateway_id = "line1"
+[mqtt]
+broker = "mqtt://10.0.0.1"
+username = "gw"
+password_file = "mqtt-password"
+[replicate]
+brokers = "k:9092"
+"#;
+        let c = Config::parse(Path::new("t"), text, &e).unwrap();
+        let pw = c.mqtt.password.as_ref().unwrap();
+        assert_eq!(pw.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_secret_env_and_bad_topics_are_problems() {
+        let text = r#"
+gateway_id = "bad id!"
+[mqtt]
+broker = "mqtts://broker:8883"
+topics = ["cameras/#"]
+password_env = "NOPE"
+[replicate]
+brokers = "k"
+chunk_bytes = "10MiB"
+"#;
+        let e = Config::parse(Path::new("t"), text, &env()).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in ["gateway_id", "mqtt.topics", "mqtt.password_env", "mqtt.tls", "replicate.brokers", "replicate.chunk_bytes"] {
+            assert!(keys.contains(&k), "{k} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/gateway.toml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let c = Config::parse(&p, &text, &env()).unwrap();
+        assert_eq!(c.log.when_full, WhenFull::Block);
+    }
+}

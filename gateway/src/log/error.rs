@@ -1,0 +1,69 @@
+//! Errors at the boundary of the durable log.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// What can go wrong when using the [`DurableLog`](super::DurableLog).
+#[derive(Debug, Error)]
+pub enum LogError {
+    /// The log directory could not be opened (permissions, disk, a damaged
+    /// sled file set). The service cannot start without its log.
+    #[error("cannot open the log at {path}: {source}")]
+    Open {
+        /// The log directory.
+        path: PathBuf,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+    /// The log was created by another gateway id; frame ids would change.
+    #[error("the log at {path} belongs to gateway id {found:?}, but the config says {configured:?}; \
+             use the original id or point log.path at a new directory")]
+    GatewayIdMismatch {
+        /// The log directory.
+        path: PathBuf,
+        /// Id stored in the log.
+        found: String,
+        /// Id from the configuration.
+        configured: String,
+    },
+    /// A read or write failed in the storage engine.
+    #[error("log storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// The byte budget is used up and the policy is `block`.
+    #[error("log is full: {used} of {max} bytes used, {needed} more needed")]
+    Full {
+        /// Bytes in use now.
+        used: u64,
+        /// Bytes the refused record needs.
+        needed: u64,
+        /// The budget (`log.max_bytes`).
+        max: u64,
+    },
+    /// One record is larger than the whole budget; it can never fit.
+    #[error("record of {size} bytes can never fit a log budget of {max} bytes")]
+    TooLarge {
+        /// Size of the record.
+        size: u64,
+        /// The budget.
+        max: u64,
+    },
+    /// A stage tried to move its cursor backwards.
+    #[error("cursor {name:?} cannot move back from {current} to {requested}")]
+    CursorRegression {
+        /// Cursor name.
+        name: String,
+        /// Current position.
+        current: u64,
+        /// Requested position.
+        requested: u64,
+    },
+}
+
+impl LogError {
+    /// True when retrying later can succeed without anyone changing anything
+    /// (space being freed, a passing I/O error).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Full { .. } | Self::Storage(sled::Error::Io(_)))
+    }
+}

@@ -1,0 +1,155 @@
+//! `model.toml`: what a model folder holds and pins.
+//!
+//! Promise: a [`Manifest`] returned by [`Manifest::load`] names files that
+//! exist and whose sha256 matches the manifest.
+
+use crate::InferenceError;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// What the model does, which selects the output decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Text detection + recognition (PP-OCR).
+    Ocr,
+    /// Object detection (YOLO-style).
+    Detect,
+    /// Image classification.
+    Classify,
+}
+
+/// One ONNX file of a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Role in the model (`det`, `rec`, `model`).
+    pub role: String,
+    /// File name inside the model folder.
+    pub path: PathBuf,
+    /// Lower-case hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// The manifest of a model folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Model name, carried by every annotation.
+    pub name: String,
+    /// Model version, carried by every annotation.
+    pub version: String,
+    /// Task.
+    pub task: Task,
+    /// SPDX licence of the weights.
+    pub licence: String,
+    /// Where the files come from (package, version, path inside).
+    pub provenance: String,
+    /// The ONNX files.
+    pub files: Vec<ModelFile>,
+    /// Folder the manifest was loaded from (set by `load`).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl Manifest {
+    /// Reads `dir/model.toml` and verifies every file's sha256.
+    ///
+    /// # Errors
+    /// [`InferenceError::Manifest`], [`InferenceError::File`] or
+    /// [`InferenceError::Checksum`].
+    pub fn load(dir: &Path) -> Result<Self, InferenceError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let mut m: Manifest =
+            toml::from_str(&text).map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
+        if m.files.is_empty() {
+            return Err(InferenceError::Manifest { path, message: "lists no files".into() });
+        }
+        m.dir = dir.to_owned();
+        for f in &m.files {
+            let p = dir.join(&f.path);
+            let found = sha256_file(&p)?;
+            if found != f.sha256.to_ascii_lowercase() {
+                return Err(InferenceError::Checksum { path: p, expected: f.sha256.clone(), found });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Path of the file with `role`.
+    pub fn file(&self, role: &str) -> Option<PathBuf> {
+        self.files.iter().find(|f| f.role == role).map(|f| self.dir.join(&f.path))
+    }
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+///
+/// # Errors
+/// [`InferenceError::File`] if it cannot be read.
+pub fn sha256_file(p: &Path) -> Result<String, InferenceError> {
+    let err = |source| InferenceError::File { path: p.to_owned(), source };
+    let mut f = std::fs::File::open(p).map_err(err)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| InferenceError::File { path: p.to_owned(), source })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_model(dir: &Path, sha: &str) {
+        std::fs::write(dir.join("m.onnx"), b"not really onnx").unwrap();
+        std::fs::write(
+            dir.join("model.toml"),
+            format!(
+                "name = \"t\"\nversion = \"1\"\ntask = \"classify\"\nlicence = \"MIT\"\nprovenance = \"test\"\n\
+                 [[files]]\nrole = \"model\"\npath = \"m.onnx\"\nsha256 = \"{sha}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn pinned_hash_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let good = hex::encode(Sha256::digest(b"not really onnx"));
+        write_model(d.path(), &good);
+        let m = Manifest::load(d.path()).unwrap();
+        assert_eq!(m.task, Task::Classify);
+        assert_eq!(m.file("model").unwrap(), d.path().join("m.onnx"));
+
+        write_model(d.path(), &"0".repeat(64));
+        assert!(matches!(Manifest::load(d.path()), Err(InferenceError::Checksum { .. })));
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        write_model(d.path(), "ab");
+        std::fs::remove_file(d.path().join("m.onnx")).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err();
+        assert!(e.to_string().contains("m.onnx"), "{e}");
+    }
+
+    /// The bundled default model, once fetched by `models/fetch`, matches
+    /// its pins. The test suite's command runs the fetch first.
+    #[test]
+    fn bundled_ppocr_model_matches_its_pins() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ppocr-v4");
+        let m = Manifest::load(&dir).unwrap_or_else(|e| panic!("{e} (run: bash models/fetch)"));
+        assert_eq!(m.task, Task::Ocr);
+        assert!(m.file("det").is_some() && m.file("rec").is_some());
+    }
+}
