@@ -76,7 +76,8 @@ pub async fn log_throughput(dir: &Path, records: u64, size: usize, batches: &[us
                 f.sync_data()?;
             }
         }
-        let raw = Throughput::new(format!("raw write+fdatasync, batch {batch}"), records, records * size as u64, t.elapsed());
+        let raw =
+            Throughput::new(format!("raw write+fdatasync, batch {batch}"), records, records * size as u64, t.elapsed());
         drop(f);
         std::fs::remove_file(&raw_path)?;
 
@@ -101,7 +102,8 @@ pub async fn log_throughput(dir: &Path, records: u64, size: usize, batches: &[us
                 log.flush().await?;
             }
         }
-        let lg = Throughput::new(format!("log append+flush, batch {batch}"), records, records * size as u64, t.elapsed());
+        let lg =
+            Throughput::new(format!("log append+flush, batch {batch}"), records, records * size as u64, t.elapsed());
         drop(log);
         std::fs::remove_dir_all(&log_dir)?;
         rows.push((batch, raw, lg));

@@ -149,12 +149,30 @@ fn frame(n: usize) -> FrameRecord {
 impl std::fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "durable log demo summary")?;
-        writeln!(f, "  frames appended and flushed : {} ({:.0}/s with group commit)", self.frames_appended, self.appends_per_s)?;
-        writeln!(f, "  frames processed by stage   : {} (cursor-driven, woken by notifications)", self.frames_processed)?;
+        writeln!(
+            f,
+            "  frames appended and flushed : {} ({:.0}/s with group commit)",
+            self.frames_appended, self.appends_per_s
+        )?;
+        writeln!(
+            f,
+            "  frames processed by stage   : {} (cursor-driven, woken by notifications)",
+            self.frames_processed
+        )?;
         writeln!(f, "  frames left after retention : {}", self.frames_left)?;
         writeln!(f, "  sequence after a restart    : {} (continues, never repeats)", self.seq_after_restart)?;
-        writeln!(f, "  budget {}, policy block : {} of 20 appends refused, 0 dropped", format_size(1 << 20), self.blocked_appends)?;
-        writeln!(f, "  budget {}, drop_oldest  : {} frames dropped, all in gap records", format_size(1 << 20), self.dropped_in_gaps)?;
+        writeln!(
+            f,
+            "  budget {}, policy block : {} of 20 appends refused, 0 dropped",
+            format_size(1 << 20),
+            self.blocked_appends
+        )?;
+        writeln!(
+            f,
+            "  budget {}, drop_oldest  : {} frames dropped, all in gap records",
+            format_size(1 << 20),
+            self.dropped_in_gaps
+        )?;
         Ok(())
     }
 }

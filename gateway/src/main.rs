@@ -99,7 +99,9 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo drives the log into its budget on purpose; its drop warnings
+    // are expected and summarised instead.
+    init_tracing(if matches!(cli.command, Command::Demo { .. }) { "warn,gateway::log=error" } else { "info" });
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -109,10 +111,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -135,8 +142,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             println!("{}: OK", config.display());
             println!("  gateway_id   {}", c.gateway_id);
-            println!("  log          {} (budget {}, when full: {:?})", c.log.path.display(), format_size(c.log.max_bytes), c.log.when_full);
-            println!("  mqtt         {}:{}{} topics {:?}", c.mqtt.broker.host, c.mqtt.broker.port, if c.mqtt.broker.tls { " (TLS)" } else { "" }, c.mqtt.topics);
+            println!(
+                "  log          {} (budget {}, when full: {:?})",
+                c.log.path.display(),
+                format_size(c.log.max_bytes),
+                c.log.when_full
+            );
+            println!(
+                "  mqtt         {}:{}{} topics {:?}",
+                c.mqtt.broker.host,
+                c.mqtt.broker.port,
+                if c.mqtt.broker.tls { " (TLS)" } else { "" },
+                c.mqtt.topics
+            );
             println!("  model        {}", c.detect.model.display());
             println!("  kafka        {}", c.replicate.brokers);
             println!("  telemetry    http://{}", c.telemetry.listen);
@@ -155,13 +173,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!("log {} (gateway {})", s.path.display(), s.gateway_id);
-                println!("  used {} of {} ({} on disk)", format_size(s.used_bytes), format_size(s.max_bytes), format_size(s.size_on_disk));
-                println!("  next seq {}, gaps written {}, records set aside {}", s.next_seq, s.gaps_written, s.set_aside);
+                println!(
+                    "  used {} of {} ({} on disk)",
+                    format_size(s.used_bytes),
+                    format_size(s.max_bytes),
+                    format_size(s.size_on_disk)
+                );
+                println!(
+                    "  next seq {}, gaps written {}, records set aside {}",
+                    s.next_seq, s.gaps_written, s.set_aside
+                );
                 for (a, st) in &s.areas {
                     println!("  {:<13} {:>10} records {:>12}", a.name(), st.records, format_size(st.bytes));
                 }
                 for (n, cs) in &s.cursors {
-                    println!("  cursor {:<15} at {:>10}, backlog {} records, {}", n, cs.position, cs.backlog_records, format_size(cs.backlog_bytes));
+                    println!(
+                        "  cursor {:<15} at {:>10}, backlog {} records, {}",
+                        n,
+                        cs.position,
+                        cs.backlog_records,
+                        format_size(cs.backlog_bytes)
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -222,7 +254,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 /// A fresh directory under the system temp dir (kept, so it can be inspected).
 fn tempdir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("vision-gateway-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)));
+    let d = std::env::temp_dir().join(format!(
+        "vision-gateway-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    ));
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     Ok(d)
 }

@@ -105,7 +105,11 @@ fn kill_9_loses_no_flushed_record() {
         }
         let stats = log.stats().unwrap();
         assert_eq!(stats.set_aside, 0, "round {round}: unreadable records after a crash");
-        assert_eq!(stats.areas[&gateway::log::Area::Frames].records, frames.len() as u64, "accounting exact after crash");
+        assert_eq!(
+            stats.areas[&gateway::log::Area::Frames].records,
+            frames.len() as u64,
+            "accounting exact after crash"
+        );
         assert_eq!(stats.next_seq, frames.len() as u64, "sequence continues after the last record");
         checked_total += max + 1;
         unreported_found = frames.len() as u64 - (max + 1);

@@ -59,7 +59,12 @@ struct Model {
 impl Model {
     fn bytes(&self) -> u64 {
         self.frames.values().map(|f| KEY + f.encode().len() as u64).sum::<u64>()
-            + self.annotations.values().chain(self.dead.values()).map(|b| KEY + BLOB_HEADER + b.len() as u64).sum::<u64>()
+            + self
+                .annotations
+                .values()
+                .chain(self.dead.values())
+                .map(|b| KEY + BLOB_HEADER + b.len() as u64)
+                .sum::<u64>()
     }
 }
 

@@ -39,7 +39,9 @@ pub enum InferenceError {
         source: std::io::Error,
     },
     /// A model file's bytes are not what the manifest pins.
-    #[error("model file {path} has sha256 {found}, the manifest pins {expected}; re-run the asset setup (models/fetch)")]
+    #[error(
+        "model file {path} has sha256 {found}, the manifest pins {expected}; re-run the asset setup (models/fetch)"
+    )]
     Checksum {
         /// The file.
         path: PathBuf,

@@ -64,8 +64,8 @@ impl Manifest {
         let path = dir.join("model.toml");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
-        let mut m: Manifest =
-            toml::from_str(&text).map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let mut m: Manifest = toml::from_str(&text)
+            .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
         if m.files.is_empty() {
             return Err(InferenceError::Manifest { path, message: "lists no files".into() });
         }

@@ -445,7 +445,10 @@ impl Config {
         let m = raw.mqtt;
         let broker = match m.broker.as_deref() {
             None => {
-                v.problem("mqtt.broker", "missing (for example \"127.0.0.1:1883\" or \"mqtts://broker.local:8883\")".into());
+                v.problem(
+                    "mqtt.broker",
+                    "missing (for example \"127.0.0.1:1883\" or \"mqtts://broker.local:8883\")".into(),
+                );
                 BrokerAddr { host: String::new(), port: 0, tls: false }
             }
             Some(b) => parse_broker(b).unwrap_or_else(|e| {
@@ -459,7 +462,10 @@ impl Config {
         }
         for t in &topics {
             if t.split('/').filter(|l| *l == "+").count() != 1 || t.contains('#') {
-                v.problem("mqtt.topics", format!("{t:?} must contain exactly one `+` level (the camera id) and no `#`"));
+                v.problem(
+                    "mqtt.topics",
+                    format!("{t:?} must contain exactly one `+` level (the camera id) and no `#`"),
+                );
             }
         }
         let max_frame_bytes = v.size("mqtt.max_frame_bytes", m.max_frame_bytes.as_ref(), 16 << 20);
@@ -500,7 +506,11 @@ impl Config {
             topics,
             max_frame_bytes,
             keep_alive: v.duration("mqtt.keep_alive", m.keep_alive.as_ref(), Duration::from_secs(30)),
-            session_expiry: v.duration("mqtt.session_expiry", m.session_expiry.as_ref(), Duration::from_secs(7 * 86_400)),
+            session_expiry: v.duration(
+                "mqtt.session_expiry",
+                m.session_expiry.as_ref(),
+                Duration::from_secs(7 * 86_400),
+            ),
             reconnect_max_backoff: v.duration(
                 "mqtt.reconnect_max_backoff",
                 m.reconnect_max_backoff.as_ref(),
@@ -514,9 +524,10 @@ impl Config {
         let d = raw.detect;
         let detect = DetectConfig {
             model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v4")),
-            onnxruntime: d.onnxruntime.or_else(|| env.var("ORT_DYLIB_PATH").map(PathBuf::from)).unwrap_or_else(|| {
-                PathBuf::from("/usr/lib/vision-gateway/libonnxruntime.so.1.31.1")
-            }),
+            onnxruntime: d
+                .onnxruntime
+                .or_else(|| env.var("ORT_DYLIB_PATH").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/usr/lib/vision-gateway/libonnxruntime.so.1.31.1")),
             workers: v.range("detect.workers", d.workers, 1, 1, 64),
             intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1, 64),
             batch: v.range("detect.batch", d.batch, 1, 1, 64),
@@ -525,7 +536,10 @@ impl Config {
 
         let r = raw.replicate;
         let brokers = r.brokers.unwrap_or_else(|| {
-            v.problem("replicate.brokers", "missing (for example \"kafka-1.example:9092,kafka-2.example:9092\")".into());
+            v.problem(
+                "replicate.brokers",
+                "missing (for example \"kafka-1.example:9092,kafka-2.example:9092\")".into(),
+            );
             String::new()
         });
         for b in brokers.split(',').filter(|b| !b.trim().is_empty()) {
@@ -824,7 +838,9 @@ chunk_bytes = "10MiB"
 "#;
         let e = Config::parse(Path::new("t"), text, &env()).unwrap_err();
         let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
-        for k in ["gateway_id", "mqtt.topics", "mqtt.password_env", "mqtt.tls", "replicate.brokers", "replicate.chunk_bytes"] {
+        for k in
+            ["gateway_id", "mqtt.topics", "mqtt.password_env", "mqtt.tls", "replicate.brokers", "replicate.chunk_bytes"]
+        {
             assert!(keys.contains(&k), "{k} missing from {e}");
         }
     }

@@ -16,6 +16,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim();
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (examples: \"512MiB\", \"2GiB\", \"900KiB\")"));
+    }
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -26,11 +29,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        _ => return Err(format!("{s:?} has an unknown size unit {unit:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)")),
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown size unit {unit:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)"
+            ))
+        }
     };
-    if num.is_empty() {
-        return Err(format!("{s:?} is not a size (examples: \"512MiB\", \"2GiB\", \"900KiB\")"));
-    }
     let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: \"512MiB\", \"2GiB\")"))?;
     let bytes = v * mult as f64;
     if !bytes.is_finite() || bytes > u64::MAX as f64 {
@@ -56,9 +60,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(format!("{s:?} needs a unit (examples: \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\")")),
         u => return Err(format!("{s:?} has an unknown duration unit {u:?} (use ms, s, m, h or d)")),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: \"500ms\", \"30s\", \"7d\")"))?;
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: \"500ms\", \"30s\", \"7d\")"))?;
     Duration::try_from_secs_f64(v * secs).map_err(|_| format!("{s:?} is out of range"))
 }
 

@@ -17,8 +17,10 @@ pub enum LogError {
         source: sled::Error,
     },
     /// The log was created by another gateway id; frame ids would change.
-    #[error("the log at {path} belongs to gateway id {found:?}, but the config says {configured:?}; \
-             use the original id or point log.path at a new directory")]
+    #[error(
+        "the log at {path} belongs to gateway id {found:?}, but the config says {configured:?}; \
+             use the original id or point log.path at a new directory"
+    )]
     GatewayIdMismatch {
         /// The log directory.
         path: PathBuf,

@@ -326,12 +326,8 @@ impl State {
             a.copy_from_slice(c);
             u64::from_le_bytes(a)
         });
-        let mut s = State {
-            next_seq: words.next()?,
-            next_gap: words.next()?,
-            set_aside: words.next()?,
-            ..State::default()
-        };
+        let mut s =
+            State { next_seq: words.next()?, next_gap: words.next()?, set_aside: words.next()?, ..State::default() };
         for a in &mut s.areas {
             a.records = words.next()?;
             a.bytes = words.next()?;
@@ -348,6 +344,16 @@ struct Inner {
     generations: [watch::Sender<u64>; 5],
     used: watch::Sender<u64>,
     flushes: AtomicU64,
+}
+
+impl Drop for Inner {
+    /// Closing the log flushes it: a clean shutdown leaves nothing to
+    /// recover.
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::error!(path = %self.opts.path.display(), error = %e, "flushing the log at close failed");
+        }
+    }
 }
 
 /// The durable, crash-safe log shared by all stages. Cheap to clone.
@@ -369,11 +375,7 @@ impl DurableLog {
     /// [`LogError::Open`] if sled cannot open the directory,
     /// [`LogError::GatewayIdMismatch`] if the log belongs to another gateway id.
     pub fn open(opts: LogOptions) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_bytes)
-            .open()
-            .map_err(|source| LogError::Open { path: opts.path.clone(), source })?;
+        let db = Self::open_db(&opts)?;
         let tree = db.open_tree("log").map_err(|source| LogError::Open { path: opts.path.clone(), source })?;
 
         match tree.get(META_GATEWAY)? {
@@ -412,6 +414,26 @@ impl DurableLog {
             flushes: AtomicU64::new(0),
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Opens sled. The directory lock can outlive a closed handle for a
+    /// moment (sled's background writer threads release it when they
+    /// finish), so a lock conflict is retried for up to two seconds before it
+    /// is reported: a process that holds the log for longer is a real
+    /// conflict.
+    fn open_db(opts: &LogOptions) -> Result<sled::Db, LogError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(&opts.path).cache_capacity(opts.cache_bytes).open() {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => return Err(LogError::Open { path: opts.path.clone(), source }),
+            }
+        }
     }
 
     /// Rebuilds the accounting by scanning every record (first open, or
@@ -951,7 +973,15 @@ impl<'a> Txn<'a> {
         Ok(n)
     }
 
-    fn gap(&mut self, area: Area, from: u64, to: u64, records: u64, bytes: u64, reason: GapReason) -> Result<GapRecord, LogError> {
+    fn gap(
+        &mut self,
+        area: Area,
+        from: u64,
+        to: u64,
+        records: u64,
+        bytes: u64,
+        reason: GapReason,
+    ) -> Result<GapRecord, LogError> {
         let g = GapRecord {
             id: self.state.next_gap,
             gateway_id: self.inner.opts.gateway_id.clone(),
