@@ -205,7 +205,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             let rt = runtime()?;
             let shutdown = CancellationToken::new();
-            rt.block_on(gateway::run(c, shutdown))?;
+            rt.block_on(async {
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutdown requested");
+                    s.cancel();
+                });
+                gateway::run(c, shutdown).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, frames } => {
@@ -231,8 +239,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("\nfiles kept in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { .. } => {
-            anyhow::bail!("`replay` is not available in this build yet: it lands with the MQTT intake")
+        Command::Replay { dir, broker, rate } => {
+            use std::io::IsTerminal;
+            let cameras = gateway::replay::load_cameras(&dir)?;
+            let frames: usize = cameras.iter().map(|c| c.frames.len()).sum();
+            eprintln!("replaying {frames} frames of {} camera(s) to {broker}", cameras.len());
+            let rt = runtime()?;
+            let r = rt.block_on(gateway::replay::replay(&cameras, &broker, rate, std::io::stderr().is_terminal()))?;
+            println!(
+                "published {} frames ({:.1} MB) in {:.2} s, {} acknowledged by the broker",
+                r.published,
+                r.bytes as f64 / 1e6,
+                r.seconds,
+                r.acked
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Log { dir, records, size, batch, json } } => {
             let dir = match dir {
@@ -261,4 +282,20 @@ fn tempdir() -> Result<PathBuf> {
     ));
     std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     Ok(d)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

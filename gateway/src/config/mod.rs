@@ -88,6 +88,15 @@ pub struct RawMqtt {
     /// Largest frame accepted, e.g. `"16MiB"`; larger ones are quarantined.
     /// Default `"16MiB"`.
     pub max_frame_bytes: Option<toml::Value>,
+    /// Largest picture accepted, in pixels (width x height read from the
+    /// image header), against decompression bombs. Default 50000000.
+    pub max_pixels: Option<u64>,
+    /// Byte cap of the dead-letter area that keeps quarantined payloads;
+    /// beyond it only their metadata is kept. Default `"16MiB"`.
+    pub quarantine_max_bytes: Option<toml::Value>,
+    /// Unacknowledged frames the broker may send at once (MQTT 5 receive
+    /// maximum). Bounds intake memory to about this many frames. Default 16.
+    pub receive_maximum: Option<u16>,
     /// MQTT keep-alive interval. Default `"30s"`.
     pub keep_alive: Option<toml::Value>,
     /// How long the broker keeps the session (and queued frames) while the
@@ -234,6 +243,12 @@ pub struct MqttConfig {
     pub topics: Vec<String>,
     /// Largest frame accepted.
     pub max_frame_bytes: u64,
+    /// Largest picture in pixels.
+    pub max_pixels: u64,
+    /// Dead-letter payload cap.
+    pub quarantine_max_bytes: u64,
+    /// MQTT 5 receive maximum.
+    pub receive_maximum: u16,
     /// Keep-alive.
     pub keep_alive: Duration,
     /// Session expiry.
@@ -505,6 +520,15 @@ impl Config {
             broker,
             topics,
             max_frame_bytes,
+            max_pixels: m.max_pixels.unwrap_or(50_000_000),
+            quarantine_max_bytes: v.size("mqtt.quarantine_max_bytes", m.quarantine_max_bytes.as_ref(), 16 << 20),
+            receive_maximum: match m.receive_maximum {
+                Some(0) => {
+                    v.problem("mqtt.receive_maximum", "must be at least 1".into());
+                    16
+                }
+                r => r.unwrap_or(16),
+            },
             keep_alive: v.duration("mqtt.keep_alive", m.keep_alive.as_ref(), Duration::from_secs(30)),
             session_expiry: v.duration(
                 "mqtt.session_expiry",

@@ -494,6 +494,11 @@ impl DurableLog {
         self.lock().used()
     }
 
+    /// Records and bytes of one area now (cheap: no scan).
+    pub fn area_stats(&self, area: Area) -> AreaStats {
+        self.lock().areas[area.index()]
+    }
+
     /// Appends a frame, making room per the budget policy. The frame is not
     /// durable until [`flush`](Self::flush) returns.
     ///

@@ -1,0 +1,500 @@
+//! Intake: camera frames from MQTT into the durable log.
+//!
+//! Owns the MQTT session (rumqttc, MQTT 5, QoS 1, persistent session with
+//! `clean_start = false` and a long session expiry) and the checks applied
+//! to every payload before it is stored.
+//!
+//! # Promises
+//!
+//! - **A frame acknowledged is a frame on disk.** Acknowledgements are
+//!   manual: a batch of frames is appended, the log is flushed (one fsync,
+//!   group commit), and only then are their PUBACKs queued, in the order the
+//!   frames arrived. Frames received on a connection that has since dropped
+//!   are stored but not acknowledged: the broker redelivers them on the new
+//!   connection (at-least-once; consumers de-duplicate by camera sequence).
+//! - **Bounded memory.** The broker may have at most `mqtt.receive_maximum`
+//!   unacknowledged frames in flight to us (MQTT 5 receive maximum), so the
+//!   queue between the event loop and the appender never holds more.
+//! - **Backpressure.** When the log is at its budget with `when_full =
+//!   "block"`, the appender waits for space and acknowledges nothing; the
+//!   broker stops sending after `receive_maximum` frames and keeps the rest
+//!   in our session. Intake resumes by itself when space frees. The event
+//!   loop keeps running meanwhile, so keep-alives go on.
+//! - **Bad input never stops intake.** Unknown topics, empty, oversize,
+//!   non-image, truncated and decompression-bomb payloads are quarantined
+//!   (a dead-letter record in the frame sequence, payload kept up to
+//!   `mqtt.quarantine_max_bytes`), counted by reason, logged at a limited
+//!   rate, and acknowledged.
+//! - **Reconnects** use capped exponential backoff with jitter.
+//! - **Shutdown**: on cancellation the event loop stops reading first; the
+//!   appender stores and flushes what was already received, the
+//!   acknowledgements are sent and the session is disconnected cleanly.
+
+pub mod dead_letter;
+mod tls;
+pub mod validate;
+
+use crate::config::MqttConfig;
+use crate::log::{Area, DurableLog, FrameRecord, LogError};
+use crate::telemetry::RateLimiter;
+use dead_letter::DeadLetter;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use validate::{Limits, Reason};
+
+/// Frames appended per group commit at most.
+const MAX_BATCH: usize = 64;
+
+/// What stops intake.
+#[derive(Debug, Error)]
+pub enum IntakeError {
+    /// The TLS files are unusable.
+    #[error("MQTT TLS: {0}")]
+    Tls(String),
+    /// The log failed (not "full": that only pauses intake).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The appender task ended unexpectedly.
+    #[error("intake appender stopped: {0}")]
+    Appender(String),
+}
+
+impl IntakeError {
+    /// True when retrying later may succeed without a change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IntakeError::Log(e) => e.is_transient(),
+            IntakeError::Tls(_) | IntakeError::Appender(_) => false,
+        }
+    }
+}
+
+/// Live counters of the intake stage (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct IntakeStats {
+    /// Publishes received from the broker (including redeliveries).
+    pub received: AtomicU64,
+    /// Frames stored in the log.
+    pub stored: AtomicU64,
+    /// Payload bytes of stored frames.
+    pub stored_bytes: AtomicU64,
+    /// PUBACKs queued after durability.
+    pub acked: AtomicU64,
+    /// Quarantined frames, by reason (index of [`Reason::ALL`]).
+    pub quarantined: [AtomicU64; 6],
+    /// Successful connections (first one included).
+    pub connects: AtomicU64,
+    /// Connected to the broker now.
+    pub connected: AtomicBool,
+    /// Subscriptions acknowledged on the current connection.
+    pub subscribed: AtomicBool,
+    /// Waiting for log space now (`block` policy).
+    pub blocked: AtomicBool,
+}
+
+impl IntakeStats {
+    /// Quarantine counts by reason name.
+    pub fn quarantined_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        Reason::ALL.iter().map(|r| (r.name(), self.quarantined[*r as usize].load(Ordering::Relaxed))).collect()
+    }
+}
+
+/// A publish handed from the event loop to the appender, with the
+/// connection it arrived on.
+struct Incoming {
+    publish: Publish,
+    connection: u64,
+}
+
+/// The intake stage.
+pub struct Intake {
+    cfg: MqttConfig,
+    log: DurableLog,
+    stats: Arc<IntakeStats>,
+}
+
+impl Intake {
+    /// A stage that will read from the broker in `cfg` into `log`.
+    pub fn new(cfg: MqttConfig, log: DurableLog) -> Self {
+        Self { cfg, log, stats: Arc::new(IntakeStats::default()) }
+    }
+
+    /// Its live counters.
+    pub fn stats(&self) -> Arc<IntakeStats> {
+        self.stats.clone()
+    }
+
+    fn options(&self) -> Result<MqttOptions, IntakeError> {
+        let c = &self.cfg;
+        let mut o = MqttOptions::new(&c.client_id, &c.broker.host, c.broker.port);
+        o.set_keep_alive(c.keep_alive.max(Duration::from_secs(5)));
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(u32::try_from(c.session_expiry.as_secs()).unwrap_or(u32::MAX)));
+        o.set_manual_acks(true);
+        o.set_receive_maximum(Some(c.receive_maximum));
+        // The broker must be able to deliver a frame up to twice the limit
+        // so that oversize frames reach us and are quarantined and counted
+        // (an MQTT 5 broker silently drops packets above this size).
+        let packet = c.max_frame_bytes.saturating_mul(2).saturating_add(64 << 10).min(256 << 20);
+        o.set_max_packet_size(Some(u32::try_from(packet).unwrap_or(u32::MAX)));
+        // Every ack and subscribe fits without waiting: at most
+        // receive_maximum acks can be outstanding.
+        o.set_request_channel_capacity(usize::from(c.receive_maximum) * 2 + 16);
+        if let (Some(u), Some(p)) = (&c.username, &c.password) {
+            o.set_credentials(u.clone(), p.expose().to_owned());
+        } else if let Some(u) = &c.username {
+            o.set_credentials(u.clone(), "");
+        }
+        if let Some(t) = &c.tls {
+            let cfg = tls::client_config(t)?;
+            o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(cfg)));
+        } else if c.broker.tls {
+            return Err(IntakeError::Tls("mqtts:// without [mqtt.tls]".into()));
+        }
+        Ok(o)
+    }
+
+    /// Runs until `stop` is cancelled or the log fails.
+    ///
+    /// # Errors
+    /// [`IntakeError`] when TLS files are unusable or the log fails for good.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), IntakeError> {
+        let opts = self.options()?;
+        let (client, eventloop) = AsyncClient::new(opts, usize::from(self.cfg.receive_maximum) * 2 + 16);
+        let (tx, rx) = mpsc::channel::<Incoming>(usize::from(self.cfg.receive_maximum) * 2 + 8);
+        let connection = Arc::new(AtomicU64::new(0));
+        let appender = Appender {
+            log: self.log.clone(),
+            client: client.clone(),
+            stats: self.stats.clone(),
+            connection: connection.clone(),
+            limits: Limits { max_bytes: self.cfg.max_frame_bytes, max_pixels: self.cfg.max_pixels },
+            topics: self.cfg.topics.clone(),
+            quarantine_max: self.cfg.quarantine_max_bytes,
+            warn: RateLimiter::new(Duration::from_secs(10)),
+        };
+        let append_stop = CancellationToken::new();
+        let mut appender = tokio::spawn(appender.run(rx, append_stop.clone()));
+        let mut events = EventTask {
+            eventloop,
+            client: client.clone(),
+            stats: self.stats.clone(),
+            connection,
+            topics: self.cfg.topics.clone(),
+            max_backoff: self.cfg.reconnect_max_backoff,
+            warn: RateLimiter::new(Duration::from_secs(30)),
+        };
+
+        // Read until told to stop (or the appender fails).
+        let outcome = tokio::select! {
+            r = events.read(tx, &stop) => r,
+            r = &mut appender => {
+                return match r {
+                    Ok(r) => r,
+                    Err(e) => Err(IntakeError::Appender(e.to_string())),
+                };
+            }
+        };
+        // Intake stops first: no more reads. The appender stores and acks
+        // what it already has; if it is blocked on a full log it gives up
+        // (those frames are not acked, the broker redelivers them).
+        append_stop.cancel();
+        let appended = match appender.await {
+            Ok(r) => r,
+            Err(e) => Err(IntakeError::Appender(e.to_string())),
+        };
+        events.disconnect().await;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        self.stats.subscribed.store(false, Ordering::Relaxed);
+        outcome.and(appended)
+    }
+}
+
+struct EventTask {
+    eventloop: EventLoop,
+    client: AsyncClient,
+    stats: Arc<IntakeStats>,
+    connection: Arc<AtomicU64>,
+    topics: Vec<String>,
+    max_backoff: Duration,
+    warn: RateLimiter,
+}
+
+impl EventTask {
+    async fn read(&mut self, tx: mpsc::Sender<Incoming>, stop: &CancellationToken) -> Result<(), IntakeError> {
+        let mut failures: u32 = 0;
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                ev = self.eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    let n = self.connection.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(connection = n, session_present = ack.session_present, "connected to the MQTT broker");
+                    let subs = self.topics.iter().map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t, QoS::AtLeastOnce));
+                    if let Err(e) = self.client.try_subscribe_many(subs) {
+                        tracing::error!(error = %e, "cannot queue the subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as C;
+                    let ok = ack.return_codes.iter().all(|c| matches!(c, C::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)));
+                    if ok {
+                        self.stats.subscribed.store(true, Ordering::Relaxed);
+                        tracing::info!(topics = ?self.topics, "subscribed with QoS 1");
+                    } else {
+                        tracing::error!(codes = ?ack.return_codes, topics = ?self.topics, "the broker refused or downgraded the subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let connection = self.connection.load(Ordering::SeqCst);
+                    if tx.send(Incoming { publish, connection }).await.is_err() {
+                        return Ok(()); // the appender ended; its result tells why
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    tracing::warn!(reason = ?d.reason_code, "the broker closed the session");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.subscribed.store(false, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    let wait = backoff(failures, self.max_backoff);
+                    if let Some(held) = self.warn.check("mqtt") {
+                        tracing::warn!(error = %e, retry_in = ?wait, suppressed = held, "MQTT connection failed");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the queued acknowledgements and a clean DISCONNECT (bounded time).
+    async fn disconnect(&mut self) {
+        if !self.stats.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                ev = self.eventloop.poll() => match ev {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms x 2^(n-1), capped, then
+/// scaled by a factor in [0.5, 1.0).
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let d = base.min(cap);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(jitter)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct Appender {
+    log: DurableLog,
+    client: AsyncClient,
+    stats: Arc<IntakeStats>,
+    connection: Arc<AtomicU64>,
+    limits: Limits,
+    topics: Vec<String>,
+    quarantine_max: u64,
+    warn: RateLimiter,
+}
+
+impl Appender {
+    async fn run(self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Result<(), IntakeError> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                // After stop, drain what was already received, then end.
+                _ = stop.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(first) = first else { return Ok(()) };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut stored = 0;
+            for m in &batch {
+                if !self.store(&m.publish, &stop).await? {
+                    break; // stopped while waiting for space
+                }
+                stored += 1;
+            }
+            if stored > 0 {
+                self.log.flush().await?;
+            }
+            // Durable now: acknowledge, in arrival order, what came on the
+            // current connection.
+            let current = self.connection.load(Ordering::SeqCst);
+            for m in batch.drain(..).take(stored) {
+                if m.publish.qos == QoS::AtLeastOnce && m.connection == current {
+                    if self.client.ack(&m.publish).await.is_err() {
+                        return Ok(()); // event loop gone: shutting down
+                    }
+                    self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if stored == 0 && stop.is_cancelled() {
+                return Ok(());
+            }
+            batch.clear();
+        }
+    }
+
+    /// Stores one publish as a frame or a dead letter. Returns false if
+    /// `stop` came while waiting for log space (nothing stored).
+    async fn store(&self, p: &Publish, stop: &CancellationToken) -> Result<bool, IntakeError> {
+        let received_at_ms = now_ms();
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let camera = validate::camera_id(&self.topics, &topic).map(str::to_owned);
+        let checked = match &camera {
+            None => Err(Reason::UnknownTopic),
+            Some(_) => validate::check_payload(&p.payload, self.limits),
+        };
+        loop {
+            let result = match (&camera, checked) {
+                (Some(camera), Ok(c)) => {
+                    let (captured_at_ms, camera_seq) = metadata(p);
+                    let f = FrameRecord {
+                        camera: camera.clone(),
+                        content_type: c.format.content_type().to_owned(),
+                        received_at_ms,
+                        captured_at_ms,
+                        camera_seq,
+                        payload: p.payload.to_vec(),
+                    };
+                    self.log.append_frame(&f).inspect(|_| {
+                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                        self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    })
+                }
+                _ => {
+                    let reason = checked.err().unwrap_or(Reason::UnknownTopic);
+                    let used = self.log.area_stats(Area::DeadLetters).bytes;
+                    let keep = used + p.payload.len() as u64 <= self.quarantine_max;
+                    let d = DeadLetter {
+                        topic: topic.clone(),
+                        camera: camera.clone(),
+                        reason,
+                        size: p.payload.len() as u64,
+                        received_at_ms,
+                        payload_kept: keep,
+                    };
+                    let r = self.log.append_dead_letter(&d.encode(keep.then_some(&p.payload[..])));
+                    if let Ok(a) = &r {
+                        self.stats.quarantined[reason as usize].fetch_add(1, Ordering::Relaxed);
+                        if let Some(held) = self.warn.check(reason.name()) {
+                            tracing::warn!(
+                                reason = reason.name(),
+                                topic = %topic,
+                                size = p.payload.len(),
+                                frame_id = %a.frame_id,
+                                suppressed = held,
+                                "frame quarantined"
+                            );
+                        }
+                    }
+                    r
+                }
+            };
+            match result {
+                Ok(_) => {
+                    self.stats.blocked.store(false, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Err(LogError::Full { needed, used, max }) => {
+                    if !self.stats.blocked.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(used, max, needed, "log full: intake paused, frames stay on the broker");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(false),
+                        _ = self.log.wait_for_space(needed) => {}
+                    }
+                    tracing::info!("log space freed: intake resumes");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Capture time and camera sequence from MQTT 5 user properties
+/// (`captured_at_ms`, `camera_seq`), if the camera sends them.
+fn metadata(p: &Publish) -> (Option<u64>, Option<u64>) {
+    let mut captured = None;
+    let mut seq = None;
+    if let Some(props) = &p.properties {
+        for (k, v) in &props.user_properties {
+            match k.as_str() {
+                "captured_at_ms" => captured = v.trim().parse().ok(),
+                "camera_seq" => seq = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    (captured, seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let cap = Duration::from_secs(30);
+        assert!(backoff(1, cap) <= Duration::from_millis(100));
+        assert!(backoff(1, cap) >= Duration::from_millis(50));
+        assert!(backoff(5, cap) >= Duration::from_millis(800));
+        assert!(backoff(40, cap) <= cap);
+        assert!(backoff(40, cap) >= cap / 2);
+    }
+
+    #[test]
+    fn metadata_from_user_properties() {
+        let mut p = Publish::new("cameras/a/frames", QoS::AtLeastOnce, vec![1u8], None);
+        assert_eq!(metadata(&p), (None, None));
+        p.properties = Some(rumqttc::v5::mqttbytes::v5::PublishProperties {
+            user_properties: vec![("captured_at_ms".into(), "1700".into()), ("camera_seq".into(), "42".into())],
+            ..Default::default()
+        });
+        assert_eq!(metadata(&p), (Some(1700), Some(42)));
+    }
+}
