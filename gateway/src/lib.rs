@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// The intake stage failed.
     #[error(transparent)]
     Intake(#[from] intake::IntakeError),
+    /// The telemetry endpoint cannot start.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     /// A part of the pipeline is not in this build.
     #[error("{0} is not available in this build yet")]
     NotAvailable(&'static str),
@@ -72,8 +75,20 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
          until its budget is reached"
     );
     let intake = intake::Intake::new(config.mqtt.clone(), log.clone());
+    let telemetry = telemetry::http::Telemetry { log: log.clone(), intake: intake.stats() };
+    let http_stop = CancellationToken::new();
+    let listener = telemetry::http::bind(config.telemetry.listen)
+        .await
+        .map_err(|e| GatewayError::Telemetry(format!("cannot listen on {}: {e}", config.telemetry.listen)))?;
+    let http = tokio::spawn(telemetry::http::serve(listener, telemetry, http_stop.clone()));
     let result = intake.run(shutdown.clone()).await;
     log.flush().await?;
+    http_stop.cancel();
+    match http.await {
+        Ok(Err(e)) => tracing::error!(error = %e, listen = %config.telemetry.listen, "telemetry endpoint failed"),
+        Err(e) => tracing::error!(error = %e, "telemetry task failed"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("log flushed; stopped");
     result.map_err(GatewayError::from)
 }

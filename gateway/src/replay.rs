@@ -88,9 +88,7 @@ fn load_camera(dir: &Path) -> Result<Camera> {
     let id = f.camera.unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let mut frames: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "jpeg" | "png" | "bin"))
-        })
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "jpeg" | "png" | "bin")))
         .collect();
     frames.sort();
     if frames.is_empty() {

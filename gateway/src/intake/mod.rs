@@ -52,6 +52,8 @@ use validate::{Limits, Reason};
 
 /// Frames appended per group commit at most.
 const MAX_BATCH: usize = 64;
+/// Capacity of rumqttc's request channel (acks, subscribes).
+const ACK_QUEUE: usize = 8192;
 
 /// What stops intake.
 #[derive(Debug, Error)]
@@ -145,9 +147,12 @@ impl Intake {
         // (an MQTT 5 broker silently drops packets above this size).
         let packet = c.max_frame_bytes.saturating_mul(2).saturating_add(64 << 10).min(256 << 20);
         o.set_max_packet_size(Some(u32::try_from(packet).unwrap_or(u32::MAX)));
-        // Every ack and subscribe fits without waiting: at most
-        // receive_maximum acks can be outstanding.
-        o.set_request_channel_capacity(usize::from(c.receive_maximum) * 2 + 16);
+        // Acks never wait for room: the appender queues them without
+        // blocking (see `Appender::run`), so this channel only needs to hold
+        // the acks of frames not yet acknowledged, which the broker bounds
+        // by the receive maximum (with a wide margin for brokers that
+        // overshoot it after a session resume, as mosquitto 2.0.11 does).
+        o.set_request_channel_capacity(ACK_QUEUE);
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
             o.set_credentials(u.clone(), p.expose().to_owned());
         } else if let Some(u) = &c.username {
@@ -168,7 +173,7 @@ impl Intake {
     /// [`IntakeError`] when TLS files are unusable or the log fails for good.
     pub async fn run(self, stop: CancellationToken) -> Result<(), IntakeError> {
         let opts = self.options()?;
-        let (client, eventloop) = AsyncClient::new(opts, usize::from(self.cfg.receive_maximum) * 2 + 16);
+        let (client, eventloop) = AsyncClient::new(opts, ACK_QUEUE);
         let (tx, rx) = mpsc::channel::<Incoming>(usize::from(self.cfg.receive_maximum) * 2 + 8);
         let connection = Arc::new(AtomicU64::new(0));
         let appender = Appender {
@@ -243,7 +248,11 @@ impl EventTask {
                     let n = self.connection.fetch_add(1, Ordering::SeqCst) + 1;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(connection = n, session_present = ack.session_present, "connected to the MQTT broker");
+                    tracing::info!(
+                        connection = n,
+                        session_present = ack.session_present,
+                        "connected to the MQTT broker"
+                    );
                     let subs = self.topics.iter().map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t, QoS::AtLeastOnce));
                     if let Err(e) = self.client.try_subscribe_many(subs) {
                         tracing::error!(error = %e, "cannot queue the subscription");
@@ -251,7 +260,8 @@ impl EventTask {
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as C;
-                    let ok = ack.return_codes.iter().all(|c| matches!(c, C::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)));
+                    let ok =
+                        ack.return_codes.iter().all(|c| matches!(c, C::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)));
                     if ok {
                         self.stats.subscribed.store(true, Ordering::Relaxed);
                         tracing::info!(topics = ?self.topics, "subscribed with QoS 1");
@@ -362,14 +372,24 @@ impl Appender {
                 self.log.flush().await?;
             }
             // Durable now: acknowledge, in arrival order, what came on the
-            // current connection.
+            // current connection. Never wait here: the event loop may itself
+            // be waiting for this task to take the next frame, and waiting
+            // on each other would stop both (seen with a broker that sends
+            // beyond the receive maximum). A failed ack only means the
+            // broker redelivers a frame that is already stored.
             let current = self.connection.load(Ordering::SeqCst);
             for m in batch.drain(..).take(stored) {
                 if m.publish.qos == QoS::AtLeastOnce && m.connection == current {
-                    if self.client.ack(&m.publish).await.is_err() {
-                        return Ok(()); // event loop gone: shutting down
+                    match self.client.try_ack(&m.publish) {
+                        Ok(()) => {
+                            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if let Some(held) = self.warn.check("ack") {
+                                tracing::warn!(error = %e, suppressed = held, "PUBACK not queued; the broker will redeliver a stored frame");
+                            }
+                        }
                     }
-                    self.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if stored == 0 && stop.is_cancelled() {

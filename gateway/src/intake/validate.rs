@@ -29,8 +29,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 6] =
-        [Reason::UnknownTopic, Reason::Empty, Reason::Oversize, Reason::NotAnImage, Reason::Truncated, Reason::TooManyPixels];
+    pub const ALL: [Reason; 6] = [
+        Reason::UnknownTopic,
+        Reason::Empty,
+        Reason::Oversize,
+        Reason::NotAnImage,
+        Reason::Truncated,
+        Reason::TooManyPixels,
+    ];
 
     /// Stable snake_case name (metrics label, dead-letter field).
     pub fn name(self) -> &'static str {
@@ -232,7 +238,10 @@ mod tests {
 
     #[test]
     fn good_images_pass_with_their_size() {
-        assert_eq!(check_payload(&jpeg(640, 480), LIMITS), Ok(Checked { format: Format::Jpeg, width: 640, height: 480 }));
+        assert_eq!(
+            check_payload(&jpeg(640, 480), LIMITS),
+            Ok(Checked { format: Format::Jpeg, width: 640, height: 480 })
+        );
         assert_eq!(check_payload(&png(32, 16), LIMITS), Ok(Checked { format: Format::Png, width: 32, height: 16 }));
     }
 

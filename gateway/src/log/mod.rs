@@ -220,6 +220,23 @@ pub struct AreaStats {
     pub bytes: u64,
 }
 
+/// Counters of the log, read without scanning (see [`DurableLog::counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCounts {
+    /// Next sequence number to be given.
+    pub next_seq: u64,
+    /// Gap records written so far.
+    pub gaps_written: u64,
+    /// Records set aside as unreadable so far.
+    pub set_aside: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// The budget.
+    pub max_bytes: u64,
+    /// Per area.
+    pub areas: [(Area, AreaStats); 5],
+}
+
 /// A cursor's position and what is behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CursorStats {
@@ -492,6 +509,19 @@ impl DurableLog {
     /// Bytes in use now (keys + values of all records).
     pub fn used_bytes(&self) -> u64 {
         self.lock().used()
+    }
+
+    /// Counters of the log now (cheap: no scan), for metrics.
+    pub fn counts(&self) -> LogCounts {
+        let s = *self.lock();
+        LogCounts {
+            next_seq: s.next_seq,
+            gaps_written: s.next_gap,
+            set_aside: s.set_aside,
+            used_bytes: s.used(),
+            max_bytes: self.inner.opts.max_bytes,
+            areas: Area::ALL.map(|a| (a, s.areas[a.index()])),
+        }
     }
 
     /// Records and bytes of one area now (cheap: no scan).

@@ -1,0 +1,152 @@
+//! The local HTTP endpoint: Prometheus `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Promise: every figure is read at request time from the stages' own
+//! counters and the log's accounting (no scans, no locks held across
+//! awaits), so scraping never slows the pipeline.
+
+use crate::intake::validate::Reason;
+use crate::intake::IntakeStats;
+use crate::log::DurableLog;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What the endpoint reports on.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// The log.
+    pub log: DurableLog,
+    /// Intake counters.
+    pub intake: Arc<IntakeStats>,
+}
+
+/// Binds the endpoint's address (at start, so a taken port is reported
+/// before anything else runs).
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await
+}
+
+/// Serves until `stop` is cancelled.
+///
+/// # Errors
+/// If serving fails.
+pub async fn serve(listener: tokio::net::TcpListener, t: Telemetry, stop: CancellationToken) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(t);
+    tracing::info!(address = %listener.local_addr()?, "telemetry listening (/metrics, /healthz, /readyz)");
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+}
+
+async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
+    let mut missing = Vec::new();
+    if !t.intake.subscribed.load(Ordering::Relaxed) {
+        missing.push("mqtt not subscribed");
+    }
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", missing.join(", ")))
+    }
+}
+
+async fn metrics(State(t): State<Telemetry>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&t))
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+fn one(v: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), v)]
+}
+
+/// The Prometheus text exposition of every figure.
+pub fn render(t: &Telemetry) -> String {
+    let i = &t.intake;
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let lb = |a: &std::sync::atomic::AtomicBool| u64::from(a.load(Ordering::Relaxed));
+    let mut o = String::new();
+    metric(
+        &mut o,
+        "vision_gateway_frames_received_total",
+        "counter",
+        "MQTT publishes received (redeliveries included).",
+        &one(ld(&i.received)),
+    );
+    metric(&mut o, "vision_gateway_frames_stored_total", "counter", "Frames stored in the log.", &one(ld(&i.stored)));
+    metric(
+        &mut o,
+        "vision_gateway_frames_stored_bytes_total",
+        "counter",
+        "Payload bytes of stored frames.",
+        &one(ld(&i.stored_bytes)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_frames_acked_total",
+        "counter",
+        "PUBACKs sent after the frame was durable.",
+        &one(ld(&i.acked)),
+    );
+    let q: Vec<(String, u64)> =
+        Reason::ALL.iter().map(|r| (format!("{{reason=\"{}\"}}", r.name()), ld(&i.quarantined[*r as usize]))).collect();
+    metric(&mut o, "vision_gateway_frames_quarantined_total", "counter", "Frames quarantined, by reason.", &q);
+    metric(
+        &mut o,
+        "vision_gateway_mqtt_connected",
+        "gauge",
+        "1 while connected to the MQTT broker.",
+        &one(lb(&i.connected)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_mqtt_subscribed",
+        "gauge",
+        "1 while the subscriptions are acknowledged.",
+        &one(lb(&i.subscribed)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_mqtt_connects_total",
+        "counter",
+        "Successful MQTT connections.",
+        &one(ld(&i.connects)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_intake_blocked",
+        "gauge",
+        "1 while intake waits for log space.",
+        &one(lb(&i.blocked)),
+    );
+    let c = t.log.counts();
+    let recs: Vec<(String, u64)> =
+        c.areas.iter().map(|(a, s)| (format!("{{area=\"{}\"}}", a.name()), s.records)).collect();
+    let bytes: Vec<(String, u64)> =
+        c.areas.iter().map(|(a, s)| (format!("{{area=\"{}\"}}", a.name()), s.bytes)).collect();
+    metric(&mut o, "vision_gateway_log_records", "gauge", "Records in the log, by area.", &recs);
+    metric(&mut o, "vision_gateway_log_bytes", "gauge", "Bytes in the log, by area.", &bytes);
+    metric(&mut o, "vision_gateway_log_used_bytes", "gauge", "Bytes the log budget counts.", &one(c.used_bytes));
+    metric(&mut o, "vision_gateway_log_max_bytes", "gauge", "The log budget.", &one(c.max_bytes));
+    metric(&mut o, "vision_gateway_log_next_seq", "gauge", "Next frame sequence number.", &one(c.next_seq));
+    metric(&mut o, "vision_gateway_log_gaps_total", "counter", "Gap records written.", &one(c.gaps_written));
+    metric(&mut o, "vision_gateway_log_set_aside_total", "counter", "Unreadable records set aside.", &one(c.set_aside));
+    o
+}

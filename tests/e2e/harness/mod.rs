@@ -1,0 +1,259 @@
+//! Test harness for the end-to-end suite: a real mosquitto on a free
+//! loopback port with its own config, the real `vision-gateway` binary with
+//! a temp log, metrics scraping, and fixture helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use gateway::log::{DurableLog, FrameRecord, LogOptions};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The repository's `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mosquitto broker process, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed (the test command installs Debian's mosquitto: bash tests/run)");
+        // E2E_KEEP=1 keeps mosquitto's folder with a full protocol log.
+        let keep = std::env::var_os("E2E_KEEP").is_some();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\nmax_queued_bytes 0\nlog_type {}\n",
+                if keep { "all" } else { "error\nlog_type warning\nlog_type notice" }
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        wait_for_port(port, "mosquitto");
+        if keep {
+            eprintln!("mosquitto folder kept: {}", dir.path().display());
+            let _ = dir.keep();
+            return Self { port, child, dir: tempfile::tempdir().unwrap() };
+        }
+        Self { port, child, dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Settings of a test gateway's config file.
+pub struct Settings {
+    pub gateway_id: String,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    pub log_dir: PathBuf,
+    pub max_bytes: &'static str,
+    pub when_full: &'static str,
+    pub max_frame_bytes: &'static str,
+}
+
+impl Settings {
+    pub fn new(dir: &Path, mqtt_port: u16) -> Self {
+        Self {
+            gateway_id: "e2e-gw".into(),
+            mqtt_port,
+            http_port: free_port(),
+            log_dir: dir.join("log"),
+            max_bytes: "256MiB",
+            when_full: "block",
+            max_frame_bytes: "1MiB",
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        format!(
+            "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
+             [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
+             [replicate]\nbrokers = \"127.0.0.1:9\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n",
+            self.gateway_id,
+            self.log_dir.display(),
+            self.max_bytes,
+            self.when_full,
+            self.mqtt_port,
+            self.max_frame_bytes,
+            self.http_port
+        )
+    }
+
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.toml()).unwrap();
+        path.to_owned()
+    }
+
+    pub fn open_log(&self) -> DurableLog {
+        let mut o = LogOptions::new(&self.log_dir, &self.gateway_id);
+        o.max_bytes = gateway::config::units::parse_size(self.max_bytes).unwrap();
+        DurableLog::open(o).unwrap()
+    }
+}
+
+/// The `vision-gateway run` process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub stderr: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway and waits until `/readyz` says it is subscribed.
+    pub fn start(config: &Path, http_port: u16) -> Self {
+        let stderr = config.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let err = std::fs::File::create(&stderr).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let g = Self { child: Some(child), http_port, stderr };
+        g.wait_for("ready (subscribed)", Duration::from_secs(30), |_| g.get("/readyz").0 == 200);
+        g
+    }
+
+    /// Status and body of a GET on the telemetry port ((0, "") if unreachable).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http_port)) else { return (0, String::new()) };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+            return (0, String::new());
+        }
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (code, body)
+    }
+
+    /// Every sample of `/metrics`, keyed by `name{labels}`.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v))))
+            .collect()
+    }
+
+    pub fn metric(&self, key: &str) -> f64 {
+        self.metrics().get(key).copied().unwrap_or(f64::NAN)
+    }
+
+    /// Polls until `pred` holds; panics with the gateway's log after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&HashMap<String, f64>) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if pred(&self.metrics()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("gave up waiting for {what}; gateway log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM; returns whether it exited 0, and its log.
+    pub fn terminate(mut self) -> (bool, String) {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let status = c.wait().unwrap();
+        (status.success(), self.log())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every frame in the log, in log order.
+pub fn frames(log: &DurableLog) -> Vec<(u64, FrameRecord)> {
+    log.read_frames(0, usize::MAX).unwrap()
+}
+
+/// Writes a camera fixture directory with `n` frames cycled from the
+/// committed fixtures of `from` (for longer streams).
+pub fn long_camera(dir: &Path, camera: &str, from: &str, n: usize, fps: f64) -> PathBuf {
+    let d = dir.join(camera);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("camera.toml"),
+        format!("camera = \"{camera}\"\ntopic = \"cameras/{camera}/frames\"\nfps = {fps}\n"),
+    )
+    .unwrap();
+    let src: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("cameras").join(from))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        v.sort();
+        v
+    };
+    for i in 0..n {
+        std::fs::copy(&src[i % src.len()], d.join(format!("{i:05}.jpg"))).unwrap();
+    }
+    d
+}
