@@ -7,7 +7,7 @@
 use crate::log::{DurableLog, FrameRecord, LogOptions, WhenFull};
 use serde::Serialize;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// One measured row.
@@ -128,4 +128,180 @@ impl std::fmt::Display for LogBench {
         }
         Ok(())
     }
+}
+
+/// Results of the intake benchmark: the gateway's durable intake next to
+/// `mosquitto_sub` draining the same queued stream to /dev/null.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntakeBench {
+    /// Frame payload size.
+    pub frame_bytes: usize,
+    /// mosquitto_sub, QoS 1, output to /dev/null.
+    pub mosquitto_sub: Throughput,
+    /// The intake stage: checks, append, group-commit flush, then PUBACK.
+    pub gateway: Throughput,
+}
+
+impl std::fmt::Display for IntakeBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "intake throughput, {} B frames queued on a local mosquitto (same run)", self.frame_bytes)?;
+        writeln!(f, "{:<44} {:>10} {:>10} {:>8}", "", "frames/s", "MB/s", "ratio")?;
+        let m = &self.mosquitto_sub;
+        writeln!(f, "{:<44} {:>10.0} {:>10.1} {:>8}", m.what, m.records_per_s(), m.mb_per_s(), "1.00")?;
+        let g = &self.gateway;
+        writeln!(
+            f,
+            "{:<44} {:>10.0} {:>10.1} {:>8.2}",
+            g.what,
+            g.records_per_s(),
+            g.mb_per_s(),
+            g.mb_per_s() / m.mb_per_s()
+        )
+    }
+}
+
+/// A payload that passes intake's checks: SOI, a SOF0 header (640x480),
+/// comment segments of noise up to `size`, EOI.
+pub fn synthetic_jpeg(size: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0xE0, 0x02, 0x80, 1, 1, 0x11, 0];
+    let mut x = seed | 1;
+    while v.len() + 4 + 2 < size {
+        let n = (size - v.len() - 6).min(65_000);
+        v.extend_from_slice(&[0xFF, 0xFE]);
+        v.extend_from_slice(&((n + 2) as u16).to_be_bytes());
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.push(x as u8);
+        }
+    }
+    v.extend_from_slice(&[0xFF, 0xD9]);
+    v
+}
+
+fn which(names: &[&str]) -> anyhow::Result<PathBuf> {
+    for n in names {
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+            let p = Path::new(dir).join(n);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    anyhow::bail!("{} not found; install Debian's mosquitto and mosquitto-clients", names.join(" or "))
+}
+
+/// Queues `frames` frames of `size` bytes on a private mosquitto (started on
+/// a free loopback port) for a persistent QoS 1 session, then measures how
+/// fast `mosquitto_sub` and the gateway's intake drain them.
+///
+/// # Errors
+/// Missing mosquitto binaries, broker or log failures.
+pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::Result<IntakeBench> {
+    use crate::config::Config;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use std::sync::atomic::Ordering;
+    use tokio_util::sync::CancellationToken;
+
+    let mosquitto = which(&["mosquitto"])?;
+    let sub = which(&["mosquitto_sub"])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n"),
+    )?;
+    let mut broker = tokio::process::Command::new(mosquitto).arg("-c").arg(&conf).kill_on_drop(true).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "mosquitto did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let topic = "cameras/bench-cam/frames";
+    let payload = synthetic_jpeg(size, 7);
+
+    // Publishes `frames` frames and waits for the broker's PUBACKs.
+    let publish = |client_id: String| {
+        let payload = payload.clone();
+        async move {
+            let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+            o.set_max_packet_size(Some(256 << 20));
+            let (c, mut el) = AsyncClient::new(o, 64);
+            let pubs = tokio::spawn(async move {
+                for _ in 0..frames {
+                    c.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+                }
+                Ok::<_, anyhow::Error>(c)
+            });
+            let mut acked = 0;
+            while acked < frames {
+                if let Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) = el.poll().await? {
+                    acked += 1;
+                }
+            }
+            let c = pubs.await??;
+            let _ = c.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+
+    // mosquitto_sub: create the session, queue, then time the drain.
+    let sub_args = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new(&sub);
+        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5", "-q", "1", "-c", "-i", "bench-sub"])
+            .args(["-x", "3600", "-t", topic])
+            .args(extra)
+            .stdout(std::process::Stdio::null());
+        c
+    };
+    anyhow::ensure!(sub_args(&["-E"]).status().await?.success(), "mosquitto_sub could not subscribe");
+    publish("bench-pub-1".into()).await?;
+    let t = Instant::now();
+    let n = frames.to_string();
+    anyhow::ensure!(sub_args(&["-C", &n]).status().await?.success(), "mosquitto_sub failed");
+    let m = Throughput::new("mosquitto_sub -q 1 > /dev/null".into(), frames, frames * size as u64, t.elapsed());
+
+    // The gateway's intake: same steps.
+    let text = format!(
+        "gateway_id = \"bench\"\n[log]\npath = \"{}\"\nmax_bytes = \"64GiB\"\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n\
+         max_frame_bytes = \"16MiB\"\nreceive_maximum = 64\n[replicate]\nbrokers = \"127.0.0.1:9\"\n",
+        dir.join("intake-log").display()
+    );
+    let cfg =
+        Config::parse(Path::new("bench"), &text, &crate::config::ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log = crate::open_log(&cfg)?;
+    {
+        let stop = CancellationToken::new();
+        let intake = crate::intake::Intake::new(cfg.mqtt.clone(), log.clone());
+        let stats = intake.stats();
+        let task = tokio::spawn(intake.run(stop.clone()));
+        while !stats.subscribed.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await??;
+    }
+    publish("bench-pub-2".into()).await?;
+    let stop = CancellationToken::new();
+    let intake = crate::intake::Intake::new(cfg.mqtt.clone(), log.clone());
+    let stats = intake.stats();
+    let t = Instant::now();
+    let task = tokio::spawn(intake.run(stop.clone()));
+    // Waits on the log's own notification for each new frame.
+    let mut reader = log.reader(crate::log::Area::Frames, crate::log::cursors::DETECT)?;
+    let mut seen = 0;
+    while seen < frames {
+        seen += reader.next_frames(1024).await?.len() as u64;
+    }
+    while stats.acked.load(Ordering::Relaxed) < frames {
+        tokio::task::yield_now().await;
+    }
+    let g = Throughput::new("gateway intake (durable, acked)".into(), frames, frames * size as u64, t.elapsed());
+    stop.cancel();
+    task.await??;
+    let _ = broker.kill().await;
+    Ok(IntakeBench { frame_bytes: size, mosquitto_sub: m, gateway: g })
 }

@@ -77,6 +77,21 @@ enum LogCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Intake drain rate next to mosquitto_sub on the same queued stream.
+    Intake {
+        /// Directory for the log (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Frames to queue and drain.
+        #[arg(long, default_value_t = 500)]
+        frames: u64,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 200_000)]
+        size: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Log append+flush against raw sequential write+fsync on the same disk.
     Log {
         /// Directory on the disk to measure (default: a temporary directory).
@@ -253,6 +268,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 r.seconds,
                 r.acked
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Intake { dir, frames, size, json } } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => tempdir()?,
+            };
+            std::fs::create_dir_all(&dir)?;
+            let rt = runtime()?;
+            let r = rt.block_on(gateway::bench::intake_throughput(&dir, frames, size))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Log { dir, records, size, batch, json } } => {

@@ -92,10 +92,21 @@ fn log_stats_json_reports_the_log() {
 }
 
 #[test]
-fn replay_says_it_is_not_available_yet() {
-    let out = bin(&["replay", "/tmp", "--broker", "127.0.0.1:1883"]);
+fn replay_reports_bad_fixtures_and_unreachable_brokers_clearly() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = bin(&["replay", empty.path().to_str().unwrap(), "--broker", "127.0.0.1:1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no camera.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = bin(&["replay", &repo("tests/fixtures/bad"), "--broker", &format!("127.0.0.1:{port}")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("MQTT connection to 127.0.0.1:") && err.contains("failed"), "{err}");
 }
 
 #[test]
@@ -106,4 +117,16 @@ fn demo_runs_to_the_end() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("frames processed by stage   : 90"), "{stdout}");
     assert!(stdout.contains("not built yet"), "the demo states what it does not do:\n{stdout}");
+}
+
+#[test]
+fn bench_intake_runs_against_a_private_mosquitto_and_prints_a_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        bin(&["bench", "intake", "--frames", "30", "--size", "20000", "--json", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gateway"]["records"], 30);
+    assert_eq!(v["mosquitto_sub"]["records"], 30);
+    assert!(v["gateway"]["seconds"].as_f64().unwrap() > 0.0);
 }
