@@ -6,17 +6,20 @@
 //! - [`config`]: the typed, validated configuration;
 //! - [`log`]: the durable on-disk log, the only shared state;
 //! - [`intake`]: MQTT frames into the log, acknowledged after durability;
+//! - [`detect`]: frames through the model on worker threads, annotations
+//!   into the log;
 //! - [`replay`]: publishes camera fixtures to a broker (`replay`);
 //! - [`telemetry`]: rate-limited logging;
 //! - [`bench`]: measurements printed by `vision-gateway bench`;
 //! - [`demo`]: the self-contained demo.
 //!
-//! Detect (inference), sampling, replicate (Kafka) and metrics land with
-//! their issues; until then [`run`] runs intake only and says so.
+//! Sampling and replicate (Kafka) land with their issue; until then
+//! [`run`] keeps annotations in the log and says so.
 
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod intake;
 pub mod log;
 pub mod replay;
@@ -34,6 +37,9 @@ pub enum GatewayError {
     /// The intake stage failed.
     #[error(transparent)]
     Intake(#[from] intake::IntakeError),
+    /// The detect stage failed.
+    #[error(transparent)]
+    Detect(#[from] detect::DetectError),
     /// The telemetry endpoint cannot start.
     #[error("telemetry: {0}")]
     Telemetry(String),
@@ -71,17 +77,70 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         "log opened"
     );
     tracing::warn!(
-        "this build has no detect or replicate stage yet: frames are stored and stay in the log \
-         until its budget is reached"
+        "this build has no replicate stage yet: annotations stay in the log (frames are freed once annotated)"
     );
+    let opts = detect::DetectOptions {
+        model: config.detect.model.clone(),
+        library: config.detect.onnxruntime.clone(),
+        workers: config.detect.workers as usize,
+        intra_threads: config.detect.intra_threads as usize,
+        queue: config.detect.queue as usize,
+        max_pixels: config.mqtt.max_pixels,
+    };
+    let detect = if config.detect.enabled {
+        let l = log.clone();
+        let o = opts.clone();
+        let d = tokio::task::spawn_blocking(move || detect::Detect::start(l, &o))
+            .await
+            .map_err(|e| detect::DetectError::Worker(e.to_string()))??;
+        tracing::info!(model = %config.detect.model.display(), workers = opts.workers, "model loaded");
+        Some(d)
+    } else {
+        tracing::warn!("detect.enabled = false: frames are stored without annotations");
+        None
+    };
     let intake = intake::Intake::new(config.mqtt.clone(), log.clone());
-    let telemetry = telemetry::http::Telemetry { log: log.clone(), intake: intake.stats() };
+    let telemetry = telemetry::http::Telemetry {
+        log: log.clone(),
+        intake: intake.stats(),
+        detect: detect.as_ref().map(detect::Detect::stats),
+    };
     let http_stop = CancellationToken::new();
     let listener = telemetry::http::bind(config.telemetry.listen)
         .await
         .map_err(|e| GatewayError::Telemetry(format!("cannot listen on {}: {e}", config.telemetry.listen)))?;
     let http = tokio::spawn(telemetry::http::serve(listener, telemetry, http_stop.clone()));
-    let result = intake.run(shutdown.clone()).await;
+
+    // Shutdown order: intake stops reading first, then detect finishes the
+    // frames in flight, then the log is flushed.
+    let intake_stop = shutdown.child_token();
+    let detect_stop = CancellationToken::new();
+    let mut detect_task = tokio::spawn({
+        let stop = detect_stop.clone();
+        async move {
+            match detect {
+                Some(d) => d.run(stop).await,
+                None => {
+                    stop.cancelled().await;
+                    Ok(())
+                }
+            }
+        }
+    });
+    let mut intake_task = tokio::spawn(intake.run(intake_stop.clone()));
+    let (intake_result, detect_result) = tokio::select! {
+        r = &mut intake_task => {
+            detect_stop.cancel();
+            (joined_intake(r), joined_detect(detect_task.await))
+        }
+        r = &mut detect_task => {
+            // Detect failed on its own: stop taking frames in.
+            intake_stop.cancel();
+            let d = joined_detect(r);
+            (joined_intake(intake_task.await), d)
+        }
+    };
+    let result = intake_result.map_err(GatewayError::from).and(detect_result.map_err(GatewayError::from));
     log.flush().await?;
     http_stop.cancel();
     match http.await {
@@ -90,5 +149,17 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         Ok(Ok(())) => {}
     }
     tracing::info!("log flushed; stopped");
-    result.map_err(GatewayError::from)
+    result
+}
+
+fn joined_intake(
+    r: Result<Result<(), intake::IntakeError>, tokio::task::JoinError>,
+) -> Result<(), intake::IntakeError> {
+    r.unwrap_or_else(|e| Err(intake::IntakeError::Appender(format!("intake task failed: {e}"))))
+}
+
+fn joined_detect(
+    r: Result<Result<(), detect::DetectError>, tokio::task::JoinError>,
+) -> Result<(), detect::DetectError> {
+    r.unwrap_or_else(|e| Err(detect::DetectError::Worker(format!("detect task failed: {e}"))))
 }

@@ -55,6 +55,25 @@ enum Command {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Run a model on image files and print one annotation per image.
+    Annotate {
+        /// Model folder (with model.toml).
+        #[arg(long, default_value = "models/ppocr-v4")]
+        model: PathBuf,
+        /// libonnxruntime.so.1.31.1 (default: $ORT_DYLIB_PATH, then
+        /// models/runtime/<arch>/, then /usr/lib/vision-gateway/).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        /// Threads ONNX Runtime may use per run.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// JPEG or PNG files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Measure the project's throughput next to baselines in the same run.
     Bench {
         #[command(subcommand)]
@@ -129,7 +148,7 @@ fn main() -> ExitCode {
 fn init_tracing(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -269,6 +288,46 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 r.acked
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Annotate { model, onnxruntime, threads, json, images } => {
+            let cwd = std::env::current_dir().ok();
+            let library = inference::runtime::default_library(onnxruntime.as_deref(), cwd.as_deref());
+            let opts = inference::LoadOptions { library, intra_threads: threads, max_pixels: 50_000_000 };
+            let mut m = inference::Model::load(&model, &opts)
+                .with_context(|| format!("cannot load the model in {}", model.display()))?;
+            let mut failed = false;
+            for path in &images {
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let a = m.annotate(&bytes)?;
+                failed |= a.error.is_some();
+                if json {
+                    let mut v = serde_json::to_value(&a)?;
+                    v["file"] = serde_json::Value::String(path.display().to_string());
+                    println!("{}", serde_json::to_string(&v)?);
+                } else {
+                    println!(
+                        "{} ({}x{}, {} {} {:.12}, {:.0} ms)",
+                        path.display(),
+                        a.width,
+                        a.height,
+                        a.model.name,
+                        a.model.version,
+                        a.model.hash,
+                        a.timings.decode_ms + a.timings.preprocess_ms + a.timings.run_ms + a.timings.postprocess_ms
+                    );
+                    if let Some(e) = &a.error {
+                        println!("  error: {e}");
+                    }
+                    for it in &a.items {
+                        let what = it.text.as_deref().or(it.label.as_deref()).unwrap_or("");
+                        println!(
+                            "  {:>5.3}  [{:.0}, {:.0}, {:.0}, {:.0}]  {what}",
+                            it.score, it.bbox[0], it.bbox[1], it.bbox[2], it.bbox[3]
+                        );
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Bench { command: BenchCommand::Intake { dir, frames, size, json } } => {
             let dir = match dir {

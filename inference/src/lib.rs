@@ -7,15 +7,26 @@
 //! [`Manifest::load`] refuses a folder whose files are missing or whose bytes
 //! are not the bytes the manifest pins; nothing is ever downloaded.
 //!
-//! Running models (ONNX Runtime through `ort`, decoders for `ocr`, `detect`
-//! and `classify`) lands with the inference issue; until then
-//! [`Model::load`] says so with [`InferenceError::NotAvailable`].
+//! Running a model: [`Model::load`] verifies the manifest, loads ONNX
+//! Runtime from an explicit library path ([`runtime`]) and opens one session
+//! per ONNX file; [`Model::annotate`] decodes a frame and returns an
+//! [`Annotation`] (items with scores and boxes in the frame's pixels, the
+//! model's name, version and hash, and timings). A frame that cannot be
+//! decoded gives an annotation with `error` set, never a panic.
+//!
+//! Tasks: `ocr` (PP-OCR detection + recognition) is implemented;
+//! `detect` and `classify` decoders report [`InferenceError::NotAvailable`].
 
+pub mod imageops;
 mod manifest;
+pub mod ocr;
+pub mod runtime;
 
-pub use manifest::{Manifest, ModelFile, Task};
+pub use manifest::{sha256_file, Manifest, ModelFile, Task};
 
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 use thiserror::Error;
 
 /// What can go wrong when loading or running a model.
@@ -50,6 +61,12 @@ pub enum InferenceError {
         /// Actual hash.
         found: String,
     },
+    /// ONNX Runtime could not be loaded or a session failed.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// The frame could not be decoded.
+    #[error("cannot decode the image: {0}")]
+    Decode(String),
     /// This capability is not built yet.
     #[error("{0} is not available in this build yet")]
     NotAvailable(&'static str),
@@ -62,21 +79,184 @@ impl InferenceError {
     }
 }
 
-/// A loaded model, ready to run.
-#[derive(Debug)]
+/// Which model produced an annotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// sha256 over the manifest's file roles and hashes.
+    pub hash: String,
+}
+
+/// One thing found on a frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Text read (task `ocr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Class label (tasks `detect`, `classify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Score in [0, 1].
+    pub score: f32,
+    /// Axis-aligned box `[x0, y0, x1, y1]` in frame pixels.
+    pub bbox: [f32; 4],
+    /// Corner points (top-left, top-right, bottom-right, bottom-left) of a
+    /// rotated box, in frame pixels (task `ocr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quad: Option<[[f32; 2]; 4]>,
+}
+
+impl Item {
+    /// A text item from its quad.
+    pub fn text(text: String, score: f32, quad: [[f32; 2]; 4]) -> Self {
+        let xs = quad.map(|p| p[0]);
+        let ys = quad.map(|p| p[1]);
+        let bbox = [
+            xs.iter().copied().fold(f32::MAX, f32::min),
+            ys.iter().copied().fold(f32::MAX, f32::min),
+            xs.iter().copied().fold(f32::MIN, f32::max),
+            ys.iter().copied().fold(f32::MIN, f32::max),
+        ];
+        Self { text: Some(text), label: None, score, bbox, quad: Some(quad) }
+    }
+}
+
+/// Milliseconds spent per step on one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// JPEG/PNG decoding.
+    pub decode_ms: f64,
+    /// Resizing, normalising, cropping inputs.
+    pub preprocess_ms: f64,
+    /// Inside ONNX Runtime.
+    pub run_ms: f64,
+    /// Decoding outputs (boxes, NMS, CTC).
+    pub postprocess_ms: f64,
+}
+
+/// The result of running a model on one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// The model.
+    pub model: ModelInfo,
+    /// Frame width in pixels (0 if it could not be decoded).
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// What was found, in reading order for text.
+    pub items: Vec<Item>,
+    /// Where the time went.
+    pub timings: Timings,
+    /// Why the frame could not be annotated, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `libonnxruntime.so.1.31.1`.
+    pub library: PathBuf,
+    /// Threads ONNX Runtime may use inside one run.
+    pub intra_threads: usize,
+    /// Frames with more pixels are refused before decoding.
+    pub max_pixels: u64,
+}
+
+enum Backend {
+    Ocr(ocr::Ocr),
+}
+
+/// A loaded model, ready to run. Not shared between threads: each worker
+/// loads its own (one session per worker).
 pub struct Model {
     /// Its verified manifest.
     pub manifest: Manifest,
+    /// Name, version, hash.
+    pub info: ModelInfo,
+    backend: Backend,
+    max_pixels: u64,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("info", &self.info).finish_non_exhaustive()
+    }
 }
 
 impl Model {
     /// Loads the model in folder `dir`.
     ///
     /// # Errors
-    /// Every manifest and checksum error of [`Manifest::load`]; then
-    /// [`InferenceError::NotAvailable`] until the ONNX Runtime backend lands.
-    pub fn load(dir: &std::path::Path) -> Result<Self, InferenceError> {
-        let _manifest = Manifest::load(dir)?;
-        Err(InferenceError::NotAvailable("running models (ONNX Runtime backend)"))
+    /// Every manifest and checksum error of [`Manifest::load`];
+    /// [`InferenceError::Runtime`] if ONNX Runtime or a session cannot be
+    /// loaded; [`InferenceError::NotAvailable`] for tasks not built yet.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
+        let manifest = Manifest::load(dir)?;
+        let info = ModelInfo { name: manifest.name.clone(), version: manifest.version.clone(), hash: manifest.hash() };
+        let env = runtime::init(&opts.library)?;
+        let file = |role: &str| {
+            manifest.file(role).ok_or_else(|| InferenceError::Manifest {
+                path: dir.join("model.toml"),
+                message: format!("task {:?} needs a file with role {role:?}", manifest.task),
+            })
+        };
+        let backend = match manifest.task {
+            Task::Ocr => Backend::Ocr(ocr::Ocr::load(&env, &file("det")?, &file("rec")?, opts.intra_threads)?),
+            Task::Detect => return Err(InferenceError::NotAvailable("the `detect` task")),
+            Task::Classify => return Err(InferenceError::NotAvailable("the `classify` task")),
+        };
+        Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels })
+    }
+
+    /// Runs the model on decoded frames.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails (the frames themselves
+    /// cannot cause this).
+    pub fn run(&mut self, frames: &[imageops::Bgr]) -> Result<Vec<Annotation>, InferenceError> {
+        frames.iter().map(|f| self.run_one(f, 0.0)).collect()
+    }
+
+    fn run_one(&mut self, frame: &imageops::Bgr, decode_ms: f64) -> Result<Annotation, InferenceError> {
+        let (items, t) = match &mut self.backend {
+            Backend::Ocr(o) => o.run(frame)?,
+        };
+        Ok(Annotation {
+            model: self.info.clone(),
+            width: frame.width as u32,
+            height: frame.height as u32,
+            items,
+            timings: Timings {
+                decode_ms,
+                preprocess_ms: t.preprocess_ms,
+                run_ms: t.run_ms,
+                postprocess_ms: t.postprocess_ms,
+            },
+            error: None,
+        })
+    }
+
+    /// Decodes JPEG/PNG bytes and runs the model. A frame that cannot be
+    /// decoded gives an annotation with `error` set.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails.
+    pub fn annotate(&mut self, bytes: &[u8]) -> Result<Annotation, InferenceError> {
+        let t = Instant::now();
+        match imageops::decode(bytes, self.max_pixels) {
+            Ok(frame) => self.run_one(&frame, t.elapsed().as_secs_f64() * 1e3),
+            Err(e) => Ok(Annotation {
+                model: self.info.clone(),
+                width: 0,
+                height: 0,
+                items: Vec::new(),
+                timings: Timings { decode_ms: t.elapsed().as_secs_f64() * 1e3, ..Timings::default() },
+                error: Some(e.to_string()),
+            }),
+        }
     }
 }

@@ -80,6 +80,16 @@ impl Manifest {
         Ok(m)
     }
 
+    /// sha256 over `role:sha256\n` of every file, in manifest order: one
+    /// hash that names this exact model.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for f in &self.files {
+            h.update(format!("{}:{}\n", f.role, f.sha256.to_ascii_lowercase()).as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Path of the file with `role`.
     pub fn file(&self, role: &str) -> Option<PathBuf> {
         self.files.iter().find(|f| f.role == role).map(|f| self.dir.join(&f.path))

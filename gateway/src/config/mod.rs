@@ -130,6 +130,9 @@ pub struct RawTls {
 /// `[detect]`: the inference stage.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawDetect {
+    /// Run the model on every frame. `false` keeps frames in the log
+    /// unannotated (boxes without inference, e.g. armv7). Default `true`.
+    pub enabled: Option<bool>,
     /// Model folder (with `model.toml`). Default
     /// `/usr/share/vision-gateway/models/ppocr-v4`.
     pub model: Option<PathBuf>,
@@ -266,6 +269,8 @@ pub struct MqttConfig {
 /// Validated `[detect]`.
 #[derive(Debug, Clone)]
 pub struct DetectConfig {
+    /// Whether the stage runs.
+    pub enabled: bool,
     /// Model folder.
     pub model: PathBuf,
     /// ONNX Runtime library.
@@ -547,6 +552,7 @@ impl Config {
 
         let d = raw.detect;
         let detect = DetectConfig {
+            enabled: d.enabled.unwrap_or(true),
             model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v4")),
             onnxruntime: d
                 .onnxruntime

@@ -4,6 +4,7 @@
 //! counters and the log's accounting (no scans, no locks held across
 //! awaits), so scraping never slows the pipeline.
 
+use crate::detect::{DetectStats, LATENCY_BUCKETS_MS};
 use crate::intake::validate::Reason;
 use crate::intake::IntakeStats;
 use crate::log::DurableLog;
@@ -25,6 +26,8 @@ pub struct Telemetry {
     pub log: DurableLog,
     /// Intake counters.
     pub intake: Arc<IntakeStats>,
+    /// Detect counters (`None` when `detect.enabled = false`).
+    pub detect: Option<Arc<DetectStats>>,
 }
 
 /// Binds the endpoint's address (at start, so a taken port is reported
@@ -52,6 +55,9 @@ pub async fn serve(listener: tokio::net::TcpListener, t: Telemetry, stop: Cancel
 
 async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
     let mut missing = Vec::new();
+    if t.detect.as_ref().is_some_and(|d| !d.model_loaded.load(Ordering::Relaxed)) {
+        missing.push("model not loaded");
+    }
     if !t.intake.subscribed.load(Ordering::Relaxed) {
         missing.push("mqtt not subscribed");
     }
@@ -136,6 +142,39 @@ pub fn render(t: &Telemetry) -> String {
         "1 while intake waits for log space.",
         &one(lb(&i.blocked)),
     );
+    let none = DetectStats::default();
+    let d = t.detect.as_deref().unwrap_or(&none);
+    metric(
+        &mut o,
+        "vision_gateway_frames_annotated_total",
+        "counter",
+        "Frames annotated (errors included).",
+        &one(ld(&d.annotated)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_annotation_errors_total",
+        "counter",
+        "Frames that could not be decoded or run.",
+        &one(ld(&d.errors)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_annotation_items_total",
+        "counter",
+        "Items (texts, objects) found.",
+        &one(ld(&d.items)),
+    );
+    let _ = writeln!(o, "# HELP vision_gateway_detect_latency_seconds Decode to annotation, per frame.\n# TYPE vision_gateway_detect_latency_seconds histogram");
+    let mut cum = 0;
+    for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cum += ld(&d.latency[i]);
+        let _ = writeln!(o, "vision_gateway_detect_latency_seconds_bucket{{le=\"{}\"}} {cum}", b / 1000.0);
+    }
+    cum += ld(&d.latency[LATENCY_BUCKETS_MS.len()]);
+    let _ = writeln!(o, "vision_gateway_detect_latency_seconds_bucket{{le=\"+Inf\"}} {cum}");
+    let _ = writeln!(o, "vision_gateway_detect_latency_seconds_sum {}", ld(&d.busy_us) as f64 / 1e6);
+    let _ = writeln!(o, "vision_gateway_detect_latency_seconds_count {cum}");
     let c = t.log.counts();
     let recs: Vec<(String, u64)> =
         c.areas.iter().map(|(a, s)| (format!("{{area=\"{}\"}}", a.name()), s.records)).collect();

@@ -16,6 +16,16 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The ONNX Runtime library fetched by `models/fetch` for this machine.
+pub fn onnxruntime() -> PathBuf {
+    repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1")
+}
+
 /// The repository's `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -88,6 +98,8 @@ pub struct Settings {
     pub max_bytes: &'static str,
     pub when_full: &'static str,
     pub max_frame_bytes: &'static str,
+    /// Run the bundled model (the intake tests keep raw frames instead).
+    pub detect: bool,
 }
 
 impl Settings {
@@ -100,6 +112,7 @@ impl Settings {
             max_bytes: "256MiB",
             when_full: "block",
             max_frame_bytes: "1MiB",
+            detect: false,
         }
     }
 
@@ -107,6 +120,7 @@ impl Settings {
         format!(
             "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
+             [detect]\nenabled = {}\nmodel = \"{}\"\nonnxruntime = \"{}\"\n\
              [replicate]\nbrokers = \"127.0.0.1:9\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n",
             self.gateway_id,
             self.log_dir.display(),
@@ -114,6 +128,9 @@ impl Settings {
             self.when_full,
             self.mqtt_port,
             self.max_frame_bytes,
+            self.detect,
+            repo().join("models/ppocr-v4").display(),
+            onnxruntime().display(),
             self.http_port
         )
     }

@@ -1,0 +1,361 @@
+//! The detect stage: frames from the log, through the model, annotations
+//! back into the log.
+//!
+//! Owns cursor `detect`. Frames are read in sequence order and handed to
+//! `detect.workers` dedicated OS threads (never tokio workers: inference is
+//! blocking work), each with its own model session, through a bounded
+//! queue. Results come back in any order and are committed in sequence
+//! order: each commit writes the annotations of a contiguous run of frames
+//! and moves the cursor past them in one atomic batch, which also frees the
+//! frames' bytes (retention). So annotations are in order per camera, and a
+//! crash re-annotates at most the frames that were in flight.
+//!
+//! A frame that cannot be decoded becomes an annotation with `error` set,
+//! and is counted; the stage goes on. Dead letters and gaps are not frames:
+//! they keep their own records and are not annotated.
+
+use crate::log::{cursors, Area, DurableLog, FrameRecord, LogError};
+use crate::telemetry::RateLimiter;
+use inference::{Annotation, LoadOptions, Model};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Version of the [`FrameAnnotation`] JSON schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What stops the detect stage.
+#[derive(Debug, Error)]
+pub enum DetectError {
+    /// The model could not be loaded (at start).
+    #[error("cannot load the model: {0}")]
+    Model(#[from] inference::InferenceError),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A worker thread died.
+    #[error("inference worker stopped: {0}")]
+    Worker(String),
+}
+
+impl DetectError {
+    /// True when retrying later may succeed without a change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DetectError::Log(e) => e.is_transient(),
+            DetectError::Model(e) => e.is_transient(),
+            DetectError::Worker(_) => false,
+        }
+    }
+}
+
+/// The annotation record the log keeps and replicate sends (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameAnnotation {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// `"{gateway_id}:{seq}"`: unique across sites, for de-duplication.
+    pub frame_id: String,
+    /// Gateway that took the frame in.
+    pub gateway_id: String,
+    /// Sequence number in that gateway's log.
+    pub seq: u64,
+    /// Camera id.
+    pub camera: String,
+    /// The camera's own sequence number, if it sends one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera_seq: Option<u64>,
+    /// When the camera captured the frame (ms since the Unix epoch), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured_at_ms: Option<u64>,
+    /// When the gateway received it.
+    pub received_at_ms: u64,
+    /// MIME type of the frame.
+    pub content_type: String,
+    /// Size of the frame in bytes.
+    pub frame_bytes: u64,
+    /// The model's output (with `error` set if the frame could not be read).
+    pub annotation: Annotation,
+}
+
+/// Live counters of the detect stage.
+#[derive(Debug, Default)]
+pub struct DetectStats {
+    /// Frames annotated (errors included).
+    pub annotated: AtomicU64,
+    /// Frames that could not be decoded or run.
+    pub errors: AtomicU64,
+    /// Items found.
+    pub items: AtomicU64,
+    /// Sum of per-frame processing time, microseconds.
+    pub busy_us: AtomicU64,
+    /// The model is loaded in every worker.
+    pub model_loaded: AtomicBool,
+    /// Latency histogram (decode to annotation), counts per bucket of
+    /// [`LATENCY_BUCKETS_MS`] (last = +Inf).
+    pub latency: [AtomicU64; 12],
+}
+
+/// Upper bounds (ms) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [f64; 11] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+impl DetectStats {
+    fn observe(&self, ms: f64) {
+        let i = LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.busy_us.fetch_add((ms * 1e3) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Settings of the stage.
+#[derive(Debug, Clone, Default)]
+pub struct DetectOptions {
+    /// Model folder.
+    pub model: PathBuf,
+    /// ONNX Runtime library.
+    pub library: PathBuf,
+    /// Worker threads.
+    pub workers: usize,
+    /// ONNX Runtime threads per worker.
+    pub intra_threads: usize,
+    /// Frames waiting for a worker at most.
+    pub queue: usize,
+    /// Largest picture decoded.
+    pub max_pixels: u64,
+}
+
+struct Job {
+    seq: u64,
+    frame: FrameRecord,
+}
+
+struct Done {
+    seq: u64,
+    frame: FrameRecord,
+    annotation: Annotation,
+}
+
+/// The detect stage, with its models loaded.
+pub struct Detect {
+    log: DurableLog,
+    stats: Arc<DetectStats>,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    results: mpsc::UnboundedReceiver<Result<Done, String>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    capacity: usize,
+    warn: RateLimiter,
+}
+
+impl Detect {
+    /// Starts the workers; each loads its own model. Returns when every
+    /// worker has its model, or the first load error.
+    ///
+    /// # Errors
+    /// [`DetectError::Model`] with the loader's message (missing library,
+    /// bad manifest, checksum mismatch).
+    pub fn start(log: DurableLog, opts: &DetectOptions) -> Result<Self, DetectError> {
+        let stats = Arc::new(DetectStats::default());
+        let workers_n = opts.workers.max(1);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(opts.queue.max(1));
+        let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
+        let (res_tx, res_rx) = mpsc::unbounded_channel();
+        let mut workers = Vec::new();
+        let mut loads = Vec::new();
+        for i in 0..workers_n {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), inference::InferenceError>>();
+            loads.push(ready_rx);
+            let load = LoadOptions {
+                library: opts.library.clone(),
+                intra_threads: opts.intra_threads,
+                max_pixels: opts.max_pixels,
+            };
+            let model_dir = opts.model.clone();
+            let jobs = jobs_rx.clone();
+            let results = res_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("detect-{i}"))
+                .spawn(move || worker(model_dir, load, jobs, results, ready_tx))
+                .map_err(|e| DetectError::Worker(e.to_string()))?;
+            workers.push(handle);
+        }
+        for r in loads {
+            match r.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(DetectError::Model(e)),
+                Err(_) => return Err(DetectError::Worker("a worker stopped while loading the model".into())),
+            }
+        }
+        stats.model_loaded.store(true, Ordering::Relaxed);
+        Ok(Self {
+            log,
+            stats,
+            jobs: Some(jobs_tx),
+            results: res_rx,
+            workers,
+            capacity: opts.queue.max(1) + workers_n,
+            warn: RateLimiter::new(Duration::from_secs(10)),
+        })
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<DetectStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `stop`; then finishes the frames in flight, commits them
+    /// and stops the workers.
+    ///
+    /// # Errors
+    /// [`DetectError`] if the log or a worker fails.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), DetectError> {
+        let mut reader = self.log.reader(Area::Frames, cursors::DETECT)?;
+        let mut next_commit = reader.position();
+        let mut pending: BTreeMap<u64, Option<Done>> = BTreeMap::new();
+        let result = loop {
+            let room = self.capacity.saturating_sub(pending.len());
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ok(()),
+                r = self.results.recv() => match r {
+                    Some(Ok(done)) => {
+                        pending.insert(done.seq, Some(done));
+                        if let Err(e) = self.commit_ready(&mut pending, &mut next_commit) {
+                            break Err(e);
+                        }
+                    }
+                    Some(Err(e)) => break Err(DetectError::Worker(e)),
+                    None => break Err(DetectError::Worker("all workers stopped".into())),
+                },
+                frames = reader.next_frames(room), if room > 0 => {
+                    let frames = match frames {
+                        Ok(f) => f,
+                        Err(e) => break Err(e.into()),
+                    };
+                    for (seq, frame) in frames {
+                        pending.insert(seq, None);
+                        if let Some(tx) = &self.jobs {
+                            // Never blocks: in-flight frames are bounded by `capacity`.
+                            if tx.send(Job { seq, frame }).is_err() {
+                                return Err(DetectError::Worker("workers stopped".into()));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // Finish the batch in flight, then stop the workers.
+        while pending.values().any(Option::is_none) {
+            match self.results.recv().await {
+                Some(Ok(done)) => {
+                    pending.insert(done.seq, Some(done));
+                }
+                _ => break,
+            }
+        }
+        let committed = self.commit_ready(&mut pending, &mut next_commit);
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        result.and(committed)
+    }
+
+    /// Commits the annotations of the contiguous run of finished frames
+    /// starting at `next_commit`, and moves the cursor past them.
+    fn commit_ready(
+        &self,
+        pending: &mut BTreeMap<u64, Option<Done>>,
+        next_commit: &mut u64,
+    ) -> Result<(), DetectError> {
+        let mut batch = self.log.batch();
+        let mut last = None;
+        while let Some(entry) = pending.first_entry() {
+            if entry.get().is_none() {
+                break;
+            }
+            let (seq, done) = entry.remove_entry();
+            let Some(done) = done else { break };
+            let fa = FrameAnnotation {
+                schema: SCHEMA_VERSION,
+                frame_id: self.log.frame_id(seq),
+                gateway_id: self.log.gateway_id().to_owned(),
+                seq,
+                camera: done.frame.camera.clone(),
+                camera_seq: done.frame.camera_seq,
+                captured_at_ms: done.frame.captured_at_ms,
+                received_at_ms: done.frame.received_at_ms,
+                content_type: done.frame.content_type.clone(),
+                frame_bytes: done.frame.payload.len() as u64,
+                annotation: done.annotation,
+            };
+            if let Some(e) = &fa.annotation.error {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(held) = self.warn.check("decode") {
+                    tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, error = %e, suppressed = held, "frame could not be annotated");
+                }
+            }
+            self.stats.annotated.fetch_add(1, Ordering::Relaxed);
+            let t = &fa.annotation.timings;
+            self.stats.observe(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+            self.stats.items.fetch_add(fa.annotation.items.len() as u64, Ordering::Relaxed);
+            // Serialising plain data cannot fail.
+            let body = serde_json::to_vec(&fa).unwrap_or_default();
+            batch.put_blob(Area::Annotations, seq, &body);
+            last = Some(seq);
+        }
+        if let Some(last) = last {
+            *next_commit = last + 1;
+            batch.set_cursor(cursors::DETECT, *next_commit);
+            self.log.apply(batch)?;
+        }
+        Ok(())
+    }
+}
+
+fn worker(
+    model_dir: PathBuf,
+    load: LoadOptions,
+    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
+    results: mpsc::UnboundedSender<Result<Done, String>>,
+    ready: std::sync::mpsc::Sender<Result<(), inference::InferenceError>>,
+) {
+    let mut model = match Model::load(&model_dir, &load) {
+        Ok(m) => {
+            let _ = ready.send(Ok(()));
+            m
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        let Ok(Job { seq, frame }) = job else { return };
+        let annotation = match model.annotate(&frame.payload) {
+            Ok(a) => a,
+            // A session failure on one frame: recorded on the frame, the
+            // worker goes on.
+            Err(e) => Annotation {
+                model: model.info.clone(),
+                width: 0,
+                height: 0,
+                items: Vec::new(),
+                timings: inference::Timings::default(),
+                error: Some(e.to_string()),
+            },
+        };
+        if results.send(Ok(Done { seq, frame, annotation })).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! PP-OCR text reading: detection (DB) then recognition (CTC), following
+//! the reference pipeline of RapidOCR 1.4.4 without the angle classifier.
+//!
+//! Promise: on the same frame, the texts are those the reference reads, the
+//! boxes within 2 px and the scores within 1e-3 (checked by the golden test
+//! against Python onnxruntime 1.31.1 running the reference).
+
+pub mod ctc;
+pub mod db;
+
+use crate::imageops::{self, Bgr};
+use crate::{InferenceError, Item};
+use ndarray::{Array4, ArrayViewD};
+use ort::session::Session;
+use ort::value::TensorRef;
+use std::time::Instant;
+
+/// Largest side before detection (reference `max_side_len`).
+const MAX_SIDE: usize = 2000;
+/// Detector input: the shorter side is brought up to this (reference
+/// `limit_side_len`, `limit_type = min`).
+const DET_MIN_SIDE: f64 = 736.0;
+/// Recogniser input height and minimum width.
+const REC_H: usize = 48;
+const REC_W: usize = 320;
+/// Crops per recogniser batch (the reference batches by 6; batching
+/// changes padding and so, slightly, the scores).
+const REC_BATCH: usize = 6;
+/// Texts scoring below this are dropped (reference `text_score`).
+const TEXT_SCORE: f32 = 0.5;
+
+/// Time spent in each part, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    /// Resizing and normalising.
+    pub preprocess_ms: f64,
+    /// Inside ONNX Runtime.
+    pub run_ms: f64,
+    /// Box finding, cropping, decoding.
+    pub postprocess_ms: f64,
+}
+
+/// A loaded PP-OCR detector + recogniser pair.
+pub struct Ocr {
+    det: Session,
+    rec: Session,
+    charset: Vec<String>,
+    params: db::DbParams,
+}
+
+impl std::fmt::Debug for Ocr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ocr").field("classes", &self.charset.len()).finish_non_exhaustive()
+    }
+}
+
+fn rt(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Runtime(e.to_string())
+}
+
+/// Python's `round(x / 32) * 32` (ties to even), at least 32.
+fn round32(v: f64) -> usize {
+    ((v / 32.0).round_ties_even() as usize * 32).max(32)
+}
+
+/// BGR u8 -> NCHW f32 with `(x / 255 - 0.5) / 0.5`, into batch slot `n`,
+/// left-aligned (the rest stays zero).
+fn normalize_into(img: &Bgr, t: &mut Array4<f32>, n: usize) {
+    for y in 0..img.height {
+        for x in 0..img.width {
+            for c in 0..3 {
+                t[[n, c, y, x]] = (f32::from(img.at(x, y, c)) / 255.0 - 0.5) / 0.5;
+            }
+        }
+    }
+}
+
+fn first_output<'a>(outputs: &'a ort::session::SessionOutputs<'_>) -> Result<ArrayViewD<'a, f32>, InferenceError> {
+    outputs[0].try_extract_array::<f32>().map_err(rt)
+}
+
+impl Ocr {
+    /// Loads the two sessions and the character set (from the recogniser's
+    /// `character` metadata).
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] or [`InferenceError::Manifest`].
+    pub fn load(
+        env: &ort::environment::Environment,
+        det: &std::path::Path,
+        rec: &std::path::Path,
+        threads: usize,
+    ) -> Result<Self, InferenceError> {
+        let det = crate::runtime::session(env, det, threads)?;
+        let rec_s = crate::runtime::session(env, rec, threads)?;
+        let chars = rec_s
+            .metadata()
+            .map_err(rt)?
+            .custom("character")
+            .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec.display())))?;
+        Ok(Self { det, rec: rec_s, charset: ctc::charset(&chars), params: db::DbParams::default() })
+    }
+
+    /// Reads the text on one image. Items are in reading order (top to
+    /// bottom, left to right), boxes in the image's pixel coordinates.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails.
+    pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
+        let mut times = Times::default();
+        let t0 = Instant::now();
+        // Very large frames are brought down first, as the reference does.
+        let (img, ratio_h, ratio_w) = if raw.width.max(raw.height) > MAX_SIDE {
+            let r = MAX_SIDE as f64 / raw.width.max(raw.height) as f64;
+            let (h, w) = (round32((raw.height as f64 * r).trunc()), round32((raw.width as f64 * r).trunc()));
+            (imageops::resize_linear(raw, w, h), raw.height as f64 / h as f64, raw.width as f64 / w as f64)
+        } else {
+            (raw.clone(), 1.0, 1.0)
+        };
+        let (h, w) = (img.height, img.width);
+        let ratio = if (h.min(w) as f64) < DET_MIN_SIDE { DET_MIN_SIDE / h.min(w) as f64 } else { 1.0 };
+        let (dh, dw) = (round32((h as f64 * ratio).trunc()), round32((w as f64 * ratio).trunc()));
+        let resized = imageops::resize_linear(&img, dw, dh);
+        let mut input = Array4::<f32>::zeros((1, 3, dh, dw));
+        normalize_into(&resized, &mut input, 0);
+        times.preprocess_ms += t0.elapsed().as_secs_f64() * 1e3;
+
+        let t1 = Instant::now();
+        let outputs = self.det.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
+        let pred = first_output(&outputs)?;
+        let shape = pred.shape().to_vec();
+        if shape.len() != 4 || shape[1] != 1 {
+            return Err(InferenceError::Runtime(format!("detector output shape {shape:?}, expected [1, 1, H, W]")));
+        }
+        let (ph, pw) = (shape[2], shape[3]);
+        let map: Vec<f32> = pred.iter().copied().collect();
+        drop(outputs);
+        times.run_ms += t1.elapsed().as_secs_f64() * 1e3;
+
+        let t2 = Instant::now();
+        let mut quads: Vec<[[f32; 2]; 4]> = Vec::new();
+        for (q, _) in db::boxes_from_map(&map, pw, ph, w, h, self.params) {
+            let q = order_clockwise(q.map(|p| [p[0] as f32, p[1] as f32]));
+            let q = q.map(|p| [p[0].clamp(0.0, w as f32 - 1.0).trunc(), p[1].clamp(0.0, h as f32 - 1.0).trunc()]);
+            if dist(q[0], q[1]) as i64 <= 3 || dist(q[0], q[3]) as i64 <= 3 {
+                continue;
+            }
+            quads.push(q);
+        }
+        sort_reading_order(&mut quads);
+        let crops: Vec<Bgr> = quads.iter().filter_map(|q| crop(&img, q)).collect();
+        times.postprocess_ms += t2.elapsed().as_secs_f64() * 1e3;
+        if crops.len() != quads.len() {
+            return Err(InferenceError::Runtime("a text box could not be cropped".into()));
+        }
+
+        let texts = self.recognise(&crops, &mut times)?;
+        let mut items = Vec::new();
+        for (q, (text, score)) in quads.iter().zip(texts) {
+            if score < TEXT_SCORE {
+                continue;
+            }
+            let quad = q.map(|p| {
+                [
+                    (f64::from(p[0]) * ratio_w).clamp(0.0, raw.width as f64) as f32,
+                    (f64::from(p[1]) * ratio_h).clamp(0.0, raw.height as f64) as f32,
+                ]
+            });
+            items.push(Item::text(text, score, quad));
+        }
+        Ok((items, times))
+    }
+
+    fn recognise(&mut self, crops: &[Bgr], times: &mut Times) -> Result<Vec<(String, f32)>, InferenceError> {
+        let ratios: Vec<f64> = crops.iter().map(|c| c.width as f64 / c.height as f64).collect();
+        let mut order: Vec<usize> = (0..crops.len()).collect();
+        order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+        let mut out = vec![(String::new(), 0.0f32); crops.len()];
+        for chunk in order.chunks(REC_BATCH) {
+            let t = Instant::now();
+            let max_ratio = chunk.iter().map(|&i| ratios[i]).fold(REC_W as f64 / REC_H as f64, f64::max);
+            let width = (REC_H as f64 * max_ratio) as usize;
+            let mut input = Array4::<f32>::zeros((chunk.len(), 3, REC_H, width));
+            for (n, &i) in chunk.iter().enumerate() {
+                let c = &crops[i];
+                let rw = ((REC_H as f64 * ratios[i]).ceil() as usize).min(width).max(1);
+                let resized = imageops::resize_linear(c, rw, REC_H);
+                normalize_into(&resized, &mut input, n);
+            }
+            times.preprocess_ms += t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let outputs =
+                self.rec.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
+            let probs = first_output(&outputs)?;
+            let shape = probs.shape().to_vec();
+            if shape.len() != 3 || shape[0] != chunk.len() {
+                return Err(InferenceError::Runtime(format!("recogniser output shape {shape:?}, expected [N, T, C]")));
+            }
+            let flat: Vec<f32> = probs.iter().copied().collect();
+            drop(outputs);
+            times.run_ms += t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let (steps, classes) = (shape[1], shape[2]);
+            for (n, &i) in chunk.iter().enumerate() {
+                out[i] =
+                    ctc::decode(&flat[n * steps * classes..(n + 1) * steps * classes], steps, classes, &self.charset);
+            }
+            times.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(out)
+    }
+}
+
+fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
+}
+
+/// Top-left, top-right, bottom-right, bottom-left (the reference's
+/// `order_points_clockwise`: split by x, then each pair by y).
+fn order_clockwise(p: [[f32; 2]; 4]) -> [[f32; 2]; 4] {
+    let mut xs = p;
+    xs.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let mut left = [xs[0], xs[1]];
+    let mut right = [xs[2], xs[3]];
+    left.sort_by(|a, b| a[1].total_cmp(&b[1]));
+    right.sort_by(|a, b| a[1].total_cmp(&b[1]));
+    [left[0], right[0], right[1], left[1]]
+}
+
+/// Top to bottom, then left to right for boxes whose tops are within 10 px.
+fn sort_reading_order(q: &mut [[[f32; 2]; 4]]) {
+    q.sort_by(|a, b| a[0][1].total_cmp(&b[0][1]).then(a[0][0].total_cmp(&b[0][0])));
+    for i in 0..q.len().saturating_sub(1) {
+        for j in (0..=i).rev() {
+            if (q[j + 1][0][1] - q[j][0][1]).abs() < 10.0 && q[j + 1][0][0] < q[j][0][0] {
+                q.swap(j, j + 1);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// The upright crop of a text box (perspective warp, bicubic, replicated
+/// border), turned if it is much taller than wide.
+fn crop(img: &Bgr, q: &[[f32; 2]; 4]) -> Option<Bgr> {
+    let w = dist(q[0], q[1]).max(dist(q[2], q[3])) as usize;
+    let h = dist(q[0], q[3]).max(dist(q[1], q[2])) as usize;
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let src = q.map(|p| [f64::from(p[0]), f64::from(p[1])]);
+    let dst = [[0.0, 0.0], [w as f64, 0.0], [w as f64, h as f64], [0.0, h as f64]];
+    // The reference computes the transform in float32.
+    let src = src.map(|p| [p[0] as f32 as f64, p[1] as f32 as f64]);
+    let m = imageops::perspective_transform(&src, &dst)?;
+    let out = imageops::warp_perspective_cubic(img, &m, w, h)?;
+    if out.height as f64 / out.width as f64 >= 1.5 {
+        Some(imageops::rot90(&out))
+    } else {
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_rounding_to_multiples_of_32() {
+        assert_eq!(round32(981.0), 992);
+        assert_eq!(round32(736.0), 736);
+        assert_eq!(round32(16.0), 32, "ties to even, at least 32");
+        assert_eq!(round32(48.0), 64);
+        assert_eq!(round32(80.0), 64, "80/32 = 2.5 rounds to 2");
+    }
+
+    #[test]
+    fn clockwise_order_and_reading_order() {
+        let q = order_clockwise([[10.0, 20.0], [10.0, 5.0], [40.0, 5.0], [40.0, 20.0]]);
+        assert_eq!(q, [[10.0, 5.0], [40.0, 5.0], [40.0, 20.0], [10.0, 20.0]]);
+        let mut boxes = vec![
+            [[100.0, 52.0], [0.0; 2], [0.0; 2], [0.0; 2]],
+            [[10.0, 50.0], [0.0; 2], [0.0; 2], [0.0; 2]],
+            [[50.0, 10.0], [0.0; 2], [0.0; 2], [0.0; 2]],
+        ];
+        sort_reading_order(&mut boxes);
+        let firsts: Vec<[f32; 2]> = boxes.iter().map(|b| b[0]).collect();
+        assert_eq!(firsts, vec![[50.0, 10.0], [10.0, 50.0], [100.0, 52.0]]);
+    }
+}
