@@ -177,6 +177,82 @@ fn box_score(pred: &[f32], w: usize, h: usize, quad: &[[f64; 2]; 4]) -> f32 {
     }
 }
 
+fn polygon_area(q: &[[f64; 2]]) -> f64 {
+    let n = q.len();
+    (0..n).map(|i| q[i][0] * q[(i + 1) % n][1] - q[(i + 1) % n][0] * q[i][1]).sum::<f64>() / 2.0
+}
+
+fn perimeter(q: &[[f64; 2]]) -> f64 {
+    let n = q.len();
+    (0..n).map(|i| ((q[(i + 1) % n][0] - q[i][0]).powi(2) + (q[(i + 1) % n][1] - q[i][1]).powi(2)).sqrt()).sum()
+}
+
+/// Clipper's rounding (half away from zero).
+fn cround(v: f64) -> f64 {
+    if v < 0.0 {
+        (v - 0.5).trunc()
+    } else {
+        (v + 0.5).trunc()
+    }
+}
+
+/// Outward offset of a closed polygon by `delta` with round joins, as
+/// Clipper 6 (`ClipperOffset`, `JT_ROUND`, arc tolerance 0.25) computes it:
+/// input truncated to integers, output vertices rounded to integers.
+pub fn offset_round(poly: &[[f64; 2]], delta: f64) -> Vec<[f64; 2]> {
+    let mut src: Vec<[f64; 2]> = poly.iter().map(|p| [p[0].trunc(), p[1].trunc()]).collect();
+    src.dedup();
+    if polygon_area(&src) < 0.0 {
+        src.reverse();
+    }
+    let n = src.len();
+    if n < 3 || delta <= 0.0 {
+        return src;
+    }
+    let normals: Vec<[f64; 2]> = (0..n)
+        .map(|j| {
+            let (a, b) = (src[j], src[(j + 1) % n]);
+            let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+            let f = 1.0 / (dx * dx + dy * dy).sqrt();
+            [dy * f, -dx * f]
+        })
+        .collect();
+    let two_pi = std::f64::consts::TAU;
+    let mut steps = std::f64::consts::PI / (1.0 - 0.25 / delta).acos();
+    if steps > delta * std::f64::consts::PI {
+        steps = delta * std::f64::consts::PI;
+    }
+    let (sin, cos) = ((two_pi / steps).sin(), (two_pi / steps).cos());
+    let steps_per_rad = steps / two_pi;
+    let mut out = Vec::new();
+    let mut k = n - 1;
+    for j in 0..n {
+        let (nk, nj, p) = (normals[k], normals[j], src[j]);
+        let sin_a = (nk[0] * nj[1] - nj[0] * nk[1]).clamp(-1.0, 1.0);
+        let cos_a = nk[0] * nj[0] + nk[1] * nj[1];
+        if (sin_a * delta).abs() < 1.0 && cos_a > 0.0 {
+            out.push([cround(p[0] + nk[0] * delta), cround(p[1] + nk[1] * delta)]);
+        } else if sin_a * delta < 0.0 {
+            out.push([cround(p[0] + nk[0] * delta), cround(p[1] + nk[1] * delta)]);
+            out.push(p);
+            out.push([cround(p[0] + nj[0] * delta), cround(p[1] + nj[1] * delta)]);
+        } else {
+            let a = sin_a.atan2(cos_a);
+            let st = ((steps_per_rad * a.abs()).round() as i64).max(1);
+            let (mut x, mut y) = (nk[0], nk[1]);
+            for _ in 0..st {
+                out.push([cround(p[0] + x * delta), cround(p[1] + y * delta)]);
+                let x2 = x;
+                x = x * cos - sin * y;
+                y = x2 * sin + y * cos;
+            }
+            out.push([cround(p[0] + nj[0] * delta), cround(p[1] + nj[1] * delta)]);
+        }
+        k = j;
+    }
+    out
+}
+
 /// Text boxes found in a `w` x `h` probability map, in the coordinates of
 /// a `dest_w` x `dest_h` image: corners (rounded, clipped) and box score.
 pub fn boxes_from_map(
@@ -249,17 +325,18 @@ pub fn boxes_from_map(
         if score < p.box_thresh {
             continue;
         }
-        // Unclip: grow every side by area * ratio / perimeter.
-        let (a, b) = (rect.size[0], rect.size[1]);
-        let d = a * b * f64::from(p.unclip_ratio) / (2.0 * (a + b));
-        let grown = RotRect { size: [a + 2.0 * d, b + 2.0 * d], ..rect };
+        // Unclip: grow by area * ratio / perimeter, as Clipper's round
+        // offset does it on integer coordinates.
+        let d = polygon_area(&quad).abs() * f64::from(p.unclip_ratio) / perimeter(&quad);
+        let grown = min_area_rect(&offset_round(&quad, d));
         if grown.short_side() < 5.0 {
             continue;
         }
-        let quad = mini_box_order(grown.corners()).map(|c| {
+        // The reference scales in float32 and rounds half to even.
+        let quad = mini_box_order(grown.corners().map(|c| [c[0] as f32 as f64, c[1] as f32 as f64])).map(|c| {
             [
-                (c[0] / w as f64 * dest_w as f64).round().clamp(0.0, dest_w as f64),
-                (c[1] / h as f64 * dest_h as f64).round().clamp(0.0, dest_h as f64),
+                f64::from((c[0] as f32 / w as f32 * dest_w as f32).round_ties_even()).clamp(0.0, dest_w as f64),
+                f64::from((c[1] as f32 / h as f32 * dest_h as f32).round_ties_even()).clamp(0.0, dest_h as f64),
             ]
         });
         out.push((quad, score));
@@ -291,7 +368,9 @@ mod tests {
         let boxes = boxes_from_map(&pred, w, h, w * 2, h * 2, DbParams::default());
         assert_eq!(boxes.len(), 1);
         let (q, s) = &boxes[0];
-        assert!((s - 0.9).abs() < 0.05, "score {s}");
+        // The dilated region is 33 x 7 pixels, of which 32 x 6 have 0.9.
+        let want = 0.9 * (32.0 * 6.0) / (33.0 * 7.0);
+        assert!((s - want).abs() < 1e-4, "score {s}, want {want}");
         // Region spans x 8..=40 (dilated), y 10..=16; grown by
         // d = 32*6*1.6/(2*38) ~ 4.04 on each side, then scaled by 2.
         let xs: Vec<f64> = q.iter().map(|p| p[0]).collect();

@@ -1,0 +1,143 @@
+//! Golden test of the bundled PP-OCR model: every fixture frame through our
+//! pipeline and through the Python reference (RapidOCR 1.4.4 on Python
+//! onnxruntime 1.31.1, `tests/reference/ppocr_reference.py`, in the venv
+//! that `tests/run` creates from `tests/reference/requirements.txt`), and
+//! against the text actually printed on the labels (`expected.json`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use inference::{LoadOptions, Model};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("VISION_GATEWAY_REF_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vision-gateway/venv-ref/bin/python")
+    });
+    assert!(p.exists(), "reference Python not found at {} (bash tests/run creates it)", p.display());
+    p
+}
+
+fn frames() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for cam in std::fs::read_dir(repo().join("tests/fixtures/cameras")).unwrap() {
+        for f in std::fs::read_dir(cam.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("jpg" | "png")) {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[derive(serde::Deserialize)]
+struct RefItem {
+    quad: [[f32; 2]; 4],
+    text: String,
+    score: f32,
+}
+
+#[derive(serde::Deserialize)]
+struct RefFrame {
+    file: String,
+    items: Vec<RefItem>,
+}
+
+fn norm(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+#[test]
+fn ppocr_matches_the_python_reference_and_reads_the_labels() {
+    let files = frames();
+    let out =
+        Command::new(python()).arg(repo().join("tests/reference/ppocr_reference.py")).args(&files).output().unwrap();
+    assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reference: BTreeMap<String, Vec<RefItem>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<RefFrame>(l).unwrap())
+        .map(|f| (f.file, f.items))
+        .collect();
+    assert_eq!(reference.len(), files.len());
+
+    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
+    let opts = LoadOptions { library, intra_threads: 1, max_pixels: 50_000_000 };
+    let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+
+    let (mut items, mut same_text, mut score_close, mut max_box, mut max_score) = (0, 0, 0, 0f32, 0f32);
+    let mut ours_by_file = BTreeMap::new();
+    for f in &files {
+        let a = model.annotate(&std::fs::read(f).unwrap()).unwrap();
+        assert!(a.error.is_none(), "{}: {:?}", f.display(), a.error);
+        let r = &reference[&f.display().to_string()];
+        assert_eq!(a.items.len(), r.len(), "{}: same number of texts as the reference", f.display());
+        for (o, r) in a.items.iter().zip(r) {
+            items += 1;
+            let q = o.quad.unwrap();
+            let d = q
+                .iter()
+                .zip(&r.quad)
+                .flat_map(|(p, s)| [(p[0] - s[0]).abs(), (p[1] - s[1]).abs()])
+                .fold(0f32, f32::max);
+            max_box = max_box.max(d);
+            assert!(d <= 2.0, "{}: box {q:?} vs reference {:?}", f.display(), r.quad);
+            if o.text.as_deref() == Some(r.text.as_str()) {
+                same_text += 1;
+                let sd = (o.score - r.score).abs();
+                max_score = max_score.max(sd);
+                if sd <= 1e-3 {
+                    score_close += 1;
+                }
+            } else {
+                println!("text differs: {} ours {:?} reference {:?}", f.display(), o.text, r.text);
+            }
+        }
+        ours_by_file.insert(f.clone(), a);
+    }
+
+    // Against the labels themselves (spaces ignored: the model often drops them).
+    let (mut lines, mut read, mut empty_frames, mut false_items) = (0, 0, 0, 0);
+    for cam in std::fs::read_dir(repo().join("tests/fixtures/cameras")).unwrap() {
+        let dir = cam.unwrap().path();
+        let exp: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        for fr in exp["frames"].as_array().unwrap() {
+            let a = &ours_by_file[&dir.join(fr["file"].as_str().unwrap())];
+            let got: Vec<String> = a.items.iter().map(|i| norm(i.text.as_deref().unwrap_or(""))).collect();
+            if fr["part"].as_bool().unwrap() {
+                for t in fr["texts"].as_array().unwrap() {
+                    lines += 1;
+                    if got.contains(&norm(t.as_str().unwrap())) {
+                        read += 1;
+                    }
+                }
+            } else {
+                empty_frames += 1;
+                false_items += got.len();
+            }
+        }
+    }
+    let text_rate = same_text as f64 / items as f64;
+    let score_rate = score_close as f64 / same_text as f64;
+    let accuracy = read as f64 / lines as f64;
+    println!(
+        "golden: {} frames, {items} texts; identical text {same_text}/{items} ({:.1}%); boxes max {max_box} px; \
+         scores within 1e-3 {score_close}/{same_text} ({:.1}%, max diff {max_score:.4}); \
+         label lines read exactly {read}/{lines} ({:.1}%); {false_items} texts on {empty_frames} frames without a part",
+        files.len(),
+        text_rate * 100.0,
+        score_rate * 100.0,
+        accuracy * 100.0
+    );
+    assert!(text_rate >= 0.97, "identical text on {:.1}% of items", text_rate * 100.0);
+    assert!(score_rate >= 0.9, "scores within 1e-3 on {:.1}% of items", score_rate * 100.0);
+    assert!(accuracy >= 0.95, "read {:.1}% of label lines exactly", accuracy * 100.0);
+    assert_eq!(false_items, 0, "no text read on frames without a part");
+}
