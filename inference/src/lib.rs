@@ -14,15 +14,19 @@
 //! model's name, version and hash, and timings). A frame that cannot be
 //! decoded gives an annotation with `error` set, never a panic.
 //!
-//! Tasks: `ocr` (PP-OCR detection + recognition) is implemented;
-//! `detect` and `classify` decoders report [`InferenceError::NotAvailable`].
+//! Tasks: `ocr` (PP-OCR detection + recognition), `detect` (YOLOv8/YOLO11
+//! and YOLOv5 exports, letterbox, per-class NMS) and `classify` (softmax or
+//! probabilities, top-k).
 
 pub mod imageops;
 mod manifest;
 pub mod ocr;
 pub mod runtime;
+pub mod vision;
 
-pub use manifest::{sha256_file, Manifest, ModelFile, Task};
+pub use manifest::{
+    sha256_file, Colour, Decoder, Fit, InputSpec, LabelsSpec, Layout, Manifest, ModelFile, OutputSpec, Task,
+};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -168,6 +172,7 @@ pub struct LoadOptions {
 
 enum Backend {
     Ocr(ocr::Ocr),
+    Vision(vision::Vision),
 }
 
 /// A loaded model, ready to run. Not shared between threads: each worker
@@ -206,8 +211,9 @@ impl Model {
         };
         let backend = match manifest.task {
             Task::Ocr => Backend::Ocr(ocr::Ocr::load(&env, &file("det")?, &file("rec")?, opts.intra_threads)?),
-            Task::Detect => return Err(InferenceError::NotAvailable("the `detect` task")),
-            Task::Classify => return Err(InferenceError::NotAvailable("the `classify` task")),
+            Task::Detect | Task::Classify => {
+                Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads)?)
+            }
         };
         Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels })
     }
@@ -224,6 +230,7 @@ impl Model {
     fn run_one(&mut self, frame: &imageops::Bgr, decode_ms: f64) -> Result<Annotation, InferenceError> {
         let (items, t) = match &mut self.backend {
             Backend::Ocr(o) => o.run(frame)?,
+            Backend::Vision(v) => v.run(frame)?,
         };
         Ok(Annotation {
             model: self.info.clone(),

@@ -33,6 +33,142 @@ pub struct ModelFile {
     pub sha256: String,
 }
 
+/// Memory layout of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `[N, C, H, W]` (default).
+    #[default]
+    Nchw,
+    /// `[N, H, W, C]`.
+    Nhwc,
+}
+
+/// Channel order of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Colour {
+    /// Red, green, blue (default; YOLO exports).
+    #[default]
+    Rgb,
+    /// Blue, green, red (OpenCV-trained models).
+    Bgr,
+}
+
+/// How a frame is fitted to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    /// Keep the aspect ratio, pad with grey 114, centred (YOLO; default).
+    #[default]
+    Letterbox,
+    /// Stretch to the input size.
+    Stretch,
+}
+
+/// `[input]`: what the model expects (tasks `detect`, `classify`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Input tensor name.
+    pub name: String,
+    /// Input width in pixels.
+    pub width: usize,
+    /// Input height in pixels.
+    pub height: usize,
+    /// Tensor layout.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Channel order.
+    #[serde(default)]
+    pub colour: Colour,
+    /// Fitting policy.
+    #[serde(default)]
+    pub fit: Fit,
+    /// Each 0..255 sample is multiplied by this first. Default 1/255.
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    /// Then this is subtracted, per channel (in tensor channel order).
+    #[serde(default)]
+    pub mean: [f32; 3],
+    /// Then divided by this, per channel. Default 1.
+    #[serde(default = "default_std")]
+    pub std: [f32; 3],
+}
+
+fn default_scale() -> f32 {
+    1.0 / 255.0
+}
+
+fn default_std() -> [f32; 3] {
+    [1.0, 1.0, 1.0]
+}
+
+/// How the output tensor is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoder {
+    /// YOLOv8/YOLO11 detection: `[1, 4 + C, N]`, boxes as centre x, y,
+    /// width, height in input pixels, then class scores.
+    Yolov8,
+    /// YOLOv5 detection: `[1, N, 5 + C]`: box, objectness, class scores
+    /// (score = objectness x class score).
+    Yolov5,
+    /// Classification logits `[1, C]`: softmax, then top-k.
+    Softmax,
+    /// Classification probabilities `[1, C]`: top-k as they are.
+    Probabilities,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Output tensor name (default: the model's first output).
+    pub name: Option<String>,
+    /// Decoder.
+    pub decoder: Decoder,
+    /// Detections scoring below this are dropped. Default 0.25.
+    #[serde(default = "default_conf")]
+    pub conf_threshold: f32,
+    /// Same-class boxes overlapping more than this (IoU) are suppressed.
+    /// Default 0.45.
+    #[serde(default = "default_iou")]
+    pub iou_threshold: f32,
+    /// Detections kept per frame at most. Default 300.
+    #[serde(default = "default_max_det")]
+    pub max_detections: usize,
+    /// Classes reported by a classifier. Default 5.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+}
+
+fn default_conf() -> f32 {
+    0.25
+}
+fn default_iou() -> f32 {
+    0.45
+}
+fn default_max_det() -> usize {
+    300
+}
+fn default_top_k() -> usize {
+    5
+}
+
+/// `[labels]`: class names, from exactly one source.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsSpec {
+    /// Names listed in the manifest.
+    pub inline: Option<Vec<String>>,
+    /// A file in the model folder, one name per line.
+    pub file: Option<PathBuf>,
+    /// An ONNX metadata key holding the names (YOLO exports: `names`, a
+    /// Python dict literal like `{0: 'person', 1: 'bicycle'}`).
+    pub metadata_key: Option<String>,
+}
+
 /// The manifest of a model folder.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +185,13 @@ pub struct Manifest {
     pub provenance: String,
     /// The ONNX files.
     pub files: Vec<ModelFile>,
+    /// Input description (tasks `detect`, `classify`).
+    pub input: Option<InputSpec>,
+    /// Output description (tasks `detect`, `classify`).
+    pub output: Option<OutputSpec>,
+    /// Class names (tasks `detect`, `classify`).
+    #[serde(default)]
+    pub labels: LabelsSpec,
     /// Folder the manifest was loaded from (set by `load`).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -70,6 +213,28 @@ impl Manifest {
             return Err(InferenceError::Manifest { path, message: "lists no files".into() });
         }
         m.dir = dir.to_owned();
+        if matches!(m.task, Task::Detect | Task::Classify) {
+            let mut problems = Vec::new();
+            if m.input.is_none() {
+                problems.push("[input] is required for this task");
+            }
+            match &m.output {
+                None => problems.push("[output] is required for this task"),
+                Some(o) => {
+                    let detect = matches!(o.decoder, Decoder::Yolov8 | Decoder::Yolov5);
+                    if detect != (m.task == Task::Detect) {
+                        problems.push("output.decoder does not fit the task (detect: yolov8/yolov5, classify: softmax/probabilities)");
+                    }
+                }
+            }
+            let sources = [m.labels.inline.is_some(), m.labels.file.is_some(), m.labels.metadata_key.is_some()];
+            if sources.iter().filter(|x| **x).count() > 1 {
+                problems.push("[labels] takes one of inline, file or metadata_key");
+            }
+            if !problems.is_empty() {
+                return Err(InferenceError::Manifest { path, message: problems.join("; ") });
+            }
+        }
         for f in &m.files {
             let p = dir.join(&f.path);
             let found = sha256_file(&p)?;

@@ -1,0 +1,382 @@
+//! YOLO-style detection and image classification from a manifest.
+//!
+//! Owns preprocessing (letterbox or stretch, colour order, normalisation,
+//! layout) and the output decoders: YOLOv8/YOLO11 `[1, 4+C, N]`, YOLOv5
+//! `[1, N, 5+C]` with per-class non-maximum suppression, and softmax or
+//! probability top-k. Boxes are mapped back to the frame's pixels.
+//!
+//! Promise: `Vision::load` checks the manifest against the model (input and
+//! output names, static dimensions, label count) and refuses a mismatch
+//! with a message that names both sides.
+
+use crate::imageops::{self, Bgr};
+use crate::manifest::{Colour, Decoder, Fit, InputSpec, Layout, Manifest, OutputSpec};
+use crate::ocr::Times;
+use crate::{InferenceError, Item};
+use ndarray::Array4;
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+use std::time::Instant;
+
+fn rt(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Runtime(e.to_string())
+}
+
+/// A loaded detector or classifier.
+pub struct Vision {
+    session: Session,
+    input: InputSpec,
+    output: OutputSpec,
+    out_index: usize,
+    labels: Vec<String>,
+}
+
+impl std::fmt::Debug for Vision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vision").field("labels", &self.labels.len()).finish_non_exhaustive()
+    }
+}
+
+/// Parses YOLO's `names` metadata (`{0: 'person', 1: 'bicycle'}`).
+pub fn parse_names(s: &str) -> Vec<String> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let body = s.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut rest = body;
+    while let Some(colon) = rest.find(':') {
+        let idx = rest[..colon].trim().trim_matches(|c| c == ',' || c == ' ').parse::<usize>().ok();
+        let after = rest[colon + 1..].trim_start();
+        let Some(q) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else { break };
+        let Some(end) = after[1..].find(q) else { break };
+        if let Some(i) = idx {
+            out.push((i, after[1..1 + end].to_owned()));
+        }
+        rest = &after[1 + end + 1..];
+    }
+    out.sort();
+    out.into_iter().map(|(_, n)| n).collect()
+}
+
+impl Vision {
+    /// Loads the `model` file of a detect/classify manifest.
+    ///
+    /// # Errors
+    /// [`InferenceError::Manifest`] on any mismatch between manifest and
+    /// model; [`InferenceError::Runtime`] if the session cannot be made.
+    pub fn load(env: &ort::environment::Environment, m: &Manifest, threads: usize) -> Result<Self, InferenceError> {
+        let path = m.dir.join("model.toml");
+        let bad = |message: String| InferenceError::Manifest { path: path.clone(), message };
+        let file = m.file("model").ok_or_else(|| bad("needs a file with role \"model\"".into()))?;
+        let (Some(input), Some(output)) = (m.input.clone(), m.output.clone()) else {
+            return Err(bad("[input] and [output] are required".into()));
+        };
+        let session = crate::runtime::session(env, &file, threads)?;
+        let names: Vec<String> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
+        let inp = session.inputs().iter().find(|i| i.name() == input.name).ok_or_else(|| {
+            bad(format!("input.name {:?} is not an input of the model (it has {names:?})", input.name))
+        })?;
+        if let ValueType::Tensor { shape, .. } = inp.dtype() {
+            let want: [i64; 4] = match input.layout {
+                Layout::Nchw => [1, 3, input.height as i64, input.width as i64],
+                Layout::Nhwc => [1, input.height as i64, input.width as i64, 3],
+            };
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            if dims.len() != 4 || dims.iter().zip(want.iter()).skip(1).any(|(d, w)| *d > 0 && d != w) {
+                return Err(bad(format!(
+                    "the model's input {:?} has shape {dims:?}; the manifest describes {want:?}",
+                    input.name
+                )));
+            }
+        }
+        let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+        let out_index = match &output.name {
+            None => 0,
+            Some(n) => out_names.iter().position(|o| o == n).ok_or_else(|| {
+                bad(format!("output.name {n:?} is not an output of the model (it has {out_names:?})"))
+            })?,
+        };
+        let labels = if let Some(l) = &m.labels.inline {
+            l.clone()
+        } else if let Some(f) = &m.labels.file {
+            let p = m.dir.join(f);
+            std::fs::read_to_string(&p)
+                .map_err(|e| bad(format!("labels file {}: {e}", p.display())))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        } else if let Some(k) = &m.labels.metadata_key {
+            let v = session
+                .metadata()
+                .map_err(rt)?
+                .custom(k)
+                .ok_or_else(|| bad(format!("the model has no metadata key {k:?}")))?;
+            parse_names(&v)
+        } else {
+            Vec::new()
+        };
+        if let ValueType::Tensor { shape, .. } = session.outputs()[out_index].dtype() {
+            let classes = match (output.decoder, shape.len()) {
+                (Decoder::Yolov8, 3) => shape[1] - 4,
+                (Decoder::Yolov5, 3) => shape[2] - 5,
+                (Decoder::Softmax | Decoder::Probabilities, 2) => shape[1],
+                (d, n) => {
+                    return Err(bad(format!(
+                        "decoder {d:?} needs a rank-{} output; the model's has rank {n}",
+                        if matches!(d, Decoder::Yolov8 | Decoder::Yolov5) { 3 } else { 2 }
+                    )))
+                }
+            };
+            if classes > 0 && !labels.is_empty() && classes as usize != labels.len() {
+                return Err(bad(format!("the model has {classes} classes; the manifest names {}", labels.len())));
+            }
+        }
+        Ok(Self { session, input, output, out_index, labels })
+    }
+
+    fn label(&self, c: usize) -> String {
+        self.labels.get(c).cloned().unwrap_or_else(|| c.to_string())
+    }
+
+    /// Runs on one frame.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if the session fails or the output is not
+    /// what the decoder expects.
+    pub fn run(&mut self, img: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
+        let mut times = Times::default();
+        let t = Instant::now();
+        let (w, h) = (self.input.width, self.input.height);
+        let (r_x, r_y, pad_x, pad_y, fitted) = match self.input.fit {
+            Fit::Stretch => (
+                w as f32 / img.width as f32,
+                h as f32 / img.height as f32,
+                0.0,
+                0.0,
+                imageops::resize_linear(img, w, h),
+            ),
+            Fit::Letterbox => {
+                let r = (w as f32 / img.width as f32).min(h as f32 / img.height as f32);
+                let (nw, nh) = (
+                    ((img.width as f32 * r).round() as usize).max(1),
+                    ((img.height as f32 * r).round() as usize).max(1),
+                );
+                let resized = imageops::resize_linear(img, nw.min(w), nh.min(h));
+                let (dw, dh) = ((w - resized.width) as f32 / 2.0, (h - resized.height) as f32 / 2.0);
+                let (left, top) = ((dw - 0.1).round().max(0.0) as usize, (dh - 0.1).round().max(0.0) as usize);
+                let mut canvas = Bgr { width: w, height: h, data: vec![114; w * h * 3] };
+                for y in 0..resized.height {
+                    let src = &resized.data[y * resized.width * 3..(y + 1) * resized.width * 3];
+                    let at = ((y + top) * w + left) * 3;
+                    canvas.data[at..at + src.len()].copy_from_slice(src);
+                }
+                (r, r, left as f32, top as f32, canvas)
+            }
+        };
+        let shape = match self.input.layout {
+            Layout::Nchw => (1, 3, h, w),
+            Layout::Nhwc => (1, h, w, 3),
+        };
+        let mut t4 = Array4::<f32>::zeros(shape);
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    // Tensor channel c comes from BGR channel src.
+                    let src = match self.input.colour {
+                        Colour::Bgr => c,
+                        Colour::Rgb => 2 - c,
+                    };
+                    let v =
+                        (f32::from(fitted.at(x, y, src)) * self.input.scale - self.input.mean[c]) / self.input.std[c];
+                    match self.input.layout {
+                        Layout::Nchw => t4[[0, c, y, x]] = v,
+                        Layout::Nhwc => t4[[0, y, x, c]] = v,
+                    }
+                }
+            }
+        }
+        times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let name = self.input.name.clone();
+        let outputs =
+            self.session.run(ort::inputs![name => TensorRef::from_array_view(t4.view()).map_err(rt)?]).map_err(rt)?;
+        let out = outputs[self.out_index].try_extract_array::<f32>().map_err(rt)?;
+        let shape = out.shape().to_vec();
+        let flat: Vec<f32> = out.iter().copied().collect();
+        drop(outputs);
+        times.run_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let back = |bx: [f32; 4]| {
+            [
+                ((bx[0] - pad_x) / r_x).clamp(0.0, img.width as f32),
+                ((bx[1] - pad_y) / r_y).clamp(0.0, img.height as f32),
+                ((bx[2] - pad_x) / r_x).clamp(0.0, img.width as f32),
+                ((bx[3] - pad_y) / r_y).clamp(0.0, img.height as f32),
+            ]
+        };
+        let items = match self.output.decoder {
+            Decoder::Yolov8 | Decoder::Yolov5 => {
+                let cands = decode_yolo(self.output.decoder, &flat, &shape, self.output.conf_threshold)?;
+                nms(cands, self.output.iou_threshold, self.output.max_detections)
+                    .into_iter()
+                    .map(|(bx, c, s)| Item {
+                        text: None,
+                        label: Some(self.label(c)),
+                        score: s,
+                        bbox: back(bx),
+                        quad: None,
+                    })
+                    .collect()
+            }
+            Decoder::Softmax | Decoder::Probabilities => {
+                if shape.len() != 2 || shape[0] != 1 {
+                    return Err(rt(format!("classifier output shape {shape:?}, expected [1, C]")));
+                }
+                let probs = if self.output.decoder == Decoder::Softmax { softmax(&flat) } else { flat };
+                top_k(&probs, self.output.top_k)
+                    .into_iter()
+                    .map(|(c, s)| Item {
+                        text: None,
+                        label: Some(self.label(c)),
+                        score: s,
+                        bbox: [0.0, 0.0, img.width as f32, img.height as f32],
+                        quad: None,
+                    })
+                    .collect()
+            }
+        };
+        times.postprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok((items, times))
+    }
+}
+
+/// Candidates `(xyxy box in input pixels, class, score)` above `conf`.
+///
+/// # Errors
+/// If the output's shape does not fit the decoder.
+pub fn decode_yolo(
+    d: Decoder,
+    out: &[f32],
+    shape: &[usize],
+    conf: f32,
+) -> Result<Vec<([f32; 4], usize, f32)>, InferenceError> {
+    if shape.len() != 3 || shape[0] != 1 {
+        return Err(rt(format!("detector output shape {shape:?}, expected [1, A, B]")));
+    }
+    let mut v = Vec::new();
+    let xyxy = |cx: f32, cy: f32, w: f32, h: f32| [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+    match d {
+        Decoder::Yolov8 => {
+            let (f, n) = (shape[1], shape[2]);
+            if f < 5 {
+                return Err(rt(format!("YOLOv8 output {shape:?} has no classes")));
+            }
+            let at = |r: usize, i: usize| out[r * n + i];
+            for i in 0..n {
+                let (c, s) =
+                    (4..f).map(|r| (r - 4, at(r, i))).fold((0, f32::MIN), |b, x| if x.1 > b.1 { x } else { b });
+                if s >= conf {
+                    v.push((xyxy(at(0, i), at(1, i), at(2, i), at(3, i)), c, s));
+                }
+            }
+        }
+        Decoder::Yolov5 => {
+            let (n, f) = (shape[1], shape[2]);
+            if f < 6 {
+                return Err(rt(format!("YOLOv5 output {shape:?} has no classes")));
+            }
+            for i in 0..n {
+                let row = &out[i * f..(i + 1) * f];
+                let (c, cs) =
+                    row[5..].iter().enumerate().fold((0, f32::MIN), |b, (k, x)| if *x > b.1 { (k, *x) } else { b });
+                let s = row[4] * cs;
+                if s >= conf {
+                    v.push((xyxy(row[0], row[1], row[2], row[3]), c, s));
+                }
+            }
+        }
+        _ => return Err(rt("not a detection decoder")),
+    }
+    Ok(v)
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Per-class non-maximum suppression, highest score first.
+pub fn nms(mut c: Vec<([f32; 4], usize, f32)>, iou_thr: f32, max: usize) -> Vec<([f32; 4], usize, f32)> {
+    c.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut keep: Vec<([f32; 4], usize, f32)> = Vec::new();
+    for cand in c {
+        if keep.len() >= max {
+            break;
+        }
+        if keep.iter().all(|k| k.1 != cand.1 || iou(&k.0, &cand.0) <= iou_thr) {
+            keep.push(cand);
+        }
+    }
+    keep
+}
+
+/// Numerically stable softmax.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// The `k` best classes, best first (ties: lower index first).
+pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut v: Vec<(usize, f32)> = p.iter().copied().enumerate().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yolo_names_metadata() {
+        assert_eq!(parse_names("{0: 'person', 1: 'bicycle', 2: \"car\"}"), vec!["person", "bicycle", "car"]);
+        assert!(parse_names("{}").is_empty());
+    }
+
+    #[test]
+    fn nms_is_per_class() {
+        let a = ([0.0, 0.0, 10.0, 10.0], 0, 0.9);
+        let b = ([1.0, 1.0, 11.0, 11.0], 0, 0.8); // IoU 0.68 with a, same class
+        let c = ([1.0, 1.0, 11.0, 11.0], 1, 0.7); // same place, other class
+        let d = ([50.0, 50.0, 60.0, 60.0], 0, 0.6);
+        let kept = nms(vec![b, d, a, c], 0.45, 10);
+        assert_eq!(kept, vec![a, c, d]);
+        assert_eq!(nms(vec![a, c, d], 0.45, 2).len(), 2);
+    }
+
+    #[test]
+    fn softmax_and_top_k() {
+        let p = softmax(&[1.0, 3.0, 2.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(top_k(&p, 2).iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn yolov5_score_is_objectness_times_class() {
+        // one anchor: box, obj 0.5, classes [0.2, 0.9]
+        let out = [10.0, 10.0, 4.0, 4.0, 0.5, 0.2, 0.9];
+        let v = decode_yolo(Decoder::Yolov5, &out, &[1, 1, 7], 0.25).unwrap();
+        assert_eq!(v, vec![([8.0, 8.0, 12.0, 12.0], 1, 0.45)]);
+        assert!(decode_yolo(Decoder::Yolov5, &out, &[1, 1, 7], 0.5).unwrap().is_empty());
+    }
+}
