@@ -13,8 +13,8 @@
 //! - [`bench`]: measurements printed by `vision-gateway bench`;
 //! - [`demo`]: the self-contained demo.
 //!
-//! Sampling and replicate (Kafka) land with their issue; until then
-//! [`run`] keeps annotations in the log and says so.
+//! - [`sample`]: which images go upstream;
+//! - [`replicate`]: annotations, images, dead letters and gaps to Kafka.
 
 pub mod bench;
 pub mod config;
@@ -23,6 +23,8 @@ pub mod detect;
 pub mod intake;
 pub mod log;
 pub mod replay;
+pub mod replicate;
+pub mod sample;
 pub mod telemetry;
 
 use thiserror::Error;
@@ -40,6 +42,9 @@ pub enum GatewayError {
     /// The detect stage failed.
     #[error(transparent)]
     Detect(#[from] detect::DetectError),
+    /// The replicate stage failed.
+    #[error(transparent)]
+    Replicate(#[from] replicate::ReplicateError),
     /// The telemetry endpoint cannot start.
     #[error("telemetry: {0}")]
     Telemetry(String),
@@ -86,6 +91,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         intra_threads: config.detect.intra_threads as usize,
         queue: config.detect.queue as usize,
         max_pixels: config.mqtt.max_pixels,
+        sample: config.sample.clone(),
     };
     let detect = if config.detect.enabled {
         let l = log.clone();
@@ -99,11 +105,14 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         tracing::warn!("detect.enabled = false: frames are stored without annotations");
         None
     };
+    let producer = replicate::producer(&config.replicate)?;
+    let replicate = replicate::Replicate::new(log.clone(), config.replicate.clone(), producer);
     let intake = intake::Intake::new(config.mqtt.clone(), log.clone());
     let telemetry = telemetry::http::Telemetry {
         log: log.clone(),
         intake: intake.stats(),
         detect: detect.as_ref().map(detect::Detect::stats),
+        replicate: replicate.stats(),
     };
     let http_stop = CancellationToken::new();
     let listener = telemetry::http::bind(config.telemetry.listen)
@@ -112,7 +121,10 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     let http = tokio::spawn(telemetry::http::serve(listener, telemetry, http_stop.clone()));
 
     // Shutdown order: intake stops reading first, then detect finishes the
-    // frames in flight, then the log is flushed.
+    // frames in flight, then replicate gets its batch acknowledged (or
+    // keeps it on disk), then the log is flushed.
+    let replicate_stop = CancellationToken::new();
+    let replicate_task = tokio::spawn(replicate.run(replicate_stop.clone()));
     let intake_stop = shutdown.child_token();
     let detect_stop = CancellationToken::new();
     let mut detect_task = tokio::spawn({
@@ -140,7 +152,14 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
             (joined_intake(intake_task.await), d)
         }
     };
-    let result = intake_result.map_err(GatewayError::from).and(detect_result.map_err(GatewayError::from));
+    replicate_stop.cancel();
+    let replicate_result = replicate_task
+        .await
+        .unwrap_or_else(|e| Err(replicate::ReplicateError::Task(format!("replicate task failed: {e}"))));
+    let result = intake_result
+        .map_err(GatewayError::from)
+        .and(detect_result.map_err(GatewayError::from))
+        .and(replicate_result.map_err(GatewayError::from));
     log.flush().await?;
     http_stop.cancel();
     match http.await {

@@ -74,6 +74,27 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Consume sampled images from Kafka and write them whole.
+    Reassemble {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Images topic.
+        #[arg(long, default_value = "vision.images")]
+        topic: String,
+        /// Consumer group (offsets are committed there).
+        #[arg(long, default_value = "vision-gateway-reassemble")]
+        group: String,
+        /// Output folder: <out>/<camera>/<frame_id>.<ext>.
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this long without a message.
+        #[arg(long, default_value = "10s")]
+        idle: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the project's throughput next to baselines in the same run.
     Bench {
         #[command(subcommand)]
@@ -288,6 +309,31 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 r.acked
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reassemble { brokers, topic, group, out, idle, json } => {
+            let idle = gateway::config::units::parse_duration(&idle).map_err(anyhow::Error::msg)?;
+            let rt = runtime()?;
+            let r = rt.block_on(gateway::replicate::reassemble::reassemble(&brokers, &topic, &group, &out, idle))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} images written to {}, {} duplicates skipped, {} corrupt, {} incomplete, {} malformed messages",
+                    r.written.len(),
+                    out.display(),
+                    r.duplicates,
+                    r.corrupt.len(),
+                    r.incomplete.len(),
+                    r.malformed
+                );
+                for c in &r.corrupt {
+                    println!("  corrupt (sha256 mismatch): {c}");
+                }
+                for i in &r.incomplete {
+                    println!("  incomplete: {i}");
+                }
+            }
+            Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Annotate { model, onnxruntime, threads, json, images } => {
             let cwd = std::env::current_dir().ok();

@@ -47,6 +47,9 @@ pub struct RawConfig {
     /// The inference stage.
     #[serde(default)]
     pub detect: RawDetect,
+    /// Which images are sent upstream.
+    #[serde(default)]
+    pub sample: RawSample,
     /// Replication to the central Kafka cluster.
     #[serde(default)]
     pub replicate: RawReplicate,
@@ -149,6 +152,30 @@ pub struct RawDetect {
     pub queue: Option<u32>,
 }
 
+/// `[sample]`: which images go upstream (annotations always do).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSample {
+    /// Every Nth frame of each camera (0 = off). Default 100.
+    pub every_nth: Option<u64>,
+    /// Labels that select a frame (detectors, classifiers).
+    pub labels: Option<Vec<String>>,
+    /// Regular expression on read texts that selects a frame (OCR), e.g.
+    /// `"^SN"`.
+    pub text_pattern: Option<String>,
+    /// Minimum score of a selecting label or text. Default 0.5.
+    pub min_score: Option<f32>,
+    /// Frames whose best score is below this are sampled (retraining
+    /// material). Default: off.
+    pub low_confidence_below: Option<f32>,
+    /// Sample frames that could not be decoded. Default true.
+    pub errors: Option<bool>,
+    /// Minimum time between two sampled frames of one camera. Default `"0s"`.
+    pub min_interval: Option<toml::Value>,
+    /// Upload budget per camera, e.g. `"200KiB"` per second (0 = no limit).
+    /// Default 0.
+    pub max_bytes_per_second: Option<toml::Value>,
+}
+
 /// `[replicate]`: the uplink to Kafka.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawReplicate {
@@ -196,6 +223,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `[detect]`.
     pub detect: DetectConfig,
+    /// `[sample]`.
+    pub sample: crate::sample::SampleConfig,
     /// `[replicate]`.
     pub replicate: ReplicateConfig,
     /// `[telemetry]`.
@@ -564,6 +593,25 @@ impl Config {
             queue: v.range("detect.queue", d.queue, 8, 1, 4096),
         };
 
+        let sm = raw.sample;
+        let text_pattern = sm.text_pattern.as_deref().and_then(|p| match regex::Regex::new(p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                v.problem("sample.text_pattern", format!("{p:?} is not a regular expression: {e}"));
+                None
+            }
+        });
+        let sample = crate::sample::SampleConfig {
+            every_nth: sm.every_nth.unwrap_or(100),
+            labels: sm.labels.unwrap_or_default(),
+            text_pattern,
+            min_score: sm.min_score.unwrap_or(0.5),
+            low_confidence_below: sm.low_confidence_below,
+            errors: sm.errors.unwrap_or(true),
+            min_interval: v.duration("sample.min_interval", sm.min_interval.as_ref(), Duration::ZERO),
+            max_bytes_per_second: v.size("sample.max_bytes_per_second", sm.max_bytes_per_second.as_ref(), 0),
+        };
+
         let r = raw.replicate;
         let brokers = r.brokers.unwrap_or_else(|| {
             v.problem(
@@ -630,6 +678,7 @@ impl Config {
                 log,
                 mqtt,
                 detect,
+                sample,
                 replicate,
                 telemetry: TelemetryConfig { listen, log_format },
             })

@@ -10,6 +10,10 @@
 //! frames' bytes (retention). So annotations are in order per camera, and a
 //! crash re-annotates at most the frames that were in flight.
 //!
+//! Sampling is decided here, per camera, in sequence order: a sampled
+//! frame's image moves to the `images` area in the same batch; the others'
+//! bytes are freed by that batch.
+//!
 //! A frame that cannot be decoded becomes an annotation with `error` set,
 //! and is counted; the stage goes on. Dead letters and gaps are not frames:
 //! they keep their own records and are not annotated.
@@ -80,6 +84,10 @@ pub struct FrameAnnotation {
     pub content_type: String,
     /// Size of the frame in bytes.
     pub frame_bytes: u64,
+    /// Why the image was kept for upload (absent: not sampled, its bytes
+    /// were freed after detection).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sampled: Option<crate::sample::SampleReason>,
     /// The model's output (with `error` set if the frame could not be read).
     pub annotation: Annotation,
 }
@@ -93,6 +101,8 @@ pub struct DetectStats {
     pub errors: AtomicU64,
     /// Items found.
     pub items: AtomicU64,
+    /// Frames whose image was kept for upload.
+    pub sampled: AtomicU64,
     /// Sum of per-frame processing time, microseconds.
     pub busy_us: AtomicU64,
     /// The model is loaded in every worker.
@@ -128,6 +138,8 @@ pub struct DetectOptions {
     pub queue: usize,
     /// Largest picture decoded.
     pub max_pixels: u64,
+    /// Which images are kept for upload.
+    pub sample: crate::sample::SampleConfig,
 }
 
 struct Job {
@@ -150,6 +162,7 @@ pub struct Detect {
     workers: Vec<std::thread::JoinHandle<()>>,
     capacity: usize,
     warn: RateLimiter,
+    sampler: std::sync::Mutex<crate::sample::Sampler>,
 }
 
 impl Detect {
@@ -200,6 +213,7 @@ impl Detect {
             workers,
             capacity: opts.queue.max(1) + workers_n,
             warn: RateLimiter::new(Duration::from_secs(10)),
+            sampler: std::sync::Mutex::new(crate::sample::Sampler::new(opts.sample.clone())),
         })
     }
 
@@ -281,6 +295,18 @@ impl Detect {
             }
             let (seq, done) = entry.remove_entry();
             let Some(done) = done else { break };
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let sampled = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).decide(
+                &done.frame.camera,
+                &done.annotation,
+                done.frame.payload.len() as u64,
+                now_ms,
+            );
+            if sampled.is_some() {
+                self.stats.sampled.fetch_add(1, Ordering::Relaxed);
+                batch.put_frame(Area::Images, seq, &done.frame);
+            }
             let fa = FrameAnnotation {
                 schema: SCHEMA_VERSION,
                 frame_id: self.log.frame_id(seq),
@@ -292,6 +318,7 @@ impl Detect {
                 received_at_ms: done.frame.received_at_ms,
                 content_type: done.frame.content_type.clone(),
                 frame_bytes: done.frame.payload.len() as u64,
+                sampled,
                 annotation: done.annotation,
             };
             if let Some(e) = &fa.annotation.error {
@@ -357,5 +384,42 @@ fn worker(
         if results.send(Ok(Done { seq, frame, annotation })).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The annotation schema documented in the README is the one we write:
+    /// the example parses, and every key it shows is a key we produce.
+    #[test]
+    fn readme_example_matches_the_schema() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## Annotation records").expect("README section");
+        let block = &readme[start..];
+        let json = block.split("```json").nth(1).and_then(|b| b.split("```").next()).expect("json block");
+        let example: serde_json::Value = serde_json::from_str(json).expect("README example is valid JSON");
+        let parsed: FrameAnnotation = serde_json::from_value(example.clone()).expect("README example parses");
+        assert_eq!(parsed.schema, SCHEMA_VERSION);
+        let ours = serde_json::to_value(&parsed).unwrap();
+        fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+            if let Some(o) = v.as_object() {
+                for (k, v) in o {
+                    out.push(format!("{prefix}{k}"));
+                    keys(v, &format!("{prefix}{k}."), out);
+                }
+            } else if let Some(a) = v.as_array() {
+                for v in a.iter().take(1) {
+                    keys(v, &format!("{prefix}[]."), out);
+                }
+            }
+        }
+        let (mut documented, mut produced) = (Vec::new(), Vec::new());
+        keys(&example, "", &mut documented);
+        keys(&ours, "", &mut produced);
+        documented.sort();
+        produced.sort();
+        assert_eq!(documented, produced, "README example and schema differ");
     }
 }

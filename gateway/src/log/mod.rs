@@ -606,6 +606,15 @@ impl DurableLog {
         self.read(Area::Frames, from, max, FrameRecord::decode)
     }
 
+    /// The frame record at `seq` in `area` (frames or sampled images), if
+    /// present and readable (an unreadable one is set aside).
+    ///
+    /// # Errors
+    /// [`LogError::Storage`].
+    pub fn read_area_frame(&self, area: Area, seq: u64) -> Result<Option<FrameRecord>, LogError> {
+        Ok(self.read(area, seq, 1, FrameRecord::decode)?.into_iter().find(|(s, _)| *s == seq).map(|(_, f)| f))
+    }
+
     /// Reads up to `max` stage-encoded records of `area` with key `>= from`.
     /// Unreadable records are set aside and skipped.
     ///

@@ -8,6 +8,7 @@ use crate::detect::{DetectStats, LATENCY_BUCKETS_MS};
 use crate::intake::validate::Reason;
 use crate::intake::IntakeStats;
 use crate::log::DurableLog;
+use crate::replicate::ReplicateStats;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -28,6 +29,8 @@ pub struct Telemetry {
     pub intake: Arc<IntakeStats>,
     /// Detect counters (`None` when `detect.enabled = false`).
     pub detect: Option<Arc<DetectStats>>,
+    /// Replicate counters.
+    pub replicate: Arc<ReplicateStats>,
 }
 
 /// Binds the endpoint's address (at start, so a taken port is reported
@@ -175,6 +178,39 @@ pub fn render(t: &Telemetry) -> String {
     let _ = writeln!(o, "vision_gateway_detect_latency_seconds_bucket{{le=\"+Inf\"}} {cum}");
     let _ = writeln!(o, "vision_gateway_detect_latency_seconds_sum {}", ld(&d.busy_us) as f64 / 1e6);
     let _ = writeln!(o, "vision_gateway_detect_latency_seconds_count {cum}");
+    let r = &t.replicate;
+    let sent: Vec<(String, u64)> = [
+        ("annotation", &r.annotations),
+        ("image", &r.images),
+        ("image_chunk", &r.chunks),
+        ("dead_letter", &r.dead_letters),
+        ("gap", &r.gaps),
+    ]
+    .iter()
+    .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), ld(v)))
+    .collect();
+    metric(&mut o, "vision_gateway_replicated_total", "counter", "Records Kafka acknowledged, by kind.", &sent);
+    metric(
+        &mut o,
+        "vision_gateway_replicated_bytes_total",
+        "counter",
+        "Payload bytes Kafka acknowledged.",
+        &one(ld(&r.bytes)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_replicate_retries_total",
+        "counter",
+        "Batches that failed and are sent again.",
+        &one(ld(&r.retries)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_kafka_connected",
+        "gauge",
+        "1 while the last batch was acknowledged.",
+        &one(lb(&r.connected)),
+    );
     let c = t.log.counts();
     let recs: Vec<(String, u64)> =
         c.areas.iter().map(|(a, s)| (format!("{{area=\"{}\"}}", a.name()), s.records)).collect();

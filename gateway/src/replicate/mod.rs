@@ -1,0 +1,418 @@
+//! Replicate: annotations, sampled images, dead letters and gap records to
+//! Kafka, store-and-forward.
+//!
+//! Owns cursors `replicate` (annotations, dead letters and sampled images,
+//! all in the frame sequence) and `replicate_gaps` (gap records), and the
+//! Kafka producer (librdkafka through `rdkafka`, `acks=all`,
+//! `enable.idempotence=true`, zstd).
+//!
+//! # Promises
+//!
+//! - **Delivered means acknowledged.** A batch of records is produced, and
+//!   the cursor moves past it (which frees its local data, in the same log
+//!   batch) only after every record of the batch has a successful delivery
+//!   report. A failed or timed-out delivery keeps the batch on disk; it is
+//!   sent again after a capped backoff. So a crash or an outage re-sends at
+//!   most the batch in flight (consumers de-duplicate by `frame_id` and
+//!   `chunk_index`).
+//! - **Order per camera**: records are produced in sequence order with the
+//!   camera id as key, through one idempotent producer.
+//! - **Large images are chunked** at `replicate.chunk_bytes` with headers
+//!   `frame_id`, `camera`, `content_type`, `sha256` (of the whole image),
+//!   `chunk_index`, `chunk_count`; [`reassemble`] puts them back together.
+//! - **Bounded memory**: at most `replicate.batch` records (and their
+//!   chunks) are in flight; librdkafka's own queue limits pass through.
+//! - **Offline for days**: the backlog is on disk; when Kafka returns the
+//!   stage drains it batch after batch at full speed, while detect keeps
+//!   appending behind it.
+
+pub mod reassemble;
+
+use crate::config::ReplicateConfig;
+use crate::detect::FrameAnnotation;
+use crate::intake::dead_letter::DeadLetter;
+use crate::log::{cursors, Area, DurableLog, FrameRecord, GapRecord, LogError};
+use crate::telemetry::RateLimiter;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// What stops the replicate stage.
+#[derive(Debug, Error)]
+pub enum ReplicateError {
+    /// The producer could not be created (bad librdkafka option).
+    #[error("Kafka producer: {0}")]
+    Config(KafkaError),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The stage's task ended abnormally.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl ReplicateError {
+    /// True when retrying later may succeed without a change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicateError::Log(e) => e.is_transient(),
+            ReplicateError::Config(_) | ReplicateError::Task(_) => false,
+        }
+    }
+}
+
+/// Live counters of the replicate stage.
+#[derive(Debug, Default)]
+pub struct ReplicateStats {
+    /// Annotations acknowledged by Kafka.
+    pub annotations: AtomicU64,
+    /// Sampled images acknowledged (whole images).
+    pub images: AtomicU64,
+    /// Image chunks acknowledged.
+    pub chunks: AtomicU64,
+    /// Dead letters acknowledged.
+    pub dead_letters: AtomicU64,
+    /// Gap records acknowledged.
+    pub gaps: AtomicU64,
+    /// Payload bytes acknowledged.
+    pub bytes: AtomicU64,
+    /// Batches that failed and will be sent again.
+    pub retries: AtomicU64,
+    /// The last batch was delivered (Kafka reachable).
+    pub connected: AtomicBool,
+}
+
+/// Creates the idempotent producer from the config (pass-through options
+/// last, so a site can tune anything but the safety settings).
+///
+/// # Errors
+/// [`ReplicateError::Config`] for an invalid option.
+pub fn producer(cfg: &ReplicateConfig) -> Result<FutureProducer, ReplicateError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "10000")
+        .set("message.max.bytes", (cfg.chunk_bytes + (64 << 10)).max(1_000_000).to_string());
+    for (k, v) in &cfg.librdkafka {
+        c.set(k, v);
+    }
+    for (k, v) in &cfg.librdkafka_secrets {
+        c.set(k, v.expose());
+    }
+    // Not overridable: the at-least-once design depends on them.
+    c.set("enable.idempotence", "true").set("acks", "all");
+    c.create().map_err(ReplicateError::Config)
+}
+
+/// Splits an image into chunks of at most `chunk` bytes (at least one,
+/// even for an empty image).
+pub fn chunks(bytes: &[u8], chunk: usize) -> Vec<&[u8]> {
+    if bytes.is_empty() {
+        return vec![bytes];
+    }
+    bytes.chunks(chunk.max(1)).collect()
+}
+
+enum Out {
+    Annotation { seq: u64, camera: String, frame_id: String, model: String, json: Vec<u8>, image: Option<FrameRecord> },
+    DeadLetter { seq: u64, camera: String, frame_id: String, json: Vec<u8> },
+}
+
+impl Out {
+    fn seq(&self) -> u64 {
+        match self {
+            Out::Annotation { seq, .. } | Out::DeadLetter { seq, .. } => *seq,
+        }
+    }
+}
+
+/// The replicate stage.
+pub struct Replicate {
+    log: DurableLog,
+    cfg: ReplicateConfig,
+    producer: FutureProducer,
+    stats: Arc<ReplicateStats>,
+    warn: RateLimiter,
+}
+
+impl Replicate {
+    /// A stage producing with `producer`.
+    pub fn new(log: DurableLog, cfg: ReplicateConfig, producer: FutureProducer) -> Self {
+        Self {
+            log,
+            cfg,
+            producer,
+            stats: Arc::new(ReplicateStats::default()),
+            warn: RateLimiter::new(Duration::from_secs(30)),
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<ReplicateStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `stop`: sends batch after batch, waits on the log when
+    /// caught up, backs off when Kafka fails. On `stop` the batch in flight
+    /// is given a few seconds to be acknowledged.
+    ///
+    /// # Errors
+    /// [`ReplicateError::Log`] if the log fails.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), ReplicateError> {
+        let mut failures: u32 = 0;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let seen_a = self.log.generation(Area::Annotations);
+            let seen_d = self.log.generation(Area::DeadLetters);
+            let seen_g = self.log.generation(Area::Gaps);
+            let records = self.next_records()?;
+            let gaps = self.log.read_gaps(self.log.cursor(cursors::REPLICATE_GAPS)?, self.cfg_batch())?;
+            if records.is_empty() && gaps.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.log.changed_since(Area::Annotations, seen_a) => {}
+                    _ = self.log.changed_since(Area::DeadLetters, seen_d) => {}
+                    _ = self.log.changed_since(Area::Gaps, seen_g) => {}
+                }
+                continue;
+            }
+            let sent = tokio::select! {
+                r = self.send_batch(&records, &gaps) => r,
+                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => Err("stopped before the batch was acknowledged".into()),
+            };
+            match sent {
+                Ok(()) => {
+                    failures = 0;
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    let mut b = self.log.batch();
+                    if let Some(last) = records.last() {
+                        b.set_cursor(cursors::REPLICATE, last.seq() + 1);
+                    }
+                    if let Some((last, _)) = gaps.last() {
+                        b.set_cursor(cursors::REPLICATE_GAPS, last + 1);
+                    }
+                    self.log.apply(b)?;
+                }
+                Err(e) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    let wait =
+                        Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
+                    if let Some(held) = self.warn.check("send") {
+                        tracing::warn!(error = %e, retry_in = ?wait, records = records.len(), suppressed = held, "Kafka delivery failed; the batch stays on disk");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(2));
+        Ok(())
+    }
+
+    fn cfg_batch(&self) -> usize {
+        256
+    }
+
+    /// The next annotations and dead letters after the cursor, merged in
+    /// sequence order.
+    fn next_records(&self) -> Result<Vec<Out>, ReplicateError> {
+        let from = self.log.cursor(cursors::REPLICATE)?;
+        let n = self.cfg_batch();
+        let anns = self.log.read_blobs(Area::Annotations, from, n)?;
+        let dead = self.log.read_blobs(Area::DeadLetters, from, n)?;
+        let mut out = Vec::with_capacity(n);
+        let (mut a, mut d) = (anns.into_iter().peekable(), dead.into_iter().peekable());
+        while out.len() < n {
+            let take_a = match (a.peek(), d.peek()) {
+                (Some((sa, _)), Some((sd, _))) => sa < sd,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_a {
+                let Some((seq, json)) = a.next() else { break };
+                match serde_json::from_slice::<FrameAnnotation>(&json) {
+                    Ok(fa) => {
+                        let image =
+                            if fa.sampled.is_some() { self.log.read_area_frame(Area::Images, seq)? } else { None };
+                        out.push(Out::Annotation {
+                            seq,
+                            camera: fa.camera,
+                            frame_id: fa.frame_id,
+                            model: format!("{}@{}", fa.annotation.model.name, fa.annotation.model.hash),
+                            json,
+                            image,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "annotation record does not parse; sent as is");
+                        out.push(Out::Annotation {
+                            seq,
+                            camera: String::new(),
+                            frame_id: self.log.frame_id(seq),
+                            model: String::new(),
+                            json,
+                            image: None,
+                        });
+                    }
+                }
+            } else {
+                let Some((seq, body)) = d.next() else { break };
+                let frame_id = self.log.frame_id(seq);
+                let (camera, json) = match DeadLetter::decode(&body) {
+                    Ok((dl, _)) => {
+                        let mut v = serde_json::to_value(&dl).unwrap_or_default();
+                        v["frame_id"] = serde_json::Value::String(frame_id.clone());
+                        v["gateway_id"] = serde_json::Value::String(self.log.gateway_id().to_owned());
+                        (dl.camera.unwrap_or_default(), serde_json::to_vec(&v).unwrap_or_default())
+                    }
+                    Err(e) => (String::new(), format!("{{\"frame_id\":{frame_id:?},\"error\":{e:?}}}").into_bytes()),
+                };
+                out.push(Out::DeadLetter { seq, camera, frame_id, json });
+            }
+        }
+        Ok(out)
+    }
+
+    fn enqueue(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> Result<DeliveryFuture, String> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    // librdkafka's queue is full: let it drain a little.
+                    self.producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+                Err((e, _)) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    async fn send_batch(&self, records: &[Out], gaps: &[(u64, GapRecord)]) -> Result<(), String> {
+        let mut futures: Vec<(DeliveryFuture, &'static str, u64)> = Vec::new();
+        let h = |k: &'static str, v: &str, hs: OwnedHeaders| hs.insert(Header { key: k, value: Some(v) });
+        for r in records {
+            match r {
+                Out::Annotation { camera, frame_id, model, json, image, .. } => {
+                    let headers = h(
+                        "schema",
+                        &crate::detect::SCHEMA_VERSION.to_string(),
+                        h("model", model, h("frame_id", frame_id, OwnedHeaders::new())),
+                    );
+                    futures.push((
+                        self.enqueue(&self.cfg.annotations_topic, camera, json, headers)?,
+                        "annotation",
+                        json.len() as u64,
+                    ));
+                    if let Some(img) = image {
+                        let sha = hex::encode(Sha256::digest(&img.payload));
+                        let parts = chunks(&img.payload, self.cfg.chunk_bytes as usize);
+                        let count = parts.len().to_string();
+                        for (i, part) in parts.iter().enumerate() {
+                            let headers = h(
+                                "chunk_count",
+                                &count,
+                                h(
+                                    "chunk_index",
+                                    &i.to_string(),
+                                    h(
+                                        "sha256",
+                                        &sha,
+                                        h(
+                                            "content_type",
+                                            &img.content_type,
+                                            h("camera", camera, h("frame_id", frame_id, OwnedHeaders::new())),
+                                        ),
+                                    ),
+                                ),
+                            );
+                            let kind = if i + 1 == parts.len() { "image" } else { "chunk" };
+                            futures.push((
+                                self.enqueue(&self.cfg.images_topic, camera, part, headers)?,
+                                kind,
+                                part.len() as u64,
+                            ));
+                        }
+                    }
+                }
+                Out::DeadLetter { camera, frame_id, json, .. } => {
+                    let headers = h("frame_id", frame_id, OwnedHeaders::new());
+                    futures.push((
+                        self.enqueue(&self.cfg.dead_letters_topic, camera, json, headers)?,
+                        "dead_letter",
+                        json.len() as u64,
+                    ));
+                }
+            }
+        }
+        for (_, g) in gaps {
+            let json = serde_json::to_vec(g).unwrap_or_default();
+            let key = g.gateway_id.clone();
+            let headers = h("reason", &format!("{:?}", g.reason), OwnedHeaders::new());
+            futures.push((self.enqueue(&self.cfg.gaps_topic, &key, &json, headers)?, "gap", json.len() as u64));
+        }
+        // Every delivery report must be a success.
+        let mut first_error = None;
+        let mut counted: Vec<(&'static str, u64)> = Vec::new();
+        for (f, kind, bytes) in futures {
+            match f.await {
+                Ok(Ok(_)) => counted.push((kind, bytes)),
+                Ok(Err((e, _))) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+                Err(_) => {
+                    first_error.get_or_insert("delivery report lost".into());
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (kind, bytes) in counted {
+            self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            let c = match kind {
+                "annotation" => &self.stats.annotations,
+                "image" => {
+                    self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+                    &self.stats.images
+                }
+                "chunk" => &self.stats.chunks,
+                "dead_letter" => &self.stats.dead_letters,
+                _ => &self.stats.gaps,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunking_covers_the_image_exactly() {
+        let img: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let c = chunks(&img, 1000);
+        assert_eq!(c.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert_eq!(c.concat(), img);
+        assert_eq!(chunks(&img[..1000], 1000).len(), 1);
+        assert_eq!(chunks(&[], 1000).len(), 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! Sampling: which images go upstream, decided at detect time.
+//!
+//! Owns the per-camera sampling state. A frame is sampled when a rule
+//! picks it (first matching rule is the reason) and the camera's limits
+//! allow it:
+//!
+//! - rules: every Nth frame of a camera; an item whose label or text
+//!   matches `labels` / `text_pattern` with at least `min_score`; a best
+//!   score below `low_confidence_below` (material for retraining); a frame
+//!   that could not be decoded;
+//! - limits: at most one sampled frame per `min_interval` per camera, and a
+//!   per-camera token bucket of `max_bytes_per_second` (burst: 10 s worth).
+//!
+//! Promise: `decide` is deterministic given the sequence of calls and their
+//! timestamps, and never samples more than the limits allow. Frames not
+//! sampled lose their image bytes right after detection.
+
+use inference::Annotation;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Why a frame's image was kept for upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleReason {
+    /// Every Nth frame of its camera.
+    EveryNth,
+    /// A chosen label or text above the score.
+    Match,
+    /// Best score below the low-confidence threshold.
+    LowConfidence,
+    /// The frame could not be decoded.
+    Error,
+}
+
+/// Sampling rules and limits (`[sample]`).
+#[derive(Debug, Clone)]
+pub struct SampleConfig {
+    /// Every Nth frame per camera (0 = off).
+    pub every_nth: u64,
+    /// Labels (detectors, classifiers) that select a frame.
+    pub labels: Vec<String>,
+    /// Texts (OCR) that select a frame.
+    pub text_pattern: Option<Regex>,
+    /// Minimum score of a selecting item.
+    pub min_score: f32,
+    /// Frames whose best item scores below this are sampled (None = off).
+    pub low_confidence_below: Option<f32>,
+    /// Sample frames that could not be decoded.
+    pub errors: bool,
+    /// Minimum time between two sampled frames of one camera.
+    pub min_interval: Duration,
+    /// Upload budget per camera, bytes per second (0 = unlimited).
+    pub max_bytes_per_second: u64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            every_nth: 100,
+            labels: Vec::new(),
+            text_pattern: None,
+            min_score: 0.5,
+            low_confidence_below: None,
+            errors: true,
+            min_interval: Duration::ZERO,
+            max_bytes_per_second: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct CameraState {
+    frames: u64,
+    last_sampled_ms: Option<u64>,
+    tokens: f64,
+    tokens_at_ms: Option<u64>,
+}
+
+/// Per-camera sampling decisions.
+#[derive(Debug)]
+pub struct Sampler {
+    cfg: SampleConfig,
+    cameras: HashMap<String, CameraState>,
+}
+
+impl Sampler {
+    /// A sampler with these rules.
+    pub fn new(cfg: SampleConfig) -> Self {
+        Self { cfg, cameras: HashMap::new() }
+    }
+
+    fn rule(&self, frame_no: u64, a: &Annotation) -> Option<SampleReason> {
+        if a.error.is_some() {
+            return self.cfg.errors.then_some(SampleReason::Error);
+        }
+        if self.cfg.every_nth > 0 && frame_no % self.cfg.every_nth == 0 {
+            return Some(SampleReason::EveryNth);
+        }
+        let hit = a.items.iter().any(|i| {
+            i.score >= self.cfg.min_score
+                && (i.label.as_ref().is_some_and(|l| self.cfg.labels.contains(l))
+                    || i.text.as_ref().is_some_and(|t| self.cfg.text_pattern.as_ref().is_some_and(|p| p.is_match(t))))
+        });
+        if hit {
+            return Some(SampleReason::Match);
+        }
+        if let Some(low) = self.cfg.low_confidence_below {
+            let best = a.items.iter().map(|i| i.score).fold(f32::NAN, f32::max);
+            if !a.items.is_empty() && best < low {
+                return Some(SampleReason::LowConfidence);
+            }
+        }
+        None
+    }
+
+    /// Whether to keep this frame's image (and why), at time `now_ms`.
+    pub fn decide(&mut self, camera: &str, a: &Annotation, frame_bytes: u64, now_ms: u64) -> Option<SampleReason> {
+        let frame_no = {
+            let st = self.cameras.entry(camera.to_owned()).or_default();
+            let n = st.frames;
+            st.frames += 1;
+            n
+        };
+        let reason = self.rule(frame_no, a)?;
+        let cfg = &self.cfg;
+        let st = self.cameras.entry(camera.to_owned()).or_default();
+        if let Some(last) = st.last_sampled_ms {
+            if now_ms.saturating_sub(last) < cfg.min_interval.as_millis() as u64 {
+                return None;
+            }
+        }
+        if cfg.max_bytes_per_second > 0 {
+            let rate = cfg.max_bytes_per_second as f64;
+            let burst = rate * 10.0;
+            let since = st.tokens_at_ms.map_or(burst / rate * 1000.0, |t| now_ms.saturating_sub(t) as f64);
+            st.tokens = (st.tokens + since / 1000.0 * rate).min(burst);
+            st.tokens_at_ms = Some(now_ms);
+            if st.tokens < frame_bytes as f64 {
+                return None;
+            }
+            st.tokens -= frame_bytes as f64;
+        }
+        st.last_sampled_ms = Some(now_ms);
+        Some(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference::{Item, ModelInfo, Timings};
+
+    fn ann(items: &[(&str, f32)]) -> Annotation {
+        Annotation {
+            model: ModelInfo { name: "m".into(), version: "1".into(), hash: "h".into() },
+            width: 10,
+            height: 10,
+            items: items.iter().map(|(t, s)| Item::text((*t).into(), *s, [[0.0, 0.0]; 4])).collect(),
+            timings: Timings::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn every_nth_per_camera() {
+        let mut s = Sampler::new(SampleConfig { every_nth: 3, ..SampleConfig::default() });
+        let a = ann(&[]);
+        let picks: Vec<bool> = (0..7).map(|i| s.decide("c1", &a, 10, i).is_some()).collect();
+        assert_eq!(picks, vec![true, false, false, true, false, false, true]);
+        assert!(s.decide("c2", &a, 10, 0).is_some(), "cameras count separately");
+    }
+
+    #[test]
+    fn text_pattern_low_confidence_and_errors() {
+        let cfg = SampleConfig {
+            every_nth: 0,
+            text_pattern: Some(Regex::new("^SN").unwrap()),
+            low_confidence_below: Some(0.6),
+            ..SampleConfig::default()
+        };
+        let mut s = Sampler::new(cfg);
+        assert_eq!(s.decide("c", &ann(&[("SN123", 0.9)]), 1, 0), Some(SampleReason::Match));
+        assert_eq!(s.decide("c", &ann(&[("SN123", 0.4)]), 1, 1), Some(SampleReason::LowConfidence));
+        assert_eq!(s.decide("c", &ann(&[("LOT1", 0.9)]), 1, 2), None);
+        let mut e = ann(&[]);
+        e.error = Some("bad".into());
+        assert_eq!(s.decide("c", &e, 1, 3), Some(SampleReason::Error));
+    }
+
+    #[test]
+    fn interval_and_byte_budget_limit_sampling() {
+        let mut s = Sampler::new(SampleConfig {
+            every_nth: 1,
+            min_interval: Duration::from_millis(100),
+            ..SampleConfig::default()
+        });
+        let a = ann(&[]);
+        let picks: Vec<bool> = [0, 50, 100, 120, 250].iter().map(|t| s.decide("c", &a, 1, *t).is_some()).collect();
+        assert_eq!(picks, vec![true, false, true, false, true]);
+
+        // 1000 B/s, burst 10 s = 10000 B: ten 1000 B frames, then one per second.
+        let mut s = Sampler::new(SampleConfig { every_nth: 1, max_bytes_per_second: 1000, ..SampleConfig::default() });
+        let n = (0..20).filter(|i| s.decide("c", &a, 1000, *i).is_some()).count();
+        assert_eq!(n, 10);
+        assert!(s.decide("c", &a, 1000, 1019).is_some(), "a second later the bucket has refilled one frame");
+    }
+}
