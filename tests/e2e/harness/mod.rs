@@ -98,6 +98,10 @@ pub struct Settings {
     pub max_bytes: &'static str,
     pub when_full: &'static str,
     pub max_frame_bytes: &'static str,
+    /// Kafka bootstrap servers (default: nothing listens there).
+    pub kafka: String,
+    /// Extra TOML appended to the config (e.g. a [sample] table).
+    pub extra: String,
     /// Run the bundled model (the intake tests keep raw frames instead).
     pub detect: bool,
 }
@@ -113,6 +117,8 @@ impl Settings {
             when_full: "block",
             max_frame_bytes: "1MiB",
             detect: false,
+            kafka: "127.0.0.1:9".into(),
+            extra: String::new(),
         }
     }
 
@@ -121,7 +127,7 @@ impl Settings {
             "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
              [detect]\nenabled = {}\nmodel = \"{}\"\nonnxruntime = \"{}\"\n\
-             [replicate]\nbrokers = \"127.0.0.1:9\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n",
+             [replicate]\nbrokers = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
             self.gateway_id,
             self.log_dir.display(),
             self.max_bytes,
@@ -131,7 +137,9 @@ impl Settings {
             self.detect,
             repo().join("models/ppocr-v4").display(),
             onnxruntime().display(),
-            self.http_port
+            self.kafka,
+            self.http_port,
+            self.extra
         )
     }
 
@@ -273,4 +281,120 @@ pub fn long_camera(dir: &Path, camera: &str, from: &str, n: usize, fps: f64) -> 
         std::fs::copy(&src[i % src.len()], d.join(format!("{i:05}.jpg"))).unwrap();
     }
     d
+}
+
+/// A tansu broker (Kafka protocol, sqlite storage) on a free loopback port,
+/// killed on drop. `TANSU_BIN` names the binary (tests/run builds and
+/// caches it).
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let bin = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vision-gateway/tansu-0.6.0/bin/tansu")
+        });
+        assert!(bin.exists(), "tansu not found at {} (bash tests/run builds it once)", bin.display());
+        let mut t = Self { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), bin };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.port, "tansu");
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (an outage); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Creates topics with one partition (tansu does not auto-create).
+    pub fn create_topics(&self, names: &[&str]) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
+        let topics: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1))).collect();
+        let res = rt
+            .block_on(admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
+            .unwrap();
+        for r in res {
+            if let Err((t, e)) = r {
+                assert_eq!(e, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {t}: {e}");
+            }
+        }
+    }
+
+    /// Every message of `topic` (from the beginning), until none arrived
+    /// for `idle` after the first.
+    pub fn consume_all(&self, topic: &str, idle: Duration) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::Message;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        let c: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("e2e-{topic}-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("fetch.message.max.bytes", "5242880")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            let first = Instant::now();
+            loop {
+                let wait = if out.is_empty() { Duration::from_secs(60).saturating_sub(first.elapsed()) } else { idle };
+                match tokio::time::timeout(wait, c.recv()).await {
+                    Ok(m) => out.push(m.unwrap().detach()),
+                    Err(_) => break,
+                }
+            }
+            let _ = out.iter().map(|m| m.offset()).count();
+            out
+        })
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A header of a Kafka message as text.
+pub fn header(m: &rdkafka::message::OwnedMessage, k: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    let h = m.headers()?;
+    h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
