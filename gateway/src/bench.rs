@@ -305,3 +305,183 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     let _ = broker.kill().await;
     Ok(IntakeBench { frame_bytes: size, mosquitto_sub: m, gateway: g })
 }
+
+/// Results of the replicate benchmark: the stage next to a bare producer
+/// sending the same payloads to the same broker.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicateBench {
+    /// Where it ran.
+    pub broker: String,
+    /// (case, bare producer, replicate stage) rows.
+    pub rows: Vec<(String, Throughput, Throughput)>,
+}
+
+impl std::fmt::Display for ReplicateBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "replicate throughput on {} (same broker, same run)", self.broker)?;
+        writeln!(f, "{:<48} {:>10} {:>10} {:>8}", "", "records/s", "MB/s", "ratio")?;
+        for (_, bare, stage) in &self.rows {
+            writeln!(f, "{:<48} {:>10.0} {:>10.1} {:>8}", bare.what, bare.records_per_s(), bare.mb_per_s(), "1.00")?;
+            writeln!(
+                f,
+                "{:<48} {:>10.0} {:>10.1} {:>8.2}",
+                stage.what,
+                stage.records_per_s(),
+                stage.mb_per_s(),
+                stage.records_per_s() / bare.records_per_s()
+            )?;
+        }
+        writeln!(f, "(the stage rows are also the backlog drain rate: the log was filled before it started)")
+    }
+}
+
+/// Fills a log with `records` annotation records (and, if `image_bytes` >
+/// 0, a sampled image each), then times the replicate stage draining it,
+/// next to a bare idempotent producer sending the same payloads.
+///
+/// # Errors
+/// Broker or log errors.
+pub async fn replicate_throughput(
+    dir: &Path,
+    brokers: &str,
+    records: u64,
+    image_bytes: usize,
+) -> anyhow::Result<ReplicateBench> {
+    use crate::detect::{FrameAnnotation, SCHEMA_VERSION};
+    use crate::log::{cursors, Area, FrameRecord};
+    use rdkafka::producer::FutureRecord;
+    use tokio_util::sync::CancellationToken;
+
+    let text =
+        format!("gateway_id = \"bench\"\n[mqtt]\nbroker = \"127.0.0.1:1\"\n[replicate]\nbrokers = \"{brokers}\"\n");
+    let cfg = crate::config::Config::parse(Path::new("bench"), &text, &crate::config::ProcessEnv)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rows = Vec::new();
+    for (case, img) in [("annotations only", 0usize), ("annotations + images", image_bytes)] {
+        if case != "annotations only" && img == 0 {
+            continue;
+        }
+        let log_dir = dir.join(format!("replicate-{img}"));
+        let mut o = LogOptions::new(&log_dir, "bench");
+        o.max_bytes = u64::MAX / 2;
+        let log = DurableLog::open(o)?;
+        let mut payloads: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut b = log.batch();
+        for i in 0..records {
+            let f = FrameRecord {
+                camera: format!("cam-{}", i % 4),
+                content_type: "image/jpeg".into(),
+                received_at_ms: i,
+                captured_at_ms: Some(i),
+                camera_seq: Some(i),
+                payload: synthetic_jpeg(img.max(64), i),
+            };
+            let seq = log.append_frame(&f)?.seq;
+            let fa = FrameAnnotation {
+                schema: SCHEMA_VERSION,
+                frame_id: log.frame_id(seq),
+                gateway_id: "bench".into(),
+                seq,
+                camera: f.camera.clone(),
+                camera_seq: f.camera_seq,
+                captured_at_ms: f.captured_at_ms,
+                received_at_ms: i,
+                content_type: f.content_type.clone(),
+                frame_bytes: f.payload.len() as u64,
+                sampled: (img > 0).then_some(crate::sample::SampleReason::EveryNth),
+                annotation: inference::Annotation {
+                    model: inference::ModelInfo { name: "ppocr-v4".into(), version: "4".into(), hash: "0".repeat(64) },
+                    width: 640,
+                    height: 480,
+                    items: (0..5)
+                        .map(|k| {
+                            inference::Item::text(
+                                format!("SN {i:08}-{k}"),
+                                0.98,
+                                [[10.0, 20.0], [200.0, 20.0], [200.0, 44.0], [10.0, 44.0]],
+                            )
+                        })
+                        .collect(),
+                    timings: inference::Timings::default(),
+                    error: None,
+                },
+            };
+            let json = serde_json::to_vec(&fa)?;
+            b.put_blob(Area::Annotations, seq, &json);
+            if img > 0 {
+                b.put_frame(Area::Images, seq, &f);
+                payloads.push((json, f.payload.clone()));
+            } else {
+                payloads.push((json, Vec::new()));
+            }
+        }
+        b.set_cursor(cursors::DETECT, log.counts().next_seq);
+        log.apply(b)?;
+        log.flush().await?;
+        let bytes: u64 = payloads.iter().map(|(a, i)| (a.len() + i.len()) as u64).sum();
+
+        // Both producers are warmed up first (connection, idempotent
+        // producer id, topic metadata), so the timings compare steady states.
+        async fn warm(p: &rdkafka::producer::FutureProducer, topics: [&str; 2]) -> anyhow::Result<()> {
+            for t in topics {
+                p.send(FutureRecord::to(t).key("warm-up").payload("{}"), Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)?;
+            }
+            Ok(())
+        }
+        let topics = [cfg.replicate.annotations_topic.as_str(), cfg.replicate.images_topic.as_str()];
+
+        // Bare producer: same settings, same payloads, await every report.
+        let producer = crate::replicate::producer(&cfg.replicate)?;
+        warm(&producer, topics).await?;
+        let t = Instant::now();
+        let mut futs = Vec::new();
+        for (i, (json, image)) in payloads.iter().enumerate() {
+            let key = format!("cam-{}", i % 4);
+            loop {
+                match producer.send_result(FutureRecord::to(&cfg.replicate.annotations_topic).key(&key).payload(json)) {
+                    Ok(f) => {
+                        futs.push(f);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+            for chunk in crate::replicate::chunks(image, cfg.replicate.chunk_bytes as usize)
+                .into_iter()
+                .filter(|c| !c.is_empty())
+            {
+                loop {
+                    match producer.send_result(FutureRecord::to(&cfg.replicate.images_topic).key(&key).payload(chunk)) {
+                        Ok(f) => {
+                            futs.push(f);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        }
+        for f in futs {
+            f.await?.map_err(|(e, _)| e)?;
+        }
+        let bare = Throughput::new(format!("bare rdkafka producer, {case}"), records, bytes, t.elapsed());
+
+        let stage_producer = crate::replicate::producer(&cfg.replicate)?;
+        warm(&stage_producer, topics).await?;
+        let stage = crate::replicate::Replicate::new(log.clone(), cfg.replicate.clone(), stage_producer);
+        let stop = CancellationToken::new();
+        let t = Instant::now();
+        let task = tokio::spawn(stage.run(stop.clone()));
+        let end = log.counts().next_seq;
+        while log.cursor(cursors::REPLICATE)? < end {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let measured = Throughput::new(format!("replicate stage, {case}"), records, bytes, t.elapsed());
+        stop.cancel();
+        task.await??;
+        rows.push((case.to_owned(), bare, measured));
+    }
+    Ok(ReplicateBench { broker: brokers.to_owned(), rows })
+}

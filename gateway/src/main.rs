@@ -117,6 +117,24 @@ enum LogCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Replicate stage next to a bare rdkafka producer, same broker, same payloads.
+    Replicate {
+        /// Kafka bootstrap servers (default: librdkafka's in-process mock cluster).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Directory for the logs (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Records per case.
+        #[arg(long, default_value_t = 2000)]
+        records: u64,
+        /// Size of each sampled image.
+        #[arg(long, default_value_t = 200_000)]
+        image_bytes: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Intake drain rate next to mosquitto_sub on the same queued stream.
     Intake {
         /// Directory for the log (default: a temporary directory).
@@ -374,6 +392,42 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Bench { command: BenchCommand::Replicate { brokers, dir, records, image_bytes, json } } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => tempdir()?,
+            };
+            std::fs::create_dir_all(&dir)?;
+            let rt = runtime()?;
+            let _guard = rt.enter();
+            let topics = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
+            let mock;
+            let brokers = match brokers {
+                Some(b) => {
+                    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+                    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                        rdkafka::ClientConfig::new().set("bootstrap.servers", &b).create()?;
+                    let new: Vec<NewTopic> =
+                        topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+                    let _ = rt.block_on(admin.create_topics(&new, &AdminOptions::new()));
+                    b
+                }
+                None => {
+                    mock = rdkafka::mocking::MockCluster::new(1)?;
+                    for t in topics {
+                        mock.create_topic(t, 1, 1)?;
+                    }
+                    mock.bootstrap_servers()
+                }
+            };
+            let r = rt.block_on(gateway::bench::replicate_throughput(&dir, &brokers, records, image_bytes))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Intake { dir, frames, size, json } } => {
             let dir = match dir {

@@ -92,7 +92,13 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
 
     let out = tempfile::tempdir().unwrap();
     let report = rt()
-        .block_on(gateway::replicate::reassemble::reassemble(&tansu.brokers(), "vision.images", "e2e-reasm", out.path(), Duration::from_secs(5)))
+        .block_on(gateway::replicate::reassemble::reassemble(
+            &tansu.brokers(),
+            "vision.images",
+            "e2e-reasm",
+            out.path(),
+            Duration::from_secs(5),
+        ))
         .unwrap();
     assert!(report.corrupt.is_empty() && report.incomplete.is_empty(), "{report:?}");
     assert_eq!(report.written.len() as f64, sampled);
@@ -112,7 +118,11 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
     assert!(checked_big, "the 3 MB image was chunked and reassembled");
     let chunks = tansu.consume_all("vision.images", Duration::from_secs(3));
     assert!(chunks.iter().any(|m| header(m, "chunk_count").as_deref() == Some("4")), "3 MB at 900 KiB = 4 chunks");
-    println!("replicate e2e: {total} annotations, {} images reassembled ({} chunks)", report.written.len(), chunks.len());
+    println!(
+        "replicate e2e: {total} annotations, {} images reassembled ({} chunks)",
+        report.written.len(),
+        chunks.len()
+    );
 }
 
 #[test]
