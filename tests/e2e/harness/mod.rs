@@ -369,7 +369,6 @@ impl Tansu {
     /// for `idle` after the first.
     pub fn consume_all(&self, topic: &str, idle: Duration) -> Vec<rdkafka::message::OwnedMessage> {
         use rdkafka::consumer::{Consumer, StreamConsumer};
-        use rdkafka::Message;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _g = rt.enter();
         let c: StreamConsumer = rdkafka::ClientConfig::new()
@@ -391,7 +390,6 @@ impl Tansu {
                     Err(_) => break,
                 }
             }
-            let _ = out.iter().map(|m| m.offset()).count();
             out
         })
     }
