@@ -54,15 +54,8 @@ pub struct LogBench {
 /// # Errors
 /// I/O or log errors.
 pub async fn log_throughput(dir: &Path, records: u64, size: usize, batches: &[usize]) -> anyhow::Result<LogBench> {
-    let mut payload = vec![0u8; size];
-    // Incompressible-looking bytes (sled does not compress, but be fair).
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for b in &mut payload {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    // Incompressible bytes (sled does not compress, but be fair).
+    let payload = noise(size, 0x9E37_79B9_7F4A_7C15);
     let mut rows = Vec::new();
     for &batch in batches {
         let batch = batch.max(1);
@@ -111,22 +104,40 @@ pub async fn log_throughput(dir: &Path, records: u64, size: usize, batches: &[us
     Ok(LogBench { record_bytes: size, rows })
 }
 
+/// Prints a table header, then a baseline row (ratio 1.00) and the
+/// measured row with its ratio to the baseline, for each pair.
+fn ratio_table<'a>(
+    f: &mut std::fmt::Formatter<'_>,
+    width: usize,
+    unit: &str,
+    pairs: impl Iterator<Item = (&'a Throughput, &'a Throughput)>,
+) -> std::fmt::Result {
+    writeln!(f, "{:<width$} {:>10} {:>10} {:>8}", "", unit, "MB/s", "ratio")?;
+    for (base, m) in pairs {
+        writeln!(f, "{:<width$} {:>10.0} {:>10.1} {:>8}", base.what, base.records_per_s(), base.mb_per_s(), "1.00")?;
+        let ratio = m.mb_per_s() / base.mb_per_s();
+        writeln!(f, "{:<width$} {:>10.0} {:>10.1} {:>8.2}", m.what, m.records_per_s(), m.mb_per_s(), ratio)?;
+    }
+    Ok(())
+}
+
+/// Deterministic incompressible bytes (xorshift64).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 impl std::fmt::Display for LogBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "log throughput, {} B records (same disk, same run)", self.record_bytes)?;
-        writeln!(f, "{:<34} {:>10} {:>10} {:>8}", "", "records/s", "MB/s", "ratio")?;
-        for (_, raw, lg) in &self.rows {
-            writeln!(f, "{:<34} {:>10.0} {:>10.1} {:>8}", raw.what, raw.records_per_s(), raw.mb_per_s(), "1.00")?;
-            writeln!(
-                f,
-                "{:<34} {:>10.0} {:>10.1} {:>8.2}",
-                lg.what,
-                lg.records_per_s(),
-                lg.mb_per_s(),
-                lg.mb_per_s() / raw.mb_per_s()
-            )?;
-        }
-        Ok(())
+        ratio_table(f, 34, "records/s", self.rows.iter().map(|(_, raw, lg)| (raw, lg)))
     }
 }
 
@@ -145,18 +156,7 @@ pub struct IntakeBench {
 impl std::fmt::Display for IntakeBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "intake throughput, {} B frames queued on a local mosquitto (same run)", self.frame_bytes)?;
-        writeln!(f, "{:<44} {:>10} {:>10} {:>8}", "", "frames/s", "MB/s", "ratio")?;
-        let m = &self.mosquitto_sub;
-        writeln!(f, "{:<44} {:>10.0} {:>10.1} {:>8}", m.what, m.records_per_s(), m.mb_per_s(), "1.00")?;
-        let g = &self.gateway;
-        writeln!(
-            f,
-            "{:<44} {:>10.0} {:>10.1} {:>8.2}",
-            g.what,
-            g.records_per_s(),
-            g.mb_per_s(),
-            g.mb_per_s() / m.mb_per_s()
-        )
+        ratio_table(f, 44, "frames/s", std::iter::once((&self.mosquitto_sub, &self.gateway)))
     }
 }
 
@@ -164,17 +164,13 @@ impl std::fmt::Display for IntakeBench {
 /// comment segments of noise up to `size`, EOI.
 pub fn synthetic_jpeg(size: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0xE0, 0x02, 0x80, 1, 1, 0x11, 0];
-    let mut x = seed | 1;
+    let mut chunk = 0u64;
     while v.len() + 4 + 2 < size {
         let n = (size - v.len() - 6).min(65_000);
         v.extend_from_slice(&[0xFF, 0xFE]);
         v.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.push(x as u8);
-        }
+        v.extend_from_slice(&noise(n, seed.wrapping_add(chunk)));
+        chunk += 1;
     }
     v.extend_from_slice(&[0xFF, 0xD9]);
     v
@@ -319,18 +315,7 @@ pub struct ReplicateBench {
 impl std::fmt::Display for ReplicateBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "replicate throughput on {} (same broker, same run)", self.broker)?;
-        writeln!(f, "{:<48} {:>10} {:>10} {:>8}", "", "records/s", "MB/s", "ratio")?;
-        for (_, bare, stage) in &self.rows {
-            writeln!(f, "{:<48} {:>10.0} {:>10.1} {:>8}", bare.what, bare.records_per_s(), bare.mb_per_s(), "1.00")?;
-            writeln!(
-                f,
-                "{:<48} {:>10.0} {:>10.1} {:>8.2}",
-                stage.what,
-                stage.records_per_s(),
-                stage.mb_per_s(),
-                stage.records_per_s() / bare.records_per_s()
-            )?;
-        }
+        ratio_table(f, 48, "records/s", self.rows.iter().map(|(_, bare, stage)| (bare, stage)))?;
         writeln!(f, "(the stage rows are also the backlog drain rate: the log was filled before it started)")
     }
 }

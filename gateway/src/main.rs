@@ -394,11 +394,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Bench { command: BenchCommand::Replicate { brokers, dir, records, image_bytes, json } } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => tempdir()?,
-            };
-            std::fs::create_dir_all(&dir)?;
+            let dir = bench_dir(dir)?;
             let rt = runtime()?;
             let _guard = rt.enter();
             let topics = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
@@ -430,11 +426,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Intake { dir, frames, size, json } } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => tempdir()?,
-            };
-            std::fs::create_dir_all(&dir)?;
+            let dir = bench_dir(dir)?;
             let rt = runtime()?;
             let r = rt.block_on(gateway::bench::intake_throughput(&dir, frames, size))?;
             if json {
@@ -445,11 +437,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Log { dir, records, size, batch, json } } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => tempdir()?,
-            };
-            std::fs::create_dir_all(&dir)?;
+            let dir = bench_dir(dir)?;
             let rt = runtime()?;
             let r = rt.block_on(gateway::bench::log_throughput(&dir, records, size, &batch))?;
             if json {
@@ -459,6 +447,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The benchmark's directory: the one given (created), or a fresh one.
+fn bench_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            Ok(d)
+        }
+        None => tempdir(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! The end-to-end suite repeats the main path against a real broker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use gateway::bench::noise;
 use gateway::config::{Config, ProcessEnv};
 use gateway::detect::{FrameAnnotation, SCHEMA_VERSION};
 use gateway::log::{cursors, Area, DurableLog, FrameRecord, LogOptions, WhenFull};
@@ -28,18 +29,6 @@ fn config(brokers: &str) -> Config {
          [replicate.librdkafka]\n\"message.timeout.ms\" = \"2000\"\n"
     );
     Config::parse(Path::new("mock.toml"), &text, &ProcessEnv).unwrap()
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn frame(camera: &str, i: u64, payload: Vec<u8>) -> FrameRecord {
@@ -153,6 +142,42 @@ fn header(m: &rdkafka::message::OwnedMessage, k: &str) -> String {
     h.iter().find(|x| x.key == k).map(|x| String::from_utf8_lossy(x.value.unwrap()).into_owned()).unwrap()
 }
 
+/// A mock cluster with the four topics.
+fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in TOPICS {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    cluster
+}
+
+/// The replicate stage running on its own runtime against `brokers`.
+struct Running {
+    rt: tokio::runtime::Runtime,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), gateway::replicate::ReplicateError>>,
+    stats: std::sync::Arc<gateway::replicate::ReplicateStats>,
+}
+
+impl Running {
+    fn start(log: &DurableLog, brokers: &str) -> Self {
+        let cfg = config(brokers);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let stop = CancellationToken::new();
+        let stage = Replicate::new(log.clone(), cfg.replicate.clone(), producer(&cfg.replicate).unwrap());
+        let stats = stage.stats();
+        let task = rt.spawn(stage.run(stop.clone()));
+        Self { rt, stop, task, stats }
+    }
+
+    fn stop(self) -> tokio::runtime::Runtime {
+        self.stop.cancel();
+        self.rt.block_on(self.task).unwrap().unwrap();
+        self.rt
+    }
+}
+
 fn wait_until(rt: &tokio::runtime::Runtime, what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     rt.block_on(async {
@@ -165,28 +190,18 @@ fn wait_until(rt: &tokio::runtime::Runtime, what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn annotations_images_dead_letters_and_gaps_reach_kafka_then_free_the_log() {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in TOPICS {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
+    let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let (log, big) = filled_log(dir.path());
     let end = log.counts().next_seq;
     let gaps = log.counts().gaps_written;
-    let cfg = config(&brokers);
-
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _guard = rt.enter();
-    let stop = CancellationToken::new();
-    let stage = Replicate::new(log.clone(), cfg.replicate.clone(), producer(&cfg.replicate).unwrap());
-    let stats = stage.stats();
-    let task = rt.spawn(stage.run(stop.clone()));
-    wait_until(&rt, "everything acknowledged", || {
+    let running = Running::start(&log, &brokers);
+    let stats = running.stats.clone();
+    wait_until(&running.rt, "everything acknowledged", || {
         log.cursor(cursors::REPLICATE).unwrap() == end && log.cursor(cursors::REPLICATE_GAPS).unwrap() == gaps
     });
-    stop.cancel();
-    rt.block_on(task).unwrap().unwrap();
+    let rt = running.stop();
 
     // Delivered data is freed locally.
     for a in [Area::Annotations, Area::Images, Area::DeadLetters, Area::Gaps] {
@@ -253,33 +268,23 @@ fn annotations_images_dead_letters_and_gaps_reach_kafka_then_free_the_log() {
 
 #[test]
 fn while_the_broker_is_down_nothing_is_lost_and_the_backlog_drains_when_it_returns() {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in TOPICS {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
+    let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
     cluster.broker_down(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = filled_log(dir.path());
     let end = log.counts().next_seq;
     let before = log.area_stats(Area::Annotations);
-    let cfg = config(&brokers);
-
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _guard = rt.enter();
-    let stop = CancellationToken::new();
-    let stage = Replicate::new(log.clone(), cfg.replicate.clone(), producer(&cfg.replicate).unwrap());
-    let stats = stage.stats();
-    let task = rt.spawn(stage.run(stop.clone()));
-    wait_until(&rt, "a failed batch", || stats.retries.load(Ordering::Relaxed) >= 1);
+    let running = Running::start(&log, &brokers);
+    let stats = running.stats.clone();
+    wait_until(&running.rt, "a failed batch", || stats.retries.load(Ordering::Relaxed) >= 1);
     assert_eq!(log.cursor(cursors::REPLICATE).unwrap(), 0, "nothing acknowledged, cursor still");
     assert_eq!(log.area_stats(Area::Annotations), before, "the backlog is still on disk");
     assert!(!stats.connected.load(Ordering::Relaxed));
 
     cluster.broker_up(1).unwrap();
-    wait_until(&rt, "the backlog drained", || log.cursor(cursors::REPLICATE).unwrap() == end);
-    stop.cancel();
-    rt.block_on(task).unwrap().unwrap();
+    wait_until(&running.rt, "the backlog drained", || log.cursor(cursors::REPLICATE).unwrap() == end);
+    running.stop();
     assert!(stats.connected.load(Ordering::Relaxed));
     assert_eq!(log.area_stats(Area::Annotations).records, 0);
     // At-least-once: every annotation arrived (duplicates possible from the failed attempts).
