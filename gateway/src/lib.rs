@@ -81,9 +81,6 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         backlog = s.cursors.get(log::cursors::DETECT).map_or(0, |c| c.backlog_records),
         "log opened"
     );
-    tracing::warn!(
-        "this build has no replicate stage yet: annotations stay in the log (frames are freed once annotated)"
-    );
     let opts = detect::DetectOptions {
         model: config.detect.model.clone(),
         library: config.detect.onnxruntime.clone(),

@@ -163,6 +163,13 @@ pub fn render(t: &Telemetry) -> String {
     );
     metric(
         &mut o,
+        "vision_gateway_images_sampled_total",
+        "counter",
+        "Frames whose image was kept for upload.",
+        &one(ld(&d.sampled)),
+    );
+    metric(
+        &mut o,
         "vision_gateway_annotation_items_total",
         "counter",
         "Items (texts, objects) found.",
@@ -224,4 +231,43 @@ pub fn render(t: &Telemetry) -> String {
     metric(&mut o, "vision_gateway_log_gaps_total", "counter", "Gap records written.", &one(c.gaps_written));
     metric(&mut o, "vision_gateway_log_set_aside_total", "counter", "Unreadable records set aside.", &one(c.set_aside));
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_metric_is_rendered() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = DurableLog::open(crate::log::LogOptions::new(dir.path(), "t")).unwrap();
+        let t = Telemetry {
+            log,
+            intake: Arc::new(IntakeStats::default()),
+            detect: Some(Arc::new(DetectStats::default())),
+            replicate: Arc::new(ReplicateStats::default()),
+        };
+        let text = render(&t);
+        for name in [
+            "vision_gateway_frames_received_total",
+            "vision_gateway_frames_stored_total",
+            "vision_gateway_frames_acked_total",
+            "vision_gateway_frames_quarantined_total{reason=\"oversize\"}",
+            "vision_gateway_mqtt_connected",
+            "vision_gateway_mqtt_subscribed",
+            "vision_gateway_intake_blocked",
+            "vision_gateway_frames_annotated_total",
+            "vision_gateway_annotation_errors_total",
+            "vision_gateway_images_sampled_total",
+            "vision_gateway_detect_latency_seconds_bucket{le=\"+Inf\"}",
+            "vision_gateway_replicated_total{kind=\"image\"}",
+            "vision_gateway_replicate_retries_total",
+            "vision_gateway_kafka_connected",
+            "vision_gateway_log_records{area=\"frames\"}",
+            "vision_gateway_log_used_bytes",
+            "vision_gateway_log_gaps_total",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing");
+        }
+    }
 }

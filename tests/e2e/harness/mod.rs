@@ -218,7 +218,9 @@ impl Gateway {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("gave up waiting for {what}; gateway log:\n{}", self.log());
+                let mut m: Vec<String> = self.metrics().into_iter().map(|(k, v)| format!("{k} {v}")).collect();
+                m.sort();
+                panic!("gave up waiting for {what}; metrics:\n{}\ngateway log:\n{}", m.join("\n"), self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
