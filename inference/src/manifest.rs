@@ -289,7 +289,7 @@ mod tests {
         std::fs::write(
             dir.join("model.toml"),
             format!(
-                "name = \"t\"\nversion = \"1\"\ntask = \"classify\"\nlicence = \"MIT\"\nprovenance = \"test\"\n\
+                "name = \"t\"\nversion = \"1\"\ntask = \"ocr\"\nlicence = \"MIT\"\nprovenance = \"test\"\n\
                  [[files]]\nrole = \"model\"\npath = \"m.onnx\"\nsha256 = \"{sha}\"\n"
             ),
         )
@@ -302,11 +302,17 @@ mod tests {
         let good = hex::encode(Sha256::digest(b"not really onnx"));
         write_model(d.path(), &good);
         let m = Manifest::load(d.path()).unwrap();
-        assert_eq!(m.task, Task::Classify);
+        assert_eq!(m.task, Task::Ocr);
         assert_eq!(m.file("model").unwrap(), d.path().join("m.onnx"));
 
         write_model(d.path(), &"0".repeat(64));
         assert!(matches!(Manifest::load(d.path()), Err(InferenceError::Checksum { .. })));
+
+        // A detector or classifier must describe its input and output.
+        let text = std::fs::read_to_string(d.path().join("model.toml")).unwrap();
+        std::fs::write(d.path().join("model.toml"), text.replace("task = \"ocr\"", "task = \"classify\"")).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err();
+        assert!(e.to_string().contains("[input] is required") && e.to_string().contains("[output] is required"), "{e}");
     }
 
     #[test]
