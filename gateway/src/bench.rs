@@ -201,20 +201,8 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     use std::sync::atomic::Ordering;
     use tokio_util::sync::CancellationToken;
 
-    let mosquitto = which(&["mosquitto"])?;
     let sub = which(&["mosquitto_sub"])?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n"),
-    )?;
-    let mut broker = tokio::process::Command::new(mosquitto).arg("-c").arg(&conf).kill_on_drop(true).spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "mosquitto did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut broker, port) = crate::demo::private_mosquitto(dir).await?;
     let topic = "cameras/bench-cam/frames";
     let payload = synthetic_jpeg(size, 7);
 

@@ -1,13 +1,12 @@
 //! The self-contained demo (`vision-gateway demo`).
 //!
-//! Owns the README's first command. The full demo (embedded MQTT broker and
-//! Kafka mock cluster, the bundled model, the camera fixtures) needs the
-//! intake, inference and replicate stages, which are not in this build yet.
-//! Until they land the demo runs what exists, for real, and says so: the
-//! durable log in a temporary directory, written by concurrent camera
-//! writers, followed by a stage that waits on notifications and commits
-//! through its cursor, reopened after a restart, and driven into its byte
-//! budget under both policies.
+//! Owns the README's first command. [`pipeline`] runs the main job on
+//! stand-in brokers: a private mosquitto started on a free loopback port and
+//! librdkafka's in-process mock cluster, the real gateway pipeline with the
+//! bundled model, the camera fixtures replayed, annotations consumed back
+//! from Kafka and sampled images reassembled. [`run`] (`demo --log-only`)
+//! tours the durable log alone: concurrent camera writers, a cursor-driven
+//! stage, a restart, and the byte budget under both policies.
 
 use crate::config::units::format_size;
 use crate::log::{cursors, Area, DurableLog, FrameRecord, LogError, LogOptions, WhenFull};
@@ -189,5 +188,216 @@ mod tests {
         assert_eq!(s.seq_after_restart, 120);
         assert!(s.blocked_appends >= 10, "{s:?}");
         assert!(s.dropped_in_gaps >= 10, "{s:?}");
+    }
+}
+
+/// What the pipeline demo saw, per camera.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CameraSummary {
+    /// Frames replayed.
+    pub frames: u64,
+    /// Annotations consumed back from Kafka.
+    pub annotations: u64,
+    /// Texts read (first occurrence order, up to 12).
+    pub texts: Vec<String>,
+    /// Items found in all.
+    pub items: u64,
+}
+
+/// What the pipeline demo did, end to end.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineSummary {
+    /// Frames published to MQTT.
+    pub frames_in: u64,
+    /// Distinct annotations consumed back from Kafka.
+    pub annotations_out: u64,
+    /// Annotations whose image was sampled.
+    pub images_sampled: u64,
+    /// Images reassembled byte-for-byte from the images topic.
+    pub images_reassembled: u64,
+    /// Per camera.
+    pub cameras: std::collections::BTreeMap<String, CameraSummary>,
+    /// Wall time from first publish to last annotation consumed.
+    pub seconds: f64,
+    /// Model time per frame, median, ms.
+    pub model_p50_ms: f64,
+    /// Model time per frame, 95th percentile, ms.
+    pub model_p95_ms: f64,
+    /// Where the report and images are.
+    pub out: std::path::PathBuf,
+}
+
+/// Starts a private mosquitto on a free loopback port with its own config
+/// in `dir`; killed when the returned child is dropped.
+///
+/// # Errors
+/// Missing binary, or it does not open its port.
+pub async fn private_mosquitto(dir: &Path) -> anyhow::Result<(tokio::process::Child, u16)> {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("mosquitto is not installed (Debian: apt-get install mosquitto)"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n"),
+    )?;
+    let child = tokio::process::Command::new(bin).arg("-c").arg(&conf).kill_on_drop(true).spawn()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "mosquitto did not open port {port}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok((child, port))
+}
+
+async fn http_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r).await;
+    r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The main job on embedded defaults: a private mosquitto and the given
+/// (mock) Kafka brokers, the real gateway pipeline with the bundled model,
+/// the camera fixtures replayed, annotations consumed back, sampled images
+/// reassembled, and a report written to `out`.
+///
+/// # Errors
+/// Any part failing to start; a pipeline that does not deliver everything
+/// within ten minutes.
+pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>) -> anyhow::Result<PipelineSummary> {
+    use crate::detect::FrameAnnotation;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    std::fs::create_dir_all(out)?;
+    let (_mosquitto, mqtt_port) = private_mosquitto(out).await?;
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let library = inference::runtime::default_library(None, Some(repo));
+    let log_dir = out.join("log");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let text = format!(
+        "gateway_id = \"demo\"\n[log]\npath = \"{}\"\nmax_bytes = \"1GiB\"\n[mqtt]\nbroker = \"127.0.0.1:{mqtt_port}\"\n\
+         [detect]\nmodel = \"{}\"\nonnxruntime = \"{}\"\nworkers = 2\n[sample]\nevery_nth = 4\n\
+         [replicate]\nbrokers = \"{brokers}\"\n[telemetry]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        log_dir.display(),
+        repo.join("models/ppocr-v4").display(),
+        library.display()
+    );
+    let config = crate::config::Config::parse(Path::new("demo.toml"), &text, &crate::config::ProcessEnv)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(crate::run(config, shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(http_port, "/readyz").await != 200 {
+        if gateway.is_finished() {
+            return match gateway.await? {
+                Err(e) => Err(anyhow::anyhow!("the gateway stopped: {e}")),
+                Ok(()) => Err(anyhow::anyhow!("the gateway stopped early")),
+            };
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let cameras = crate::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
+    let total: u64 = cameras.iter().map(|c| c.frames.len() as u64).sum();
+    let mut summary = PipelineSummary { frames_in: total, out: out.to_owned(), ..PipelineSummary::default() };
+    for c in &cameras {
+        summary.cameras.entry(c.id.clone()).or_default().frames = c.frames.len() as u64;
+    }
+    let t0 = Instant::now();
+    crate::replay::replay(&cameras, &format!("127.0.0.1:{mqtt_port}"), rate, false).await?;
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "demo")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    consumer.subscribe(&["vision.annotations"])?;
+    let mut seen = BTreeSet::new();
+    let mut model_ms = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (seen.len() as u64) < total {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} of {total} annotations arrived within ten minutes", seen.len()))??;
+        let fa: FrameAnnotation = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        if !seen.insert(fa.frame_id.clone()) {
+            continue;
+        }
+        let t = &fa.annotation.timings;
+        model_ms.push(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+        summary.images_sampled += u64::from(fa.sampled.is_some());
+        let c = summary.cameras.entry(fa.camera.clone()).or_default();
+        c.annotations += 1;
+        c.items += fa.annotation.items.len() as u64;
+        for it in &fa.annotation.items {
+            if let Some(text) = &it.text {
+                if c.texts.len() < 12 && !c.texts.contains(text) {
+                    c.texts.push(text.clone());
+                }
+            }
+        }
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    summary.annotations_out = seen.len() as u64;
+    model_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| model_ms.get(((model_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    summary.model_p50_ms = pct(0.5);
+    summary.model_p95_ms = pct(0.95);
+
+    let images = out.join("images");
+    let _ = std::fs::remove_dir_all(&images);
+    let r = crate::replicate::reassemble::reassemble(
+        brokers,
+        "vision.images",
+        "demo-images",
+        &images,
+        Duration::from_secs(5),
+    )
+    .await?;
+    summary.images_reassembled = r.written.len() as u64;
+    shutdown.cancel();
+    gateway.await??;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&summary)?)?;
+    Ok(summary)
+}
+
+impl std::fmt::Display for PipelineSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pipeline demo summary")?;
+        writeln!(f, "  frames in (MQTT)          : {}", self.frames_in)?;
+        writeln!(f, "  annotations out (Kafka)   : {} distinct", self.annotations_out)?;
+        writeln!(f, "  images sampled/reassembled: {} / {}", self.images_sampled, self.images_reassembled)?;
+        writeln!(
+            f,
+            "  throughput                : {:.1} frames/s end to end ({:.1} s)",
+            self.frames_in as f64 / self.seconds,
+            self.seconds
+        )?;
+        writeln!(f, "  model time per frame      : p50 {:.0} ms, p95 {:.0} ms", self.model_p50_ms, self.model_p95_ms)?;
+        for (cam, c) in &self.cameras {
+            writeln!(
+                f,
+                "  {cam}: {} frames, {} annotations, {} texts, e.g. {}",
+                c.frames,
+                c.annotations,
+                c.items,
+                c.texts.iter().take(5).cloned().collect::<Vec<_>>().join(" | ")
+            )?;
+        }
+        writeln!(f, "  report: {}/report.json, images: {}/images/", self.out.display(), self.out.display())
     }
 }
