@@ -48,9 +48,6 @@ pub enum GatewayError {
     /// The telemetry endpoint cannot start.
     #[error("telemetry: {0}")]
     Telemetry(String),
-    /// A part of the pipeline is not in this build.
-    #[error("{0} is not available in this build yet")]
-    NotAvailable(&'static str),
 }
 
 /// Opens the log described by `config`.

@@ -71,9 +71,6 @@ pub enum InferenceError {
     /// The frame could not be decoded.
     #[error("cannot decode the image: {0}")]
     Decode(String),
-    /// This capability is not built yet.
-    #[error("{0} is not available in this build yet")]
-    NotAvailable(&'static str),
 }
 
 impl InferenceError {
@@ -198,7 +195,8 @@ impl Model {
     /// # Errors
     /// Every manifest and checksum error of [`Manifest::load`];
     /// [`InferenceError::Runtime`] if ONNX Runtime or a session cannot be
-    /// loaded; [`InferenceError::NotAvailable`] for tasks not built yet.
+    /// loaded; [`InferenceError::Manifest`] if the manifest does not fit the
+    /// model.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let manifest = Manifest::load(dir)?;
         let info = ModelInfo { name: manifest.name.clone(), version: manifest.version.clone(), hash: manifest.hash() };

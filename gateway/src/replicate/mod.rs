@@ -20,8 +20,8 @@
 //! - **Large images are chunked** at `replicate.chunk_bytes` with headers
 //!   `frame_id`, `camera`, `content_type`, `sha256` (of the whole image),
 //!   `chunk_index`, `chunk_count`; [`reassemble`] puts them back together.
-//! - **Bounded memory**: at most `replicate.batch` records (and their
-//!   chunks) are in flight; librdkafka's own queue limits pass through.
+//! - **Bounded memory**: at most 256 records (and their image chunks) are
+//!   in flight; librdkafka's own queue limits pass through.
 //! - **Offline for days**: the backlog is on disk; when Kafka returns the
 //!   stage drains it batch after batch at full speed, while detect keeps
 //!   appending behind it.
@@ -43,6 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+
+/// Records (annotations and dead letters, or gap records) per batch.
+const BATCH: usize = 256;
 
 /// What stops the replicate stage.
 #[derive(Debug, Error)]
@@ -177,7 +180,7 @@ impl Replicate {
             let seen_d = self.log.generation(Area::DeadLetters);
             let seen_g = self.log.generation(Area::Gaps);
             let records = self.next_records()?;
-            let gaps = self.log.read_gaps(self.log.cursor(cursors::REPLICATE_GAPS)?, self.cfg_batch())?;
+            let gaps = self.log.read_gaps(self.log.cursor(cursors::REPLICATE_GAPS)?, BATCH)?;
             if records.is_empty() && gaps.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -224,15 +227,11 @@ impl Replicate {
         Ok(())
     }
 
-    fn cfg_batch(&self) -> usize {
-        256
-    }
-
     /// The next annotations and dead letters after the cursor, merged in
     /// sequence order.
     fn next_records(&self) -> Result<Vec<Out>, ReplicateError> {
         let from = self.log.cursor(cursors::REPLICATE)?;
-        let n = self.cfg_batch();
+        let n = BATCH;
         let anns = self.log.read_blobs(Area::Annotations, from, n)?;
         let dead = self.log.read_blobs(Area::DeadLetters, from, n)?;
         let mut out = Vec::with_capacity(n);
