@@ -412,28 +412,16 @@ pub async fn replicate_throughput(
         let mut futs = Vec::new();
         for (i, (json, image)) in payloads.iter().enumerate() {
             let key = format!("cam-{}", i % 4);
-            loop {
-                match producer.send_result(FutureRecord::to(&cfg.replicate.annotations_topic).key(&key).payload(json)) {
-                    Ok(f) => {
-                        futs.push(f);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
+            let send = |topic: &str, payload: &[u8]| {
+                crate::replicate::enqueue(&producer, topic, &key, payload, rdkafka::message::OwnedHeaders::new())
+                    .map_err(anyhow::Error::msg)
+            };
+            futs.push(send(&cfg.replicate.annotations_topic, json)?);
             for chunk in crate::replicate::chunks(image, cfg.replicate.chunk_bytes as usize)
                 .into_iter()
                 .filter(|c| !c.is_empty())
             {
-                loop {
-                    match producer.send_result(FutureRecord::to(&cfg.replicate.images_topic).key(&key).payload(chunk)) {
-                        Ok(f) => {
-                            futs.push(f);
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
+                futs.push(send(&cfg.replicate.images_topic, chunk)?);
             }
         }
         for f in futs {

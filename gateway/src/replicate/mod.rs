@@ -116,6 +116,32 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<FutureProducer, ReplicateError>
     c.create().map_err(ReplicateError::Config)
 }
 
+/// Hands one record to librdkafka; when its queue is full, lets it drain
+/// and tries again. Any other error is returned.
+///
+/// # Errors
+/// The producer's error, as text.
+pub fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> Result<DeliveryFuture, String> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                // librdkafka's queue is full: let it drain a little.
+                producer.poll(Duration::from_millis(50));
+                record = r;
+            }
+            Err((e, _)) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Splits an image into chunks of at most `chunk` bytes (at least one,
 /// even for an empty image).
 pub fn chunks(bytes: &[u8], chunk: usize) -> Vec<&[u8]> {
@@ -289,18 +315,7 @@ impl Replicate {
     }
 
     fn enqueue(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> Result<DeliveryFuture, String> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                    // librdkafka's queue is full: let it drain a little.
-                    self.producer.poll(Duration::from_millis(50));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e.to_string()),
-            }
-        }
+        enqueue(&self.producer, topic, key, payload, headers)
     }
 
     async fn send_batch(&self, records: &[Out], gaps: &[(u64, GapRecord)]) -> Result<(), String> {
