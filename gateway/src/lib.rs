@@ -9,7 +9,8 @@
 //! - [`detect`]: frames through the model on worker threads, annotations
 //!   into the log;
 //! - [`replay`]: publishes camera fixtures to a broker (`replay`);
-//! - [`telemetry`]: rate-limited logging;
+//! - [`telemetry`]: metrics, health, the status page, systemd notify and
+//!   watchdog, rate-limited logging;
 //! - [`bench`]: measurements printed by `vision-gateway bench`;
 //! - [`demo`]: the self-contained demo.
 //!
@@ -107,11 +108,14 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         intake: intake.stats(),
         detect: detect.as_ref().map(detect::Detect::stats),
         replicate: replicate.stats(),
+        started: std::time::Instant::now(),
     };
     let http_stop = CancellationToken::new();
     let listener = telemetry::http::bind(config.telemetry.listen)
         .await
         .map_err(|e| GatewayError::Telemetry(format!("cannot listen on {}: {e}", config.telemetry.listen)))?;
+    let supervise_stop = shutdown.child_token();
+    let supervise = tokio::spawn(telemetry::systemd::supervise(telemetry.clone(), supervise_stop.clone()));
     let http = tokio::spawn(telemetry::http::serve(listener, telemetry, http_stop.clone()));
 
     // Shutdown order: intake stops reading first, then detect finishes the
@@ -146,6 +150,8 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
             (joined_intake(intake_task.await), d)
         }
     };
+    supervise_stop.cancel();
+    let _ = supervise.await;
     replicate_stop.cancel();
     let replicate_result = replicate_task
         .await

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use gateway::config::{units::format_size, Config};
+use gateway::config::{units::format_size, Config, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -180,7 +180,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo drives the log into its budget on purpose; its drop warnings
     // are expected and summarised instead.
-    init_tracing(if matches!(cli.command, Command::Demo { .. }) { "warn,gateway::log=error" } else { "info" });
+    // `run` sets up logging once its config (which names the format) is read.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_tracing(
+            if matches!(cli.command, Command::Demo { .. }) { "warn,gateway::log=error" } else { "info" },
+            LogFormat::Text,
+        );
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -190,15 +196,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
+/// Logs go to stderr. Plain text by default; under systemd (`JOURNAL_STREAM`
+/// set) without timestamps or colours, since journald stamps every line.
+/// `RUST_LOG` overrides the level filter.
+fn init_tracing(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().with_current_span(false).init(),
+        LogFormat::Text if journald => b.without_time().with_ansi(false).init(),
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -282,6 +293,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            init_tracing("info", c.telemetry.log_format);
             let rt = runtime()?;
             let shutdown = CancellationToken::new();
             rt.block_on(async {

@@ -151,4 +151,16 @@ fn the_demo_runs_the_whole_pipeline_on_stand_in_brokers() {
     assert_eq!(report["images_reassembled"], report["images_sampled"]);
     let texts = report["cameras"]["line1-cam1"]["texts"].as_array().unwrap();
     assert!(texts.iter().any(|t| t.as_str().unwrap().starts_with("PN")), "{texts:?}");
+    // One self-contained annotated SVG per frame, and the HTML report
+    // showing every frame with what was read on it.
+    let svgs: Vec<_> = std::fs::read_dir(dir.path().join("annotated")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(svgs.len(), 46);
+    let one = std::fs::read_to_string(dir.path().join("annotated/line1-cam1-0001.svg")).unwrap();
+    assert!(one.contains("data:image/jpeg;base64,") && one.contains("<polygon"), "{}", &one[..200.min(one.len())]);
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert_eq!(html.matches("<section class=\"cam\">").count(), 46);
+    assert!(html.contains(&format!(">{} ", texts[0].as_str().unwrap())), "first text drawn on its frame");
+    for (cam, n) in [("line1-cam1", 16), ("line1-cam2", 16), ("line2-cam1", 14)] {
+        assert_eq!(std::fs::read_dir(dir.path().join("frames").join(cam)).unwrap().count(), n);
+    }
 }

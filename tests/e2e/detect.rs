@@ -39,6 +39,7 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
     assert_eq!(m["vision_gateway_annotation_errors_total"], 1.0);
     assert_eq!(m["vision_gateway_detect_latency_seconds_count"], (total + 1) as f64);
     assert_eq!(gw.get("/readyz").0, 200);
+    check_status_page(&gw, &cameras, dir.path());
     let (ok, glog) = gw.terminate();
     assert!(ok, "{glog}");
 
@@ -89,4 +90,49 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
         "detect e2e: {} frames annotated, {read} texts read, 1 undecodable frame annotated with its error",
         anns.len()
     );
+}
+
+/// The status page: every camera's newest frame with its boxes and text, as
+/// HTML, as JSON, and as Chromium draws it (a screenshot, checked for the
+/// box colour and kept for the docs).
+fn check_status_page(gw: &Gateway, cameras: &[gateway::replay::Camera], dir: &std::path::Path) {
+    use gateway::telemetry::page::BOX_RGB;
+    let (code, html) = gw.get("/");
+    assert_eq!(code, 200);
+    let (code, json) = gw.get("/api/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let shown: Vec<&str> =
+        status["cameras"].as_array().unwrap().iter().map(|c| c["camera"].as_str().unwrap()).collect();
+    for cam in cameras {
+        assert!(shown.contains(&cam.id.as_str()), "{} not on the page: {shown:?}", cam.id);
+        assert!(html.contains(&format!("/cameras/{}/latest", cam.id)), "{} has no frame on the page", cam.id);
+        let (code, img) = gw.get(&format!("/cameras/{}/latest", cam.id));
+        assert_eq!(code, 200);
+        assert!(!img.is_empty());
+        // The newest frame of every fixture camera shows a label: its text
+        // is on the page, drawn over the frame.
+        let c = status["cameras"].as_array().unwrap().iter().find(|c| c["camera"] == cam.id.as_str()).unwrap();
+        let items = c["latest"]["annotation"]["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "{}: the newest fixture frame has a label", cam.id);
+        let text = items[0]["text"].as_str().unwrap();
+        let escaped = gateway::telemetry::page::esc(text);
+        assert!(html.contains(&format!(">{escaped} ")), "{text:?} not drawn on the page");
+        assert_eq!(c["frames"].as_u64().unwrap(), cam.frames.len() as u64);
+    }
+    assert!(html.contains("<polygon"));
+    assert_eq!(status["frames_annotated"].as_u64(), status["frames_received"].as_u64());
+
+    let shot = harness::screenshot(&format!("http://127.0.0.1:{}/?refresh=0", gw.http_port), dir);
+    let png = image::open(&shot).unwrap().to_rgb8();
+    let boxed = png.pixels().filter(|p| p.0.iter().zip(BOX_RGB).all(|(a, b)| a.abs_diff(b) < 24)).count();
+    let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::copy(&shot, &keep).unwrap();
+    println!(
+        "status page screenshot {}x{} with {boxed} box-coloured pixels: {}",
+        png.width(),
+        png.height(),
+        keep.display()
+    );
+    assert!(boxed > 200, "no boxes drawn in the screenshot ({boxed} pixels of the box colour)");
 }

@@ -110,6 +110,8 @@ pub struct DetectStats {
     /// Latency histogram (decode to annotation), counts per bucket of
     /// [`LATENCY_BUCKETS_MS`] (last = +Inf).
     pub latency: [AtomicU64; 12],
+    /// The newest annotated frame per camera (for the status page).
+    pub latest: crate::telemetry::view::LatestFrames,
 }
 
 /// Upper bounds (ms) of the latency histogram buckets.
@@ -289,12 +291,13 @@ impl Detect {
     ) -> Result<(), DetectError> {
         let mut batch = self.log.batch();
         let mut last = None;
+        let mut shown = Vec::new();
         while let Some(entry) = pending.first_entry() {
             if entry.get().is_none() {
                 break;
             }
             let (seq, done) = entry.remove_entry();
-            let Some(done) = done else { break };
+            let Some(mut done) = done else { break };
             let now_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let sampled = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).decide(
@@ -335,11 +338,16 @@ impl Detect {
             let body = serde_json::to_vec(&fa).unwrap_or_default();
             batch.put_blob(Area::Annotations, seq, &body);
             last = Some(seq);
+            shown.push((fa, std::mem::take(&mut done.frame.payload), now_ms));
         }
         if let Some(last) = last {
             *next_commit = last + 1;
             batch.set_cursor(cursors::DETECT, *next_commit);
             self.log.apply(batch)?;
+        }
+        // The bytes move (no copy); only the newest frame per camera stays.
+        for (fa, image, now_ms) in shown {
+            self.stats.latest.record(&fa, image, now_ms);
         }
         Ok(())
     }

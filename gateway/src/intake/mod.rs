@@ -100,6 +100,9 @@ pub struct IntakeStats {
     pub subscribed: AtomicBool,
     /// Waiting for log space now (`block` policy).
     pub blocked: AtomicBool,
+    /// Events the MQTT event loop returned (keep-alives and reconnect
+    /// attempts included): the loop's heartbeat, for the watchdog.
+    pub polls: AtomicU64,
 }
 
 impl IntakeStats {
@@ -242,6 +245,7 @@ impl EventTask {
                 _ = stop.cancelled() => return Ok(()),
                 ev = self.eventloop.poll() => ev,
             };
+            self.stats.polls.fetch_add(1, Ordering::Relaxed);
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;

@@ -127,6 +127,25 @@ pub enum GapReason {
     Unreadable,
 }
 
+impl GapReason {
+    /// Every reason.
+    pub const ALL: [GapReason; 3] =
+        [GapReason::ImageDroppedForSpace, GapReason::FrameDroppedForSpace, GapReason::Unreadable];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake_case name (as in gap records and metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            GapReason::ImageDroppedForSpace => "image_dropped_for_space",
+            GapReason::FrameDroppedForSpace => "frame_dropped_for_space",
+            GapReason::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// A contiguous run of records that will never be delivered, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapRecord {
@@ -235,6 +254,8 @@ pub struct LogCounts {
     pub max_bytes: u64,
     /// Per area.
     pub areas: [(Area, AreaStats); 5],
+    /// Records dropped or set aside since the log was opened, by reason.
+    pub dropped: [(GapReason, u64); 3],
 }
 
 /// A cursor's position and what is behind it.
@@ -361,6 +382,8 @@ struct Inner {
     generations: [watch::Sender<u64>; 5],
     used: watch::Sender<u64>,
     flushes: AtomicU64,
+    /// Records dropped or set aside since open, by [`GapReason::index`].
+    dropped: [AtomicU64; 3],
 }
 
 impl Drop for Inner {
@@ -429,6 +452,7 @@ impl DurableLog {
             generations: std::array::from_fn(|_| watch::channel(0).0),
             used: watch::channel(used).0,
             flushes: AtomicU64::new(0),
+            dropped: Default::default(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -521,6 +545,7 @@ impl DurableLog {
             used_bytes: s.used(),
             max_bytes: self.inner.opts.max_bytes,
             areas: Area::ALL.map(|a| (a, s.areas[a.index()])),
+            dropped: GapReason::ALL.map(|r| (r, self.inner.dropped[r.index()].load(Ordering::Relaxed))),
         }
     }
 
@@ -934,6 +959,7 @@ struct Txn<'a> {
     pending: HashMap<[u8; 9], Option<u64>>,
     cursor_overrides: HashMap<String, u64>,
     touched: [bool; 5],
+    dropped: [u64; 3],
 }
 
 impl<'a> Txn<'a> {
@@ -945,6 +971,7 @@ impl<'a> Txn<'a> {
             pending: HashMap::new(),
             cursor_overrides: HashMap::new(),
             touched: [false; 5],
+            dropped: [0; 3],
         }
     }
 
@@ -1038,6 +1065,7 @@ impl<'a> Txn<'a> {
             at_ms: now_ms(),
         };
         self.state.next_gap += 1;
+        self.dropped[reason.index()] += records;
         // Serialising a plain struct of numbers and strings cannot fail.
         let body = serde_json::to_vec(&g).unwrap_or_default();
         self.put(Area::Gaps, g.id, codec::encode(RecordKind::Gap, &body))?;
@@ -1099,6 +1127,9 @@ impl<'a> Txn<'a> {
         self.batch.insert(META_STATE, self.state.encode());
         self.inner.tree.apply_batch(self.batch)?;
         **state = self.state;
+        for (i, n) in self.dropped.iter().enumerate() {
+            self.inner.dropped[i].fetch_add(*n, Ordering::Relaxed);
+        }
         let used = self.state.used();
         self.inner.used.send_replace(used);
         for area in Area::ALL {

@@ -1,4 +1,8 @@
-//! The local HTTP endpoint: Prometheus `/metrics`, `/healthz`, `/readyz`.
+//! The local HTTP endpoint: Prometheus `/metrics`, `/healthz`, `/readyz`,
+//! the status page `/` for field engineers (each camera's newest frame with
+//! its boxes and text, rates, backlog, uplink state; refreshes itself),
+//! `/cameras/{camera}/latest` (that frame's bytes) and `/api/status` (the
+//! page's figures as JSON).
 //!
 //! Promise: every figure is read at request time from the stages' own
 //! counters and the log's accounting (no scans, no locks held across
@@ -7,9 +11,10 @@
 use crate::detect::{DetectStats, LATENCY_BUCKETS_MS};
 use crate::intake::validate::Reason;
 use crate::intake::IntakeStats;
+use crate::log::Area;
 use crate::log::DurableLog;
 use crate::replicate::ReplicateStats;
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -31,6 +36,8 @@ pub struct Telemetry {
     pub detect: Option<Arc<DetectStats>>,
     /// Replicate counters.
     pub replicate: Arc<ReplicateStats>,
+    /// When the service started.
+    pub started: std::time::Instant,
 }
 
 /// Binds the endpoint's address (at start, so a taken port is reported
@@ -51,12 +58,16 @@ pub async fn serve(listener: tokio::net::TcpListener, t: Telemetry, stop: Cancel
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page))
+        .route("/api/status", get(status_json))
+        .route("/cameras/{camera}/latest", get(latest_image))
         .with_state(t);
-    tracing::info!(address = %listener.local_addr()?, "telemetry listening (/metrics, /healthz, /readyz)");
+    tracing::info!(address = %listener.local_addr()?, "telemetry listening (/ status page, /metrics, /healthz, /readyz)");
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 
-async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
+/// What `/readyz` waits for, empty when ready.
+pub fn not_ready(t: &Telemetry) -> Vec<&'static str> {
     let mut missing = Vec::new();
     if t.detect.as_ref().is_some_and(|d| !d.model_loaded.load(Ordering::Relaxed)) {
         missing.push("model not loaded");
@@ -64,6 +75,11 @@ async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
     if !t.intake.subscribed.load(Ordering::Relaxed) {
         missing.push("mqtt not subscribed");
     }
+    missing
+}
+
+async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
+    let missing = not_ready(&t);
     if missing.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
@@ -230,7 +246,265 @@ pub fn render(t: &Telemetry) -> String {
     metric(&mut o, "vision_gateway_log_next_seq", "gauge", "Next frame sequence number.", &one(c.next_seq));
     metric(&mut o, "vision_gateway_log_gaps_total", "counter", "Gap records written.", &one(c.gaps_written));
     metric(&mut o, "vision_gateway_log_set_aside_total", "counter", "Unreadable records set aside.", &one(c.set_aside));
+    let dropped: Vec<(String, u64)> =
+        c.dropped.iter().map(|(r, n)| (format!("{{reason=\"{}\"}}", r.name()), *n)).collect();
+    metric(
+        &mut o,
+        "vision_gateway_dropped_records_total",
+        "counter",
+        "Records dropped or set aside since start (each covered by a gap record), by reason.",
+        &dropped,
+    );
+    let b = Backlog::of(&c);
+    metric(
+        &mut o,
+        "vision_gateway_backlog_records",
+        "gauge",
+        "Records waiting for a stage.",
+        &[("{stage=\"detect\"}".into(), b.detect.records), ("{stage=\"replicate\"}".into(), b.replicate.records)],
+    );
+    metric(
+        &mut o,
+        "vision_gateway_backlog_bytes",
+        "gauge",
+        "Bytes waiting for a stage.",
+        &[("{stage=\"detect\"}".into(), b.detect.bytes), ("{stage=\"replicate\"}".into(), b.replicate.bytes)],
+    );
     o
+}
+
+/// What waits for each stage. Consumed records are deleted in the batch that
+/// moves a cursor past them, so an area's contents are its consumer's
+/// backlog: frames wait for detect; annotations, sampled images, dead
+/// letters and gaps wait for replicate.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Backlog {
+    /// Frames not yet annotated.
+    pub detect: crate::log::AreaStats,
+    /// Records not yet acknowledged by Kafka.
+    pub replicate: crate::log::AreaStats,
+}
+
+impl Backlog {
+    /// From the log's counters.
+    pub fn of(c: &crate::log::LogCounts) -> Self {
+        let mut b = Backlog::default();
+        for (a, s) in &c.areas {
+            let into = if *a == Area::Frames { &mut b.detect } else { &mut b.replicate };
+            into.records += s.records;
+            into.bytes += s.bytes;
+        }
+        b
+    }
+}
+
+/// The figures of the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Version of the binary.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// What `/readyz` still waits for.
+    pub not_ready: Vec<&'static str>,
+    /// MQTT connected.
+    pub mqtt_connected: bool,
+    /// MQTT subscriptions acknowledged.
+    pub mqtt_subscribed: bool,
+    /// Intake waits for log space.
+    pub intake_blocked: bool,
+    /// The last Kafka batch was acknowledged.
+    pub kafka_connected: bool,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Frames quarantined (every reason).
+    pub frames_quarantined: u64,
+    /// Frames annotated.
+    pub frames_annotated: u64,
+    /// Annotations Kafka acknowledged.
+    pub annotations_replicated: u64,
+    /// Images Kafka acknowledged.
+    pub images_replicated: u64,
+    /// Records dropped since start (every reason).
+    pub records_dropped: u64,
+    /// What waits for each stage.
+    pub backlog: Backlog,
+    /// Bytes the log budget counts.
+    pub log_used_bytes: u64,
+    /// The log budget.
+    pub log_max_bytes: u64,
+    /// Per camera.
+    pub cameras: Vec<CameraStatus>,
+}
+
+/// One camera on the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CameraStatus {
+    /// Camera id.
+    pub camera: String,
+    /// Frames annotated since start.
+    pub frames: u64,
+    /// Annotated frames per second, recently.
+    pub fps: f64,
+    /// Newest frame's annotation.
+    pub latest: crate::detect::FrameAnnotation,
+    /// When it was annotated (ms since the epoch).
+    pub latest_at_ms: u64,
+}
+
+/// Reads the status (cheap: counters and the in-memory newest frames).
+pub fn status(t: &Telemetry) -> Status {
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let lb = |a: &std::sync::atomic::AtomicBool| a.load(Ordering::Relaxed);
+    let c = t.log.counts();
+    let i = &t.intake;
+    let cameras = t
+        .detect
+        .as_ref()
+        .map(|d| d.latest.snapshot())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| CameraStatus {
+            camera: v.annotation.camera.clone(),
+            frames: v.frames,
+            fps: v.fps(),
+            latest_at_ms: v.last_ms(),
+            latest: v.annotation,
+        })
+        .collect();
+    Status {
+        gateway_id: t.log.gateway_id().to_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: t.started.elapsed().as_secs(),
+        not_ready: not_ready(t),
+        mqtt_connected: lb(&i.connected),
+        mqtt_subscribed: lb(&i.subscribed),
+        intake_blocked: lb(&i.blocked),
+        kafka_connected: lb(&t.replicate.connected),
+        frames_received: ld(&i.received),
+        frames_quarantined: i.quarantined.iter().map(ld).sum(),
+        frames_annotated: t.detect.as_ref().map_or(0, |d| ld(&d.annotated)),
+        annotations_replicated: ld(&t.replicate.annotations),
+        images_replicated: ld(&t.replicate.images),
+        records_dropped: c.dropped.iter().map(|(_, n)| n).sum(),
+        backlog: Backlog::of(&c),
+        log_used_bytes: c.used_bytes,
+        log_max_bytes: c.max_bytes,
+        cameras,
+    }
+}
+
+async fn status_json(State(t): State<Telemetry>) -> impl IntoResponse {
+    // Serialising plain data cannot fail.
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&status(&t)).unwrap_or_default())
+}
+
+async fn latest_image(State(t): State<Telemetry>, Path(camera): Path<String>) -> axum::response::Response {
+    match t.detect.as_ref().and_then(|d| d.latest.image(&camera)) {
+        Some((ct, bytes)) => {
+            ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-store".to_owned())], bytes.as_ref().clone())
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no annotated frame of this camera yet\n").into_response(),
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
+/// The status page's HTML.
+pub fn render_page(s: &Status, refresh_s: u32) -> String {
+    use super::page::{camera_card, esc, page, path_segment, tiles, Tile};
+    use crate::config::units::format_size;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let updown = |ok: bool, yes: &str, no: &str| if ok { (yes.to_owned(), "ok") } else { (no.to_owned(), "bad") };
+    let (mqtt, mc) = if s.mqtt_subscribed {
+        ("subscribed".to_owned(), "ok")
+    } else {
+        updown(s.mqtt_connected, "connected", "disconnected")
+    };
+    let (kafka, kc) = updown(s.kafka_connected, "up", "down / idle");
+    let pct = if s.log_max_bytes > 0 { s.log_used_bytes as f64 * 100.0 / s.log_max_bytes as f64 } else { 0.0 };
+    let mut body = tiles(&[
+        Tile::new("MQTT", mqtt, mc),
+        Tile::new("Kafka uplink", kafka, kc),
+        Tile::new("frames received", s.frames_received.to_string(), ""),
+        Tile::new("annotated", s.frames_annotated.to_string(), ""),
+        Tile::new("annotations sent", s.annotations_replicated.to_string(), ""),
+        Tile::new("images sent", s.images_replicated.to_string(), ""),
+        Tile::new("waiting for model", s.backlog.detect.records.to_string(), ""),
+        Tile::new(
+            "waiting for uplink",
+            format!("{} ({})", s.backlog.replicate.records, format_size(s.backlog.replicate.bytes)),
+            if s.backlog.replicate.records > 1000 { "warn" } else { "" },
+        ),
+        Tile::new(
+            "disk budget",
+            format!("{pct:.0}% of {}", format_size(s.log_max_bytes)),
+            if pct > 90.0 {
+                "bad"
+            } else if pct > 70.0 {
+                "warn"
+            } else {
+                ""
+            },
+        ),
+        Tile::new("quarantined", s.frames_quarantined.to_string(), if s.frames_quarantined > 0 { "warn" } else { "" }),
+        Tile::new("dropped", s.records_dropped.to_string(), if s.records_dropped > 0 { "bad" } else { "" }),
+    ]);
+    if s.intake_blocked {
+        body.push_str("<p class=\"bad\">Intake is paused: the log is at its byte budget and the uplink is behind. Frames wait on the MQTT broker.</p>");
+    }
+    if !s.not_ready.is_empty() {
+        body.push_str(&format!("<p class=\"warn\">Not ready: {}</p>", esc(&s.not_ready.join(", "))));
+    }
+    if s.cameras.is_empty() {
+        body.push_str("<p>No annotated frame yet.</p>");
+    }
+    body.push_str("<div class=\"cams\">");
+    for c in &s.cameras {
+        let meta = format!(
+            "{} frames, {:.1} frames/s, newest {} ago: {}",
+            c.frames,
+            c.fps,
+            ago(now_ms.saturating_sub(c.latest_at_ms)),
+            c.latest.frame_id
+        );
+        body.push_str(&camera_card(&c.latest, &format!("/cameras/{}/latest", path_segment(&c.camera)), &meta));
+    }
+    body.push_str("</div>");
+    page(
+        &format!("vision-gateway {}", s.gateway_id),
+        &format!(
+            "version {}, up {}{}",
+            s.version,
+            ago(s.uptime_s * 1000),
+            if refresh_s > 0 { format!(", this page refreshes every {refresh_s} s") } else { String::new() }
+        ),
+        &body,
+        (refresh_s > 0).then_some(refresh_s),
+    )
+}
+
+/// `/?refresh=0` turns the page's self-refresh off (for screenshots and
+/// printing); `refresh=N` sets it to N seconds.
+async fn status_page(State(t): State<Telemetry>, RawQuery(q): RawQuery) -> impl IntoResponse {
+    let refresh = q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("refresh="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    axum::response::Html(render_page(&status(&t), refresh))
 }
 
 #[cfg(test)]
@@ -246,6 +520,7 @@ mod tests {
             intake: Arc::new(IntakeStats::default()),
             detect: Some(Arc::new(DetectStats::default())),
             replicate: Arc::new(ReplicateStats::default()),
+            started: std::time::Instant::now(),
         };
         let text = render(&t);
         for name in [
@@ -266,6 +541,9 @@ mod tests {
             "vision_gateway_log_records{area=\"frames\"}",
             "vision_gateway_log_used_bytes",
             "vision_gateway_log_gaps_total",
+            "vision_gateway_dropped_records_total{reason=\"frame_dropped_for_space\"}",
+            "vision_gateway_backlog_records{stage=\"detect\"}",
+            "vision_gateway_backlog_bytes{stage=\"replicate\"}",
         ] {
             assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing");
         }

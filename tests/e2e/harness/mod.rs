@@ -165,22 +165,38 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway and waits until `/readyz` says it is subscribed.
     pub fn start(config: &Path, http_port: u16) -> Self {
+        Self::start_env(config, http_port, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment. `WATCHDOG_PID`
+    /// (which must name the gateway's own pid) is set by a shell that then
+    /// execs the gateway, when `WATCHDOG_USEC` is among `env`.
+    pub fn start_env(config: &Path, http_port: u16, env: &[(&str, &str)]) -> Self {
         let stderr = config.with_extension(format!(
             "{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         let err = std::fs::File::create(&stderr).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let bin = env!("CARGO_BIN_EXE_vision-gateway");
+        let mut cmd = if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+            let mut c = Command::new("sh");
+            c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"", bin]).arg(config);
+            c
+        } else {
+            let mut c = Command::new(bin);
+            c.args(["run", "--config"]).arg(config);
+            c
+        };
+        let child =
+            cmd.env("RUST_LOG", "info").envs(env.iter().copied()).stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let g = Self { child: Some(child), http_port, stderr };
-        g.wait_for("ready (subscribed)", Duration::from_secs(30), |_| g.get("/readyz").0 == 200);
+        g.wait_for("ready (subscribed)", Duration::from_secs(60), |_| g.get("/readyz").0 == 200);
         g
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// Status and body of a GET on the telemetry port ((0, "") if unreachable).
@@ -190,8 +206,9 @@ impl Gateway {
         if write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
             return (0, String::new());
         }
-        let mut r = String::new();
-        let _ = s.read_to_string(&mut r);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let r = String::from_utf8_lossy(&raw).into_owned();
         let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         (code, body)
@@ -238,11 +255,18 @@ impl Gateway {
     }
 
     /// SIGTERM; returns whether it exited 0, and its log.
-    pub fn terminate(mut self) -> (bool, String) {
+    pub fn terminate(self) -> (bool, String) {
+        let (ok, log, _) = self.terminate_timed();
+        (ok, log)
+    }
+
+    /// SIGTERM; returns whether it exited 0, its log, and how long it took.
+    pub fn terminate_timed(mut self) -> (bool, String, Duration) {
         let mut c = self.child.take().unwrap();
+        let t0 = Instant::now();
         Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
         let status = c.wait().unwrap();
-        (status.success(), self.log())
+        (status.success(), self.log(), t0.elapsed())
     }
 }
 
@@ -408,4 +432,48 @@ pub fn header(m: &rdkafka::message::OwnedMessage, k: &str) -> Option<String> {
     use rdkafka::message::{Headers, Message};
     let h = m.headers()?;
     h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Loads `url` in headless Chromium (Debian's `chromium`, installed by
+/// tests/run) and returns the path of a PNG screenshot. Chromium is kept off
+/// the network but for loopback: no background services, no QUIC.
+pub fn screenshot(url: &str, dir: &Path) -> PathBuf {
+    let out = dir.join("screenshot.png");
+    let profile = dir.join("chromium-profile");
+    let status = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+            "--window-size=1400,1100",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", out.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium (Debian package `chromium`) must be installed: tests/run installs it");
+    let mut child = status;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish the screenshot within two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium failed: {status}");
+    assert!(out.exists(), "chromium wrote no screenshot");
+    out
 }

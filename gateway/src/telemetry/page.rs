@@ -1,0 +1,240 @@
+//! HTML and SVG for people: the status page served at `/` and the demo's
+//! report share these renderers.
+//!
+//! Promise: everything taken from the outside (camera ids, text read,
+//! labels, errors) is escaped; the pages need no script and no network
+//! (styles are inline, images come from the gateway itself or sit beside
+//! the report), so they work on an air-gapped line.
+
+use crate::detect::FrameAnnotation;
+use std::fmt::Write as _;
+
+/// Box colour, chosen to stand out on grey labels (tests look for it).
+pub const BOX_RGB: [u8; 3] = [0x00, 0xe6, 0x76];
+const BOX: &str = "#00e676";
+const ERROR: &str = "#ff5252";
+
+/// `s` escaped for HTML text and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c if c.is_control() => o.push('\u{fffd}'),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// `s` as one URL path segment (unreserved characters kept, the rest
+/// percent-encoded).
+pub fn path_segment(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(b as char);
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+/// Standard base64 (for images embedded in self-contained SVG files).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+/// The frame as an SVG: the image at `href`, each item's box (the rotated
+/// quad for text) and what was read or recognised, with its score. An
+/// annotation error is written across the top.
+pub fn frame_svg(a: &FrameAnnotation, href: &str) -> String {
+    // A frame that could not be decoded has no size: a grey 4:3 panel
+    // with the error instead of a broken picture.
+    let decoded = a.annotation.width > 0 && a.annotation.height > 0;
+    let (w, h) = if decoded { (a.annotation.width, a.annotation.height) } else { (640, 480) };
+    let stroke = (w.max(h) as f32 / 320.0).max(1.5);
+    let font = (w.max(h) as f32 / 60.0).max(9.0);
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 {w} {h}" class="frame" role="img" aria-label="{}">"#,
+        esc(&a.frame_id)
+    );
+    if decoded {
+        let _ = write!(o, r#"<image href="{}" xlink:href="{}" width="{w}" height="{h}"/>"#, esc(href), esc(href));
+    } else {
+        let _ = write!(o, r##"<rect width="{w}" height="{h}" fill="#3a3f4b"/>"##);
+    }
+    for item in &a.annotation.items {
+        let pts = match item.quad {
+            Some(q) => q,
+            None => {
+                let [x0, y0, x1, y1] = item.bbox;
+                [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+            }
+        };
+        let points: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", p[0], p[1])).collect();
+        let _ = write!(
+            o,
+            r#"<polygon points="{}" fill="none" stroke="{BOX}" stroke-width="{stroke:.1}"/>"#,
+            points.join(" ")
+        );
+        let what = item.text.as_deref().or(item.label.as_deref()).unwrap_or("");
+        let x = item.bbox[0];
+        let above = item.bbox[1] - stroke * 2.0;
+        let y = if above > font { above } else { item.bbox[3] + font };
+        let _ = write!(
+            o,
+            r#"<text x="{x:.1}" y="{y:.1}" font-family="DejaVu Sans Mono, monospace" font-size="{font:.0}" fill="{BOX}" stroke="black" stroke-width="{:.1}" paint-order="stroke">{} {:.2}</text>"#,
+            font / 6.0,
+            esc(what),
+            item.score
+        );
+    }
+    if let Some(e) = &a.annotation.error {
+        let big = font * 1.6;
+        let _ = write!(
+            o,
+            r#"<text x="8" y="{:.0}" font-family="sans-serif" font-size="{big:.0}" fill="{ERROR}" stroke="black" stroke-width="{:.1}" paint-order="stroke">not annotated: {}</text>"#,
+            big * 1.2,
+            big / 6.0,
+            esc(&e.chars().take(60).collect::<String>())
+        );
+    }
+    o.push_str("</svg>");
+    o
+}
+
+/// The texts or labels of a frame, one per line, for captions.
+pub fn item_list(a: &FrameAnnotation) -> String {
+    if let Some(e) = &a.annotation.error {
+        return format!("<li class=\"err\">not annotated: {}</li>", esc(e));
+    }
+    if a.annotation.items.is_empty() {
+        return "<li class=\"none\">nothing found</li>".into();
+    }
+    a.annotation
+        .items
+        .iter()
+        .map(|i| {
+            format!(
+                "<li><code>{}</code> <span class=\"score\">{:.2}</span></li>",
+                esc(i.text.as_deref().or(i.label.as_deref()).unwrap_or("")),
+                i.score
+            )
+        })
+        .collect()
+}
+
+/// Shared style of the status page and the report.
+pub const STYLE: &str = r#"
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:12px 20px}
+header h1{font-size:20px;margin:0 0 4px 0}
+header .sub{opacity:.8;font-size:13px}
+main{padding:16px 20px}
+.tiles{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:16px}
+.tile{background:#fff;border-radius:6px;padding:8px 12px;min-width:120px;box-shadow:0 1px 2px #0002}
+.tile .k{font-size:12px;color:#5a6275}.tile .v{font-size:20px;font-weight:600}
+.ok{color:#0a7d38}.bad{color:#c62828}.warn{color:#b26a00}
+.cams{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:16px}
+.cam{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 2px #0002}
+.cam h2{font-size:16px;margin:0 0 6px 0}
+.cam .meta{font-size:12px;color:#5a6275;margin-bottom:6px}
+svg.frame{width:100%;height:auto;display:block;background:#000}
+ul.items{margin:6px 0 0 0;padding-left:18px;font-size:13px}
+.score{color:#5a6275;font-size:11px}.err{color:#c62828}.none{color:#5a6275}
+table{border-collapse:collapse;background:#fff;margin-bottom:16px}
+td,th{padding:4px 10px;border-bottom:1px solid #e3e5ea;text-align:left;font-size:14px}
+"#;
+
+/// One figure on the page's top row.
+pub struct Tile {
+    /// What it is.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+    /// `ok`, `bad`, `warn` or empty.
+    pub class: &'static str,
+}
+
+impl Tile {
+    /// A tile.
+    pub fn new(key: impl Into<String>, value: impl Into<String>, class: &'static str) -> Self {
+        Self { key: key.into(), value: value.into(), class }
+    }
+}
+
+/// The tiles as HTML.
+pub fn tiles(t: &[Tile]) -> String {
+    let mut o = String::from("<div class=\"tiles\">");
+    for x in t {
+        let _ = write!(
+            o,
+            "<div class=\"tile\"><div class=\"k\">{}</div><div class=\"v {}\">{}</div></div>",
+            esc(&x.key),
+            x.class,
+            esc(&x.value)
+        );
+    }
+    o.push_str("</div>");
+    o
+}
+
+/// A camera card: the annotated frame and what was read. `href` is where
+/// the frame's bytes are; `meta` a line of figures.
+pub fn camera_card(a: &FrameAnnotation, href: &str, meta: &str) -> String {
+    format!(
+        "<section class=\"cam\"><h2>{}</h2><div class=\"meta\">{}</div>{}<ul class=\"items\">{}</ul></section>",
+        esc(&a.camera),
+        esc(meta),
+        frame_svg(a, href),
+        item_list(a)
+    )
+}
+
+/// A whole page.
+pub fn page(title: &str, subtitle: &str, body: &str, refresh_s: Option<u32>) -> String {
+    let refresh = refresh_s.map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">")).unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">{refresh}<title>{}</title><style>{STYLE}</style></head><body><header><h1>{}</h1><div class=\"sub\">{}</div></header><main>{body}</main></body></html>\n",
+        esc(title),
+        esc(title),
+        esc(subtitle)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_encoding() {
+        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(path_segment("line 1/cam#2"), "line%201%2Fcam%232");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
