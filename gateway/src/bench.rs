@@ -395,7 +395,7 @@ pub async fn replicate_throughput(
 
         // Both producers are warmed up first (connection, idempotent
         // producer id, topic metadata), so the timings compare steady states.
-        async fn warm(p: &rdkafka::producer::FutureProducer, topics: [&str; 2]) -> anyhow::Result<()> {
+        async fn warm(p: &crate::replicate::KafkaProducer, topics: [&str; 2]) -> anyhow::Result<()> {
             for t in topics {
                 p.send(FutureRecord::to(t).key("warm-up").payload("{}"), Duration::from_secs(30))
                     .await

@@ -80,6 +80,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         "log opened"
     );
     let opts = detect::DetectOptions {
+        enabled: config.detect.enabled,
         model: config.detect.model.clone(),
         library: config.detect.onnxruntime.clone(),
         workers: config.detect.workers as usize,
@@ -88,17 +89,24 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         max_pixels: config.mqtt.max_pixels,
         sample: config.sample.clone(),
     };
-    let detect = if config.detect.enabled {
+    let detect = if !config.detect.enabled && config.detect.hold_when_disabled {
+        tracing::warn!("detect.enabled = false, when_disabled = \"hold\": frames stay in the log unannotated");
+        None
+    } else {
+        if !config.detect.enabled {
+            tracing::warn!(
+                "detect.enabled = false: frames are forwarded upstream without annotations (model \"none\"), images sampled as configured"
+            );
+        }
         let l = log.clone();
         let o = opts.clone();
         let d = tokio::task::spawn_blocking(move || detect::Detect::start(l, &o))
             .await
             .map_err(|e| detect::DetectError::Worker(e.to_string()))??;
-        tracing::info!(model = %config.detect.model.display(), workers = opts.workers, "model loaded");
+        if config.detect.enabled {
+            tracing::info!(model = %config.detect.model.display(), workers = opts.workers, "model loaded");
+        }
         Some(d)
-    } else {
-        tracing::warn!("detect.enabled = false: frames are stored without annotations");
-        None
     };
     let producer = replicate::producer(&config.replicate)?;
     let replicate = replicate::Replicate::new(log.clone(), config.replicate.clone(), producer);

@@ -53,14 +53,15 @@ fn unit_shape() {
         ("StateDirectory", "vision-gateway"),
         ("MemoryDenyWriteExecute", "yes"),
         ("CapabilityBoundingSet", ""),
-        ("ProcSubset", "pid"),
         ("RestrictNamespaces", "yes"),
         ("Environment", "ORT_DISABLE_TELEMETRY=1"),
     ] {
         assert!(settings(k).iter().any(|x| x == v), "{k}={v} missing");
     }
     assert!(!settings("WatchdogSec").is_empty());
-    assert!(settings("LoadCredential").iter().any(|c| c.starts_with("mqtt-password:")));
+    // ONNX Runtime reads /proc/cpuinfo to choose its CPU kernels.
+    assert!(settings("ProcSubset").is_empty(), "ProcSubset=pid hides /proc/cpuinfo from ONNX Runtime");
+    assert_eq!(settings("LoadCredential"), ["credentials:/etc/vision-gateway/credentials"]);
     // The only port the service may bind is the shipped config's telemetry port.
     let cfg = gateway::config::Config::load(&repo("systemd/gateway.toml")).unwrap();
     assert_eq!(settings("SocketBindAllow"), [format!("tcp:{}", cfg.telemetry.listen.port())]);

@@ -136,3 +136,43 @@ fn check_status_page(gw: &Gateway, cameras: &[gateway::replay::Camera], dir: &st
     );
     assert!(boxed > 200, "no boxes drawn in the screenshot ({boxed} pixels of the box colour)");
 }
+
+/// No model on the box (armv7): every frame still goes upstream as a record
+/// with an empty annotation, in order, and the log is freed.
+#[test]
+fn with_the_model_off_every_frame_is_forwarded_unannotated() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.detect = false;
+    s.when_disabled = "forward";
+    s.extra = "[sample]\nevery_nth = 5\n".into();
+    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let cameras = load_cameras(&fixtures().join("cameras")).unwrap();
+    let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(replay(&cameras, &mq.addr(), Some(50.0), false)).unwrap();
+    gw.wait_for("every frame forwarded", Duration::from_secs(60), |m| {
+        m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
+    });
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    assert!(glog.contains("forwarded upstream without annotations"), "{glog}");
+    let log = s.open_log();
+    assert_eq!(log.area_stats(Area::Frames).records, 0, "forwarded frames are freed");
+    let anns: Vec<FrameAnnotation> = log
+        .read_blobs(Area::Annotations, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| serde_json::from_slice(&b).unwrap())
+        .collect();
+    assert_eq!(anns.len(), total);
+    for cam in &cameras {
+        let seqs: Vec<u64> = anns.iter().filter(|a| a.camera == cam.id).map(|a| a.camera_seq.unwrap()).collect();
+        assert_eq!(seqs, (0..cam.frames.len() as u64).collect::<Vec<_>>());
+    }
+    assert!(anns.iter().all(|a| a.annotation.model.name == "none" && a.annotation.items.is_empty()));
+    let sampled = anns.iter().filter(|a| a.sampled.is_some()).count();
+    assert_eq!(log.area_stats(Area::Images).records as usize, sampled);
+    assert!(sampled >= 9, "every 5th frame of each camera: {sampled}");
+}

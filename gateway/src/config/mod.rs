@@ -133,9 +133,14 @@ pub struct RawTls {
 /// `[detect]`: the inference stage.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawDetect {
-    /// Run the model on every frame. `false` keeps frames in the log
-    /// unannotated (boxes without inference, e.g. armv7). Default `true`.
+    /// Run the model on every frame. `false` (boxes without inference,
+    /// e.g. armv7): see `when_disabled`. Default `true`.
     pub enabled: Option<bool>,
+    /// With `enabled = false`: `"forward"` (default) sends every frame's
+    /// record upstream with an empty annotation (model `"none"`) and samples
+    /// images by `[sample]`, freeing the log; `"hold"` keeps frames in the
+    /// log unannotated until a model is enabled (the log fills up).
+    pub when_disabled: Option<String>,
     /// Model folder (with `model.toml`). Default
     /// `/usr/share/vision-gateway/models/ppocr-v4`.
     pub model: Option<PathBuf>,
@@ -298,8 +303,10 @@ pub struct MqttConfig {
 /// Validated `[detect]`.
 #[derive(Debug, Clone)]
 pub struct DetectConfig {
-    /// Whether the stage runs.
+    /// Whether the model runs.
     pub enabled: bool,
+    /// With the model off: hold frames in the log instead of forwarding.
+    pub hold_when_disabled: bool,
     /// Model folder.
     pub model: PathBuf,
     /// ONNX Runtime library.
@@ -582,6 +589,14 @@ impl Config {
         let d = raw.detect;
         let detect = DetectConfig {
             enabled: d.enabled.unwrap_or(true),
+            hold_when_disabled: match d.when_disabled.as_deref() {
+                None | Some("forward") => false,
+                Some("hold") => true,
+                Some(o) => {
+                    v.problem("detect.when_disabled", format!("{o:?} is not \"forward\" or \"hold\""));
+                    false
+                }
+            },
             model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v4")),
             onnxruntime: d
                 .onnxruntime
@@ -770,9 +785,21 @@ impl Validator<'_> {
         x
     }
 
+    /// A relative secret path is a systemd credential: `$CREDENTIALS_DIRECTORY/p`,
+    /// or `$CREDENTIALS_DIRECTORY/credentials_p` as the shipped unit loads
+    /// the whole of `/etc/vision-gateway/credentials/` under the id
+    /// `credentials` (`LoadCredential=credentials:/etc/vision-gateway/credentials`).
     fn credential_path(&self, p: &Path) -> PathBuf {
         match self.env.var("CREDENTIALS_DIRECTORY") {
-            Some(dir) if p.is_relative() => PathBuf::from(dir).join(p),
+            Some(dir) if p.is_relative() => {
+                let direct = PathBuf::from(&dir).join(p);
+                let prefixed = PathBuf::from(&dir).join(format!("credentials_{}", p.display()));
+                if !direct.exists() && prefixed.exists() {
+                    prefixed
+                } else {
+                    direct
+                }
+            }
             _ => p.to_owned(),
         }
     }
@@ -901,6 +928,11 @@ brokers = "k:9092"
         let pw = c.mqtt.password.as_ref().unwrap();
         assert_eq!(pw.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+        // As the shipped unit loads the credentials directory.
+        std::fs::remove_file(dir.path().join("mqtt-password")).unwrap();
+        std::fs::write(dir.path().join("credentials_mqtt-password"), "dir-s3cret\n").unwrap();
+        let c = Config::parse(Path::new("t"), text, &e).unwrap();
+        assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "dir-s3cret");
     }
 
     #[test]

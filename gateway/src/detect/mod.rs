@@ -128,6 +128,9 @@ impl DetectStats {
 /// Settings of the stage.
 #[derive(Debug, Clone, Default)]
 pub struct DetectOptions {
+    /// Run the model; `false` forwards every frame with an empty
+    /// annotation (model `none`), sampling images as configured.
+    pub enabled: bool,
     /// Model folder.
     pub model: PathBuf,
     /// ONNX Runtime library.
@@ -190,7 +193,7 @@ impl Detect {
                 intra_threads: opts.intra_threads,
                 max_pixels: opts.max_pixels,
             };
-            let model_dir = opts.model.clone();
+            let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();
             let results = res_tx.clone();
             let handle = std::thread::Builder::new()
@@ -353,14 +356,27 @@ impl Detect {
     }
 }
 
+/// The annotation of a frame when `detect.enabled = false`: no model ran,
+/// nothing was found, and the record still goes upstream in order.
+pub fn not_annotated() -> Annotation {
+    Annotation {
+        model: inference::ModelInfo { name: "none".into(), version: String::new(), hash: String::new() },
+        width: 0,
+        height: 0,
+        items: Vec::new(),
+        timings: inference::Timings::default(),
+        error: None,
+    }
+}
+
 fn worker(
-    model_dir: PathBuf,
+    model_dir: Option<PathBuf>,
     load: LoadOptions,
     jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     results: mpsc::UnboundedSender<Result<Done, String>>,
     ready: std::sync::mpsc::Sender<Result<(), inference::InferenceError>>,
 ) {
-    let mut model = match Model::load(&model_dir, &load) {
+    let mut model = match model_dir.map(|d| Model::load(&d, &load)).transpose() {
         Ok(m) => {
             let _ = ready.send(Ok(()));
             m
@@ -376,6 +392,12 @@ fn worker(
             rx.recv()
         };
         let Ok(Job { seq, frame }) = job else { return };
+        let Some(model) = model.as_mut() else {
+            if results.send(Ok(Done { seq, frame, annotation: not_annotated() })).is_err() {
+                return;
+            }
+            continue;
+        };
         let annotation = match model.annotate(&frame.payload) {
             Ok(a) => a,
             // A session failure on one frame: recorded on the frame, the

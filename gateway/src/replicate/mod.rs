@@ -97,7 +97,7 @@ pub struct ReplicateStats {
 ///
 /// # Errors
 /// [`ReplicateError::Config`] for an invalid option.
-pub fn producer(cfg: &ReplicateConfig) -> Result<FutureProducer, ReplicateError> {
+pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("compression.type", "zstd")
@@ -113,7 +113,55 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<FutureProducer, ReplicateError>
     }
     // Not overridable: the at-least-once design depends on them.
     c.set("enable.idempotence", "true").set("acks", "all");
-    c.create().map_err(ReplicateError::Config)
+    c.create_with_context(KafkaContext::default()).map_err(ReplicateError::Config)
+}
+
+/// The producer the stage uses.
+pub type KafkaProducer = FutureProducer<KafkaContext>;
+
+/// Routes librdkafka's logs and client errors into `tracing`, rate-limited:
+/// while the uplink is down librdkafka reports "all brokers down" on every
+/// reconnect attempt, which would otherwise flood the journal. The stage's
+/// own retry warnings say what matters (the batch stays on disk).
+#[derive(Debug)]
+pub struct KafkaContext {
+    errors: RateLimiter,
+}
+
+impl Default for KafkaContext {
+    fn default() -> Self {
+        Self { errors: RateLimiter::new(Duration::from_secs(60)) }
+    }
+}
+
+impl rdkafka::ClientContext for KafkaContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                if let Some(held) = self.errors.check(fac) {
+                    tracing::error!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
+                }
+            }
+            L::Warning => {
+                if let Some(held) = self.errors.check(fac) {
+                    tracing::warn!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
+                }
+            }
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let key = match error.rdkafka_error_code() {
+            Some(c) => format!("{c:?}"),
+            None => "other".to_owned(),
+        };
+        if let Some(held) = self.errors.check(&key) {
+            tracing::warn!(target: "librdkafka", error = %error, suppressed = held, "Kafka client: {reason}");
+        }
+    }
 }
 
 /// Hands one record to librdkafka; when its queue is full, lets it drain
@@ -122,7 +170,7 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<FutureProducer, ReplicateError>
 /// # Errors
 /// The producer's error, as text.
 pub fn enqueue(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
     topic: &str,
     key: &str,
     payload: &[u8],
@@ -168,14 +216,14 @@ impl Out {
 pub struct Replicate {
     log: DurableLog,
     cfg: ReplicateConfig,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     stats: Arc<ReplicateStats>,
     warn: RateLimiter,
 }
 
 impl Replicate {
     /// A stage producing with `producer`.
-    pub fn new(log: DurableLog, cfg: ReplicateConfig, producer: FutureProducer) -> Self {
+    pub fn new(log: DurableLog, cfg: ReplicateConfig, producer: KafkaProducer) -> Self {
         Self {
             log,
             cfg,

@@ -104,6 +104,8 @@ pub struct Settings {
     pub extra: String,
     /// Run the bundled model (the intake tests keep raw frames instead).
     pub detect: bool,
+    /// `detect.when_disabled` ("hold" keeps raw frames for the intake tests).
+    pub when_disabled: &'static str,
 }
 
 impl Settings {
@@ -117,6 +119,7 @@ impl Settings {
             when_full: "block",
             max_frame_bytes: "1MiB",
             detect: false,
+            when_disabled: "hold",
             kafka: "127.0.0.1:9".into(),
             extra: String::new(),
         }
@@ -126,7 +129,7 @@ impl Settings {
         format!(
             "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
-             [detect]\nenabled = {}\nmodel = \"{}\"\nonnxruntime = \"{}\"\n\
+             [detect]\nenabled = {}\nwhen_disabled = \"{}\"\nmodel = \"{}\"\nonnxruntime = \"{}\"\n\
              [replicate]\nbrokers = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
             self.gateway_id,
             self.log_dir.display(),
@@ -135,6 +138,7 @@ impl Settings {
             self.mqtt_port,
             self.max_frame_bytes,
             self.detect,
+            self.when_disabled,
             repo().join("models/ppocr-v4").display(),
             onnxruntime().display(),
             self.kafka,
