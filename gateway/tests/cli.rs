@@ -164,3 +164,44 @@ fn the_demo_runs_the_whole_pipeline_on_stand_in_brokers() {
         assert_eq!(std::fs::read_dir(dir.path().join("frames").join(cam)).unwrap().count(), n);
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway_id = \"j\"\n[log]\npath = \"{}\"\n[mqtt]\nbroker = \"127.0.0.1:9\"\n[detect]\nenabled = false\n\
+             [replicate]\nbrokers = \"127.0.0.1:9\"\n[telemetry]\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n",
+            dir.path().join("log").display()
+        ),
+    )
+    .unwrap();
+    let err = std::fs::File::create(dir.path().join("err.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    // Until it has logged the log opening and a failed MQTT connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let t = std::fs::read_to_string(dir.path().join("err.log")).unwrap();
+        if (t.contains("log opened") && t.contains("MQTT")) || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"log opened\"")), "{text}");
+}
