@@ -364,13 +364,11 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.annotations_out = seen.len() as u64;
     model_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| model_ms.get(((model_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
-    summary.model_p50_ms = pct(0.5);
-    summary.model_p95_ms = pct(0.95);
+    summary.model_p50_ms = percentile(&model_ms, 0.5);
+    summary.model_p95_ms = percentile(&model_ms, 0.95);
     e2e_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| e2e_ms.get(((e2e_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
-    summary.end_to_end_p50_ms = pct(0.5);
-    summary.end_to_end_p95_ms = pct(0.95);
+    summary.end_to_end_p50_ms = percentile(&e2e_ms, 0.5);
+    summary.end_to_end_p95_ms = percentile(&e2e_ms, 0.95);
 
     let images = out.join("images");
     let _ = std::fs::remove_dir_all(&images);
@@ -388,6 +386,11 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&summary)?)?;
     write_report(out, &cameras, &consumed, &summary)?;
     Ok(summary)
+}
+
+/// The `p` quantile (nearest rank) of sorted values; 0 when there are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
 }
 
 /// Writes `frames/` (the fixture frames), `annotated/` (one self-contained

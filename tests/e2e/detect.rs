@@ -8,7 +8,7 @@ mod harness;
 use gateway::detect::{FrameAnnotation, SCHEMA_VERSION};
 use gateway::log::Area;
 use gateway::replay::{load_cameras, replay};
-use harness::{fixtures, repo, Gateway, Mosquitto, Settings};
+use harness::{annotations, fixtures, repo, Gateway, Mosquitto, Settings};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -46,16 +46,7 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
     let log = s.open_log();
     assert_eq!(log.area_stats(Area::Frames).records, 0, "annotated frames are freed");
     let manifest = inference::Manifest::load(&repo().join("models/ppocr-v4")).unwrap();
-    let anns: Vec<FrameAnnotation> = log
-        .read_blobs(Area::Annotations, 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(seq, b)| {
-            let a: FrameAnnotation = serde_json::from_slice(&b).unwrap();
-            assert_eq!(a.seq, seq);
-            a
-        })
-        .collect();
+    let anns = annotations(&log);
     assert_eq!(anns.len(), total + 1, "one annotation per frame");
     let mut per_camera: BTreeMap<String, Vec<&FrameAnnotation>> = BTreeMap::new();
     for a in &anns {
@@ -160,12 +151,7 @@ fn with_the_model_off_every_frame_is_forwarded_unannotated() {
     assert!(glog.contains("forwarded upstream without annotations"), "{glog}");
     let log = s.open_log();
     assert_eq!(log.area_stats(Area::Frames).records, 0, "forwarded frames are freed");
-    let anns: Vec<FrameAnnotation> = log
-        .read_blobs(Area::Annotations, 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, b)| serde_json::from_slice(&b).unwrap())
-        .collect();
+    let anns = annotations(&log);
     assert_eq!(anns.len(), total);
     for cam in &cameras {
         let seqs: Vec<u64> = anns.iter().filter(|a| a.camera == cam.id).map(|a| a.camera_seq.unwrap()).collect();

@@ -7,10 +7,9 @@
 
 mod harness;
 
-use gateway::detect::FrameAnnotation;
 use gateway::log::Area;
 use gateway::replay::{load_cameras, replay};
-use harness::{long_camera, repo, Gateway, Mosquitto, Settings};
+use harness::{annotations, long_camera, repo, Gateway, Mosquitto, Settings};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -101,12 +100,7 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
     let (ok, glog) = gw.terminate();
     assert!(ok, "{glog}");
     let log = s.open_log();
-    let anns: Vec<FrameAnnotation> = log
-        .read_blobs(Area::Annotations, 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, b)| serde_json::from_slice(&b).unwrap())
-        .collect();
+    let anns = annotations(&log);
     let seqs: Vec<u64> = anns.iter().map(|a| a.camera_seq.unwrap()).collect();
     assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>(), "each frame annotated once, in order");
     assert_eq!(log.area_stats(Area::Frames).records, 0);

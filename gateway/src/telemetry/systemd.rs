@@ -139,13 +139,14 @@ pub async fn supervise(t: Telemetry, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = interval.tick() => {}
         }
+        let status = status_line(&t);
         if !ready && not_ready(&t).is_empty() {
             ready = true;
             tracing::info!(systemd = under_systemd, "ready: log open, model loaded, subscribed");
-            notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&t))]);
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        } else {
+            notify(&[NotifyState::Status(&status)]);
         }
-        let status = status_line(&t);
-        notify(&[NotifyState::Status(&status)]);
         // systemd arms the watchdog when start-up completes (READY=1).
         let Some(w) = watchdog.filter(|_| ready) else { continue };
         let stalls = live.check(&t, Instant::now(), w.max(STALL_AFTER));

@@ -288,6 +288,19 @@ pub fn frames(log: &DurableLog) -> Vec<(u64, FrameRecord)> {
     log.read_frames(0, usize::MAX).unwrap()
 }
 
+/// Every annotation in the log, in log order, each checked against its key.
+pub fn annotations(log: &DurableLog) -> Vec<gateway::detect::FrameAnnotation> {
+    log.read_blobs(gateway::log::Area::Annotations, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, b)| {
+            let a: gateway::detect::FrameAnnotation = serde_json::from_slice(&b).unwrap();
+            assert_eq!(a.seq, seq, "annotation stored under its frame's sequence number");
+            a
+        })
+        .collect()
+}
+
 /// Writes a camera fixture directory with `n` frames cycled from the
 /// committed fixtures of `from` (for longer streams).
 pub fn long_camera(dir: &Path, camera: &str, from: &str, n: usize, fps: f64) -> PathBuf {
@@ -444,7 +457,7 @@ pub fn header(m: &rdkafka::message::OwnedMessage, k: &str) -> Option<String> {
 pub fn screenshot(url: &str, dir: &Path) -> PathBuf {
     let out = dir.join("screenshot.png");
     let profile = dir.join("chromium-profile");
-    let status = Command::new("chromium")
+    let mut child = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -465,7 +478,6 @@ pub fn screenshot(url: &str, dir: &Path) -> PathBuf {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium (Debian package `chromium`) must be installed: tests/run installs it");
-    let mut child = status;
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
