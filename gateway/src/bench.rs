@@ -275,10 +275,10 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     let t = Instant::now();
     let task = tokio::spawn(intake.run(stop.clone()));
     // Waits on the log's own notification for each new frame.
-    let mut reader = log.reader(crate::log::Area::Frames, crate::log::cursors::DETECT)?;
+    let mut reader = log.frame_reader()?;
     let mut seen = 0;
     while seen < frames {
-        seen += reader.next_frames(1024).await?.len() as u64;
+        seen += reader.next_frames(1024).await?.records.len() as u64;
     }
     while stats.acked.load(Ordering::Relaxed) < frames {
         tokio::task::yield_now().await;
@@ -321,7 +321,7 @@ pub async fn replicate_throughput(
     image_bytes: usize,
 ) -> anyhow::Result<ReplicateBench> {
     use crate::detect::{FrameAnnotation, SCHEMA_VERSION};
-    use crate::log::{cursors, Area, FrameRecord};
+    use crate::log::{Area, Cursor, FrameRecord};
     use rdkafka::producer::FutureRecord;
     use tokio_util::sync::CancellationToken;
 
@@ -388,7 +388,7 @@ pub async fn replicate_throughput(
                 payloads.push((json, Vec::new()));
             }
         }
-        b.set_cursor(cursors::DETECT, log.counts().next_seq);
+        b.set_cursor(Cursor::Detect, log.counts().next_seq);
         log.apply(b)?;
         log.flush().await?;
         let bytes: u64 = payloads.iter().map(|(a, i)| (a.len() + i.len()) as u64).sum();
@@ -436,7 +436,7 @@ pub async fn replicate_throughput(
         let t = Instant::now();
         let task = tokio::spawn(stage.run(stop.clone()));
         let end = log.counts().next_seq;
-        while log.cursor(cursors::REPLICATE)? < end {
+        while log.cursor(Cursor::Replicate)? < end {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let measured = Throughput::new(format!("replicate stage, {case}"), records, bytes, t.elapsed());

@@ -9,7 +9,7 @@
 //! stage, a restart, and the byte budget under both policies.
 
 use crate::config::units::format_size;
-use crate::log::{cursors, Area, DurableLog, FrameRecord, LogError, LogOptions, WhenFull};
+use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogError, LogOptions, WhenFull};
 use std::path::Path;
 use std::time::Instant;
 
@@ -51,18 +51,18 @@ pub async fn run(dir: &Path, cameras: u32, frames: u64) -> anyhow::Result<DemoSu
         let log = log.clone();
         let total = u64::from(cameras) * frames;
         tokio::spawn(async move {
-            let mut reader = log.reader(Area::Frames, cursors::DETECT)?;
+            let mut reader = log.frame_reader()?;
             let mut done = 0;
             while done < total {
                 let batch = reader.next_frames(64).await?;
                 let mut b = log.batch();
-                for (seq, f) in &batch {
+                for (seq, f) in &batch.records {
                     let out = format!("{{\"camera\":\"{}\",\"bytes\":{}}}", f.camera, f.payload.len());
                     b.put_blob(Area::Annotations, *seq, out.as_bytes());
                 }
-                b.set_cursor(cursors::DETECT, reader.position());
+                b.set_cursor(Cursor::Detect, batch.upto);
                 log.apply(b)?;
-                done += batch.len() as u64;
+                done += batch.records.len() as u64;
             }
             Ok::<u64, LogError>(done)
         })
@@ -107,21 +107,21 @@ pub async fn run(dir: &Path, cameras: u32, frames: u64) -> anyhow::Result<DemoSu
     drop(log);
 
     // Budget, policy block: appends are refused, nothing is dropped.
-    let small = DurableLog::open(opts("small-block", 1 << 20, WhenFull::Block))?;
+    let small = DurableLog::open(opts("small-block", 8 << 20, WhenFull::Block))?;
     let mut blocked = 0;
     for _ in 0..20 {
-        if let Err(LogError::Full { .. }) = small.append_frame(&frame(100_000)) {
+        if let Err(LogError::Full { .. }) = small.append_frame(&frame(1_000_000)) {
             blocked += 1;
         }
     }
     drop(small);
 
     // Budget, policy drop_oldest: the oldest frames go, in gap records.
-    let small = DurableLog::open(opts("small-drop", 1 << 20, WhenFull::DropOldest))?;
+    let small = DurableLog::open(opts("small-drop", 8 << 20, WhenFull::DropOldest))?;
     for _ in 0..20 {
-        small.append_frame(&frame(100_000))?;
+        small.append_frame(&frame(1_000_000))?;
     }
-    let dropped_in_gaps = small.read_gaps(0, 1000)?.iter().map(|(_, g)| g.records).sum();
+    let dropped_in_gaps = small.read_gaps(0, u64::MAX, 1000)?.iter().map(|(_, g)| g.records).sum();
 
     Ok(DemoSummary {
         frames_appended: u64::from(cameras) * frames,
@@ -163,13 +163,13 @@ impl std::fmt::Display for DemoSummary {
         writeln!(
             f,
             "  budget {}, policy block : {} of 20 appends refused, 0 dropped",
-            format_size(1 << 20),
+            format_size(8 << 20),
             self.blocked_appends
         )?;
         writeln!(
             f,
             "  budget {}, drop_oldest  : {} frames dropped, all in gap records",
-            format_size(1 << 20),
+            format_size(8 << 20),
             self.dropped_in_gaps
         )?;
         Ok(())

@@ -76,7 +76,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         path = %log.path().display(),
         gateway_id = log.gateway_id(),
         next_seq = s.next_seq,
-        backlog = s.cursors.get(log::cursors::DETECT).map_or(0, |c| c.backlog_records),
+        backlog = s.cursors.get(log::Cursor::Detect.name()).map_or(0, |c| c.backlog_records),
         "log opened"
     );
     let opts = detect::DetectOptions {

@@ -3,13 +3,12 @@
 //! and the byte budget, in random interleavings.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::log::{cursors, Area, DurableLog, FrameRecord, GapReason, LogError, LogOptions, WhenFull};
+use gateway::log::{Area, Cursor, DurableLog, FrameRecord, GapReason, LogError, LogOptions, WhenFull};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Key bytes per record, and the codec header in front of a blob body.
-const KEY: u64 = 9;
+/// The codec header in front of a blob body.
 const BLOB_HEADER: u64 = 6;
 
 #[derive(Debug, Clone)]
@@ -57,22 +56,26 @@ struct Model {
 }
 
 impl Model {
+    /// Logical bytes: what was written, without keys, headers or dead space.
     fn bytes(&self) -> u64 {
-        self.frames.values().map(|f| KEY + f.encode().len() as u64).sum::<u64>()
-            + self
-                .annotations
-                .values()
-                .chain(self.dead.values())
-                .map(|b| KEY + BLOB_HEADER + b.len() as u64)
-                .sum::<u64>()
+        self.frames.values().map(|f| f.encode().len() as u64).sum::<u64>()
+            + self.annotations.values().chain(self.dead.values()).map(|b| BLOB_HEADER + b.len() as u64).sum::<u64>()
     }
 }
 
+/// Small segments (8 KiB), so that they roll, empty and are deleted all
+/// the time.
 fn open(dir: &Path, max: u64, when_full: WhenFull) -> DurableLog {
     let mut o = LogOptions::new(dir, "prop");
     o.max_bytes = max;
     o.when_full = when_full;
+    o.segment_bytes = Some(8 << 10);
+    o.index_reserve = 0;
     DurableLog::open(o).unwrap()
+}
+
+fn segment_files(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("segments")).map_or(0, |d| d.count() as u64)
 }
 
 fn check(log: &DurableLog, m: &Model) -> Result<(), TestCaseError> {
@@ -81,7 +84,8 @@ fn check(log: &DurableLog, m: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(s.areas[&Area::Frames].records, m.frames.len() as u64);
     prop_assert_eq!(s.areas[&Area::Annotations].records, m.annotations.len() as u64);
     prop_assert_eq!(s.areas[&Area::DeadLetters].records, m.dead.len() as u64);
-    prop_assert_eq!(s.used_bytes, m.bytes());
+    prop_assert_eq!(s.logical_bytes, m.bytes());
+    prop_assert_eq!(s.used_bytes, s.segment_bytes + s.index_bytes);
     prop_assert_eq!(s.cursors["detect"].position, m.detect);
     prop_assert_eq!(s.cursors["replicate"].position, m.replicate);
     prop_assert_eq!(s.cursors["detect"].backlog_records, m.frames.len() as u64);
@@ -124,19 +128,19 @@ proptest! {
                             b.put_blob(Area::Annotations, *seq, &body);
                             m.annotations.insert(*seq, body);
                         }
-                        b.set_cursor(cursors::DETECT, last + 1);
+                        b.set_cursor(Cursor::Detect, last + 1);
                         log.apply(b).unwrap();
                         m.detect = last + 1;
                         m.frames.retain(|s, _| *s >= m.detect);
                     }
                 }
                 Op::Replicate { max } => {
-                    let got = log.read_blobs(Area::Annotations, m.replicate, max as usize).unwrap();
+                    let got = log.read_blobs(Area::Annotations, m.replicate, u64::MAX, max as usize).unwrap();
                     let want: Vec<_> = m.annotations.range(m.replicate..).take(max as usize).map(|(s, b)| (*s, b.clone())).collect();
                     prop_assert_eq!(&got, &want);
                     if let Some((last, _)) = got.last() {
                         let mut b = log.batch();
-                        b.set_cursor(cursors::REPLICATE, last + 1);
+                        b.set_cursor(Cursor::Replicate, last + 1);
                         log.apply(b).unwrap();
                         m.replicate = last + 1;
                         m.annotations.retain(|s, _| *s >= m.replicate);
@@ -154,6 +158,13 @@ proptest! {
                 Op::Reopen => {
                     drop(log);
                     log = open(dir.path(), 1 << 30, WhenFull::Block);
+                    // Segment deletion: after a reopen only segments with a
+                    // live frame are left (dead letters and annotations are
+                    // small and live in the index).
+                    if m.frames.is_empty() {
+                        prop_assert_eq!(segment_files(dir.path()), 0);
+                    }
+                    prop_assert!(segment_files(dir.path()) <= m.frames.len() as u64);
                 }
             }
             check(&log, &m)?;
@@ -170,7 +181,11 @@ proptest! {
         drop_oldest in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let max = 1 << 20 >> 6; // 16 KiB
+        drop(open(dir.path(), 1 << 30, WhenFull::Block));
+        // The index (one 512 KiB sled segment from the second open on) plus
+        // 48 KiB for segments.
+        let base = open(dir.path(), 1 << 30, WhenFull::Block).stats().unwrap().used_bytes;
+        let max = base + (48 << 10);
         let policy = if drop_oldest { WhenFull::DropOldest } else { WhenFull::Block };
         let log = open(dir.path(), max, policy);
         let mut appended = Vec::new();
@@ -182,18 +197,19 @@ proptest! {
                 Err(e) => return Err(TestCaseError::fail(e.to_string())),
             }
             prop_assert!(log.used_bytes() <= max);
+            prop_assert!(log.stats().unwrap().used_bytes <= max);
             if i % detect_every == 0 {
-                let c = log.cursor(cursors::DETECT).unwrap();
+                let c = log.cursor(Cursor::Detect).unwrap();
                 let got = log.read_frames(c, 3).unwrap();
                 if let Some((last, _)) = got.last() {
                     processed += got.len() as u64;
                     let mut b = log.batch();
-                    b.set_cursor(cursors::DETECT, last + 1);
+                    b.set_cursor(Cursor::Detect, last + 1);
                     log.apply(b).unwrap();
                 }
             }
         }
-        let gaps = log.read_gaps(0, usize::MAX).unwrap();
+        let gaps = log.read_gaps(0, u64::MAX, usize::MAX).unwrap();
         let dropped: u64 = gaps.iter().filter(|(_, g)| g.reason == GapReason::FrameDroppedForSpace).map(|(_, g)| g.records).sum();
         if !drop_oldest {
             prop_assert_eq!(dropped, 0);

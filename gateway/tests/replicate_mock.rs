@@ -7,7 +7,7 @@
 use gateway::bench::noise;
 use gateway::config::{Config, ProcessEnv};
 use gateway::detect::{FrameAnnotation, SCHEMA_VERSION};
-use gateway::log::{cursors, Area, DurableLog, FrameRecord, LogOptions, WhenFull};
+use gateway::log::{Area, Cursor, DurableLog, FrameRecord, LogOptions, WhenFull};
 use gateway::replicate::{producer, Replicate};
 use gateway::sample::SampleReason;
 use inference::{Annotation, Item, ModelInfo, Timings};
@@ -56,7 +56,7 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
         }
         assert!(small.counts().gaps_written >= 1);
         let mut b = small.batch();
-        b.set_cursor(cursors::DETECT, small.counts().next_seq);
+        b.set_cursor(Cursor::Detect, small.counts().next_seq);
         small.apply(b).unwrap();
     }
     let mut o = LogOptions::new(dir, "mock-gw");
@@ -110,7 +110,7 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
             b.put_frame(Area::Images, seq, &f);
         }
     }
-    b.set_cursor(cursors::DETECT, log.counts().next_seq);
+    b.set_cursor(Cursor::Detect, log.counts().next_seq);
     log.apply(b).unwrap();
     (log, big)
 }
@@ -199,7 +199,7 @@ fn annotations_images_dead_letters_and_gaps_reach_kafka_then_free_the_log() {
     let running = Running::start(&log, &brokers);
     let stats = running.stats.clone();
     wait_until(&running.rt, "everything acknowledged", || {
-        log.cursor(cursors::REPLICATE).unwrap() == end && log.cursor(cursors::REPLICATE_GAPS).unwrap() == gaps
+        log.cursor(Cursor::Replicate).unwrap() == end && log.cursor(Cursor::ReplicateGaps).unwrap() == gaps
     });
     let rt = running.stop();
 
@@ -278,12 +278,12 @@ fn while_the_broker_is_down_nothing_is_lost_and_the_backlog_drains_when_it_retur
     let running = Running::start(&log, &brokers);
     let stats = running.stats.clone();
     wait_until(&running.rt, "a failed batch", || stats.retries.load(Ordering::Relaxed) >= 1);
-    assert_eq!(log.cursor(cursors::REPLICATE).unwrap(), 0, "nothing acknowledged, cursor still");
+    assert_eq!(log.cursor(Cursor::Replicate).unwrap(), 0, "nothing acknowledged, cursor still");
     assert_eq!(log.area_stats(Area::Annotations), before, "the backlog is still on disk");
     assert!(!stats.connected.load(Ordering::Relaxed));
 
     cluster.broker_up(1).unwrap();
-    wait_until(&running.rt, "the backlog drained", || log.cursor(cursors::REPLICATE).unwrap() == end);
+    wait_until(&running.rt, "the backlog drained", || log.cursor(Cursor::Replicate).unwrap() == end);
     running.stop();
     assert!(stats.connected.load(Ordering::Relaxed));
     assert_eq!(log.area_stats(Area::Annotations).records, 0);

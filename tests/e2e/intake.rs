@@ -6,7 +6,7 @@
 mod harness;
 
 use gateway::intake::dead_letter::DeadLetter;
-use gateway::log::{cursors, Area, FrameRecord};
+use gateway::log::{Area, Cursor, FrameRecord};
 use gateway::replay::{load_cameras, replay};
 use harness::{fixtures, frames, long_camera, Gateway, Mosquitto, Settings};
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,7 +182,7 @@ fn bad_frames_are_quarantined_by_reason_and_good_ones_stored() {
         assert_eq!(f.payload, file_bytes(&bad.join(name)), "{name}");
         assert_eq!(f.camera, "bad-cam");
     }
-    let dead = log.read_blobs(Area::DeadLetters, 0, 100).unwrap();
+    let dead = log.read_blobs(Area::DeadLetters, 0, u64::MAX, 100).unwrap();
     let mut reasons: Vec<String> = Vec::new();
     for (_, b) in &dead {
         let (d, payload) = DeadLetter::decode(b).unwrap();
@@ -245,7 +245,7 @@ fn full_log_blocks_intake_without_loss_and_it_resumes_when_space_frees() {
 
         // A consumer frees space by moving the detect cursor; intake
         // resumes by itself and everything arrives.
-        let mut reader = log.reader(Area::Frames, cursors::DETECT).unwrap();
+        let mut reader = log.frame_reader().unwrap();
         let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut unique = BTreeSet::new();
         while unique.len() < total {
@@ -253,12 +253,12 @@ fn full_log_blocks_intake_without_loss_and_it_resumes_when_space_frees() {
                 .await
                 .expect("intake resumed and delivered the rest")
                 .unwrap();
-            for (_, f) in &batch {
+            for (_, f) in &batch.records {
                 got.entry(f.camera.clone()).or_default().push(f.camera_seq.unwrap());
                 unique.insert((f.camera.clone(), f.camera_seq.unwrap()));
             }
             let mut b = log.batch();
-            b.set_cursor(cursors::DETECT, reader.position());
+            b.set_cursor(Cursor::Detect, batch.upto);
             log.apply(b).unwrap();
         }
         stop.cancel();

@@ -18,7 +18,7 @@
 //! and is counted; the stage goes on. Dead letters and gaps are not frames:
 //! they keep their own records and are not annotated.
 
-use crate::log::{cursors, Area, DurableLog, FrameRecord, LogError};
+use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogError};
 use crate::telemetry::RateLimiter;
 use inference::{Annotation, LoadOptions, Model};
 use serde::{Deserialize, Serialize};
@@ -233,8 +233,12 @@ impl Detect {
     /// # Errors
     /// [`DetectError`] if the log or a worker fails.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), DetectError> {
-        let mut reader = self.log.reader(Area::Frames, cursors::DETECT)?;
+        let mut reader = self.log.frame_reader()?;
         let mut next_commit = reader.position();
+        // Every sequence number below this was read (frames dispatched, the
+        // rest were not frames): the cursor may pass it once nothing before
+        // it is in flight.
+        let mut scanned = next_commit;
         let mut pending: BTreeMap<u64, Option<Done>> = BTreeMap::new();
         let result = loop {
             let room = self.capacity.saturating_sub(pending.len());
@@ -244,7 +248,7 @@ impl Detect {
                 r = self.results.recv() => match r {
                     Some(Ok(done)) => {
                         pending.insert(done.seq, Some(done));
-                        if let Err(e) = self.commit_ready(&mut pending, &mut next_commit) {
+                        if let Err(e) = self.commit_ready(&mut pending, &mut next_commit, scanned) {
                             break Err(e);
                         }
                     }
@@ -252,17 +256,26 @@ impl Detect {
                     None => break Err(DetectError::Worker("all workers stopped".into())),
                 },
                 frames = reader.next_frames(room), if room > 0 => {
-                    let frames = match frames {
-                        Ok(f) => f,
+                    let batch = match frames {
+                        Ok(b) => b,
                         Err(e) => break Err(e.into()),
                     };
-                    for (seq, frame) in frames {
+                    scanned = batch.upto;
+                    let nothing_new = batch.records.is_empty();
+                    for (seq, frame) in batch.records {
                         pending.insert(seq, None);
                         if let Some(tx) = &self.jobs {
                             // Never blocks: in-flight frames are bounded by `capacity`.
                             if tx.send(Job { seq, frame }).is_err() {
                                 return Err(DetectError::Worker("workers stopped".into()));
                             }
+                        }
+                    }
+                    if nothing_new {
+                        // Only dead letters (or nothing) since the last
+                        // frame: let the cursor pass them.
+                        if let Err(e) = self.commit_ready(&mut pending, &mut next_commit, scanned) {
+                            break Err(e);
                         }
                     }
                 }
@@ -277,7 +290,7 @@ impl Detect {
                 _ => break,
             }
         }
-        let committed = self.commit_ready(&mut pending, &mut next_commit);
+        let committed = self.commit_ready(&mut pending, &mut next_commit, scanned);
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
@@ -286,11 +299,13 @@ impl Detect {
     }
 
     /// Commits the annotations of the contiguous run of finished frames
-    /// starting at `next_commit`, and moves the cursor past them.
+    /// starting at `next_commit`, and moves the cursor past them (and up to
+    /// `scanned` when nothing is in flight any more).
     fn commit_ready(
         &self,
         pending: &mut BTreeMap<u64, Option<Done>>,
         next_commit: &mut u64,
+        scanned: u64,
     ) -> Result<(), DetectError> {
         let mut batch = self.log.batch();
         let mut last = None;
@@ -343,9 +358,13 @@ impl Detect {
             last = Some(seq);
             shown.push((fa, std::mem::take(&mut done.frame.payload), now_ms));
         }
-        if let Some(last) = last {
-            *next_commit = last + 1;
-            batch.set_cursor(cursors::DETECT, *next_commit);
+        let mut target = last.map_or(*next_commit, |l| l + 1);
+        if pending.is_empty() {
+            target = target.max(scanned);
+        }
+        if target > *next_commit {
+            *next_commit = target;
+            batch.set_cursor(Cursor::Detect, target);
             self.log.apply(batch)?;
         }
         // The bytes move (no copy); only the newest frame per camera stays.

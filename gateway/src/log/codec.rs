@@ -31,6 +31,8 @@ pub enum RecordKind {
     Blob = 2,
     /// A gap record (JSON body).
     Gap = 3,
+    /// A pointer to a record in a payload segment (index values only).
+    Pointer = 4,
 }
 
 impl RecordKind {
@@ -39,6 +41,7 @@ impl RecordKind {
             1 => Some(Self::Frame),
             2 => Some(Self::Blob),
             3 => Some(Self::Gap),
+            4 => Some(Self::Pointer),
             _ => None,
         }
     }

@@ -29,6 +29,24 @@ pub enum LogError {
         /// Id from the configuration.
         configured: String,
     },
+    /// A payload segment or a directory could not be read, written or synced.
+    #[error("log I/O error at {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory holds a log of an earlier layout (everything in sled).
+    #[error(
+        "the log at {path} has the layout of an earlier version (payloads inside sled); \
+             let that version drain it, or move the directory away and start a new log"
+    )]
+    OldLayout {
+        /// The log directory.
+        path: PathBuf,
+    },
     /// A read or write failed in the storage engine.
     #[error("log storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -66,6 +84,6 @@ impl LogError {
     /// True when retrying later can succeed without anyone changing anything
     /// (space being freed, a passing I/O error).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Full { .. } | Self::Storage(sled::Error::Io(_)))
+        matches!(self, Self::Full { .. } | Self::Io { .. } | Self::Storage(sled::Error::Io(_)))
     }
 }

@@ -3,58 +3,80 @@
 //! Owns every byte the gateway keeps on disk: frames as received, sampled
 //! images waiting for upload, annotations waiting for replication, dead
 //! letters (quarantined input), gap records (what was dropped and why), the
-//! per-stage cursors and the accounting of all of it. It sits on sled 0.34,
-//! hidden behind [`DurableLog`] so the engine stays replaceable.
+//! per-stage cursors and the accounting of all of it.
 //!
-//! # Layout
-//!
-//! One sled tree holds everything, so that one `apply_batch` is one atomic
-//! step across areas. Keys are a one-byte area prefix and a big-endian u64,
-//! so a prefix scan is ordered by sequence number:
+//! # Layout (format 2)
 //!
 //! ```text
-//! F seq   frame           I seq  sampled image     A seq  annotation
-//! D seq   dead letter     G id   gap record        C name cursor (u64)
-//! M state accounting      M gateway_id             X key  set-aside record
+//! <log.path>/segments/<id>.seg   payload segments: frame and image bytes (segments.rs)
+//! <log.path>/index/              sled: pointers, small records, cursors, accounting (index.rs)
 //! ```
+//!
+//! The seams: [`codec`] (record bytes), `segments` (payload files),
+//! `index` (sled and its fsync), `accounting` (counters written with every
+//! change), `txn` (atomic changes, retention, the budget), [`reader`] (bounded
+//! typed readers).
 //!
 //! # Invariants
 //!
 //! - **Sequence.** Frames and dead letters share one sequence; `seq` grows by
-//!   one per record and never repeats, across restarts (it is written in the
-//!   same batch as the record). `frame_id = "{gateway_id}:{seq}"`.
+//!   one per record and is never handed out twice: it is written in the same
+//!   batch as the record, and on open it is raised above every key and every
+//!   cursor, so neither a power cut nor damaged accounting can bring it back
+//!   below a number already used. `frame_id = "{gateway_id}:{seq}"`.
+//! - **Durability.** [`DurableLog::flush`] is a barrier: the payload segments
+//!   written since the last flush are fdatasynced (and their directory
+//!   fsynced when a file appeared), then the index is flushed and its file
+//!   and directory fsynced. A record is durable once a flush that started
+//!   after its append returned. Intake acknowledges MQTT only after that.
+//! - **Nothing unsynced goes upstream.** The durable watermark is the
+//!   sequence (and gap id) a completed flush covered. Readers are bounded:
+//!   detect reads frames below the watermark; replicate reads below detect's
+//!   cursor; gap records below the durable gap id. A frame_id Kafka has seen
+//!   can therefore never name another frame after a power cut.
 //! - **Atomic stages.** A stage writes its outputs, removals and new cursor in
 //!   one [`StageBatch`]; after a crash either all of it is there or none.
 //!   Cursors never move back.
-//! - **Durability.** A record is durable once [`DurableLog::flush`] returned
-//!   after it was written. Intake acknowledges MQTT only after that.
-//! - **Accounting.** Record counts and bytes (key + value) per area are
-//!   written in the same batch as the change, so they are exact after any
-//!   crash; opening costs O(1), not a scan.
-//! - **Budget.** The sum of bytes never exceeds `max_bytes` because of an
-//!   append: space is made by retention, then by dropping sampled images not
-//!   yet uploaded, then (`drop_oldest`) by dropping the oldest frames not yet
-//!   detected, or (`block`) the append is refused with [`LogError::Full`].
-//!   Every drop is written as a [`GapRecord`] in the same batch.
-//! - **Damage.** A record that fails its checksum is moved aside (area `X`),
-//!   counted, logged and reported as a gap; it never stops the log from
-//!   opening or a reader from going on.
-//! - **Waiting.** A reader that has caught up waits on a per-area generation
-//!   counter (`tokio::sync::watch`), never on a sleep loop.
+//! - **Accounting.** Counts and bytes per area, and live records per segment,
+//!   are written in the same batch as the change: exact after any crash;
+//!   opening costs O(segments), never a scan of records.
+//! - **Budget.** `max_bytes` bounds bytes on disk: segment files whole plus
+//!   the index as measured plus a reserve for its growth (`index_reserve`).
+//!   Room is made by retention, then by dropping sampled images not yet
+//!   uploaded, then (`drop_oldest`) the oldest frames not yet detected, or
+//!   (`block`) the append is refused with [`LogError::Full`]. Every drop is a
+//!   [`GapRecord`] in the same batch. A segment file is deleted only after the
+//!   index change that emptied it is durable.
+//! - **Damage.** A record that cannot be read back (torn tail, missing
+//!   segment, checksum, damaged index value) is moved aside (key `X`),
+//!   counted, logged and reported as a gap with the reason; it never stops
+//!   the log from opening or a reader from going on.
+//! - **Waiting.** A reader that has caught up waits on a generation counter
+//!   bumped by every change and flush (`tokio::sync::watch`), never polls.
 
-mod codec;
+mod accounting;
+pub mod codec;
 mod error;
+mod index;
+pub mod reader;
+mod segments;
+mod txn;
 
 pub use codec::{CodecError, FrameRecord, RecordKind};
 pub use error::LogError;
+pub use reader::{LogReader, ReadBatch};
 
+use accounting::{SegLive, State};
+use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_FORMAT, META_GATEWAY, META_STATE, SEGMENT_PREFIX};
+use segments::{read_record, Lane, SegmentStore};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use txn::{Txn, RETAIN_PER_BATCH};
 
 /// One area of the log: a kind of record with its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -90,6 +112,14 @@ impl Area {
         self as usize
     }
 
+    /// Which segment lane its large records go to.
+    fn lane(self) -> Lane {
+        match self {
+            Area::Frames | Area::DeadLetters => Lane::Intake,
+            Area::Images | Area::Annotations | Area::Gaps => Lane::Stage,
+        }
+    }
+
     /// Stable lower-case name (used in stats and gap records).
     pub fn name(self) -> &'static str {
         match self {
@@ -98,6 +128,34 @@ impl Area {
             Area::Annotations => "annotations",
             Area::DeadLetters => "dead_letters",
             Area::Gaps => "gaps",
+        }
+    }
+}
+
+/// The pipeline's durable cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cursor {
+    /// The detect stage: every frame below it is annotated (and every other
+    /// sequence number below it was not a frame).
+    Detect,
+    /// The replicate stage: annotations, images and dead letters below it
+    /// are in Kafka. Never passes [`Cursor::Detect`].
+    Replicate,
+    /// Gap records below it are in Kafka.
+    ReplicateGaps,
+}
+
+impl Cursor {
+    /// Every cursor.
+    pub const ALL: [Cursor; 3] = [Cursor::Detect, Cursor::Replicate, Cursor::ReplicateGaps];
+
+    /// Stable name (the key in the index, and in `log stats`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cursor::Detect => "detect",
+            Cursor::Replicate => "replicate",
+            Cursor::ReplicateGaps => "replicate_gaps",
         }
     }
 }
@@ -123,7 +181,7 @@ pub enum GapReason {
     ImageDroppedForSpace,
     /// A frame was dropped before detection to stay within `log.max_bytes` (`drop_oldest`).
     FrameDroppedForSpace,
-    /// A record failed its checksum or could not be decoded; its bytes are kept aside.
+    /// A record could not be read back (torn, damaged, segment missing); see `detail`.
     Unreadable,
 }
 
@@ -161,30 +219,42 @@ pub struct GapRecord {
     pub to_seq: u64,
     /// Records actually removed in the run (sequence numbers can be sparse).
     pub records: u64,
-    /// Bytes freed.
+    /// Logical bytes freed.
     pub bytes: u64,
     /// Why.
     pub reason: GapReason,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
+    /// What exactly was wrong, for unreadable records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// How to open a [`DurableLog`].
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Directory of the sled database (created if missing).
+    /// Directory of the log (created if missing).
     pub path: PathBuf,
     /// This gateway's id; stored at creation and checked on every open.
     pub gateway_id: String,
-    /// Byte budget for all records (keys + values).
+    /// Byte budget on disk: segments and index together.
     pub max_bytes: u64,
     /// Policy when the budget is reached.
     pub when_full: WhenFull,
     /// sled page cache size in bytes.
     pub cache_bytes: u64,
+    /// Target size of a payload segment; `None`: `max_bytes / 32`, between
+    /// 1 MiB and 64 MiB.
+    pub segment_bytes: Option<u64>,
+    /// Records larger than this go to segments even when their area keeps
+    /// small records in the index (annotations, dead letters).
+    pub inline_max: u64,
+    /// Part of the budget kept for the index's growth between two
+    /// measurements of its size (each flush measures it).
+    pub index_reserve: u64,
     /// Which cursors must pass a record before retention may delete it.
     /// An area without consumers is never deleted by retention.
-    pub retention: Vec<(Area, String)>,
+    pub retention: Vec<(Area, Cursor)>,
 }
 
 impl LogOptions {
@@ -198,25 +268,26 @@ impl LogOptions {
             max_bytes: 2 << 30,
             when_full: WhenFull::Block,
             cache_bytes: 64 << 20,
+            segment_bytes: None,
+            inline_max: 16 << 10,
+            index_reserve: 1 << 20,
             retention: vec![
-                (Area::Frames, cursors::DETECT.into()),
-                (Area::Images, cursors::REPLICATE.into()),
-                (Area::Annotations, cursors::REPLICATE.into()),
-                (Area::DeadLetters, cursors::REPLICATE.into()),
-                (Area::Gaps, cursors::REPLICATE_GAPS.into()),
+                (Area::Frames, Cursor::Detect),
+                (Area::Images, Cursor::Replicate),
+                (Area::Annotations, Cursor::Replicate),
+                (Area::DeadLetters, Cursor::Replicate),
+                (Area::Gaps, Cursor::ReplicateGaps),
             ],
         }
     }
-}
 
-/// Names of the pipeline's cursors.
-pub mod cursors {
-    /// The detect stage: frames below it are annotated.
-    pub const DETECT: &str = "detect";
-    /// The replicate stage: annotations, images and dead letters below it are in Kafka.
-    pub const REPLICATE: &str = "replicate";
-    /// Gap records below it are in Kafka.
-    pub const REPLICATE_GAPS: &str = "replicate_gaps";
+    fn consumers(&self, area: Area) -> impl Iterator<Item = Cursor> + '_ {
+        self.retention.iter().filter(move |(a, _)| *a == area).map(|(_, c)| *c)
+    }
+
+    fn segment_target(&self) -> u64 {
+        self.segment_bytes.unwrap_or((self.max_bytes / 32).clamp(1 << 20, 64 << 20))
+    }
 }
 
 /// Result of appending a frame.
@@ -235,7 +306,7 @@ pub struct Appended {
 pub struct AreaStats {
     /// Number of records.
     pub records: u64,
-    /// Bytes of keys and values.
+    /// Logical bytes of the records (what was written, without overhead).
     pub bytes: u64,
 }
 
@@ -248,7 +319,7 @@ pub struct LogCounts {
     pub gaps_written: u64,
     /// Records set aside as unreadable so far.
     pub set_aside: u64,
-    /// Bytes in use.
+    /// Bytes on disk the budget counts (segments + index).
     pub used_bytes: u64,
     /// The budget.
     pub max_bytes: u64,
@@ -263,13 +334,13 @@ pub struct LogCounts {
 pub struct CursorStats {
     /// Next sequence number the stage will process.
     pub position: u64,
-    /// Records at or after the position in the areas this cursor consumes.
+    /// Records not yet released by this cursor in the areas it consumes.
     pub backlog_records: u64,
-    /// Their bytes.
+    /// Their logical bytes.
     pub backlog_bytes: u64,
 }
 
-/// A snapshot of the log for `log stats` and metrics.
+/// A snapshot of the log for `log stats` and metrics (no scan of records).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogStats {
     /// Gateway id stored in the log.
@@ -278,125 +349,129 @@ pub struct LogStats {
     pub path: PathBuf,
     /// Next sequence number to be given.
     pub next_seq: u64,
+    /// Sequence numbers below this are durable (covered by a flush).
+    pub durable_seq: u64,
     /// Gap records written so far.
     pub gaps_written: u64,
     /// Records set aside as unreadable so far.
     pub set_aside: u64,
-    /// Bytes in use (keys + values), what the budget counts.
+    /// Bytes on disk the budget counts: segments + index.
     pub used_bytes: u64,
     /// The budget (`log.max_bytes`).
     pub max_bytes: u64,
-    /// Bytes sled's files take on disk (includes engine overhead).
+    /// Logical bytes of all records (without headers, index and dead space).
+    pub logical_bytes: u64,
+    /// Bytes of the payload segment files.
+    pub segment_bytes: u64,
+    /// Payload segment files.
+    pub segments: u64,
+    /// Bytes of the index (sled) files.
+    pub index_bytes: u64,
+    /// Same as `used_bytes` (kept for scripts of earlier versions).
     pub size_on_disk: u64,
     /// Per area.
     pub areas: BTreeMap<Area, AreaStats>,
-    /// Per cursor.
+    /// Per cursor, by name.
     pub cursors: BTreeMap<String, CursorStats>,
-}
-
-const META_STATE: &[u8] = b"Mstate";
-const META_GATEWAY: &[u8] = b"Mgateway_id";
-const CURSOR_PREFIX: u8 = b'C';
-const ASIDE_PREFIX: u8 = b'X';
-const KEY_LEN: u64 = 9;
-/// Upper bound of records deleted by retention inside one stage batch; the
-/// rest goes on the next batch or [`DurableLog::retain`].
-const RETAIN_PER_BATCH: usize = 4096;
-
-fn key(area: Area, seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = area.prefix();
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn seq_of(k: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
-}
-
-fn cursor_key(name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 1);
-    k.push(CURSOR_PREFIX);
-    k.extend_from_slice(name.as_bytes());
-    k
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Accounting, persisted as one value in every batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct State {
-    next_seq: u64,
-    next_gap: u64,
-    set_aside: u64,
-    areas: [AreaStats; 5],
-}
-
-impl State {
-    const ENCODED_LEN: usize = 8 * (3 + 2 * 5);
-
-    fn used(&self) -> u64 {
-        self.areas.iter().map(|a| a.bytes).sum()
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(Self::ENCODED_LEN);
-        for v in [self.next_seq, self.next_gap, self.set_aside] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        for a in &self.areas {
-            b.extend_from_slice(&a.records.to_le_bytes());
-            b.extend_from_slice(&a.bytes.to_le_bytes());
-        }
-        codec::encode(RecordKind::Blob, &b)
-    }
-
-    fn decode(v: &[u8]) -> Option<Self> {
-        let (_, b) = codec::decode(v).ok()?;
-        if b.len() != Self::ENCODED_LEN {
-            return None;
-        }
-        let mut words = b.chunks_exact(8).map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            u64::from_le_bytes(a)
-        });
-        let mut s =
-            State { next_seq: words.next()?, next_gap: words.next()?, set_aside: words.next()?, ..State::default() };
-        for a in &mut s.areas {
-            a.records = words.next()?;
-            a.bytes = words.next()?;
-        }
-        Some(s)
-    }
+/// What the log's lock guards.
+struct Core {
+    state: State,
+    segs: SegmentStore,
+    /// Emptied segments, deleted after the next durable index flush.
+    pending_delete: Vec<u64>,
 }
 
 struct Inner {
     opts: LogOptions,
-    db: sled::Db,
-    tree: sled::Tree,
-    state: Mutex<State>,
-    generations: [watch::Sender<u64>; 5],
+    index: Index,
+    core: Mutex<Core>,
+    /// One flush at a time.
+    flush_lock: Mutex<()>,
+    /// Bumped by every change and flush; readers wait on it.
+    changes: watch::Sender<u64>,
+    /// Bytes on disk (segments + index as measured).
     used: watch::Sender<u64>,
+    /// (next seq, next gap id) covered by the last completed flush.
+    durable: watch::Sender<(u64, u64)>,
+    index_bytes: AtomicU64,
     flushes: AtomicU64,
     /// Records dropped or set aside since open, by [`GapReason::index`].
     dropped: [AtomicU64; 3],
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock cannot leave the persisted state
+        // inconsistent (batches are atomic), so a poisoned lock is usable.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn seg_io(&self, source: std::io::Error) -> LogError {
+        LogError::Io { path: self.opts.path.join("segments"), source }
+    }
+
+    fn publish_used(&self, core: &Core) {
+        let used = core.segs.disk_bytes() + self.index_bytes.load(Ordering::Relaxed);
+        self.used.send_replace(used);
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// The barrier: segments, then index, then deletion of emptied segments.
+    fn flush(&self) -> Result<(), LogError> {
+        let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (plan, covered, deletable) = {
+            let mut core = self.lock();
+            let plan = core.segs.take_sync_plan().map_err(|e| self.seg_io(e))?;
+            (plan, (core.state.next_seq, core.state.next_gap), std::mem::take(&mut core.pending_delete))
+        };
+        let synced = plan.run().map_err(|e| self.seg_io(e)).and_then(|()| self.index.flush_durable());
+        if let Err(e) = synced {
+            let mut core = self.lock();
+            core.segs.sync_failed(plan);
+            core.pending_delete.extend(deletable);
+            return Err(e);
+        }
+        self.durable.send_modify(|d| *d = (d.0.max(covered.0), d.1.max(covered.1)));
+        {
+            let mut core = self.lock();
+            if !deletable.is_empty() {
+                core.segs.delete(&deletable).map_err(|e| self.seg_io(e))?;
+                let dir_plan = core.segs.take_sync_plan().map_err(|e| self.seg_io(e))?;
+                drop(core);
+                dir_plan.run().map_err(|e| self.seg_io(e))?;
+                core = self.lock();
+            }
+            if let Ok(n) = self.index.size_on_disk() {
+                self.index_bytes.store(n, Ordering::Relaxed);
+            }
+            self.publish_used(&core);
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.bump();
+        Ok(())
+    }
 }
 
 impl Drop for Inner {
     /// Closing the log flushes it: a clean shutdown leaves nothing to
     /// recover.
     fn drop(&mut self) {
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.flush() {
             tracing::error!(path = %self.opts.path.display(), error = %e, "flushing the log at close failed");
         }
     }
 }
 
-/// The durable, crash-safe log shared by all stages. Cheap to clone.
+/// The durable, power-safe log shared by all stages. Cheap to clone.
 #[derive(Clone)]
 pub struct DurableLog {
     inner: Arc<Inner>,
@@ -409,110 +484,78 @@ impl std::fmt::Debug for DurableLog {
 }
 
 impl DurableLog {
-    /// Opens (or creates) the log at `opts.path`.
+    /// Opens (or creates) the log at `opts.path`. Reads accounting, cursors
+    /// and the segment directory listing; never a record.
     ///
     /// # Errors
-    /// [`LogError::Open`] if sled cannot open the directory,
-    /// [`LogError::GatewayIdMismatch`] if the log belongs to another gateway id.
+    /// [`LogError::Open`]/[`LogError::Io`] if the directory cannot be
+    /// opened, [`LogError::GatewayIdMismatch`] if the log belongs to another
+    /// gateway id, [`LogError::OldLayout`] for a log of an earlier version.
     pub fn open(opts: LogOptions) -> Result<Self, LogError> {
-        let db = Self::open_db(&opts)?;
-        let tree = db.open_tree("log").map_err(|source| LogError::Open { path: opts.path.clone(), source })?;
-
-        match tree.get(META_GATEWAY)? {
-            Some(found) if found.as_ref() != opts.gateway_id.as_bytes() => {
-                return Err(LogError::GatewayIdMismatch {
-                    path: opts.path.clone(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                    configured: opts.gateway_id.clone(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                tree.insert(META_GATEWAY, opts.gateway_id.as_bytes())?;
+        let io = |source| LogError::Io { path: opts.path.clone(), source };
+        if opts.path.join("conf").exists() && !opts.path.join("index").exists() {
+            return Err(LogError::OldLayout { path: opts.path.clone() });
+        }
+        if !opts.path.exists() {
+            std::fs::create_dir_all(&opts.path).map_err(io)?;
+            if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segments::sync_dir(parent).map_err(io)?;
             }
         }
-
-        let state = match tree.get(META_STATE)?.as_deref().map(State::decode) {
-            Some(Some(s)) => s,
-            Some(None) => {
-                tracing::warn!(path = %opts.path.display(), "log accounting is unreadable; recounting all records");
-                Self::recount(&tree)?
+        let index = Index::open(&opts.path.join("index"), opts.cache_bytes)?;
+        check_identity(&index, &opts)?;
+        let (mut state, recounted) = load_state(&index)?;
+        raise_counters(&index, &mut state)?;
+        let mut segs = SegmentStore::open(opts.path.join("segments"), opts.segment_target()).map_err(io)?;
+        let mut batch = sled::Batch::default();
+        let mut dead = Vec::new();
+        for id in segs.ids() {
+            match state.segs.get(&id).and_then(SegLive::lane) {
+                Some(lane) if state.segs.get(&id).is_some_and(|l| l.records > 0) => segs.set_lane(id, lane),
+                _ => dead.push(id),
             }
-            None => Self::recount(&tree)?,
-        };
-        let state = Self::reconcile_seq(&tree, state)?;
-        tree.insert(META_STATE, state.encode())?;
-
-        let used = state.used();
+        }
+        for id in &dead {
+            state.segs.remove(id);
+            batch.remove(&key(SEGMENT_PREFIX, *id));
+        }
+        for (id, l) in &state.segs {
+            if segs.lane(*id).is_none() {
+                tracing::error!(
+                    segment = format!("{id:016x}"),
+                    records = l.records,
+                    "payload segment is missing; its records will be reported as unreadable gaps"
+                );
+            }
+            if recounted {
+                batch.insert(&key(SEGMENT_PREFIX, *id), l.encode());
+            }
+        }
+        batch.insert(META_STATE, state.encode());
+        index.tree.apply_batch(batch)?;
+        index.flush_durable()?;
+        // Only now, with the index durable, can unreferenced files go.
+        segs.delete(&dead).map_err(io)?;
+        segs.take_sync_plan().and_then(|p| p.run()).map_err(io)?;
+        if !dead.is_empty() {
+            tracing::info!(segments = dead.len(), "deleted payload segments nothing refers to");
+        }
+        let index_bytes = index.size_on_disk()?;
+        let used = segs.disk_bytes() + index_bytes;
+        let durable = (state.next_seq, state.next_gap);
         let inner = Inner {
             opts,
-            db,
-            tree,
-            state: Mutex::new(state),
-            generations: std::array::from_fn(|_| watch::channel(0).0),
+            index,
+            core: Mutex::new(Core { state, segs, pending_delete: Vec::new() }),
+            flush_lock: Mutex::new(()),
+            changes: watch::channel(0).0,
             used: watch::channel(used).0,
+            durable: watch::channel(durable).0,
+            index_bytes: AtomicU64::new(index_bytes),
             flushes: AtomicU64::new(0),
             dropped: Default::default(),
         };
         Ok(Self { inner: Arc::new(inner) })
-    }
-
-    /// Opens sled. The directory lock can outlive a closed handle for a
-    /// moment (sled's background writer threads release it when they
-    /// finish), so a lock conflict is retried for up to two seconds before it
-    /// is reported: a process that holds the log for longer is a real
-    /// conflict.
-    fn open_db(opts: &LogOptions) -> Result<sled::Db, LogError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match sled::Config::new().path(&opts.path).cache_capacity(opts.cache_bytes).open() {
-                Ok(db) => return Ok(db),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(source) => return Err(LogError::Open { path: opts.path.clone(), source }),
-            }
-        }
-    }
-
-    /// Rebuilds the accounting by scanning every record (first open, or
-    /// damaged accounting).
-    fn recount(tree: &sled::Tree) -> Result<State, LogError> {
-        let mut s = State::default();
-        for area in Area::ALL {
-            for kv in tree.scan_prefix([area.prefix()]) {
-                let (k, v) = kv?;
-                let a = &mut s.areas[area.index()];
-                a.records += 1;
-                a.bytes += (k.len() + v.len()) as u64;
-            }
-        }
-        s.set_aside = tree.scan_prefix([ASIDE_PREFIX]).count() as u64;
-        Ok(s)
-    }
-
-    /// Makes sure `next_seq`/`next_gap` are above every key present, whatever
-    /// the accounting says.
-    fn reconcile_seq(tree: &sled::Tree, mut s: State) -> Result<State, LogError> {
-        for area in Area::ALL {
-            if let Some((k, _)) = tree.scan_prefix([area.prefix()]).next_back().transpose()? {
-                let next = seq_of(&k).map_or(0, |q| q + 1);
-                if area == Area::Gaps {
-                    s.next_gap = s.next_gap.max(next);
-                } else {
-                    s.next_seq = s.next_seq.max(next);
-                }
-            }
-        }
-        Ok(s)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the persisted state
-        // inconsistent (batches are atomic), so a poisoned lock is usable.
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The gateway id this log belongs to.
@@ -530,19 +573,24 @@ impl DurableLog {
         self.inner.opts.max_bytes
     }
 
-    /// Bytes in use now (keys + values of all records).
+    /// Bytes on disk now (segments + index), what the budget counts.
     pub fn used_bytes(&self) -> u64 {
-        self.lock().used()
+        *self.inner.used.borrow()
+    }
+
+    /// Sequence numbers below this are durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durable.borrow().0
     }
 
     /// Counters of the log now (cheap: no scan), for metrics.
     pub fn counts(&self) -> LogCounts {
-        let s = *self.lock();
+        let s = self.inner.lock().state.clone();
         LogCounts {
             next_seq: s.next_seq,
             gaps_written: s.next_gap,
             set_aside: s.set_aside,
-            used_bytes: s.used(),
+            used_bytes: self.used_bytes(),
             max_bytes: self.inner.opts.max_bytes,
             areas: Area::ALL.map(|a| (a, s.areas[a.index()])),
             dropped: GapReason::ALL.map(|r| (r, self.inner.dropped[r.index()].load(Ordering::Relaxed))),
@@ -551,7 +599,7 @@ impl DurableLog {
 
     /// Records and bytes of one area now (cheap: no scan).
     pub fn area_stats(&self, area: Area) -> AreaStats {
-        self.lock().areas[area.index()]
+        self.inner.lock().state.areas[area.index()]
     }
 
     /// Appends a frame, making room per the budget policy. The frame is not
@@ -559,7 +607,7 @@ impl DurableLog {
     ///
     /// # Errors
     /// [`LogError::Full`] (policy `block`, transient), [`LogError::TooLarge`],
-    /// [`LogError::Storage`].
+    /// [`LogError::Storage`], [`LogError::Io`].
     pub fn append_frame(&self, frame: &FrameRecord) -> Result<Appended, LogError> {
         self.append(Area::Frames, frame.encode())
     }
@@ -574,90 +622,137 @@ impl DurableLog {
     }
 
     fn append(&self, area: Area, value: Vec<u8>) -> Result<Appended, LogError> {
-        let need = KEY_LEN + value.len() as u64;
         let max = self.inner.opts.max_bytes;
-        if need > max {
-            return Err(LogError::TooLarge { size: need, max });
+        let worst = txn::worst_cost(value.len() as u64) + self.inner.opts.index_reserve;
+        if worst > max {
+            return Err(LogError::TooLarge { size: worst, max });
         }
-        let mut state = self.lock();
-        let mut txn = Txn::new(&self.inner, *state);
         let mut gaps = Vec::new();
-        if txn.state.used() + need > max {
-            gaps = txn.make_room(need)?;
-        }
-        if txn.state.used() + need > max {
-            // Keep what making room did (retention, dropped images and their
-            // gap records), then refuse: the caller blocks until space frees.
-            let used = txn.state.used();
-            if !gaps.is_empty() || used != state.used() {
-                txn.commit(&mut state)?;
+        let mut flushed = false;
+        loop {
+            let mut core = self.inner.lock();
+            let mut txn = Txn::new(&self.inner, &mut core);
+            let need = txn.cost(area, value.len() as u64);
+            if !txn.fits(need, 0) {
+                gaps.extend(txn.make_room(need)?);
             }
-            return Err(LogError::Full { used, needed: need, max });
+            if txn.fits(need, 0) {
+                let seq = txn.state.next_seq;
+                txn.state.next_seq += 1;
+                txn.put(area, seq, value)?;
+                self.finish(txn)?;
+                self.inner.publish_used(&core);
+                return Ok(Appended { seq, frame_id: self.frame_id(seq), gaps });
+            }
+            // Keep what making room did (retention, drops and their gap
+            // records); emptied segments go at the next flush.
+            let freed_later = txn.fits(need, txn.projected_free());
+            if txn.is_dirty() {
+                self.finish(txn)?;
+            }
+            let used = core.segs.disk_bytes() + self.inner.index_bytes.load(Ordering::Relaxed);
+            drop(core);
+            if freed_later && !flushed {
+                self.inner.flush()?;
+                flushed = true;
+                continue;
+            }
+            let needed = need + self.inner.opts.index_reserve;
+            return Err(LogError::Full { used, needed, max });
         }
-        let seq = txn.state.next_seq;
-        txn.state.next_seq += 1;
-        txn.put(area, seq, value)?;
-        txn.commit(&mut state)?;
-        Ok(Appended { seq, frame_id: self.frame_id(seq), gaps })
     }
 
-    /// Makes every record written so far durable (one fsync for everything
-    /// appended since the last flush: group commit). Returns the bytes sled
-    /// wrote.
+    fn finish(&self, txn: Txn<'_>) -> Result<(), LogError> {
+        let dropped = txn.commit()?;
+        for (i, n) in dropped.iter().enumerate() {
+            self.inner.dropped[i].fetch_add(*n, Ordering::Relaxed);
+        }
+        self.inner.bump();
+        Ok(())
+    }
+
+    /// Makes every record written so far durable (one fdatasync of the
+    /// segments written and one fsync of the index for everything appended
+    /// since the last flush: group commit), then deletes emptied segments.
     ///
     /// # Errors
-    /// [`LogError::Storage`] if the write or fsync failed; nothing written
-    /// since the previous successful flush may be acknowledged.
-    pub async fn flush(&self) -> Result<usize, LogError> {
-        let n = self.inner.db.flush_async().await?;
-        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(n)
+    /// [`LogError::Io`]/[`LogError::Storage`] if a write or fsync failed;
+    /// nothing written since the previous successful flush may be
+    /// acknowledged.
+    pub async fn flush(&self) -> Result<(), LogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.flush())
+            .await
+            .map_err(|e| LogError::Io { path: self.inner.opts.path.clone(), source: std::io::Error::other(e) })?
+    }
+
+    /// [`flush`](Self::flush) on the calling thread.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub fn flush_blocking(&self) -> Result<(), LogError> {
+        self.inner.flush()
     }
 
     /// Position of a cursor (0 if it was never set).
     ///
     /// # Errors
     /// [`LogError::Storage`].
-    pub fn cursor(&self, name: &str) -> Result<u64, LogError> {
-        Ok(self.inner.tree.get(cursor_key(name))?.as_deref().and_then(decode_u64).unwrap_or(0))
+    pub fn cursor(&self, c: Cursor) -> Result<u64, LogError> {
+        Ok(self.inner.index.cursor(c.name())?.unwrap_or(0))
+    }
+
+    /// How far a stage reading for cursor `c` may read (exclusive): detect
+    /// reads durable frames only; replicate never passes detect; gap records
+    /// go up once durable.
+    ///
+    /// # Errors
+    /// [`LogError::Storage`].
+    pub fn bound(&self, c: Cursor) -> Result<u64, LogError> {
+        let (seq, gap) = *self.inner.durable.borrow();
+        Ok(match c {
+            Cursor::Detect => seq,
+            Cursor::Replicate => seq.min(self.cursor(Cursor::Detect)?),
+            Cursor::ReplicateGaps => gap,
+        })
     }
 
     /// Reads up to `max` frames with `seq >= from`, in order. Unreadable
     /// records are set aside and skipped.
     ///
     /// # Errors
-    /// [`LogError::Storage`].
+    /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_frames(&self, from: u64, max: usize) -> Result<Vec<(u64, FrameRecord)>, LogError> {
-        self.read(Area::Frames, from, max, FrameRecord::decode)
+        self.read(Area::Frames, from, u64::MAX, max, FrameRecord::decode)
     }
 
     /// The frame record at `seq` in `area` (frames or sampled images), if
     /// present and readable (an unreadable one is set aside).
     ///
     /// # Errors
-    /// [`LogError::Storage`].
+    /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_area_frame(&self, area: Area, seq: u64) -> Result<Option<FrameRecord>, LogError> {
-        Ok(self.read(area, seq, 1, FrameRecord::decode)?.into_iter().find(|(s, _)| *s == seq).map(|(_, f)| f))
+        Ok(self.read(area, seq, seq.saturating_add(1), 1, FrameRecord::decode)?.into_iter().next().map(|(_, f)| f))
     }
 
-    /// Reads up to `max` stage-encoded records of `area` with key `>= from`.
-    /// Unreadable records are set aside and skipped.
+    /// Reads up to `max` stage-encoded records of `area` with key in
+    /// `from..to`. Unreadable records are set aside and skipped.
     ///
     /// # Errors
-    /// [`LogError::Storage`].
-    pub fn read_blobs(&self, area: Area, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        self.read(area, from, max, |v| match codec::decode(v)? {
+    /// [`LogError::Storage`], [`LogError::Io`].
+    pub fn read_blobs(&self, area: Area, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.read(area, from, to, max, |v| match codec::decode(v)? {
             (RecordKind::Blob, b) => Ok(b.to_vec()),
             (k, _) => Err(CodecError::Malformed(format!("expected a blob, found {k:?}"))),
         })
     }
 
-    /// Reads up to `max` gap records with id `>= from`.
+    /// Reads up to `max` gap records with id in `from..to`.
     ///
     /// # Errors
-    /// [`LogError::Storage`].
-    pub fn read_gaps(&self, from: u64, max: usize) -> Result<Vec<(u64, GapRecord)>, LogError> {
-        self.read(Area::Gaps, from, max, |v| match codec::decode(v)? {
+    /// [`LogError::Storage`], [`LogError::Io`].
+    pub fn read_gaps(&self, from: u64, to: u64, max: usize) -> Result<Vec<(u64, GapRecord)>, LogError> {
+        self.read(Area::Gaps, from, to, max, |v| match codec::decode(v)? {
             (RecordKind::Gap, b) => serde_json::from_slice(b).map_err(|e| CodecError::Malformed(e.to_string())),
             (k, _) => Err(CodecError::Malformed(format!("expected a gap, found {k:?}"))),
         })
@@ -667,42 +762,68 @@ impl DurableLog {
         &self,
         area: Area,
         from: u64,
+        to: u64,
         max: usize,
         decode: impl Fn(&[u8]) -> Result<T, CodecError>,
     ) -> Result<Vec<(u64, T)>, LogError> {
         let mut out = Vec::new();
-        let end = [area.prefix() + 1];
-        for kv in self.inner.tree.range(key(area, from).as_slice()..end.as_slice()) {
+        if from >= to {
+            return Ok(out);
+        }
+        let start = key(area.prefix(), from);
+        let end = if to == u64::MAX { key(area.prefix() + 1, 0) } else { key(area.prefix(), to) };
+        for kv in self.inner.index.tree.range(start.as_slice()..end.as_slice()) {
             if out.len() >= max {
                 break;
             }
             let (k, v) = kv?;
             let Some(seq) = seq_of(&k) else { continue };
-            match decode(&v) {
+            let record = match Slot::of(&v) {
+                Slot::Ptr(p) => self.fetch(&p, area, seq)?,
+                Slot::Inline(_) => Ok(v.to_vec()),
+            };
+            match record.map_err(|d| d.to_string()).and_then(|r| decode(&r).map_err(|e| e.to_string())) {
                 Ok(t) => out.push((seq, t)),
-                Err(e) => self.set_aside(area, seq, &v, &e)?,
+                Err(why) => self.set_aside(area, seq, &v, why)?,
             }
         }
         Ok(out)
     }
 
-    fn set_aside(&self, area: Area, seq: u64, raw: &[u8], why: &CodecError) -> Result<(), LogError> {
-        let mut state = self.lock();
-        let k = key(area, seq);
+    /// Reads a segment record (positioned read, nothing cached).
+    fn fetch(&self, p: &segments::SegPtr, area: Area, seq: u64) -> Result<Result<Vec<u8>, String>, LogError> {
+        let handle = self.inner.lock().segs.handle(p.segment);
+        let file = match handle {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(segments::SegmentDamage::Missing(p.segment).to_string()))
+            }
+            Err(e) => return Err(self.inner.seg_io(e)),
+        };
+        match read_record(&file, p, seq, area.prefix()) {
+            Ok(r) => Ok(r.map_err(|d| d.to_string())),
+            Err(e) => Err(self.inner.seg_io(e)),
+        }
+    }
+
+    fn set_aside(&self, area: Area, seq: u64, raw: &[u8], why: String) -> Result<(), LogError> {
+        let mut core = self.inner.lock();
+        let k = key(area.prefix(), seq);
         // Another reader may have moved it already.
-        if self.inner.tree.get(k)?.as_deref() != Some(raw) {
+        if self.inner.index.tree.get(k)?.as_deref() != Some(raw) {
             return Ok(());
         }
-        let mut txn = Txn::new(&self.inner, *state);
+        let mut txn = Txn::new(&self.inner, &mut core);
         let bytes = txn.remove(area, seq)?.unwrap_or(0);
         let mut aside = vec![ASIDE_PREFIX];
         aside.extend_from_slice(&k);
         txn.batch.insert(aside, raw);
         txn.state.set_aside += 1;
         if area != Area::Gaps {
-            txn.gap(area, seq, seq, 1, bytes, GapReason::Unreadable)?;
+            txn.gap(area, seq, seq, 1, bytes, GapReason::Unreadable, Some(why.clone()))?;
         }
-        txn.commit(&mut state)?;
+        self.finish(txn)?;
+        self.inner.publish_used(&core);
         tracing::error!(area = area.name(), seq, error = %why, "unreadable log record set aside");
         Ok(())
     }
@@ -715,21 +836,24 @@ impl DurableLog {
 
     /// Applies a stage's batch atomically: its puts, removals and cursor
     /// moves, plus retention of what the moved cursors released (bounded per
-    /// batch). Not durable until the next [`flush`](Self::flush).
+    /// batch). Not durable until the next [`flush`](Self::flush); when the
+    /// batch emptied a payload segment, the flush that deletes it is done
+    /// here, so that space is given back without waiting for intake.
     ///
     /// # Errors
     /// [`LogError::CursorRegression`] if a cursor would move back (nothing
-    /// is written then), [`LogError::Storage`].
+    /// is written then), [`LogError::Storage`], [`LogError::Io`].
     pub fn apply(&self, batch: StageBatch) -> Result<(), LogError> {
-        let mut state = self.lock();
-        let mut txn = Txn::new(&self.inner, *state);
-        for (name, to) in &batch.cursors {
-            let current = self.cursor(name)?;
+        let mut core = self.inner.lock();
+        for (c, to) in &batch.cursors {
+            let current = self.cursor(*c)?;
             if *to < current {
-                return Err(LogError::CursorRegression { name: name.clone(), current, requested: *to });
+                return Err(LogError::CursorRegression { name: c.name().to_owned(), current, requested: *to });
             }
-            txn.batch.insert(cursor_key(name), &to.to_be_bytes());
-            txn.cursor_overrides.insert(name.clone(), *to);
+        }
+        let mut txn = Txn::new(&self.inner, &mut core);
+        for (c, to) in &batch.cursors {
+            txn.set_cursor(*c, *to);
         }
         for op in batch.ops {
             match op {
@@ -739,48 +863,58 @@ impl DurableLog {
                 }
             }
         }
-        let moved: Vec<String> = batch.cursors.keys().cloned().collect();
-        for (area, name) in &self.inner.opts.retention {
-            if moved.contains(name) {
+        for (area, c) in &self.inner.opts.retention {
+            if batch.cursors.contains_key(c) {
                 txn.retain_area(*area, RETAIN_PER_BATCH)?;
             }
         }
-        txn.commit(&mut state)
+        self.finish(txn)?;
+        self.inner.publish_used(&core);
+        let reclaim = !core.pending_delete.is_empty();
+        drop(core);
+        if reclaim {
+            self.inner.flush()?;
+        }
+        Ok(())
     }
 
-    /// Deletes every record that all its consumers' cursors have passed.
-    /// Returns how many records were deleted.
+    /// Deletes every record that all its consumers' cursors have passed,
+    /// and the segments that emptied. Returns how many records were deleted.
     ///
     /// # Errors
-    /// [`LogError::Storage`].
+    /// [`LogError::Storage`], [`LogError::Io`].
     pub fn retain(&self) -> Result<u64, LogError> {
         let mut total = 0;
         loop {
-            let mut state = self.lock();
-            let mut txn = Txn::new(&self.inner, *state);
+            let mut core = self.inner.lock();
+            let mut txn = Txn::new(&self.inner, &mut core);
             let mut n = 0;
             for area in Area::ALL {
                 n += txn.retain_area(area, RETAIN_PER_BATCH)?;
             }
             if n == 0 {
+                let reclaim = !core.pending_delete.is_empty();
+                drop(core);
+                if reclaim {
+                    self.inner.flush()?;
+                }
                 return Ok(total);
             }
-            txn.commit(&mut state)?;
+            self.finish(txn)?;
             total += n;
         }
     }
 
-    /// Waits until the area has changed after generation `seen` (as returned
-    /// by [`generation`](Self::generation)).
-    pub async fn changed_since(&self, area: Area, seen: u64) {
-        let mut rx = self.inner.generations[area.index()].subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = rx.wait_for(|g| *g != seen).await;
+    /// A counter that changes with every write and every flush.
+    pub fn generation(&self) -> u64 {
+        *self.inner.changes.borrow()
     }
 
-    /// A counter that changes every time a record is written to `area`.
-    pub fn generation(&self, area: Area) -> u64 {
-        *self.inner.generations[area.index()].borrow()
+    /// Waits until the log changed after generation `seen`.
+    pub async fn changed_since(&self, seen: u64) {
+        let mut rx = self.inner.changes.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|g| *g != seen).await;
     }
 
     /// Waits until `needed` more bytes fit in the budget.
@@ -790,57 +924,56 @@ impl DurableLog {
         let _ = rx.wait_for(|used| used.saturating_add(needed) <= max).await;
     }
 
-    /// A reader of `area` that starts at cursor `cursor`'s position.
+    /// A reader of frames for the detect stage, from its cursor, bounded by
+    /// the durable watermark.
     ///
     /// # Errors
     /// [`LogError::Storage`].
-    pub fn reader(&self, area: Area, cursor: &str) -> Result<LogReader, LogError> {
-        Ok(LogReader { log: self.clone(), area, pos: self.cursor(cursor)? })
+    pub fn frame_reader(&self) -> Result<LogReader, LogError> {
+        LogReader::new(self.clone(), Area::Frames, Cursor::Detect)
     }
 
-    /// A snapshot of counts, bytes, cursors and backlogs.
+    /// A snapshot of counts, bytes, cursors and backlogs. Reads accounting,
+    /// not records.
     ///
     /// # Errors
     /// [`LogError::Storage`].
     pub fn stats(&self) -> Result<LogStats, LogError> {
-        let state = *self.lock();
+        let (state, segment_bytes, segments) = {
+            let core = self.inner.lock();
+            (core.state.clone(), core.segs.disk_bytes(), core.segs.ids().len() as u64)
+        };
+        let index_bytes = self.inner.index.size_on_disk()?;
         let mut areas = BTreeMap::new();
         for area in Area::ALL {
             areas.insert(area, state.areas[area.index()]);
         }
         let mut cursors = BTreeMap::new();
-        for kv in self.inner.tree.scan_prefix([CURSOR_PREFIX]) {
-            let (k, v) = kv?;
-            let name = String::from_utf8_lossy(&k[1..]).into_owned();
-            cursors.insert(name, decode_u64(&v).unwrap_or(0));
-        }
-        for (_, name) in &self.inner.opts.retention {
-            cursors.entry(name.clone()).or_insert(0);
-        }
-        let mut cstats = BTreeMap::new();
-        for (name, position) in cursors {
-            let mut c = CursorStats { position, backlog_records: 0, backlog_bytes: 0 };
-            for (area, _) in self.inner.opts.retention.iter().filter(|(_, n)| *n == name) {
-                let end = [area.prefix() + 1];
-                for kv in self.inner.tree.range(key(*area, position).as_slice()..end.as_slice()) {
-                    let (k, v) = kv?;
-                    c.backlog_records += 1;
-                    c.backlog_bytes += (k.len() + v.len()) as u64;
-                }
+        for c in Cursor::ALL {
+            let mut cs = CursorStats { position: self.cursor(c)?, backlog_records: 0, backlog_bytes: 0 };
+            for (area, _) in self.inner.opts.retention.iter().filter(|(_, n)| *n == c) {
+                cs.backlog_records += state.areas[area.index()].records;
+                cs.backlog_bytes += state.areas[area.index()].bytes;
             }
-            cstats.insert(name, c);
+            cursors.insert(c.name().to_owned(), cs);
         }
+        let used = segment_bytes + index_bytes;
         Ok(LogStats {
             gateway_id: self.inner.opts.gateway_id.clone(),
             path: self.inner.opts.path.clone(),
             next_seq: state.next_seq,
+            durable_seq: self.durable_seq(),
             gaps_written: state.next_gap,
             set_aside: state.set_aside,
-            used_bytes: state.used(),
+            used_bytes: used,
             max_bytes: self.inner.opts.max_bytes,
-            size_on_disk: self.inner.db.size_on_disk()?,
+            logical_bytes: state.logical(),
+            segment_bytes,
+            segments,
+            index_bytes,
+            size_on_disk: used,
             areas,
-            cursors: cstats,
+            cursors,
         })
     }
 
@@ -850,16 +983,120 @@ impl DurableLog {
     }
 }
 
-fn decode_u64(v: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = v.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
+fn check_identity(index: &Index, opts: &LogOptions) -> Result<(), LogError> {
+    match index.tree.get(META_GATEWAY)? {
+        Some(found) if found.as_ref() != opts.gateway_id.as_bytes() => {
+            return Err(LogError::GatewayIdMismatch {
+                path: opts.path.clone(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+                configured: opts.gateway_id.clone(),
+            });
+        }
+        Some(_) => {}
+        None => {
+            index.tree.insert(META_GATEWAY, opts.gateway_id.as_bytes())?;
+        }
+    }
+    if index.tree.get(META_FORMAT)?.is_none() {
+        index.tree.insert(META_FORMAT, index::FORMAT)?;
+    }
+    Ok(())
+}
+
+/// Reads the accounting (O(segments)); recounts every record only when it
+/// is missing or damaged. Returns whether it recounted.
+fn load_state(index: &Index) -> Result<(State, bool), LogError> {
+    let stored = index.tree.get(META_STATE)?;
+    if let Some(mut s) = stored.as_deref().and_then(State::decode) {
+        let mut damaged = false;
+        for kv in index.tree.scan_prefix([SEGMENT_PREFIX]) {
+            let (k, v) = kv?;
+            match (seq_of(&k), SegLive::decode(&v)) {
+                (Some(id), Some(l)) => {
+                    s.segs.insert(id, l);
+                }
+                _ => damaged = true,
+            }
+        }
+        if !damaged {
+            return Ok((s, false));
+        }
+        tracing::warn!("segment accounting is damaged; recounting all records");
+    } else if stored.is_some() {
+        tracing::warn!("log accounting is unreadable; recounting all records");
+    }
+    Ok((recount(index)?, true))
+}
+
+/// Rebuilds the accounting by scanning every index entry (first open, or
+/// damaged accounting). Payloads are not read.
+fn recount(index: &Index) -> Result<State, LogError> {
+    let mut s = State::default();
+    let mut stale = Vec::new();
+    for kv in index.tree.scan_prefix([SEGMENT_PREFIX]) {
+        stale.push(kv?.0);
+    }
+    for k in stale {
+        index.tree.remove(k)?;
+    }
+    for area in Area::ALL {
+        for kv in index.tree.scan_prefix([area.prefix()]) {
+            let (_, v) = kv?;
+            let slot = Slot::of(&v);
+            let a = s.area(area);
+            a.records += 1;
+            a.bytes += slot.logical();
+            if let Slot::Ptr(p) = slot {
+                let l = s.segs.entry(p.segment).or_insert(SegLive { lane: area.lane() as u8, records: 0, bytes: 0 });
+                l.records += 1;
+                l.bytes += u64::from(p.len);
+            }
+        }
+    }
+    s.set_aside = index.tree.scan_prefix([ASIDE_PREFIX]).count() as u64;
+    Ok(s)
+}
+
+/// Raises `next_seq`/`next_gap` above every key present and every cursor,
+/// whatever the accounting says: a number once used is never handed out
+/// again, even after the records and the accounting are gone.
+fn raise_counters(index: &Index, s: &mut State) -> Result<(), LogError> {
+    for area in Area::ALL {
+        if let Some((k, _)) = index.tree.scan_prefix([area.prefix()]).next_back().transpose()? {
+            let next = seq_of(&k).map_or(0, |q| q + 1);
+            if area == Area::Gaps {
+                s.next_gap = s.next_gap.max(next);
+            } else {
+                s.next_seq = s.next_seq.max(next);
+            }
+        }
+    }
+    for kv in index.tree.scan_prefix([ASIDE_PREFIX]) {
+        let (k, _) = kv?;
+        if let (Some(&prefix), Some(seq)) = (k.get(1), k.get(1..).and_then(seq_of)) {
+            if prefix == Area::Gaps.prefix() {
+                s.next_gap = s.next_gap.max(seq + 1);
+            } else {
+                s.next_seq = s.next_seq.max(seq + 1);
+            }
+        }
+    }
+    for c in Cursor::ALL {
+        let at = index.cursor(c.name())?.unwrap_or(0);
+        if c == Cursor::ReplicateGaps {
+            s.next_gap = s.next_gap.max(at);
+        } else {
+            s.next_seq = s.next_seq.max(at);
+        }
+    }
+    Ok(())
 }
 
 /// Outputs of one stage step, applied atomically by [`DurableLog::apply`].
 #[derive(Debug, Default)]
 pub struct StageBatch {
     ops: Vec<Op>,
-    cursors: BTreeMap<String, u64>,
+    cursors: BTreeMap<Cursor, u64>,
 }
 
 #[derive(Debug)]
@@ -888,9 +1125,9 @@ impl StageBatch {
         self
     }
 
-    /// Moves cursor `name` to `position` (the next seq to process).
-    pub fn set_cursor(&mut self, name: &str, position: u64) -> &mut Self {
-        self.cursors.insert(name.to_owned(), position);
+    /// Moves cursor `c` to `position` (the next seq to process).
+    pub fn set_cursor(&mut self, c: Cursor, position: u64) -> &mut Self {
+        self.cursors.insert(c, position);
         self
     }
 
@@ -900,431 +1137,5 @@ impl StageBatch {
     }
 }
 
-/// Reads one area in order, waiting for new records when caught up. The
-/// reader's position is in memory; stages persist progress with cursors.
-#[derive(Debug)]
-pub struct LogReader {
-    log: DurableLog,
-    area: Area,
-    pos: u64,
-}
-
-impl LogReader {
-    /// Next sequence number this reader will look at.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// Returns the next 1..=`max` frames, waiting if there are none yet.
-    /// Cancel-safe: dropping the future loses nothing.
-    ///
-    /// # Errors
-    /// [`LogError::Storage`].
-    pub async fn next_frames(&mut self, max: usize) -> Result<Vec<(u64, FrameRecord)>, LogError> {
-        loop {
-            let seen = self.log.generation(self.area);
-            let got = self.log.read_frames(self.pos, max)?;
-            if let Some((last, _)) = got.last() {
-                self.pos = last + 1;
-                return Ok(got);
-            }
-            self.log.changed_since(self.area, seen).await;
-        }
-    }
-
-    /// Returns the next 1..=`max` stage-encoded records, waiting if none.
-    /// Cancel-safe.
-    ///
-    /// # Errors
-    /// [`LogError::Storage`].
-    pub async fn next_blobs(&mut self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        loop {
-            let seen = self.log.generation(self.area);
-            let got = self.log.read_blobs(self.area, self.pos, max)?;
-            if let Some((last, _)) = got.last() {
-                self.pos = last + 1;
-                return Ok(got);
-            }
-            self.log.changed_since(self.area, seen).await;
-        }
-    }
-}
-
-/// One atomic change being built under the state lock. Tracks the bytes of
-/// keys it already touched so accounting stays exact within the batch.
-struct Txn<'a> {
-    inner: &'a Inner,
-    batch: sled::Batch,
-    state: State,
-    pending: HashMap<[u8; 9], Option<u64>>,
-    cursor_overrides: HashMap<String, u64>,
-    touched: [bool; 5],
-    dropped: [u64; 3],
-}
-
-impl<'a> Txn<'a> {
-    fn new(inner: &'a Inner, state: State) -> Self {
-        Self {
-            inner,
-            batch: sled::Batch::default(),
-            state,
-            pending: HashMap::new(),
-            cursor_overrides: HashMap::new(),
-            touched: [false; 5],
-            dropped: [0; 3],
-        }
-    }
-
-    fn current_len(&self, k: &[u8; 9]) -> Result<Option<u64>, LogError> {
-        if let Some(p) = self.pending.get(k) {
-            return Ok(*p);
-        }
-        Ok(self.inner.tree.get(k)?.map(|v| v.len() as u64))
-    }
-
-    fn put(&mut self, area: Area, seq: u64, value: Vec<u8>) -> Result<(), LogError> {
-        let k = key(area, seq);
-        let old = self.current_len(&k)?;
-        let a = &mut self.state.areas[area.index()];
-        if let Some(old) = old {
-            a.records -= 1;
-            a.bytes -= KEY_LEN + old;
-        }
-        a.records += 1;
-        a.bytes += KEY_LEN + value.len() as u64;
-        self.pending.insert(k, Some(value.len() as u64));
-        self.batch.insert(&k, value);
-        self.touched[area.index()] = true;
-        Ok(())
-    }
-
-    /// Removes a record; returns the bytes freed (key + value) if it existed.
-    fn remove(&mut self, area: Area, seq: u64) -> Result<Option<u64>, LogError> {
-        let k = key(area, seq);
-        let Some(old) = self.current_len(&k)? else { return Ok(None) };
-        let a = &mut self.state.areas[area.index()];
-        a.records -= 1;
-        a.bytes -= KEY_LEN + old;
-        self.pending.insert(k, None);
-        self.batch.remove(&k);
-        Ok(Some(KEY_LEN + old))
-    }
-
-    fn cursor(&self, name: &str) -> Result<u64, LogError> {
-        if let Some(c) = self.cursor_overrides.get(name) {
-            return Ok(*c);
-        }
-        Ok(self.inner.tree.get(cursor_key(name))?.as_deref().and_then(decode_u64).unwrap_or(0))
-    }
-
-    /// Deletes up to `limit` records of `area` below the slowest consumer.
-    fn retain_area(&mut self, area: Area, limit: usize) -> Result<u64, LogError> {
-        let mut low: Option<u64> = None;
-        for (_, name) in self.inner.opts.retention.iter().filter(|(a, _)| *a == area) {
-            let c = self.cursor(name)?;
-            low = Some(low.map_or(c, |l| l.min(c)));
-        }
-        let Some(low) = low else { return Ok(0) };
-        let mut seqs = Vec::new();
-        for kv in self.inner.tree.range(key(area, 0).as_slice()..key(area, low).as_slice()) {
-            let (k, _) = kv?;
-            if let Some(s) = seq_of(&k) {
-                seqs.push(s);
-            }
-            if seqs.len() >= limit {
-                break;
-            }
-        }
-        let mut n = 0;
-        for s in seqs {
-            if self.remove(area, s)?.is_some() {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    fn gap(
-        &mut self,
-        area: Area,
-        from: u64,
-        to: u64,
-        records: u64,
-        bytes: u64,
-        reason: GapReason,
-    ) -> Result<GapRecord, LogError> {
-        let g = GapRecord {
-            id: self.state.next_gap,
-            gateway_id: self.inner.opts.gateway_id.clone(),
-            area,
-            from_seq: from,
-            to_seq: to,
-            records,
-            bytes,
-            reason,
-            at_ms: now_ms(),
-        };
-        self.state.next_gap += 1;
-        self.dropped[reason.index()] += records;
-        // Serialising a plain struct of numbers and strings cannot fail.
-        let body = serde_json::to_vec(&g).unwrap_or_default();
-        self.put(Area::Gaps, g.id, codec::encode(RecordKind::Gap, &body))?;
-        Ok(g)
-    }
-
-    /// Frees at least `need` bytes if the policy allows: retention first,
-    /// then sampled images, then (drop_oldest) undetected frames.
-    fn make_room(&mut self, need: u64) -> Result<Vec<GapRecord>, LogError> {
-        let max = self.inner.opts.max_bytes;
-        for area in Area::ALL {
-            self.retain_area(area, usize::MAX)?;
-        }
-        let mut gaps = Vec::new();
-        let mut plan = vec![(Area::Images, GapReason::ImageDroppedForSpace)];
-        if self.inner.opts.when_full == WhenFull::DropOldest {
-            plan.push((Area::Frames, GapReason::FrameDroppedForSpace));
-        }
-        for (area, reason) in plan {
-            // A gap record itself costs bytes; reserve room for one.
-            let reserve = 512;
-            if self.state.used() + need + reserve <= max {
-                break;
-            }
-            let mut run: Option<(u64, u64, u64, u64)> = None; // from, to, records, bytes
-            let end = [area.prefix() + 1];
-            let keys: Vec<sled::IVec> = {
-                let mut ks = Vec::new();
-                let mut freed = 0u64;
-                for kv in self.inner.tree.range(key(area, 0).as_slice()..end.as_slice()) {
-                    if self.state.used().saturating_sub(freed) + need + reserve <= max {
-                        break;
-                    }
-                    let (k, v) = kv?;
-                    freed += KEY_LEN + v.len() as u64;
-                    ks.push(k);
-                }
-                ks
-            };
-            for k in keys {
-                let Some(seq) = seq_of(&k) else { continue };
-                if let Some(b) = self.remove(area, seq)? {
-                    run = Some(match run {
-                        None => (seq, seq, 1, b),
-                        Some((f, _, r, by)) => (f, seq, r + 1, by + b),
-                    });
-                }
-            }
-            if let Some((from, to, records, bytes)) = run {
-                let g = self.gap(area, from, to, records, bytes, reason)?;
-                tracing::warn!(area = area.name(), from, to, records, bytes, reason = ?reason, "log budget reached: records dropped");
-                gaps.push(g);
-            }
-        }
-        Ok(gaps)
-    }
-
-    fn commit(mut self, state: &mut MutexGuard<'_, State>) -> Result<(), LogError> {
-        self.batch.insert(META_STATE, self.state.encode());
-        self.inner.tree.apply_batch(self.batch)?;
-        **state = self.state;
-        for (i, n) in self.dropped.iter().enumerate() {
-            self.inner.dropped[i].fetch_add(*n, Ordering::Relaxed);
-        }
-        let used = self.state.used();
-        self.inner.used.send_replace(used);
-        for area in Area::ALL {
-            if self.touched[area.index()] {
-                self.inner.generations[area.index()].send_modify(|g| *g = g.wrapping_add(1));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(camera: &str, n: usize) -> FrameRecord {
-        FrameRecord {
-            camera: camera.into(),
-            content_type: "image/jpeg".into(),
-            received_at_ms: 1,
-            captured_at_ms: None,
-            camera_seq: None,
-            payload: vec![7; n],
-        }
-    }
-
-    fn open(dir: &Path, max: u64, when_full: WhenFull) -> DurableLog {
-        let mut o = LogOptions::new(dir, "gw-test");
-        o.max_bytes = max;
-        o.when_full = when_full;
-        DurableLog::open(o).unwrap()
-    }
-
-    #[test]
-    fn seq_survives_reopen_and_frame_ids_are_prefixed() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = open(dir.path(), 1 << 30, WhenFull::Block);
-            assert_eq!(log.append_frame(&frame("a", 10)).unwrap().seq, 0);
-            assert_eq!(log.append_frame(&frame("a", 10)).unwrap().frame_id, "gw-test:1");
-        }
-        let log = open(dir.path(), 1 << 30, WhenFull::Block);
-        assert_eq!(log.append_frame(&frame("a", 10)).unwrap().seq, 2);
-        assert_eq!(log.stats().unwrap().areas[&Area::Frames].records, 3);
-    }
-
-    #[test]
-    fn other_gateway_id_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path(), 1 << 30, WhenFull::Block));
-        let err = DurableLog::open(LogOptions::new(dir.path(), "other")).unwrap_err();
-        assert!(matches!(err, LogError::GatewayIdMismatch { .. }), "{err}");
-    }
-
-    #[test]
-    fn stage_batch_moves_cursor_and_retains_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 1 << 30, WhenFull::Block);
-        for _ in 0..5 {
-            log.append_frame(&frame("a", 100)).unwrap();
-        }
-        let mut b = log.batch();
-        b.put_blob(Area::Annotations, 0, b"{}").put_blob(Area::Annotations, 1, b"{}").set_cursor(cursors::DETECT, 2);
-        log.apply(b).unwrap();
-        let s = log.stats().unwrap();
-        assert_eq!(s.areas[&Area::Frames].records, 3, "frames 0 and 1 released by the detect cursor");
-        assert_eq!(s.areas[&Area::Annotations].records, 2);
-        assert_eq!(s.cursors["detect"].position, 2);
-        assert_eq!(s.cursors["detect"].backlog_records, 3);
-        let mut back = log.batch();
-        back.set_cursor(cursors::DETECT, 1);
-        assert!(matches!(log.apply(back), Err(LogError::CursorRegression { .. })));
-    }
-
-    #[test]
-    fn block_refuses_without_side_effects_and_frees_sampled_images_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 2_500, WhenFull::Block);
-        let f = frame("a", 900);
-        log.append_frame(&f).unwrap();
-        log.append_frame(&f).unwrap();
-        // Keep frame 0 as a sampled image, as the detect stage would.
-        let mut b = log.batch();
-        b.put_frame(Area::Images, 0, &f).set_cursor(cursors::DETECT, 1);
-        log.apply(b).unwrap();
-        let used = log.used_bytes();
-        // Room is made by dropping the sampled image (a gap), not frame 1.
-        let a = log.append_frame(&f).unwrap();
-        assert_eq!(a.gaps.len(), 1);
-        assert_eq!(a.gaps[0].reason, GapReason::ImageDroppedForSpace);
-        assert!(log.used_bytes() <= 2_500);
-        // Now only undetected frames remain: block.
-        let before = log.stats().unwrap();
-        let err = log.append_frame(&f).unwrap_err();
-        assert!(matches!(err, LogError::Full { .. }) && err.is_transient(), "{err}");
-        let after = log.stats().unwrap();
-        assert_eq!(before.next_seq, after.next_seq);
-        assert_eq!(before.areas, after.areas);
-        assert!(used > 0);
-    }
-
-    #[test]
-    fn drop_oldest_records_a_gap_for_dropped_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 5_000, WhenFull::DropOldest);
-        for _ in 0..20 {
-            log.append_frame(&frame("a", 900)).unwrap();
-            assert!(log.used_bytes() <= 5_000);
-        }
-        let gaps = log.read_gaps(0, 100).unwrap();
-        let dropped: u64 = gaps.iter().map(|(_, g)| g.records).sum();
-        let kept = log.stats().unwrap().areas[&Area::Frames].records;
-        assert_eq!(dropped + kept, 20, "every frame is either kept or in a gap");
-        assert!(gaps.iter().all(|(_, g)| g.reason == GapReason::FrameDroppedForSpace));
-    }
-
-    #[test]
-    fn too_large_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 1_000, WhenFull::DropOldest);
-        assert!(matches!(log.append_frame(&frame("a", 2_000)), Err(LogError::TooLarge { .. })));
-    }
-
-    #[test]
-    fn corrupt_record_is_set_aside_and_reported_as_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = open(dir.path(), 1 << 30, WhenFull::Block);
-            for _ in 0..3 {
-                log.append_frame(&frame("a", 50)).unwrap();
-            }
-            // Damage frame 1 behind the log's back.
-            let k = key(Area::Frames, 1);
-            let mut v = log.inner.tree.get(k).unwrap().unwrap().to_vec();
-            let n = v.len();
-            v[n - 1] ^= 0xff;
-            log.inner.tree.insert(k, v).unwrap();
-        }
-        let log = open(dir.path(), 1 << 30, WhenFull::Block);
-        let got: Vec<u64> = log.read_frames(0, 10).unwrap().into_iter().map(|(s, _)| s).collect();
-        assert_eq!(got, vec![0, 2]);
-        let s = log.stats().unwrap();
-        assert_eq!(s.set_aside, 1);
-        assert_eq!(s.areas[&Area::Frames].records, 2);
-        let gaps = log.read_gaps(0, 10).unwrap();
-        assert_eq!(gaps.len(), 1);
-        assert_eq!((gaps[0].1.from_seq, gaps[0].1.reason), (1, GapReason::Unreadable));
-    }
-
-    #[test]
-    fn damaged_accounting_is_recounted_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = open(dir.path(), 1 << 30, WhenFull::Block);
-            for _ in 0..4 {
-                log.append_frame(&frame("a", 50)).unwrap();
-            }
-            log.inner.tree.insert(META_STATE, b"garbage".to_vec()).unwrap();
-        }
-        let log = open(dir.path(), 1 << 30, WhenFull::Block);
-        let s = log.stats().unwrap();
-        assert_eq!(s.areas[&Area::Frames].records, 4);
-        assert_eq!(s.next_seq, 4);
-        assert_eq!(log.append_frame(&frame("a", 1)).unwrap().seq, 4);
-    }
-
-    #[tokio::test]
-    async fn reader_waits_for_the_next_append_without_polling() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 1 << 30, WhenFull::Block);
-        let mut r = log.reader(Area::Frames, cursors::DETECT).unwrap();
-        let w = log.clone();
-        let task = tokio::spawn(async move { r.next_frames(10).await.unwrap() });
-        tokio::task::yield_now().await;
-        assert!(!task.is_finished());
-        w.append_frame(&frame("cam", 3)).unwrap();
-        let got = task.await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1.camera, "cam");
-    }
-
-    #[tokio::test]
-    async fn wait_for_space_wakes_when_a_cursor_frees_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), 2_000, WhenFull::Block);
-        log.append_frame(&frame("a", 1_500)).unwrap();
-        assert!(log.append_frame(&frame("a", 1_500)).is_err());
-        let w = log.clone();
-        let waiter = tokio::spawn(async move { w.wait_for_space(1_600).await });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        let mut b = log.batch();
-        b.set_cursor(cursors::DETECT, 1);
-        log.apply(b).unwrap();
-        waiter.await.unwrap();
-        assert!(log.append_frame(&frame("a", 1_500)).is_ok());
-    }
-}
+mod tests;

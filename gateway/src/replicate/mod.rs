@@ -31,7 +31,7 @@ pub mod reassemble;
 use crate::config::ReplicateConfig;
 use crate::detect::FrameAnnotation;
 use crate::intake::dead_letter::DeadLetter;
-use crate::log::{cursors, Area, DurableLog, FrameRecord, GapRecord, LogError};
+use crate::log::{Area, Cursor, DurableLog, FrameRecord, GapRecord, LogError};
 use crate::telemetry::RateLimiter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -250,17 +250,17 @@ impl Replicate {
             if stop.is_cancelled() {
                 break;
             }
-            let seen_a = self.log.generation(Area::Annotations);
-            let seen_d = self.log.generation(Area::DeadLetters);
-            let seen_g = self.log.generation(Area::Gaps);
+            let seen = self.log.generation();
             let records = self.next_records()?;
-            let gaps = self.log.read_gaps(self.log.cursor(cursors::REPLICATE_GAPS)?, BATCH)?;
+            let gaps = self.log.read_gaps(
+                self.log.cursor(Cursor::ReplicateGaps)?,
+                self.log.bound(Cursor::ReplicateGaps)?,
+                BATCH,
+            )?;
             if records.is_empty() && gaps.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = self.log.changed_since(Area::Annotations, seen_a) => {}
-                    _ = self.log.changed_since(Area::DeadLetters, seen_d) => {}
-                    _ = self.log.changed_since(Area::Gaps, seen_g) => {}
+                    _ = self.log.changed_since(seen) => {}
                 }
                 continue;
             }
@@ -274,10 +274,10 @@ impl Replicate {
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let mut b = self.log.batch();
                     if let Some(last) = records.last() {
-                        b.set_cursor(cursors::REPLICATE, last.seq() + 1);
+                        b.set_cursor(Cursor::Replicate, last.seq() + 1);
                     }
                     if let Some((last, _)) = gaps.last() {
-                        b.set_cursor(cursors::REPLICATE_GAPS, last + 1);
+                        b.set_cursor(Cursor::ReplicateGaps, last + 1);
                     }
                     self.log.apply(b)?;
                 }
@@ -302,12 +302,15 @@ impl Replicate {
     }
 
     /// The next annotations and dead letters after the cursor, merged in
-    /// sequence order.
+    /// sequence order, never past the detect cursor: a dead letter written
+    /// at intake waits for the frames before it to be annotated, so the
+    /// cursor cannot jump over them.
     fn next_records(&self) -> Result<Vec<Out>, ReplicateError> {
-        let from = self.log.cursor(cursors::REPLICATE)?;
+        let from = self.log.cursor(Cursor::Replicate)?;
+        let to = self.log.bound(Cursor::Replicate)?;
         let n = BATCH;
-        let anns = self.log.read_blobs(Area::Annotations, from, n)?;
-        let dead = self.log.read_blobs(Area::DeadLetters, from, n)?;
+        let anns = self.log.read_blobs(Area::Annotations, from, to, n)?;
+        let dead = self.log.read_blobs(Area::DeadLetters, from, to, n)?;
         let mut out = Vec::with_capacity(n);
         let (mut a, mut d) = (anns.into_iter().peekable(), dead.into_iter().peekable());
         while out.len() < n {

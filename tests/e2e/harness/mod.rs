@@ -290,7 +290,7 @@ pub fn frames(log: &DurableLog) -> Vec<(u64, FrameRecord)> {
 
 /// Every annotation in the log, in log order, each checked against its key.
 pub fn annotations(log: &DurableLog) -> Vec<gateway::detect::FrameAnnotation> {
-    log.read_blobs(gateway::log::Area::Annotations, 0, usize::MAX)
+    log.read_blobs(gateway::log::Area::Annotations, 0, u64::MAX, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(seq, b)| {
