@@ -156,19 +156,38 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Log append+flush against raw sequential write+fsync on the same disk.
+    /// The real service with a large backlog: time to ready and memory next
+    /// to an empty gateway, and bytes on disk at the budget.
+    Backlog {
+        /// Directory for the logs (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Backlog size, e.g. 5GB.
+        #[arg(long, default_value = "5GB")]
+        bytes: String,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 600_000)]
+        frame_bytes: usize,
+        /// `log.max_bytes` for the budget rows, e.g. 512MiB.
+        #[arg(long, default_value = "512MiB")]
+        budget: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log append + group commit against raw write + fdatasync on the same disk.
     Log {
         /// Directory on the disk to measure (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Records per run.
-        #[arg(long, default_value_t = 2000)]
-        records: u64,
-        /// Record size in bytes.
-        #[arg(long, default_value_t = 100_000)]
-        size: usize,
-        /// Records per flush; one run per value.
-        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        /// Bytes written per case (and per side).
+        #[arg(long, default_value_t = 400_000_000)]
+        bytes: u64,
+        /// Record sizes in bytes; one case per value.
+        #[arg(long, value_delimiter = ',', default_value = "40000,200000,2000000")]
+        sizes: Vec<usize>,
+        /// Records per flush (group commit); one case per value.
+        #[arg(long, value_delimiter = ',', default_value = "16")]
         batch: Vec<usize>,
         /// Print JSON.
         #[arg(long)]
@@ -454,10 +473,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Log { dir, records, size, batch, json } } => {
+        Command::Bench { command: BenchCommand::Backlog { dir, bytes, frame_bytes, budget, json } } => {
+            let dir = bench_dir(dir)?;
+            let size = |s: &str| gateway::config::units::parse_size(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"));
+            let rt = runtime()?;
+            let r = rt.block_on(gateway::bench::backlog(&dir, size(&bytes)?, frame_bytes, size(&budget)?))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Log { dir, bytes, sizes, batch, json } } => {
             let dir = bench_dir(dir)?;
             let rt = runtime()?;
-            let r = rt.block_on(gateway::bench::log_throughput(&dir, records, size, &batch))?;
+            let r = rt.block_on(gateway::bench::log_throughput(&dir, bytes, &sizes, &batch))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

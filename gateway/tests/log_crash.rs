@@ -111,6 +111,8 @@ fn kill_9_loses_no_flushed_record() {
             "accounting exact after crash"
         );
         assert_eq!(stats.next_seq, frames.len() as u64, "sequence continues after the last record");
+        let logical: u64 = frames.iter().map(|(_, f)| f.encode().len() as u64).sum();
+        assert_eq!(stats.areas[&gateway::log::Area::Frames].bytes, logical, "byte accounting exact after crash");
         checked_total += max + 1;
         unreported_found = frames.len() as u64 - (max + 1);
     }

@@ -74,14 +74,19 @@ pub enum CodecError {
 
 /// Encodes `body` as a record of `kind`.
 pub fn encode(kind: RecordKind, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.push(FORMAT_VERSION);
-    out.push(kind as u8);
+    encode_with(kind, body.len(), |out| out.extend_from_slice(body))
+}
+
+/// Encodes a record whose body `fill` appends to the buffer it is given,
+/// so the body is written once, in place (frames are large).
+pub fn encode_with(kind: RecordKind, body_len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+    out.extend_from_slice(&[FORMAT_VERSION, kind as u8, 0, 0, 0, 0]);
+    fill(&mut out);
     let mut h = crc32fast::Hasher::new();
     h.update(&[kind as u8]);
-    h.update(body);
-    out.extend_from_slice(&h.finalize().to_le_bytes());
-    out.extend_from_slice(body);
+    h.update(&out[HEADER_LEN..]);
+    out[2..HEADER_LEN].copy_from_slice(&h.finalize().to_le_bytes());
     out
 }
 
@@ -130,15 +135,36 @@ pub struct FrameRecord {
 impl FrameRecord {
     /// Serialises the frame into a checksummed record.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(self.payload.len() + self.camera.len() + 64);
-        put_str(&mut b, &self.camera);
-        put_str(&mut b, &self.content_type);
-        b.extend_from_slice(&self.received_at_ms.to_le_bytes());
-        put_opt(&mut b, self.captured_at_ms);
-        put_opt(&mut b, self.camera_seq);
-        b.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
-        b.extend_from_slice(&self.payload);
-        encode(RecordKind::Frame, &b)
+        let len = self.payload.len() + self.camera.len() + self.content_type.len() + 48;
+        encode_with(RecordKind::Frame, len, |b| {
+            put_str(b, &self.camera);
+            put_str(b, &self.content_type);
+            b.extend_from_slice(&self.received_at_ms.to_le_bytes());
+            put_opt(b, self.captured_at_ms);
+            put_opt(b, self.camera_seq);
+            b.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
+            b.extend_from_slice(&self.payload);
+        })
+    }
+
+    /// The record in two parts, the encoded header and metadata, then the
+    /// payload itself, so a frame is written without copying its bytes:
+    /// `[head, payload].concat() == self.encode()`.
+    pub fn encode_parts(&self) -> (Vec<u8>, &[u8]) {
+        let mut head = Vec::with_capacity(HEADER_LEN + self.camera.len() + self.content_type.len() + 48);
+        head.extend_from_slice(&[FORMAT_VERSION, RecordKind::Frame as u8, 0, 0, 0, 0]);
+        put_str(&mut head, &self.camera);
+        put_str(&mut head, &self.content_type);
+        head.extend_from_slice(&self.received_at_ms.to_le_bytes());
+        put_opt(&mut head, self.captured_at_ms);
+        put_opt(&mut head, self.camera_seq);
+        head.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[RecordKind::Frame as u8]);
+        h.update(&head[HEADER_LEN..]);
+        h.update(&self.payload);
+        head[2..HEADER_LEN].copy_from_slice(&h.finalize().to_le_bytes());
+        (head, &self.payload)
     }
 
     /// Parses a stored frame record.
@@ -237,6 +263,8 @@ mod tests {
     fn frame_round_trips() {
         let f = frame();
         assert_eq!(FrameRecord::decode(&f.encode()).unwrap(), f);
+        let (head, payload) = f.encode_parts();
+        assert_eq!([&head[..], payload].concat(), f.encode());
     }
 
     #[test]

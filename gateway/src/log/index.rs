@@ -7,7 +7,7 @@
 //! ```text
 //! F seq  frame (pointer)      I seq  sampled image (pointer)   A seq  annotation
 //! D seq  dead letter          G id   gap record                C name cursor (u64 BE)
-//! S id   segment accounting   M ...  state, gateway id, format X key  set-aside record
+//! M ...  accounting (`Mstate`), gateway id, format      X key  set-aside record
 //! ```
 //!
 //! A value is a codec record ([`super::codec`]): the record itself when it is
@@ -36,7 +36,6 @@ pub(super) const META_FORMAT: &[u8] = b"Mformat";
 /// Layout of this log: 2 = payloads in segments, index in `index/`.
 pub(super) const FORMAT: &[u8] = b"2";
 pub(super) const CURSOR_PREFIX: u8 = b'C';
-pub(super) const SEGMENT_PREFIX: u8 = b'S';
 pub(super) const ASIDE_PREFIX: u8 = b'X';
 
 /// The key of record `seq` in the area with prefix `prefix`.
@@ -107,6 +106,8 @@ pub struct Index {
     /// The one tree.
     pub tree: sled::Tree,
     db_file: File,
+    /// (name, inode) of every entry of `dir` at its last fsync.
+    synced_listing: std::sync::Mutex<Vec<(std::ffi::OsString, u64)>>,
 }
 
 impl Index {
@@ -134,19 +135,26 @@ impl Index {
         let db_file = File::open(dir.join("db")).map_err(io)?;
         // sled writes `conf` without an fsync.
         File::open(dir.join("conf")).and_then(|f| f.sync_all()).map_err(io)?;
-        Ok(Self { dir: dir.to_path_buf(), db, tree, db_file })
+        Ok(Self { dir: dir.to_path_buf(), db, tree, db_file, synced_listing: std::sync::Mutex::new(Vec::new()) })
     }
 
     /// Makes every change applied so far durable: sled's flush, then an
-    /// fsync of its file and of its directory.
+    /// fdatasync of its file (its size included) and, when sled created,
+    /// renamed or removed a file since the last time (snapshots), an fsync
+    /// of its directory.
     ///
     /// # Errors
     /// [`LogError::Storage`] or [`LogError::Io`].
     pub fn flush_durable(&self) -> Result<(), LogError> {
         self.db.flush()?;
         let io = |source| LogError::Io { path: self.dir.clone(), source };
-        self.db_file.sync_all().map_err(io)?;
-        sync_dir(&self.dir).map_err(io)?;
+        self.db_file.sync_data().map_err(io)?;
+        let listing = listing(&self.dir).map_err(io)?;
+        let mut synced = self.synced_listing.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced != listing {
+            sync_dir(&self.dir).map_err(io)?;
+            *synced = listing;
+        }
         Ok(())
     }
 
@@ -166,6 +174,17 @@ impl Index {
     pub fn cursor(&self, name: &str) -> Result<Option<u64>, LogError> {
         Ok(self.tree.get(cursor_key(name))?.as_deref().and_then(decode_u64))
     }
+}
+
+fn listing(dir: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64)>> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        v.push((e.file_name(), e.ino()));
+    }
+    v.sort();
+    Ok(v)
 }
 
 fn dir_bytes(dir: &Path) -> std::io::Result<u64> {

@@ -67,7 +67,7 @@ pub use error::LogError;
 pub use reader::{LogReader, ReadBatch};
 
 use accounting::{SegLive, State};
-use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_FORMAT, META_GATEWAY, META_STATE, SEGMENT_PREFIX};
+use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_FORMAT, META_GATEWAY, META_STATE};
 use segments::{read_record, Lane, SegmentStore};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -385,6 +385,8 @@ struct Core {
     segs: SegmentStore,
     /// Emptied segments, deleted after the next durable index flush.
     pending_delete: Vec<u64>,
+    /// Appends changed `state` since `Mstate` was last written.
+    state_dirty: bool,
 }
 
 struct Inner {
@@ -416,6 +418,27 @@ impl Inner {
         LogError::Io { path: self.opts.path.join("segments"), source }
     }
 
+    /// True if records of `len` bytes in `area` go to a segment.
+    fn in_segment(&self, area: Area, len: u64) -> bool {
+        matches!(area, Area::Frames | Area::Images) || len > self.opts.inline_max
+    }
+
+    /// Bytes on disk an append of a record of `len` bytes to `area` adds.
+    fn cost(&self, core: &Core, area: Area, len: u64) -> u64 {
+        if self.in_segment(area, len) {
+            core.segs.cost(area.lane(), len)
+        } else {
+            index::KEY_LEN + len
+        }
+    }
+
+    /// True if `need` more bytes fit the budget, counting `freed` bytes as
+    /// already gone.
+    fn fits(&self, core: &Core, need: u64, freed: u64) -> bool {
+        let used = core.segs.disk_bytes() + self.index_bytes.load(Ordering::Relaxed);
+        used.saturating_sub(freed) + need + self.opts.index_reserve <= self.opts.max_bytes
+    }
+
     fn publish_used(&self, core: &Core) {
         let used = core.segs.disk_bytes() + self.index_bytes.load(Ordering::Relaxed);
         self.used.send_replace(used);
@@ -430,6 +453,10 @@ impl Inner {
         let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (plan, covered, deletable) = {
             let mut core = self.lock();
+            if core.state_dirty {
+                self.index.tree.insert(META_STATE, core.state.encode())?;
+                core.state_dirty = false;
+            }
             let plan = core.segs.take_sync_plan().map_err(|e| self.seg_io(e))?;
             (plan, (core.state.next_seq, core.state.next_gap), std::mem::take(&mut core.pending_delete))
         };
@@ -504,10 +531,9 @@ impl DurableLog {
         }
         let index = Index::open(&opts.path.join("index"), opts.cache_bytes)?;
         check_identity(&index, &opts)?;
-        let (mut state, recounted) = load_state(&index)?;
+        let mut state = load_state(&index)?;
         raise_counters(&index, &mut state)?;
         let mut segs = SegmentStore::open(opts.path.join("segments"), opts.segment_target()).map_err(io)?;
-        let mut batch = sled::Batch::default();
         let mut dead = Vec::new();
         for id in segs.ids() {
             match state.segs.get(&id).and_then(SegLive::lane) {
@@ -517,7 +543,6 @@ impl DurableLog {
         }
         for id in &dead {
             state.segs.remove(id);
-            batch.remove(&key(SEGMENT_PREFIX, *id));
         }
         for (id, l) in &state.segs {
             if segs.lane(*id).is_none() {
@@ -527,12 +552,8 @@ impl DurableLog {
                     "payload segment is missing; its records will be reported as unreadable gaps"
                 );
             }
-            if recounted {
-                batch.insert(&key(SEGMENT_PREFIX, *id), l.encode());
-            }
         }
-        batch.insert(META_STATE, state.encode());
-        index.tree.apply_batch(batch)?;
+        index.tree.insert(META_STATE, state.encode())?;
         index.flush_durable()?;
         // Only now, with the index durable, can unreferenced files go.
         segs.delete(&dead).map_err(io)?;
@@ -546,7 +567,7 @@ impl DurableLog {
         let inner = Inner {
             opts,
             index,
-            core: Mutex::new(Core { state, segs, pending_delete: Vec::new() }),
+            core: Mutex::new(Core { state, segs, pending_delete: Vec::new(), state_dirty: false }),
             flush_lock: Mutex::new(()),
             changes: watch::channel(0).0,
             used: watch::channel(used).0,
@@ -609,7 +630,8 @@ impl DurableLog {
     /// [`LogError::Full`] (policy `block`, transient), [`LogError::TooLarge`],
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn append_frame(&self, frame: &FrameRecord) -> Result<Appended, LogError> {
-        self.append(Area::Frames, frame.encode())
+        let (head, payload) = frame.encode_parts();
+        self.append(Area::Frames, &[&head, payload])
     }
 
     /// Appends a dead letter (quarantined input, stage-encoded) in the frame
@@ -618,12 +640,14 @@ impl DurableLog {
     /// # Errors
     /// As [`append_frame`](Self::append_frame).
     pub fn append_dead_letter(&self, body: &[u8]) -> Result<Appended, LogError> {
-        self.append(Area::DeadLetters, codec::encode(RecordKind::Blob, body))
+        self.append(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)])
     }
 
-    fn append(&self, area: Area, value: Vec<u8>) -> Result<Appended, LogError> {
+    /// Appends a record given in parts (written one after the other).
+    fn append(&self, area: Area, value: &[&[u8]]) -> Result<Appended, LogError> {
+        let len: u64 = value.iter().map(|p| p.len() as u64).sum();
         let max = self.inner.opts.max_bytes;
-        let worst = txn::worst_cost(value.len() as u64) + self.inner.opts.index_reserve;
+        let worst = txn::worst_cost(len) + self.inner.opts.index_reserve;
         if worst > max {
             return Err(LogError::TooLarge { size: worst, max });
         }
@@ -631,24 +655,25 @@ impl DurableLog {
         let mut flushed = false;
         loop {
             let mut core = self.inner.lock();
-            let mut txn = Txn::new(&self.inner, &mut core);
-            let need = txn.cost(area, value.len() as u64);
-            if !txn.fits(need, 0) {
-                gaps.extend(txn.make_room(need)?);
-            }
-            if txn.fits(need, 0) {
-                let seq = txn.state.next_seq;
-                txn.state.next_seq += 1;
-                txn.put(area, seq, value)?;
-                self.finish(txn)?;
-                self.inner.publish_used(&core);
+            let need = self.inner.cost(&core, area, len);
+            if self.inner.fits(&core, need, 0) {
+                let seq = self.put_appended(&mut core, area, value)?;
                 return Ok(Appended { seq, frame_id: self.frame_id(seq), gaps });
             }
+            let mut txn = Txn::new(&self.inner, &mut core);
+            gaps.extend(txn.make_room(need)?);
             // Keep what making room did (retention, drops and their gap
             // records); emptied segments go at the next flush.
+            let fits_now = txn.fits(need, 0);
             let freed_later = txn.fits(need, txn.projected_free());
             if txn.is_dirty() {
                 self.finish(txn)?;
+            } else {
+                drop(txn);
+            }
+            if fits_now {
+                let seq = self.put_appended(&mut core, area, value)?;
+                return Ok(Appended { seq, frame_id: self.frame_id(seq), gaps });
             }
             let used = core.segs.disk_bytes() + self.inner.index_bytes.load(Ordering::Relaxed);
             drop(core);
@@ -660,6 +685,40 @@ impl DurableLog {
             let needed = need + self.inner.opts.index_reserve;
             return Err(LogError::Full { used, needed, max });
         }
+    }
+
+    /// The append itself: the payload into its segment, one plain sled
+    /// insert (a sled batch would cost two `sync_file_range` calls), the
+    /// accounting in memory; it is written at the next flush or stage batch
+    /// and recovered from the keys after a crash (see `accounting`).
+    fn put_appended(&self, core: &mut Core, area: Area, value: &[&[u8]]) -> Result<u64, LogError> {
+        let seq = core.state.next_seq;
+        let k = key(area.prefix(), seq);
+        let len: u64 = value.iter().map(|p| p.len() as u64).sum();
+        let slot = if self.inner.in_segment(area, len) {
+            let lane = area.lane();
+            let before = core.segs.active_id(lane);
+            let (p, created) = core.segs.append(lane, area.prefix(), seq, value).map_err(|e| self.inner.seg_io(e))?;
+            if created {
+                // The segment it rolled from may be empty already.
+                if let Some(old) = before.filter(|o| core.state.segs.get(o).is_none_or(|l| l.records == 0)) {
+                    core.state.segs.remove(&old);
+                    core.pending_delete.push(old);
+                }
+                core.state.segs.insert(p.segment, SegLive { lane: lane as u8, records: 0, bytes: 0 });
+            }
+            self.inner.index.tree.insert(k, index::encode_pointer(&p))?;
+            Slot::Ptr(p)
+        } else {
+            self.inner.index.tree.insert(k, value.concat())?;
+            Slot::Inline(len)
+        };
+        core.state.next_seq += 1;
+        core.state.account(area, slot, true);
+        core.state_dirty = true;
+        self.inner.bump();
+        self.inner.publish_used(core);
+        Ok(seq)
     }
 
     fn finish(&self, txn: Txn<'_>) -> Result<(), LogError> {
@@ -1003,54 +1062,46 @@ fn check_identity(index: &Index, opts: &LogOptions) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Reads the accounting (O(segments)); recounts every record only when it
-/// is missing or damaged. Returns whether it recounted.
-fn load_state(index: &Index) -> Result<(State, bool), LogError> {
+/// Reads the accounting (one value) and counts the tail of appends after
+/// it; recounts every record only when it is missing or damaged.
+fn load_state(index: &Index) -> Result<State, LogError> {
     let stored = index.tree.get(META_STATE)?;
     if let Some(mut s) = stored.as_deref().and_then(State::decode) {
-        let mut damaged = false;
-        for kv in index.tree.scan_prefix([SEGMENT_PREFIX]) {
-            let (k, v) = kv?;
-            match (seq_of(&k), SegLive::decode(&v)) {
-                (Some(id), Some(l)) => {
-                    s.segs.insert(id, l);
-                }
-                _ => damaged = true,
-            }
-        }
-        if !damaged {
-            return Ok((s, false));
-        }
-        tracing::warn!("segment accounting is damaged; recounting all records");
-    } else if stored.is_some() {
+        count_tail(index, &mut s)?;
+        return Ok(s);
+    }
+    if stored.is_some() {
         tracing::warn!("log accounting is unreadable; recounting all records");
     }
-    Ok((recount(index)?, true))
+    recount(index)
+}
+
+/// Counts the appends that outlived the last written accounting: sled
+/// recovers a prefix of its log, and appends are the only writes without
+/// the accounting, so they are exactly the frames and dead letters at or
+/// above `next_seq` (at most one group commit's worth).
+fn count_tail(index: &Index, s: &mut State) -> Result<(), LogError> {
+    for area in [Area::Frames, Area::DeadLetters] {
+        let from = key(area.prefix(), s.next_seq);
+        let to = key(area.prefix().saturating_add(1), 0);
+        let mut tail = Vec::new();
+        for kv in index.tree.range(from.as_slice()..to.as_slice()) {
+            tail.push(Slot::of(&kv?.1));
+        }
+        for slot in tail {
+            s.account(area, slot, true);
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds the accounting by scanning every index entry (first open, or
 /// damaged accounting). Payloads are not read.
 fn recount(index: &Index) -> Result<State, LogError> {
     let mut s = State::default();
-    let mut stale = Vec::new();
-    for kv in index.tree.scan_prefix([SEGMENT_PREFIX]) {
-        stale.push(kv?.0);
-    }
-    for k in stale {
-        index.tree.remove(k)?;
-    }
     for area in Area::ALL {
         for kv in index.tree.scan_prefix([area.prefix()]) {
-            let (_, v) = kv?;
-            let slot = Slot::of(&v);
-            let a = s.area(area);
-            a.records += 1;
-            a.bytes += slot.logical();
-            if let Slot::Ptr(p) = slot {
-                let l = s.segs.entry(p.segment).or_insert(SegLive { lane: area.lane() as u8, records: 0, bytes: 0 });
-                l.records += 1;
-                l.bytes += u64::from(p.len);
-            }
+            s.account(area, Slot::of(&kv?.1), true);
         }
     }
     s.set_aside = index.tree.scan_prefix([ASIDE_PREFIX]).count() as u64;

@@ -10,10 +10,13 @@
 //! file   = header record*
 //! header = "VGSEG\0\0\x01" (8) | segment id u64 LE | lane u8 | 0 (7)      = 24 bytes
 //! record = "VGSR" (4) | body length u32 LE | seq u64 LE | area u8 | 0 (3)
-//!          | CRC-32 u32 LE of bytes 4..20 and the body | body              = 24 + body
+//!          | CRC-32 u32 LE of bytes 4..20 and of the body's first 6 bytes | body = 24 + body
 //! ```
 //!
-//! The body is the log codec's record (itself versioned and checksummed).
+//! The body is the log codec's record: its first 6 bytes are the codec
+//! header (version, kind, and the CRC-32 of the rest of the body), so the
+//! record CRC covers the whole body through it and a payload is hashed once.
+//! A torn or damaged body fails the codec's check when it is decoded.
 //!
 //! # Invariants
 //!
@@ -310,8 +313,9 @@ impl SegmentStore {
     ///
     /// # Errors
     /// I/O errors; the record is then not in the log.
-    pub fn append(&mut self, lane: Lane, area: u8, seq: u64, body: &[u8]) -> std::io::Result<(SegPtr, bool)> {
-        let len = u32::try_from(body.len())
+    pub fn append(&mut self, lane: Lane, area: u8, seq: u64, parts: &[&[u8]]) -> std::io::Result<(SegPtr, bool)> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(total)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "record over 4 GiB"))?;
         let rec = RECORD_HEADER_LEN + u64::from(len);
         let roll = match self.active.get(&lane).and_then(|a| self.segs.get(&a.id)) {
@@ -335,13 +339,20 @@ impl SegmentStore {
         head[16] = area;
         let mut h = crc32fast::Hasher::new();
         h.update(&head[4..20]);
-        h.update(body);
+        let mut first = [0u8; CODEC_HEAD];
+        let mut n = 0;
+        for p in parts {
+            let take = (CODEC_HEAD - n).min(p.len());
+            first[n..n + take].copy_from_slice(&p[..take]);
+            n += take;
+        }
+        h.update(&first[..n]);
         let crc = h.finalize();
         head[20..24].copy_from_slice(&crc.to_le_bytes());
-        let written = active
-            .file
-            .write_all_at(&head, offset)
-            .and_then(|()| active.file.write_all_at(body, offset + RECORD_HEADER_LEN));
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(&head[..]);
+        slices.extend_from_slice(parts);
+        let written = write_all_parts(&active.file, &slices, offset);
         if let Err(e) = written {
             // The tail may be partly written: never append after it.
             self.active.remove(&lane);
@@ -441,6 +452,36 @@ impl SegmentStore {
     }
 }
 
+/// Bytes of the codec header at the start of every body.
+const CODEC_HEAD: usize = 6;
+
+/// Writes the slices one after the other at `offset`, in one system call
+/// when it can (`pwritev`), finishing a short write with positioned writes.
+fn write_all_parts(file: &File, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+    use std::io::{IoSlice, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut done = loop {
+        match f.write_vectored(&slices) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut at = offset;
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+        } else {
+            file.write_all_at(&p[done..], at + done as u64)?;
+            done = 0;
+        }
+        at += p.len() as u64;
+    }
+    Ok(())
+}
+
 /// Reads and checks one record on a handle. Allocates `ptr.len` bytes.
 ///
 /// # Errors
@@ -483,7 +524,7 @@ pub fn read_record(
     }
     let mut h = crc32fast::Hasher::new();
     h.update(&head[4..20]);
-    h.update(&body);
+    h.update(&body[..CODEC_HEAD.min(body.len())]);
     if h.finalize() != stored_crc {
         return Ok(Err(damaged("checksum mismatch")));
     }
@@ -498,12 +539,12 @@ mod tests {
     fn append_read_roll_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SegmentStore::open(dir.path().join("segments"), 200).unwrap();
-        let (a, created) = s.append(Lane::Intake, 1, 7, &[1u8; 100]).unwrap();
+        let (a, created) = s.append(Lane::Intake, 1, 7, &[&[1u8; 100]]).unwrap();
         assert!(created);
-        let (b, created) = s.append(Lane::Intake, 1, 8, &[2u8; 100]).unwrap();
+        let (b, created) = s.append(Lane::Intake, 1, 8, &[&[2u8; 50], &[2u8; 50]]).unwrap();
         assert!(created, "the first segment is full");
         assert_ne!(a.segment, b.segment);
-        let (c, _) = s.append(Lane::Stage, 2, 7, &[3u8; 10]).unwrap();
+        let (c, _) = s.append(Lane::Stage, 2, 7, &[&[3u8; 10]]).unwrap();
         assert_ne!(c.segment, b.segment, "lanes never share a segment");
         let plan = s.take_sync_plan().unwrap();
         plan.run().unwrap();
@@ -524,11 +565,11 @@ mod tests {
     fn torn_and_flipped_records_are_damage_not_data() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SegmentStore::open(dir.path().to_path_buf(), 1 << 20).unwrap();
-        let (p, _) = s.append(Lane::Intake, 1, 0, &[9u8; 1000]).unwrap();
+        let (p, _) = s.append(Lane::Intake, 1, 0, &[&[9u8; 1000]]).unwrap();
         let path = dir.path().join(file_name(p.segment));
-        // Flip one body byte.
+        // Flip one byte of the body's head (the rest is the codec's to check).
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[(p.offset + RECORD_HEADER_LEN + 500) as usize] ^= 1;
+        bytes[(p.offset + RECORD_HEADER_LEN + 3) as usize] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let f = File::open(&path).unwrap();
         assert!(matches!(read_record(&f, &p, 0, 1).unwrap(), Err(SegmentDamage::Damaged { .. })));

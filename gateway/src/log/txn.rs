@@ -19,11 +19,11 @@
 //! nothing: disk space only comes back a whole segment at a time.
 
 use super::accounting::{SegLive, State};
-use super::index::{self, encode_pointer, key, seq_of, Slot, KEY_LEN, META_STATE, SEGMENT_PREFIX};
+
+use super::index::{self, encode_pointer, key, seq_of, Slot, META_STATE};
 use super::segments::{Lane, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use super::{codec, Area, Core, Cursor, GapReason, GapRecord, Inner, LogError, WhenFull};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 
 /// Upper bound of records deleted by retention inside one stage batch; the
 /// rest goes on the next batch or [`super::DurableLog::retain`].
@@ -66,24 +66,10 @@ impl<'a> Txn<'a> {
         LogError::Io { path: self.core.segs.dir().to_path_buf(), source }
     }
 
-    /// Bytes on disk an append of a record of `len` bytes to `area` adds.
-    pub fn cost(&self, area: Area, len: u64) -> u64 {
-        if self.in_segment(area, len) {
-            self.core.segs.cost(area.lane(), len)
-        } else {
-            KEY_LEN + len
-        }
-    }
-
-    fn in_segment(&self, area: Area, len: u64) -> bool {
-        matches!(area, Area::Frames | Area::Images) || len > self.inner.opts.inline_max
-    }
-
     /// True if `need` more bytes fit the budget, counting `freed` bytes as
     /// already gone.
     pub fn fits(&self, need: u64, freed: u64) -> bool {
-        let used = self.core.segs.disk_bytes() + self.inner.index_bytes.load(Ordering::Relaxed);
-        used.saturating_sub(freed) + need + self.inner.opts.index_reserve <= self.inner.opts.max_bytes
+        self.inner.fits(self.core, need, freed)
     }
 
     /// Bytes of segment files that are dead (in this transaction or waiting
@@ -106,24 +92,8 @@ impl<'a> Txn<'a> {
     }
 
     fn account(&mut self, area: Area, slot: Slot, add: bool) {
-        let a = self.state.area(area);
-        if add {
-            a.records += 1;
-            a.bytes += slot.logical();
-        } else {
-            a.records = a.records.saturating_sub(1);
-            a.bytes = a.bytes.saturating_sub(slot.logical());
-        }
+        self.state.account(area, slot, add);
         if let Slot::Ptr(p) = slot {
-            let l =
-                self.state.segs.entry(p.segment).or_insert(SegLive { lane: area.lane() as u8, records: 0, bytes: 0 });
-            if add {
-                l.records += 1;
-                l.bytes += u64::from(p.len);
-            } else {
-                l.records = l.records.saturating_sub(1);
-                l.bytes = l.bytes.saturating_sub(u64::from(p.len));
-            }
             self.touched_segs.insert(p.segment);
         }
         self.touched = true;
@@ -135,10 +105,10 @@ impl<'a> Txn<'a> {
         if let Some(old) = self.current(&k)? {
             self.account(area, old, false);
         }
-        let slot = if self.in_segment(area, value.len() as u64) {
+        let slot = if self.inner.in_segment(area, value.len() as u64) {
             let lane = area.lane();
             let before = self.core.segs.active_id(lane);
-            let (p, created) = self.core.segs.append(lane, area.prefix(), seq, &value).map_err(|e| self.io(e))?;
+            let (p, created) = self.core.segs.append(lane, area.prefix(), seq, &[&value]).map_err(|e| self.io(e))?;
             if created {
                 // The segment it rolled from may already be empty.
                 self.touched_segs.extend(before);
@@ -327,27 +297,21 @@ impl<'a> Txn<'a> {
         Ok(victims)
     }
 
-    /// Applies the batch: accounting and segment records ride along.
-    /// Returns nothing; emptied segments are queued for deletion after the
-    /// next durable flush.
+    /// Applies the batch with the accounting in it. Returns the records
+    /// dropped per reason; emptied segments are queued for deletion after
+    /// the next durable flush.
     pub fn commit(mut self) -> Result<[u64; 3], LogError> {
         let mut dead = Vec::new();
         for id in std::mem::take(&mut self.touched_segs) {
-            let k = key(SEGMENT_PREFIX, id);
-            match self.state.segs.get(&id) {
-                Some(l) if l.records > 0 || self.core.segs.is_active(id) => {
-                    self.batch.insert(&k, l.encode());
-                }
-                _ => {
-                    self.batch.remove(&k);
-                    self.state.segs.remove(&id);
-                    dead.push(id);
-                }
+            if self.is_dead(id) {
+                self.state.segs.remove(&id);
+                dead.push(id);
             }
         }
         self.batch.insert(META_STATE, self.state.encode());
         self.inner.index.tree.apply_batch(self.batch)?;
         self.core.state = self.state;
+        self.core.state_dirty = false;
         for id in dead {
             self.core.segs.seal(id);
             if !self.core.pending_delete.contains(&id) {

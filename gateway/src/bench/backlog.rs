@@ -1,0 +1,333 @@
+//! `vision-gateway bench backlog`: memory, start-up and disk of the real
+//! service with a large backlog.
+//!
+//! Runs the `vision-gateway` binary itself (detect on hold, Kafka
+//! unreachable: the offline-for-days case) against a private mosquitto and
+//! prints, from one run: time to ready and resident memory of an empty
+//! gateway, the peak while a backlog of the given size is stored, the same
+//! after a restart on that backlog, and the bytes on disk against
+//! `log.max_bytes` at the budget under `block` and `drop_oldest`.
+
+use super::synthetic_jpeg;
+use crate::demo::private_mosquitto;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A start of the service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Start {
+    /// Seconds from spawn to `/readyz` answering 200.
+    pub ready_s: f64,
+    /// Resident memory once ready, MiB.
+    pub rss_mib: f64,
+}
+
+/// The disk budget under one policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRow {
+    /// `block` or `drop_oldest`.
+    pub policy: String,
+    /// `log.max_bytes`.
+    pub max_bytes: u64,
+    /// Bytes published (twice the budget).
+    pub published_bytes: u64,
+    /// Largest size of the log directory seen (sampled every 50 ms).
+    pub peak_disk_bytes: u64,
+    /// Frames the gateway acknowledged.
+    pub acked: u64,
+    /// Records dropped into gap records.
+    pub dropped: u64,
+}
+
+/// Results of the backlog benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogBench {
+    /// Frame size.
+    pub frame_bytes: usize,
+    /// Frames stored in the backlog.
+    pub frames: u64,
+    /// Logical bytes of the backlog.
+    pub backlog_bytes: u64,
+    /// Bytes on disk of the log holding it (segments + index).
+    pub disk_bytes: u64,
+    /// Bytes of the index alone.
+    pub index_bytes: u64,
+    /// An empty gateway.
+    pub empty: Start,
+    /// Peak resident memory while the backlog was stored, MiB.
+    pub filling_peak_rss_mib: f64,
+    /// A restart on the backlog.
+    pub restart: Start,
+    /// Peak resident memory in the 5 s after that restart, MiB.
+    pub restart_peak_rss_mib: f64,
+    /// Disk at the budget.
+    pub budget: Vec<BudgetRow>,
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn du(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r).await;
+    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+async fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics").await;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+struct Service {
+    child: tokio::process::Child,
+}
+
+impl Service {
+    async fn start(exe: &Path, config: &Path, port: u16) -> anyhow::Result<(Self, Start)> {
+        let t = Instant::now();
+        let child = tokio::process::Command::new(exe)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        while http_get(port, "/readyz").await.0 != 200 {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(120), "the gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ready_s = t.elapsed().as_secs_f64();
+        let s = Self { child };
+        let rss = rss_mib(s.pid());
+        Ok((s, Start { ready_s, rss_mib: rss }))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.pid().to_string();
+        tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await?;
+        let status = self.child.wait().await?;
+        anyhow::ensure!(status.success(), "the gateway exited with {status}");
+        Ok(())
+    }
+}
+
+fn config(dir: &Path, name: &str, mqtt: u16, http: u16, max_bytes: u64, when_full: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "gateway_id = \"bench\"\n[log]\npath = \"{}\"\nmax_bytes = {max_bytes}\nwhen_full = \"{when_full}\"\n\
+             [mqtt]\nbroker = \"127.0.0.1:{mqtt}\"\nclient_id = \"bench-{name}\"\nmax_frame_bytes = \"16MiB\"\n\
+             [detect]\nenabled = false\nwhen_disabled = \"hold\"\n[replicate]\nbrokers = \"127.0.0.1:9\"\n\
+             [telemetry]\nlisten = \"127.0.0.1:{http}\"\n",
+            dir.join(name).display()
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Publishes `n` copies of `payload` with QoS 1 and waits for the broker's
+/// PUBACKs.
+async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(format!("bench-backlog-pub-{}", std::process::id()), "127.0.0.1", port);
+    o.set_max_packet_size(Some(256 << 20));
+    let (c, mut el) = AsyncClient::new(o, 64);
+    let pubs = tokio::spawn(async move {
+        for _ in 0..n {
+            c.publish("cameras/bench-cam/frames", QoS::AtLeastOnce, false, payload.clone()).await?;
+        }
+        Ok::<_, anyhow::Error>(c)
+    });
+    let mut acked = 0;
+    while acked < n {
+        if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
+            acked += 1;
+        }
+    }
+    let c = pubs.await??;
+    let _ = c.try_disconnect();
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs the benchmark in `dir` with a backlog of `bytes` in frames of
+/// `frame_bytes`, and the budget rows at `budget` bytes.
+///
+/// # Errors
+/// mosquitto missing, the service failing to start or stop.
+pub async fn backlog(dir: &Path, bytes: u64, frame_bytes: usize, budget: u64) -> anyhow::Result<BacklogBench> {
+    let exe = std::env::current_exe()?;
+    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let payload = synthetic_jpeg(frame_bytes, 11);
+    let http = free_port()?;
+
+    // An empty gateway.
+    let cfg = config(dir, "backlog", mqtt, http, bytes * 2 + (1 << 30), "block")?;
+    let (svc, empty) = Service::start(&exe, &cfg, http).await?;
+
+    // Store the backlog, sampling memory.
+    let frames = bytes.div_ceil(payload.len() as u64);
+    let pid = svc.pid();
+    let publisher = tokio::spawn(publish(mqtt, frames, payload.clone()));
+    let mut peak: f64 = empty.rss_mib;
+    while metric(http, "vision_gateway_frames_acked_total").await < frames as f64 {
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak = peak.max(rss_mib(pid));
+    publisher.await??;
+    svc.stop().await?;
+
+    // Restart on the backlog.
+    let (svc, restart) = Service::start(&exe, &cfg, http).await?;
+    let mut restart_peak = restart.rss_mib;
+    for _ in 0..50 {
+        restart_peak = restart_peak.max(rss_mib(svc.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    svc.stop().await?;
+    let (disk_bytes, index_bytes) = (du(&dir.join("backlog")), du(&dir.join("backlog/index")));
+    let backlog_bytes = frames * payload.len() as u64;
+    std::fs::remove_dir_all(dir.join("backlog"))?;
+
+    let mut rows = Vec::new();
+    for policy in ["block", "drop_oldest"] {
+        rows.push(at_budget(&exe, dir, mqtt, policy, budget, &payload).await?);
+    }
+    Ok(BacklogBench {
+        frame_bytes: payload.len(),
+        frames,
+        backlog_bytes,
+        disk_bytes,
+        index_bytes,
+        empty,
+        filling_peak_rss_mib: peak,
+        restart,
+        restart_peak_rss_mib: restart_peak,
+        budget: rows,
+    })
+}
+
+async fn at_budget(
+    exe: &Path,
+    dir: &Path,
+    mqtt: u16,
+    policy: &str,
+    budget: u64,
+    payload: &[u8],
+) -> anyhow::Result<BudgetRow> {
+    let http = free_port()?;
+    let name = format!("budget-{policy}");
+    let cfg = config(dir, &name, mqtt, http, budget, policy)?;
+    let (svc, _) = Service::start(exe, &cfg, http).await?;
+    let n = (2 * budget).div_ceil(payload.len() as u64);
+    let publisher = tokio::spawn(publish(mqtt, n, payload.to_vec()));
+    let log_dir = dir.join(&name);
+    let mut peak = 0;
+    let mut last = (0.0, Instant::now());
+    loop {
+        peak = peak.max(du(&log_dir));
+        let acked = metric(http, "vision_gateway_frames_acked_total").await;
+        if acked >= n as f64 {
+            break;
+        }
+        if acked > last.0 {
+            last = (acked, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            // `block`: intake stopped acknowledging at the budget.
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peak = peak.max(du(&log_dir));
+    let acked = metric(http, "vision_gateway_frames_acked_total").await as u64;
+    let dropped = metric(http, "vision_gateway_dropped_records_total{reason=\"frame_dropped_for_space\"}").await as u64;
+    svc.stop().await?;
+    publisher.abort();
+    std::fs::remove_dir_all(&log_dir)?;
+    Ok(BudgetRow {
+        policy: policy.into(),
+        max_bytes: budget,
+        published_bytes: n * payload.len() as u64,
+        peak_disk_bytes: peak,
+        acked,
+        dropped,
+    })
+}
+
+impl std::fmt::Display for BacklogBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |b: u64| b as f64 / 1e6;
+        writeln!(
+            f,
+            "backlog: {} frames of {} B = {:.0} MB stored (detect on hold, Kafka unreachable); {:.0} MB on disk ({:.2}x), index {:.1} MB",
+            self.frames,
+            self.frame_bytes,
+            mb(self.backlog_bytes),
+            mb(self.disk_bytes),
+            self.disk_bytes as f64 / self.backlog_bytes.max(1) as f64,
+            mb(self.index_bytes)
+        )?;
+        writeln!(f, "{:<40} {:>10} {:>10}", "", "ready s", "RSS MiB")?;
+        writeln!(f, "{:<40} {:>10.2} {:>10.1}", "empty gateway", self.empty.ready_s, self.empty.rss_mib)?;
+        writeln!(f, "{:<40} {:>10} {:>10.1}", "peak while storing the backlog", "", self.filling_peak_rss_mib)?;
+        writeln!(f, "{:<40} {:>10.2} {:>10.1}", "restart on the backlog", self.restart.ready_s, self.restart.rss_mib)?;
+        writeln!(f, "{:<40} {:>10} {:>10.1}", "peak in the 5 s after that restart", "", self.restart_peak_rss_mib)?;
+        writeln!(
+            f,
+            "differences to the empty gateway: RSS +{:.1} MiB filling, +{:.1} MiB after restart; ready +{:.2} s",
+            self.filling_peak_rss_mib - self.empty.rss_mib,
+            self.restart_peak_rss_mib - self.empty.rss_mib,
+            self.restart.ready_s - self.empty.ready_s
+        )?;
+        writeln!(f, "disk at the budget (log directory sampled every 50 ms, twice the budget published):")?;
+        for r in &self.budget {
+            writeln!(
+                f,
+                "  {:<12} max_bytes {:>6.0} MB, peak on disk {:>6.1} MB ({:.3} of the budget), {} frames acknowledged, {} dropped into gaps",
+                r.policy,
+                mb(r.max_bytes),
+                mb(r.peak_disk_bytes),
+                r.peak_disk_bytes as f64 / r.max_bytes as f64,
+                r.acked,
+                r.dropped
+            )?;
+        }
+        Ok(())
+    }
+}
