@@ -177,3 +177,73 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
     assert_eq!(seqs, (0..n as u64).collect::<BTreeSet<_>>(), "every frame accounted for");
     println!("outage e2e: {n} frames, {} annotation records in Kafka ({} re-sent)", anns.len(), anns.len() - n);
 }
+
+/// Twelve frames for the model, then one payload that is not an image, on
+/// another camera, while the model is still behind: the dead letter (written
+/// at intake) must not carry the replicate cursor past the frames below it.
+/// With `hold` the frames wait unannotated; once detect runs, everything
+/// arrives. Kafka must hold 12 annotations and 1 dead letter either way.
+fn bad_frame_while_the_model_is_behind(hold_first: bool) {
+    let mq = Mosquitto::start();
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.kafka = tansu.brokers();
+    s.detect = !hold_first;
+    let good = load_cameras(&long_camera(dir.path(), "camA", "line1-cam1", 12, 100.0)).unwrap();
+    let bad_dir = dir.path().join("camB");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    std::fs::write(bad_dir.join("camera.toml"), "camera = \"camB\"\nfps = 1.0\n").unwrap();
+    std::fs::write(bad_dir.join("0.bin"), b"this is not an image").unwrap();
+    let bad = load_cameras(&bad_dir).unwrap();
+
+    let mut gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let rt = rt();
+    rt.block_on(replay(&good, &mq.addr(), Some(0.0), false)).unwrap();
+    rt.block_on(replay(&bad, &mq.addr(), Some(0.0), false)).unwrap();
+    gw.wait_for("13 records acknowledged", Duration::from_secs(60), |m| {
+        let stored = m.get("vision_gateway_frames_acked_total").copied().unwrap_or(0.0);
+        stored >= 13.0
+    });
+    if hold_first {
+        // Held: nothing may go up, the dead letter included, since it is
+        // above frames the model has not seen.
+        let (ok, log) = gw.terminate();
+        assert!(ok, "{log}");
+        assert!(
+            tansu.consume_all("vision.dead-letters", Duration::from_secs(3)).is_empty(),
+            "dead letter sent past held frames"
+        );
+        s.detect = true;
+        gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    }
+    gw.wait_for("12 annotations and 1 dead letter in Kafka", Duration::from_secs(300), |m| {
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 12.0
+            && m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0) >= 1.0
+    });
+    let (ok, log) = gw.terminate();
+    assert!(ok, "{log}");
+    let anns = annotations(&tansu);
+    let cam_a: Vec<u64> =
+        anns.iter().filter(|a| a.camera == "camA").map(|a| a.camera_seq.unwrap_or(u64::MAX)).collect();
+    assert_eq!(cam_a, (0..12).collect::<Vec<_>>(), "all 12 annotations, once, in order");
+    let dead = tansu.consume_all("vision.dead-letters", Duration::from_secs(3));
+    assert_eq!(dead.len(), 1, "one dead letter");
+    println!(
+        "bad frame while the model is behind ({}): {} annotations, {} dead letter in tansu",
+        if hold_first { "hold, then detect on" } else { "model working" },
+        cam_a.len(),
+        dead.len()
+    );
+}
+
+#[test]
+fn a_bad_frame_while_the_model_is_behind_hides_no_good_frame() {
+    bad_frame_while_the_model_is_behind(false);
+}
+
+#[test]
+fn a_bad_frame_under_hold_waits_for_the_frames_below_it() {
+    bad_frame_while_the_model_is_behind(true);
+}

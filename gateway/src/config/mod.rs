@@ -64,8 +64,10 @@ pub struct RawLog {
     /// Directory of the log. Default: `$STATE_DIRECTORY/log` under systemd,
     /// else `/var/lib/vision-gateway/log`.
     pub path: Option<PathBuf>,
-    /// Byte budget of everything the log holds (frames, images, annotations,
-    /// dead letters), e.g. `"2GiB"`. Default `"2GiB"`.
+    /// Byte budget on disk of everything the log holds (payload segments
+    /// and the index together), e.g. `"2GiB"`. Default `"2GiB"`, at least
+    /// `"4MiB"`. The index takes at least 512 KiB plus 1 MiB kept for its
+    /// growth; frames and images get the rest.
     pub max_bytes: Option<toml::Value>,
     /// What happens when `max_bytes` is reached after retention and after
     /// dropping sampled images not yet uploaded: `"block"` (default: stop
@@ -494,8 +496,14 @@ impl Config {
             },
             cache_bytes: v.size("log.cache", raw.log.cache.as_ref(), 64 << 20),
         };
-        if log.max_bytes < 1 << 20 {
-            v.problem("log.max_bytes", format!("{} is too small (at least 1MiB)", log.max_bytes));
+        if log.max_bytes < 4 << 20 {
+            v.problem(
+                "log.max_bytes",
+                format!(
+                    "{} is too small (at least 4MiB: it counts the index, which takes at least 512KiB, and 1MiB kept for its growth)",
+                    log.max_bytes
+                ),
+            );
         }
 
         let m = raw.mqtt;
@@ -528,8 +536,11 @@ impl Config {
         if max_frame_bytes > 256 << 20 {
             v.problem("mqtt.max_frame_bytes", "is above the MQTT limit of 256MiB".into());
         }
-        if max_frame_bytes >= log.max_bytes {
-            v.problem("mqtt.max_frame_bytes", "must be smaller than log.max_bytes".into());
+        if max_frame_bytes.saturating_add(2 << 20) > log.max_bytes {
+            v.problem(
+                "mqtt.max_frame_bytes",
+                "must leave 2MiB of log.max_bytes for the index (set log.max_bytes higher or this lower)".into(),
+            );
         }
         let password = v.secret("mqtt.password", m.password_file.as_deref(), m.password_env.as_deref());
         if password.is_some() && m.username.is_none() {

@@ -28,6 +28,10 @@ use super::LogError;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// What the budget counts for the index at least: sled writes its file in
+/// 512 KiB segments, so it takes that much as soon as anything is written.
+pub const INDEX_FLOOR: u64 = 512 << 10;
+
 /// Length of a record key.
 pub const KEY_LEN: u64 = 9;
 pub(super) const META_STATE: &[u8] = b"Mstate";

@@ -365,7 +365,8 @@ pub struct LogStats {
     pub segment_bytes: u64,
     /// Payload segment files.
     pub segments: u64,
-    /// Bytes of the index (sled) files.
+    /// Bytes of the index (sled) files, at least 512 KiB (sled grows its
+    /// file by 512 KiB segments; the budget counts the first from the start).
     pub index_bytes: u64,
     /// Same as `used_bytes` (kept for scripts of earlier versions).
     pub size_on_disk: u64,
@@ -478,7 +479,7 @@ impl Inner {
                 core = self.lock();
             }
             if let Ok(n) = self.index.size_on_disk() {
-                self.index_bytes.store(n, Ordering::Relaxed);
+                self.index_bytes.store(n.max(index::INDEX_FLOOR), Ordering::Relaxed);
             }
             self.publish_used(&core);
         }
@@ -561,7 +562,7 @@ impl DurableLog {
         if !dead.is_empty() {
             tracing::info!(segments = dead.len(), "deleted payload segments nothing refers to");
         }
-        let index_bytes = index.size_on_disk()?;
+        let index_bytes = index.size_on_disk()?.max(index::INDEX_FLOOR);
         let used = segs.disk_bytes() + index_bytes;
         let durable = (state.next_seq, state.next_gap);
         let inner = Inner {
@@ -1002,7 +1003,7 @@ impl DurableLog {
             let core = self.inner.lock();
             (core.state.clone(), core.segs.disk_bytes(), core.segs.ids().len() as u64)
         };
-        let index_bytes = self.inner.index.size_on_disk()?;
+        let index_bytes = self.inner.index.size_on_disk()?.max(index::INDEX_FLOOR);
         let mut areas = BTreeMap::new();
         for area in Area::ALL {
             areas.insert(area, state.areas[area.index()]);
