@@ -21,6 +21,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod faults;
 pub mod intake;
 pub mod log;
 pub mod replay;
@@ -130,7 +131,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     // frames in flight, then replicate gets its batch acknowledged (or
     // keeps it on disk), then the log is flushed.
     let replicate_stop = CancellationToken::new();
-    let replicate_task = tokio::spawn(replicate.run(replicate_stop.clone()));
+    let mut replicate_task = tokio::spawn(replicate.run(replicate_stop.clone()));
     let intake_stop = shutdown.child_token();
     let detect_stop = CancellationToken::new();
     let mut detect_task = tokio::spawn({
@@ -146,6 +147,10 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         }
     });
     let mut intake_task = tokio::spawn(intake.run(intake_stop.clone()));
+    // Supervision: whichever stage ends first (shutdown, or a failure for
+    // good), the others are stopped in order: intake, then detect finishes
+    // its batch, then replicate.
+    let mut replicate_done = None;
     let (intake_result, detect_result) = tokio::select! {
         r = &mut intake_task => {
             detect_stop.cancel();
@@ -157,13 +162,25 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
             let d = joined_detect(r);
             (joined_intake(intake_task.await), d)
         }
+        r = &mut replicate_task => {
+            let r = joined_replicate(r);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the replicate stage failed for good; stopping intake and detect");
+            }
+            replicate_done = Some(r.and(Err(replicate::ReplicateError::Task("the replicate stage stopped".into()))));
+            intake_stop.cancel();
+            let i = joined_intake(intake_task.await);
+            detect_stop.cancel();
+            (i, joined_detect(detect_task.await))
+        }
     };
     supervise_stop.cancel();
     let _ = supervise.await;
     replicate_stop.cancel();
-    let replicate_result = replicate_task
-        .await
-        .unwrap_or_else(|e| Err(replicate::ReplicateError::Task(format!("replicate task failed: {e}"))));
+    let replicate_result = match replicate_done {
+        Some(r) => r,
+        None => joined_replicate(replicate_task.await),
+    };
     let result = intake_result
         .map_err(GatewayError::from)
         .and(detect_result.map_err(GatewayError::from))
@@ -183,6 +200,12 @@ fn joined_intake(
     r: Result<Result<(), intake::IntakeError>, tokio::task::JoinError>,
 ) -> Result<(), intake::IntakeError> {
     r.unwrap_or_else(|e| Err(intake::IntakeError::Appender(format!("intake task failed: {e}"))))
+}
+
+fn joined_replicate(
+    r: Result<Result<(), replicate::ReplicateError>, tokio::task::JoinError>,
+) -> Result<(), replicate::ReplicateError> {
+    r.unwrap_or_else(|e| Err(replicate::ReplicateError::Task(format!("replicate task failed: {e}"))))
 }
 
 fn joined_detect(

@@ -215,14 +215,16 @@ fn full_log_blocks_intake_without_loss_and_it_resumes_when_space_frees() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
-    // About 1.5 MiB for frames once the index (512 KiB) and its reserve
-    // (1 MiB) are counted: fewer than the fixtures.
-    s.max_bytes = "3MiB";
+    // The smallest budget: about 2.5 MiB for frames once the index (512 KiB)
+    // and its reserve (1 MiB) are counted; the fixtures and a camera of
+    // large frames are twice that.
+    s.max_bytes = "4MiB";
     s.max_frame_bytes = "256KiB";
     let config =
         gateway::config::Config::parse(Path::new("test.toml"), &s.toml(), &gateway::config::ProcessEnv).unwrap();
     let log = gateway::open_log(&config).unwrap();
-    let cameras = load_cameras(&fixtures().join("cameras")).unwrap();
+    let mut cameras = load_cameras(&fixtures().join("cameras")).unwrap();
+    cameras.extend(load_cameras(&harness::noise_camera(dir.path(), "big-cam", 4, 200_000, 5)).unwrap());
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
 
     rt().block_on(async {

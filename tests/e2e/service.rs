@@ -105,3 +105,70 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
     assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>(), "each frame annotated once, in order");
     assert_eq!(log.area_stats(Area::Frames).records, 0);
 }
+
+#[test]
+fn a_replicate_stage_failing_for_good_stops_the_process_non_zero() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Settings::new(dir.path(), mq.port);
+    let cfg = s.write(&dir.path().join("g.toml"));
+    let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("VISION_GATEWAY_FAULTS", "replicate_fail")
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the gateway kept running with a dead replicate stage");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(!status.success(), "exit status {status}: systemd must see a failure to restart the service\n{log}");
+    assert!(log.contains("replicate stage failed for good"), "{log}");
+    println!("replicate failing for good: exit {status} after {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn a_panicking_model_run_becomes_an_error_annotation_and_the_rest_goes_on() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.detect = true;
+    let gw = Gateway::start_env(
+        &s.write(&dir.path().join("g.toml")),
+        s.http_port,
+        &[("VISION_GATEWAY_FAULTS", "panic_camera=camP")],
+    );
+    let pid = gw.pid();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for (cam, n) in [("camA", 2), ("camP", 1), ("camB", 2)] {
+        let cameras = load_cameras(&long_camera(dir.path(), cam, "line1-cam1", n, 100.0)).unwrap();
+        rt.block_on(replay(&cameras, &mq.addr(), Some(0.0), false)).unwrap();
+    }
+    gw.wait_for("5 frames annotated", Duration::from_secs(120), |m| {
+        m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= 5.0
+    });
+    assert_eq!(gw.pid(), pid);
+    let (ok, log) = gw.terminate();
+    assert!(ok, "the process survived the panic and stops cleanly:\n{log}");
+    assert!(log.contains("model run panicked"), "{log}");
+    let anns = annotations(&s.open_log());
+    assert_eq!(anns.len(), 5);
+    for a in &anns {
+        if a.camera == "camP" {
+            let e = a.annotation.error.as_deref().unwrap_or("");
+            assert!(e.contains("model run panicked"), "{e}");
+        } else {
+            assert_eq!(a.annotation.error, None, "{}: frames after the panic are read by the reloaded model", a.camera);
+            assert!(!a.annotation.items.is_empty(), "{} read nothing", a.camera);
+        }
+    }
+    println!("panicking model run: 1 error annotation, 4 frames read before and after it by the same process");
+}

@@ -663,6 +663,16 @@ impl Config {
             }
         }
         let librdkafka = r.librdkafka.unwrap_or_default();
+        for (k, val) in &librdkafka {
+            if let Some(why) = crate::replicate::forbidden_option(k, val) {
+                v.problem(&format!("replicate.librdkafka.{k}"), format!("{val:?} cannot be set: {why}"));
+            }
+        }
+        for k in librdkafka_secrets.keys() {
+            if let Some(why) = crate::replicate::forbidden_option(k, "") {
+                v.problem(&format!("replicate.librdkafka_secret_files.{k}"), format!("cannot be set: {why}"));
+            }
+        }
         for k in librdkafka.keys() {
             if k.contains("password") || k.contains("secret") {
                 v.problem(
@@ -911,6 +921,29 @@ brokers = "127.0.0.1:9092"
         assert_eq!(keys, vec!["log.colour", "log.max_bytes", "mqtt.broker"], "{e}");
         let shown = e.to_string();
         assert!(shown.starts_with("bad.toml: 3 problems:"), "{shown}");
+    }
+
+    #[test]
+    fn librdkafka_options_that_break_order_delivery_or_idempotence_are_rejected() {
+        let text = format!(
+            "{MINIMAL}[replicate.librdkafka]\npartitioner = \"random\"\n\"delivery.report.only.error\" = \"true\"\n\
+             \"transactional.id\" = \"x\"\n\"request.required.acks\" = \"1\"\n\"max.in.flight\" = \"100\"\n\
+             \"security.protocol\" = \"ssl\"\n\"compression.type\" = \"lz4\"\n"
+        );
+        let e = Config::parse(Path::new("k.toml"), &text, &env()).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "replicate.librdkafka.delivery.report.only.error",
+                "replicate.librdkafka.max.in.flight",
+                "replicate.librdkafka.partitioner",
+                "replicate.librdkafka.request.required.acks",
+                "replicate.librdkafka.transactional.id",
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("break their order"), "{e}");
     }
 
     #[test]

@@ -196,9 +196,10 @@ impl Detect {
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();
             let results = res_tx.clone();
+            let faults = crate::faults::Faults::from_env();
             let handle = std::thread::Builder::new()
                 .name(format!("detect-{i}"))
-                .spawn(move || worker(model_dir, load, jobs, results, ready_tx))
+                .spawn(move || worker(model_dir, load, jobs, results, ready_tx, faults))
                 .map_err(|e| DetectError::Worker(e.to_string()))?;
             workers.push(handle);
         }
@@ -394,8 +395,9 @@ fn worker(
     jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     results: mpsc::UnboundedSender<Result<Done, String>>,
     ready: std::sync::mpsc::Sender<Result<(), inference::InferenceError>>,
+    faults: crate::faults::Faults,
 ) {
-    let mut model = match model_dir.map(|d| Model::load(&d, &load)).transpose() {
+    let mut model = match model_dir.as_ref().map(|d| Model::load(d, &load)).transpose() {
         Ok(m) => {
             let _ = ready.send(Ok(()));
             m
@@ -417,18 +419,47 @@ fn worker(
             }
             continue;
         };
-        let annotation = match model.annotate(&frame.payload) {
-            Ok(a) => a,
+        let info = model.info.clone();
+        let failed = |error: String| Annotation {
+            model: info.clone(),
+            width: 0,
+            height: 0,
+            items: Vec::new(),
+            timings: inference::Timings::default(),
+            error: Some(error),
+        };
+        let panic_here = faults.panic_camera.as_deref() == Some(frame.camera.as_str());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if panic_here {
+                panic!("injected fault: model run panics on camera {}", frame.camera);
+            }
+            model.annotate(&frame.payload)
+        }));
+        let annotation = match run {
+            Ok(Ok(a)) => a,
             // A session failure on one frame: recorded on the frame, the
             // worker goes on.
-            Err(e) => Annotation {
-                model: model.info.clone(),
-                width: 0,
-                height: 0,
-                items: Vec::new(),
-                timings: inference::Timings::default(),
-                error: Some(e.to_string()),
-            },
+            Ok(Err(e)) => failed(e.to_string()),
+            // A panic inside the run: the frame gets an error annotation and
+            // the model is loaded afresh (its state may be broken).
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(seq, camera = %frame.camera, panic = %why, "model run panicked; error annotation written, model reloaded");
+                if let Some(dir) = &model_dir {
+                    match Model::load(dir, &load) {
+                        Ok(m) => *model = m,
+                        Err(e) => {
+                            let _ = results.send(Err(format!("reloading the model after a panic failed: {e}")));
+                            return;
+                        }
+                    }
+                }
+                failed(format!("model run panicked: {why}"))
+            }
         };
         if results.send(Ok(Done { seq, frame, annotation })).is_err() {
             return;

@@ -116,6 +116,43 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> 
     c.create_with_context(KafkaContext::default()).map_err(ReplicateError::Config)
 }
 
+/// Why a pass-through librdkafka option cannot be allowed, if it cannot:
+/// the options that would break order per camera, delivery reports or
+/// idempotence, and the ones the gateway sets itself. The forced settings
+/// (`enable.idempotence`, `acks`) are then applied over an option map
+/// without any alias of them, so they win deterministically.
+pub fn forbidden_option(key: &str, value: &str) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let num = v.parse::<i64>().ok();
+    match key.trim() {
+        "enable.idempotence" | "acks" | "request.required.acks" => {
+            Some("is set by the gateway (enable.idempotence = true, acks = all): delivery depends on it".into())
+        }
+        "bootstrap.servers" | "metadata.broker.list" => Some("use replicate.brokers".into()),
+        "transactional.id" => Some(
+            "transactions are not used: the gateway's idempotent producer and cursors give exactly its guarantees"
+                .into(),
+        ),
+        "partitioner" | "partitioner_cb" if v == "random" || key == "partitioner_cb" => {
+            Some("would send one camera's records to several partitions and break their order".into())
+        }
+        "delivery.report.only.error" if v == "true" || v == "1" => {
+            Some("the gateway moves its cursor on delivery reports; without them nothing is ever confirmed".into())
+        }
+        "queuing.strategy" if v != "fifo" => Some("would reorder records".into()),
+        "max.in.flight.requests.per.connection" | "max.in.flight" if num.is_none_or(|n| n > 5) => {
+            Some("must be 1..=5 with the idempotent producer (order and no duplicates)".into())
+        }
+        "retries" | "message.send.max.retries" if num.is_none_or(|n| n < 1) => {
+            Some("must be at least 1 with the idempotent producer".into())
+        }
+        "dr_cb" | "dr_msg_cb" | "enable.gapless.guarantee" if v == "false" => {
+            Some("is needed for delivery reports without gaps".into())
+        }
+        _ => None,
+    }
+}
+
 /// The producer the stage uses.
 pub type KafkaProducer = FutureProducer<KafkaContext>;
 
@@ -245,6 +282,9 @@ impl Replicate {
     /// # Errors
     /// [`ReplicateError::Log`] if the log fails.
     pub async fn run(self, stop: CancellationToken) -> Result<(), ReplicateError> {
+        if crate::faults::Faults::from_env().replicate_fail {
+            return Err(ReplicateError::Task("injected fault: the replicate stage fails for good".into()));
+        }
         let mut failures: u32 = 0;
         loop {
             if stop.is_cancelled() {
