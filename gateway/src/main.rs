@@ -187,7 +187,7 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "40000,200000,2000000")]
         sizes: Vec<usize>,
         /// Records per flush (group commit); one case per value.
-        #[arg(long, value_delimiter = ',', default_value = "16")]
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
         batch: Vec<usize>,
         /// Print JSON.
         #[arg(long)]

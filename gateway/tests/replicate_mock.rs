@@ -42,16 +42,17 @@ fn frame(camera: &str, i: u64, payload: Vec<u8>) -> FrameRecord {
     }
 }
 
-/// A log holding what detect would leave: 2 gaps' worth of dropped frames,
+/// A log holding what detect would leave: gaps for dropped frames,
 /// then 6 annotations (2 cameras) of which 2 sampled (one image of 3 MB),
 /// and one dead letter in between.
 fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
     {
         let mut o = LogOptions::new(dir, "mock-gw");
-        o.max_bytes = 2 << 20;
+        // The smallest budget: 2.5 MiB for frames beside the index.
+        o.max_bytes = 4 << 20;
         o.when_full = WhenFull::DropOldest;
         let small = DurableLog::open(o).unwrap();
-        for i in 0..5 {
+        for i in 0..6 {
             small.append_frame(&frame("cam-a", i, vec![0; 600_000])).unwrap();
         }
         assert!(small.counts().gaps_written >= 1);
@@ -112,6 +113,8 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
     }
     b.set_cursor(Cursor::Detect, log.counts().next_seq);
     log.apply(b).unwrap();
+    // As intake does before acknowledging: only durable records go up.
+    log.flush_blocking().unwrap();
     (log, big)
 }
 

@@ -144,3 +144,52 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
     assert!(accuracy >= 0.95, "read {:.1}% of label lines exactly", accuracy * 100.0);
     assert_eq!(false_items, 0, "no text read on frames without a part");
 }
+
+/// Frames of extreme shape (a 2 KB PNG of 2000x1 once asked the detector
+/// for a 13 GB tensor and aborted the process): each is read or refused
+/// with an error, the process keeps its memory bounded, and a normal frame
+/// after them still reads exactly as before.
+#[test]
+fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
+    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
+    let opts = LoadOptions { library, intra_threads: 1, max_pixels: 50_000_000 };
+    let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+    let normal = frames().into_iter().next().unwrap();
+    let before = model.annotate(&std::fs::read(&normal).unwrap()).unwrap();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap())
+            })
+            .unwrap()
+            / 1024
+    };
+    let base = rss();
+    for (w, h) in [(2000u32, 1u32), (1, 3000), (4096, 48), (48, 4096), (8000, 8), (1, 1)] {
+        for png in [true, false] {
+            let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y) as u8, (y * 3) as u8, 128]));
+            let mut bytes = Vec::new();
+            let enc = if png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+            img.write_to(&mut std::io::Cursor::new(&mut bytes), enc).unwrap();
+            let r = model.annotate(&bytes);
+            println!(
+                "{w}x{h} {}: {}",
+                if png { "png" } else { "jpeg" },
+                match &r {
+                    Ok(a) => format!("{} items", a.items.len()),
+                    Err(e) => format!("error: {e}"),
+                }
+            );
+        }
+    }
+    let after = model.annotate(&std::fs::read(&normal).unwrap()).unwrap();
+    assert_eq!(
+        before.items.iter().map(|i| &i.label).collect::<Vec<_>>(),
+        after.items.iter().map(|i| &i.label).collect::<Vec<_>>()
+    );
+    let peak = rss();
+    println!("peak RSS {peak} MiB (after the first normal frame: {base} MiB)");
+    assert!(peak < 1536, "peak RSS {peak} MiB");
+}

@@ -20,9 +20,18 @@ const MAX_SIDE: usize = 2000;
 /// Detector input: the shorter side is brought up to this (reference
 /// `limit_side_len`, `limit_type = min`).
 const DET_MIN_SIDE: f64 = 736.0;
+/// Largest side of the detector's input. The reference brings the shorter
+/// side up to 736 with no bound on the longer one, so a 2000x1 frame asked
+/// for a 1472000x736 tensor (13 GB); the scale is capped so that neither
+/// side passes this, which leaves ordinary frames (640x480 -> 992x736)
+/// exactly as the reference has them.
+const DET_MAX_SIDE: f64 = 2016.0;
 /// Recogniser input height and minimum width.
 const REC_H: usize = 48;
 const REC_W: usize = 320;
+/// Largest width-to-height ratio of a recogniser input (a crop thinner than
+/// 1:100 is squeezed): bounds its tensor at 48 x 4800.
+const REC_MAX_RATIO: f64 = 100.0;
 /// Crops per recogniser batch (the reference batches by 6; batching
 /// changes padding and so, slightly, the scores).
 const REC_BATCH: usize = 6;
@@ -119,6 +128,7 @@ impl Ocr {
         };
         let (h, w) = (img.height, img.width);
         let ratio = if (h.min(w) as f64) < DET_MIN_SIDE { DET_MIN_SIDE / h.min(w) as f64 } else { 1.0 };
+        let ratio = ratio.min(DET_MAX_SIDE / h.max(w) as f64);
         let (dh, dw) = (round32((h as f64 * ratio).trunc()), round32((w as f64 * ratio).trunc()));
         let resized = imageops::resize_linear(&img, dw, dh);
         let mut input = Array4::<f32>::zeros((1, 3, dh, dw));
@@ -172,7 +182,8 @@ impl Ocr {
     }
 
     fn recognise(&mut self, crops: &[Bgr], times: &mut Times) -> Result<Vec<(String, f32)>, InferenceError> {
-        let ratios: Vec<f64> = crops.iter().map(|c| c.width as f64 / c.height as f64).collect();
+        let ratios: Vec<f64> =
+            crops.iter().map(|c| (c.width as f64 / c.height.max(1) as f64).min(REC_MAX_RATIO)).collect();
         let mut order: Vec<usize> = (0..crops.len()).collect();
         order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
         let mut out = vec![(String::new(), 0.0f32); crops.len()];
