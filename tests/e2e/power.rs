@@ -1,7 +1,8 @@
 //! Power-cut tests: the real `vision-gateway` binary with its log on LazyFS,
-//! real mosquitto, and `lazyfs::clear-cache` + `kill -9` as the power cut
-//! (every write that was not fsynced is gone, as after a real one; a
-//! `kill -9` alone cannot show this because the page cache survives it).
+//! real mosquitto, and SIGSTOP + `lazyfs::clear-cache` + `kill -9` as the
+//! power cut (the process stops where it is, every write that was not
+//! fsynced is gone, as after a real one; a `kill -9` alone cannot show this
+//! because the page cache survives it).
 //!
 //! Needs root and /dev/fuse; without them each test prints why and skips.
 //! `POWER_SEED` replays a schedule of the random-cut test.
@@ -107,6 +108,7 @@ fn power_cut_right_after_the_pubacks_loses_no_acknowledged_frame() {
                 m.get("vision_gateway_frames_acked_total").copied().unwrap_or(0.0) >= per_cycle as f64
             });
             // The power cut, right after the last PUBACK.
+            gw.freeze();
             fs.clear_cache();
             gw.kill9();
             want.extend(expected(&cameras));
@@ -149,13 +151,9 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
     let cfg = s.write(&work.path().join("g.toml"));
     let mut dirs = Vec::new();
     for (cam, n, bytes, fps) in [("small", 150, 40_000, 10.0), ("mid", 60, 200_000, 4.0), ("big", 24, 1_500_000, 1.6)] {
-        let d = noise_camera(work.path(), cam, n, bytes, seed ^ bytes as u64);
-        std::fs::write(
-            d.join("camera.toml"),
-            format!("camera = \"{cam}\"\ntopic = \"cameras/{cam}/frames\"\nfps = {fps}\n"),
-        )
-        .unwrap();
-        dirs.push(d);
+        noise_camera(work.path(), cam, n, bytes, seed ^ bytes as u64);
+        // The recorded rate of this camera.
+        dirs.push(harness::camera_folder(work.path(), cam, fps));
     }
     let cameras: Vec<Camera> = dirs.iter().flat_map(|d| load_cameras(d).unwrap()).collect();
     let want = expected(&cameras);
@@ -171,6 +169,7 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
     while !publisher.is_finished() {
         let gw = gw.take().unwrap_or_else(|| Gateway::start(&cfg, s.http_port));
         std::thread::sleep(Duration::from_millis(200 + rand(2500)));
+        gw.freeze();
         fs.clear_cache();
         gw.kill9();
         cuts += 1;

@@ -251,6 +251,16 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// SIGSTOP: the process runs no further instruction (in particular it
+    /// sends no PUBACK and issues no write or fsync) until killed. A power
+    /// cut is `freeze`, then `LazyFs::clear_cache`, then `kill9`: had the
+    /// process run on while the cache was dropped, it could acknowledge
+    /// writes the cut already lost, which no real power cut allows.
+    pub fn freeze(&self) {
+        let pid = self.pid().to_string();
+        assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    }
+
     /// `kill -9`.
     pub fn kill9(mut self) {
         let mut c = self.child.take().unwrap();
@@ -304,13 +314,7 @@ pub fn annotations(log: &DurableLog) -> Vec<gateway::detect::FrameAnnotation> {
 /// Writes a camera fixture directory with `n` frames cycled from the
 /// committed fixtures of `from` (for longer streams).
 pub fn long_camera(dir: &Path, camera: &str, from: &str, n: usize, fps: f64) -> PathBuf {
-    let d = dir.join(camera);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("camera.toml"),
-        format!("camera = \"{camera}\"\ntopic = \"cameras/{camera}/frames\"\nfps = {fps}\n"),
-    )
-    .unwrap();
+    let d = camera_folder(dir, camera, fps);
     let src: Vec<PathBuf> = {
         let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("cameras").join(from))
             .unwrap()
@@ -323,6 +327,18 @@ pub fn long_camera(dir: &Path, camera: &str, from: &str, n: usize, fps: f64) -> 
     for i in 0..n {
         std::fs::copy(&src[i % src.len()], d.join(format!("{i:05}.jpg"))).unwrap();
     }
+    d
+}
+
+/// An empty camera fixture folder (`camera.toml` only) for `replay`.
+pub fn camera_folder(dir: &Path, camera: &str, fps: f64) -> PathBuf {
+    let d = dir.join(camera);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("camera.toml"),
+        format!("camera = \"{camera}\"\ntopic = \"cameras/{camera}/frames\"\nfps = {fps}\n"),
+    )
+    .unwrap();
     d
 }
 
@@ -609,13 +625,7 @@ impl Drop for LazyFs {
 /// so they do not compress; a COM segment makes every frame unique).
 pub fn noise_camera(dir: &Path, camera: &str, n: usize, bytes: usize, seed: u64) -> PathBuf {
     use image::codecs::jpeg::JpegEncoder;
-    let d = dir.join(camera);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("camera.toml"),
-        format!("camera = \"{camera}\"\ntopic = \"cameras/{camera}/frames\"\nfps = 1000.0\n"),
-    )
-    .unwrap();
+    let d = camera_folder(dir, camera, 1000.0);
     // About 2.7 bytes per pixel for noise at quality 95.
     let px = (bytes as f64 / 2.7).max(64.0);
     let w = (px.sqrt() * 1.33) as u32;
