@@ -52,6 +52,9 @@ use validate::{Limits, Reason};
 
 /// Frames appended per group commit at most.
 const MAX_BATCH: usize = 64;
+/// Payload bytes per group commit at most: frames held in memory between
+/// their arrival and their flush stay bounded whatever their size.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Capacity of rumqttc's request channel (acks, subscribes).
 const ACK_QUEUE: usize = 8192;
 
@@ -276,7 +279,15 @@ impl EventTask {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
                     let connection = self.connection.load(Ordering::SeqCst);
-                    if tx.send(Incoming { publish, connection }).await.is_err() {
+                    // The channel is full while the appender waits for log
+                    // space; stop must still end the read (the frame is not
+                    // acknowledged, the broker redelivers it).
+                    let sent = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Ok(()),
+                        r = tx.send(Incoming { publish, connection }) => r,
+                    };
+                    if sent.is_err() {
                         return Ok(()); // the appender ended; its result tells why
                     }
                 }
@@ -358,10 +369,14 @@ impl Appender {
                 _ = stop.cancelled() => rx.try_recv().ok(),
             };
             let Some(first) = first else { return Ok(()) };
+            let mut bytes = first.publish.payload.len();
             batch.push(first);
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => {
+                        bytes += m.publish.payload.len();
+                        batch.push(m);
+                    }
                     Err(_) => break,
                 }
             }
