@@ -54,7 +54,7 @@ use validate::{Limits, Reason};
 const MAX_BATCH: usize = 64;
 /// Payload bytes per group commit at most: frames held in memory between
 /// their arrival and their flush stay bounded whatever their size.
-const MAX_BATCH_BYTES: usize = 8 << 20;
+const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Capacity of rumqttc's request channel (acks, subscribes).
 const ACK_QUEUE: usize = 8192;
 
