@@ -257,15 +257,17 @@ pub async fn private_mosquitto(dir: &Path) -> anyhow::Result<(tokio::process::Ch
     Ok((child, port))
 }
 
-async fn http_status(port: u16, path: &str) -> u16 {
+/// Status and body of a GET on a local port ((0, "") if unreachable).
+pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
     if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err() {
-        return 0;
+        return (0, String::new());
     }
     let mut r = String::new();
     let _ = s.read_to_string(&mut r).await;
-    r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
 /// The main job on embedded defaults: a private mosquitto and the given
@@ -302,7 +304,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let shutdown = tokio_util::sync::CancellationToken::new();
     let gateway = tokio::spawn(crate::run(config, shutdown.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_status(http_port, "/readyz").await != 200 {
+    while http_get(http_port, "/readyz").await.0 != 200 {
         if gateway.is_finished() {
             return match gateway.await? {
                 Err(e) => Err(anyhow::anyhow!("the gateway stopped: {e}")),

@@ -122,7 +122,7 @@ fn power_cut_right_after_the_pubacks_loses_no_acknowledged_frame() {
     let gw = Gateway::start(&cfg, s.http_port);
     let (ok, log) = gw.terminate();
     assert!(ok, "{log}");
-    println!("power cut right after the PUBACKs (LazyFS clear-cache + kill -9), {:.0?} in all:", t0.elapsed());
+    println!("power cut right after the PUBACKs (SIGSTOP, LazyFS clear-cache, kill -9), {:.0?} in all:", t0.elapsed());
     for (b, c, n, lost) in &rows {
         println!("  frames of {b:>8} bytes: {c} cuts, {n} acknowledged frames, lost {lost}");
     }

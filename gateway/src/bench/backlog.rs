@@ -9,7 +9,7 @@
 //! `log.max_bytes` at the budget under `block` and `drop_oldest`.
 
 use super::synthetic_jpeg;
-use crate::demo::private_mosquitto;
+use crate::demo::{http_get, private_mosquitto};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -86,18 +86,6 @@ fn du(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r).await;
-    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
 async fn metric(port: u16, name: &str) -> f64 {

@@ -145,21 +145,22 @@ impl Index {
     /// Makes every change applied so far durable: sled's flush, then an
     /// fdatasync of its file (its size included) and, when sled created,
     /// renamed or removed a file since the last time (snapshots), an fsync
-    /// of its directory.
+    /// of its directory. Returns the index's size on disk, from the same
+    /// look at the directory ([`size_on_disk`](Self::size_on_disk)).
     ///
     /// # Errors
     /// [`LogError::Storage`] or [`LogError::Io`].
-    pub fn flush_durable(&self) -> Result<(), LogError> {
+    pub fn flush_durable(&self) -> Result<u64, LogError> {
         self.db.flush()?;
         let io = |source| LogError::Io { path: self.dir.clone(), source };
         self.db_file.sync_data().map_err(io)?;
-        let listing = listing(&self.dir).map_err(io)?;
+        let (listing, bytes) = scan(&self.dir).map_err(io)?;
         let mut synced = self.synced_listing.lock().unwrap_or_else(|p| p.into_inner());
         if *synced != listing {
             sync_dir(&self.dir).map_err(io)?;
             *synced = listing;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// Bytes the index's files take: every file under `index/` (sled's
@@ -168,7 +169,7 @@ impl Index {
     /// # Errors
     /// [`LogError::Io`].
     pub fn size_on_disk(&self) -> Result<u64, LogError> {
-        dir_bytes(&self.dir).map_err(|source| LogError::Io { path: self.dir.clone(), source })
+        scan(&self.dir).map(|(_, bytes)| bytes).map_err(|source| LogError::Io { path: self.dir.clone(), source })
     }
 
     /// A cursor's stored position.
@@ -180,19 +181,11 @@ impl Index {
     }
 }
 
-fn listing(dir: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64)>> {
+/// The entries of `dir` as (name, inode), sorted, and the bytes of every
+/// file below it.
+fn scan(dir: &Path) -> std::io::Result<(Vec<(std::ffi::OsString, u64)>, u64)> {
     use std::os::unix::fs::DirEntryExt;
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        v.push((e.file_name(), e.ino()));
-    }
-    v.sort();
-    Ok(v)
-}
-
-fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
-    let mut n = 0;
+    let (mut listing, mut bytes) = (Vec::new(), 0);
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let m = match e.metadata() {
@@ -201,9 +194,11 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(err),
         };
-        n += if m.is_dir() { dir_bytes(&e.path())? } else { m.len() };
+        bytes += if m.is_dir() { scan(&e.path())?.1 } else { m.len() };
+        listing.push((e.file_name(), e.ino()));
     }
-    Ok(n)
+    listing.sort();
+    Ok((listing, bytes))
 }
 
 /// Key of a cursor.

@@ -462,12 +462,16 @@ impl Inner {
             (plan, (core.state.next_seq, core.state.next_gap), std::mem::take(&mut core.pending_delete))
         };
         let synced = plan.run().map_err(|e| self.seg_io(e)).and_then(|()| self.index.flush_durable());
-        if let Err(e) = synced {
-            let mut core = self.lock();
-            core.segs.sync_failed(plan);
-            core.pending_delete.extend(deletable);
-            return Err(e);
-        }
+        let index_bytes = match synced {
+            Ok(n) => n,
+            Err(e) => {
+                let mut core = self.lock();
+                core.segs.sync_failed(plan);
+                core.pending_delete.extend(deletable);
+                return Err(e);
+            }
+        };
+        self.index_bytes.store(index_bytes.max(index::INDEX_FLOOR), Ordering::Relaxed);
         self.durable.send_modify(|d| *d = (d.0.max(covered.0), d.1.max(covered.1)));
         {
             let mut core = self.lock();
@@ -477,9 +481,6 @@ impl Inner {
                 drop(core);
                 dir_plan.run().map_err(|e| self.seg_io(e))?;
                 core = self.lock();
-            }
-            if let Ok(n) = self.index.size_on_disk() {
-                self.index_bytes.store(n.max(index::INDEX_FLOOR), Ordering::Relaxed);
             }
             self.publish_used(&core);
         }
@@ -555,14 +556,13 @@ impl DurableLog {
             }
         }
         index.tree.insert(META_STATE, state.encode())?;
-        index.flush_durable()?;
+        let index_bytes = index.flush_durable()?.max(index::INDEX_FLOOR);
         // Only now, with the index durable, can unreferenced files go.
         segs.delete(&dead).map_err(io)?;
         segs.take_sync_plan().and_then(|p| p.run()).map_err(io)?;
         if !dead.is_empty() {
             tracing::info!(segments = dead.len(), "deleted payload segments nothing refers to");
         }
-        let index_bytes = index.size_on_disk()?.max(index::INDEX_FLOOR);
         let used = segs.disk_bytes() + index_bytes;
         let durable = (state.next_seq, state.next_gap);
         let inner = Inner {

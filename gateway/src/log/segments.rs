@@ -286,9 +286,19 @@ impl SegmentStore {
     /// segment's header included when the active one is full).
     pub fn cost(&self, lane: Lane, len: u64) -> u64 {
         let rec = RECORD_HEADER_LEN + len;
+        if self.rolls(lane, rec) {
+            FILE_HEADER_LEN + rec
+        } else {
+            rec
+        }
+    }
+
+    /// True if a record taking `rec` bytes starts a new segment of `lane`:
+    /// there is no active one, or it is full (an empty one takes any size).
+    fn rolls(&self, lane: Lane, rec: u64) -> bool {
         match self.active.get(&lane).and_then(|a| self.segs.get(&a.id)) {
-            Some(s) if s.file_bytes + rec <= self.target_bytes || s.file_bytes == FILE_HEADER_LEN => rec,
-            _ => FILE_HEADER_LEN + rec,
+            Some(s) => s.file_bytes + rec > self.target_bytes && s.file_bytes > FILE_HEADER_LEN,
+            None => true,
         }
     }
 
@@ -318,12 +328,8 @@ impl SegmentStore {
         let len = u32::try_from(total)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "record over 4 GiB"))?;
         let rec = RECORD_HEADER_LEN + u64::from(len);
-        let roll = match self.active.get(&lane).and_then(|a| self.segs.get(&a.id)) {
-            Some(s) => s.file_bytes + rec > self.target_bytes && s.file_bytes > FILE_HEADER_LEN,
-            None => true,
-        };
         let mut created = false;
-        if roll {
+        if self.rolls(lane, rec) {
             self.create(lane)?;
             created = true;
         }
