@@ -6,7 +6,13 @@
 //! cannot be made to on demand. The value is a comma-separated list:
 //!
 //! - `panic_camera=<id>`: the model run panics on frames of that camera;
-//! - `replicate_fail`: the replicate stage fails for good as it starts.
+//! - `replicate_fail`: the replicate stage fails for good as it starts;
+//! - `detect_delay_ms=<n>`: every model run takes `n` ms longer (a slow
+//!   model, so the log fills behind detect);
+//! - `replicate_unbounded`: replicate is no longer bounded by the detect
+//!   cursor. This puts back the bug of issue 12 (a dead letter lets
+//!   replicate skip frames the model has not annotated yet) so the chaos
+//!   checker can show that it finds it.
 
 /// The faults switched on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,6 +21,10 @@ pub struct Faults {
     pub panic_camera: Option<String>,
     /// The replicate stage fails permanently.
     pub replicate_fail: bool,
+    /// Extra time per model run, in ms.
+    pub detect_delay_ms: u64,
+    /// Replicate reads up to the durable seq, ignoring the detect cursor.
+    pub replicate_unbounded: bool,
 }
 
 impl Faults {
@@ -29,7 +39,11 @@ impl Faults {
         for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item.split_once('=') {
                 Some(("panic_camera", id)) => f.panic_camera = Some(id.to_owned()),
+                Some(("detect_delay_ms", ms)) if ms.parse::<u64>().is_ok() => {
+                    f.detect_delay_ms = ms.parse().unwrap_or(0);
+                }
                 None if item == "replicate_fail" => f.replicate_fail = true,
+                None if item == "replicate_unbounded" => f.replicate_unbounded = true,
                 _ => tracing::warn!(fault = item, "unknown entry in VISION_GATEWAY_FAULTS ignored"),
             }
         }
@@ -46,8 +60,17 @@ mod tests {
 
     #[test]
     fn parses_the_list() {
-        let f = Faults::parse("panic_camera=camP, replicate_fail,bogus");
-        assert_eq!(f, Faults { panic_camera: Some("camP".into()), replicate_fail: true });
+        let f = Faults::parse("panic_camera=camP, replicate_fail,bogus,detect_delay_ms=250,detect_delay_ms=x");
+        assert_eq!(
+            f,
+            Faults {
+                panic_camera: Some("camP".into()),
+                replicate_fail: true,
+                detect_delay_ms: 250,
+                replicate_unbounded: false
+            }
+        );
+        assert!(Faults::parse("replicate_unbounded").replicate_unbounded);
         assert_eq!(Faults::parse(""), Faults::default());
     }
 }

@@ -79,6 +79,8 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
                     size: 3,
                     received_at_ms: 0,
                     payload_kept: true,
+                    camera_seq: None,
+                    captured_at_ms: None,
                 }
                 .encode(Some(b"abc")),
             )

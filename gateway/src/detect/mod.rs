@@ -429,6 +429,9 @@ fn worker(
             error: Some(error),
         };
         let panic_here = faults.panic_camera.as_deref() == Some(frame.camera.as_str());
+        if faults.detect_delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(faults.detect_delay_ms));
+        }
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if panic_here {
                 panic!("injected fault: model run panics on camera {}", frame.camera);

@@ -23,6 +23,13 @@ pub struct DeadLetter {
     pub received_at_ms: u64,
     /// Whether the payload bytes follow the header.
     pub payload_kept: bool,
+    /// The camera's own sequence number, if it sent one (so a consumer can
+    /// tell which frame of the camera this was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera_seq: Option<u64>,
+    /// When the camera captured it (ms since the Unix epoch), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at_ms: Option<u64>,
 }
 
 impl DeadLetter {
@@ -65,6 +72,8 @@ mod tests {
             size: 3,
             received_at_ms: 5,
             payload_kept: true,
+            camera_seq: Some(7),
+            captured_at_ms: None,
         };
         let b = d.encode(Some(b"abc"));
         assert_eq!(DeadLetter::decode(&b).unwrap(), (d, &b"abc"[..]));

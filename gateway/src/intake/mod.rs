@@ -11,7 +11,9 @@
 //!   group commit), and only then are their PUBACKs queued, in the order the
 //!   frames arrived. Frames received on a connection that has since dropped
 //!   are stored but not acknowledged: the broker redelivers them on the new
-//!   connection (at-least-once; consumers de-duplicate by camera sequence).
+//!   connection. A redelivered frame that was already stored is recognised
+//!   by its fingerprint and acknowledged without being stored again, so
+//!   one camera frame gets one frame id (see [`DurableLog::append_frame_once`]).
 //! - **Bounded memory.** The broker may have at most `mqtt.receive_maximum`
 //!   unacknowledged frames in flight to us (MQTT 5 receive maximum), so the
 //!   queue between the event loop and the appender never holds more.
@@ -35,7 +37,7 @@ mod tls;
 pub mod validate;
 
 use crate::config::MqttConfig;
-use crate::log::{Area, DurableLog, FrameRecord, LogError};
+use crate::log::{Area, DurableLog, FrameRecord, LogError, Once};
 use crate::telemetry::RateLimiter;
 use dead_letter::DeadLetter;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -106,6 +108,9 @@ pub struct IntakeStats {
     /// Events the MQTT event loop returned (keep-alives and reconnect
     /// attempts included): the loop's heartbeat, for the watchdog.
     pub polls: AtomicU64,
+    /// Publishes the broker delivered again that were already stored
+    /// (acknowledged, not stored twice).
+    pub duplicates: AtomicU64,
 }
 
 impl IntakeStats {
@@ -428,10 +433,12 @@ impl Appender {
             None => Err(Reason::UnknownTopic),
             Some(_) => validate::check_payload(&p.payload, self.limits),
         };
+        let (captured_at_ms, camera_seq) = metadata(p);
+        let fingerprint = fingerprint(p, &topic, camera_seq, captured_at_ms);
+        let check = may_be_duplicate(p, camera_seq);
         loop {
             let result = match (&camera, checked) {
                 (Some(camera), Ok(c)) => {
-                    let (captured_at_ms, camera_seq) = metadata(p);
                     let f = FrameRecord {
                         camera: camera.clone(),
                         content_type: c.format.content_type().to_owned(),
@@ -440,9 +447,11 @@ impl Appender {
                         camera_seq,
                         payload: p.payload.to_vec(),
                     };
-                    self.log.append_frame(&f).inspect(|_| {
-                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                        self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    self.log.append_frame_once(&f, fingerprint, check).inspect(|o| {
+                        if matches!(o, Once::Stored(_)) {
+                            self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                            self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                        }
                     })
                 }
                 _ => {
@@ -450,6 +459,8 @@ impl Appender {
                     let used = self.log.area_stats(Area::DeadLetters).bytes;
                     let keep = used + p.payload.len() as u64 <= self.quarantine_max;
                     let d = DeadLetter {
+                        camera_seq,
+                        captured_at_ms,
                         topic: topic.clone(),
                         camera: camera.clone(),
                         reason,
@@ -457,8 +468,9 @@ impl Appender {
                         received_at_ms,
                         payload_kept: keep,
                     };
-                    let r = self.log.append_dead_letter(&d.encode(keep.then_some(&p.payload[..])));
-                    if let Ok(a) = &r {
+                    let r =
+                        self.log.append_dead_letter_once(&d.encode(keep.then_some(&p.payload[..])), fingerprint, check);
+                    if let Ok(Once::Stored(a)) = &r {
                         self.stats.quarantined[reason as usize].fetch_add(1, Ordering::Relaxed);
                         if let Some(held) = self.warn.check(reason.name()) {
                             tracing::warn!(
@@ -475,8 +487,14 @@ impl Appender {
                 }
             };
             match result {
-                Ok(_) => {
+                Ok(once) => {
                     self.stats.blocked.store(false, Ordering::Relaxed);
+                    if let Once::Duplicate(seq) = once {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        if let Some(held) = self.warn.check("duplicate") {
+                            tracing::info!(seq, topic = %topic, dup = p.dup, suppressed = held, "publish delivered again; already stored, acknowledged without storing");
+                        }
+                    }
                     return Ok(true);
                 }
                 Err(LogError::Full { needed, used, max }) => {
@@ -493,6 +511,32 @@ impl Appender {
             }
         }
     }
+}
+
+/// What identifies a publish across redeliveries: topic, payload (length
+/// and CRC-32) and the camera's `camera_seq`/`captured_at_ms`; a broker's
+/// redelivery and a camera's own retry carry the same. Stable across
+/// versions (a fingerprint written before an upgrade still matches).
+fn fingerprint(p: &Publish, topic: &str, camera_seq: Option<u64>, captured_at_ms: Option<u64>) -> u64 {
+    let mut meta = crc32fast::Hasher::new();
+    meta.update(topic.as_bytes());
+    meta.update(&(p.payload.len() as u64).to_le_bytes());
+    for v in [camera_seq, captured_at_ms] {
+        meta.update(&v.map_or([0xff; 9], |x| {
+            let mut b = [0u8; 9];
+            b[1..].copy_from_slice(&x.to_le_bytes());
+            b
+        }));
+    }
+    (u64::from(crc32fast::hash(&p.payload)) << 32) | u64::from(meta.finalize())
+}
+
+/// Whether a publish may be matched against recent fingerprints: always
+/// when the camera numbers its frames, otherwise only a publish the broker
+/// marks as a redelivery (DUP), since a still scene can give two
+/// byte-identical frames without a `camera_seq`.
+fn may_be_duplicate(p: &Publish, camera_seq: Option<u64>) -> bool {
+    camera_seq.is_some() || p.dup
 }
 
 /// Capture time and camera sequence from MQTT 5 user properties

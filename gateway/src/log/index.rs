@@ -41,6 +41,9 @@ pub(super) const META_FORMAT: &[u8] = b"Mformat";
 pub(super) const FORMAT: &[u8] = b"2";
 pub(super) const CURSOR_PREFIX: u8 = b'C';
 pub(super) const ASIDE_PREFIX: u8 = b'X';
+/// Fingerprints of recent appends (`R` + seq -> fingerprint), for
+/// [`DurableLog::append_once`](super::DurableLog::append_once).
+pub(super) const RECENT_PREFIX: u8 = b'R';
 
 /// The key of record `seq` in the area with prefix `prefix`.
 pub fn key(prefix: u8, seq: u64) -> [u8; 9] {

@@ -70,7 +70,7 @@ use accounting::{SegLive, State};
 use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_FORMAT, META_GATEWAY, META_STATE};
 use segments::{read_record, Lane, SegmentStore};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -290,6 +290,15 @@ impl LogOptions {
     }
 }
 
+/// What [`DurableLog::append_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// Stored under a new seq.
+    Stored(Appended),
+    /// A recent record had the same fingerprint (its seq); nothing stored.
+    Duplicate(u64),
+}
+
 /// Result of appending a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -388,7 +397,14 @@ struct Core {
     pending_delete: Vec<u64>,
     /// Appends changed `state` since `Mstate` was last written.
     state_dirty: bool,
+    /// Fingerprint -> seq of the last [`RECENT`] appends that had one.
+    recent: HashMap<u64, u64>,
 }
+
+/// How many appends' fingerprints are remembered for de-duplication: far
+/// more than a broker can redeliver after a crash (`mqtt.receive_maximum`
+/// frames in flight, plus a group commit).
+pub const RECENT: u64 = 8192;
 
 struct Inner {
     opts: LogOptions,
@@ -535,6 +551,13 @@ impl DurableLog {
         check_identity(&index, &opts)?;
         let mut state = load_state(&index)?;
         raise_counters(&index, &mut state)?;
+        let mut recent = HashMap::new();
+        for kv in index.tree.scan_prefix([index::RECENT_PREFIX]) {
+            let (k, v) = kv?;
+            if let (Some(seq), Some(fp)) = (seq_of(&k), index::decode_u64(&v)) {
+                recent.insert(fp, seq);
+            }
+        }
         let mut segs = SegmentStore::open(opts.path.join("segments"), opts.segment_target()).map_err(io)?;
         let mut dead = Vec::new();
         for id in segs.ids() {
@@ -568,7 +591,7 @@ impl DurableLog {
         let inner = Inner {
             opts,
             index,
-            core: Mutex::new(Core { state, segs, pending_delete: Vec::new(), state_dirty: false }),
+            core: Mutex::new(Core { state, segs, pending_delete: Vec::new(), state_dirty: false, recent }),
             flush_lock: Mutex::new(()),
             changes: watch::channel(0).0,
             used: watch::channel(used).0,
@@ -632,7 +655,44 @@ impl DurableLog {
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn append_frame(&self, frame: &FrameRecord) -> Result<Appended, LogError> {
         let (head, payload) = frame.encode_parts();
-        self.append(Area::Frames, &[&head, payload])
+        self.append(Area::Frames, &[&head, payload], None)
+    }
+
+    /// Appends a frame, unless a record with the same `fingerprint` is among the last [`RECENT`]
+    /// appends (and `check` is set): then returns [`Once::Duplicate`] with
+    /// its seq and stores nothing. The fingerprint is remembered either way. Intake uses it so that a frame the broker delivers again
+    /// (it was stored, but the gateway died before its PUBACK) is not
+    /// stored twice under two frame ids. The fingerprint is written right
+    /// after the record, so a crash can lose the fingerprint of a stored
+    /// record (one duplicate) but never keep a fingerprint without its
+    /// record (a loss).
+    ///
+    /// # Errors
+    /// As [`append_frame`](Self::append_frame).
+    pub fn append_frame_once(&self, frame: &FrameRecord, fingerprint: u64, check: bool) -> Result<Once, LogError> {
+        let (head, payload) = frame.encode_parts();
+        self.append_once(Area::Frames, &[&head, payload], fingerprint, check)
+    }
+
+    /// [`append_dead_letter`](Self::append_dead_letter) with the
+    /// de-duplication of [`append_frame_once`](Self::append_frame_once).
+    ///
+    /// # Errors
+    /// As [`append_frame`](Self::append_frame).
+    pub fn append_dead_letter_once(&self, body: &[u8], fingerprint: u64, check: bool) -> Result<Once, LogError> {
+        self.append_once(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)], fingerprint, check)
+    }
+
+    fn append_once(&self, area: Area, value: &[&[u8]], fingerprint: u64, check: bool) -> Result<Once, LogError> {
+        if let Some(seq) = self.seen(fingerprint).filter(|_| check) {
+            return Ok(Once::Duplicate(seq));
+        }
+        self.append(area, value, Some(fingerprint)).map(Once::Stored)
+    }
+
+    /// The seq of a recent append with this fingerprint, if any.
+    pub fn seen(&self, fingerprint: u64) -> Option<u64> {
+        self.inner.lock().recent.get(&fingerprint).copied()
     }
 
     /// Appends a dead letter (quarantined input, stage-encoded) in the frame
@@ -641,11 +701,12 @@ impl DurableLog {
     /// # Errors
     /// As [`append_frame`](Self::append_frame).
     pub fn append_dead_letter(&self, body: &[u8]) -> Result<Appended, LogError> {
-        self.append(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)])
+        self.append(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)], None)
     }
 
-    /// Appends a record given in parts (written one after the other).
-    fn append(&self, area: Area, value: &[&[u8]]) -> Result<Appended, LogError> {
+    /// Appends a record given in parts (written one after the other), and
+    /// its fingerprint if it has one.
+    fn append(&self, area: Area, value: &[&[u8]], fingerprint: Option<u64>) -> Result<Appended, LogError> {
         let len: u64 = value.iter().map(|p| p.len() as u64).sum();
         let max = self.inner.opts.max_bytes;
         let worst = txn::worst_cost(len) + self.inner.opts.index_reserve;
@@ -658,7 +719,7 @@ impl DurableLog {
             let mut core = self.inner.lock();
             let need = self.inner.cost(&core, area, len);
             if self.inner.fits(&core, need, 0) {
-                let seq = self.put_appended(&mut core, area, value)?;
+                let seq = self.put_appended(&mut core, area, value, fingerprint)?;
                 return Ok(Appended { seq, frame_id: self.frame_id(seq), gaps });
             }
             let mut txn = Txn::new(&self.inner, &mut core);
@@ -673,7 +734,7 @@ impl DurableLog {
                 drop(txn);
             }
             if fits_now {
-                let seq = self.put_appended(&mut core, area, value)?;
+                let seq = self.put_appended(&mut core, area, value, fingerprint)?;
                 return Ok(Appended { seq, frame_id: self.frame_id(seq), gaps });
             }
             let used = core.segs.disk_bytes() + self.inner.index_bytes.load(Ordering::Relaxed);
@@ -692,7 +753,13 @@ impl DurableLog {
     /// insert (a sled batch would cost two `sync_file_range` calls), the
     /// accounting in memory; it is written at the next flush or stage batch
     /// and recovered from the keys after a crash (see `accounting`).
-    fn put_appended(&self, core: &mut Core, area: Area, value: &[&[u8]]) -> Result<u64, LogError> {
+    fn put_appended(
+        &self,
+        core: &mut Core,
+        area: Area,
+        value: &[&[u8]],
+        fingerprint: Option<u64>,
+    ) -> Result<u64, LogError> {
         let seq = core.state.next_seq;
         let k = key(area.prefix(), seq);
         let len: u64 = value.iter().map(|p| p.len() as u64).sum();
@@ -714,6 +781,20 @@ impl DurableLog {
             self.inner.index.tree.insert(k, value.concat())?;
             Slot::Inline(len)
         };
+        if let Some(fp) = fingerprint {
+            // After the record: see `append_frame_once`.
+            let tree = &self.inner.index.tree;
+            tree.insert(key(index::RECENT_PREFIX, seq), &fp.to_be_bytes())?;
+            core.recent.insert(fp, seq);
+            if let Some(old_seq) = seq.checked_sub(RECENT) {
+                let old = tree.remove(key(index::RECENT_PREFIX, old_seq))?;
+                if let Some(old_fp) = old.as_deref().and_then(index::decode_u64) {
+                    if core.recent.get(&old_fp) == Some(&old_seq) {
+                        core.recent.remove(&old_fp);
+                    }
+                }
+            }
+        }
         core.state.next_seq += 1;
         core.state.account(area, slot, true);
         core.state_dirty = true;

@@ -256,6 +256,7 @@ pub struct Replicate {
     producer: KafkaProducer,
     stats: Arc<ReplicateStats>,
     warn: RateLimiter,
+    unbounded: bool,
 }
 
 impl Replicate {
@@ -267,6 +268,7 @@ impl Replicate {
             producer,
             stats: Arc::new(ReplicateStats::default()),
             warn: RateLimiter::new(Duration::from_secs(30)),
+            unbounded: crate::faults::Faults::from_env().replicate_unbounded,
         }
     }
 
@@ -347,7 +349,12 @@ impl Replicate {
     /// cursor cannot jump over them.
     fn next_records(&self) -> Result<Vec<Out>, ReplicateError> {
         let from = self.log.cursor(Cursor::Replicate)?;
-        let to = self.log.bound(Cursor::Replicate)?;
+        let to = if self.unbounded {
+            // Injected fault (tests only): the pre-fix bound.
+            self.log.bound(Cursor::Detect)?
+        } else {
+            self.log.bound(Cursor::Replicate)?
+        };
         let n = BATCH;
         let anns = self.log.read_blobs(Area::Annotations, from, to, n)?;
         let dead = self.log.read_blobs(Area::DeadLetters, from, to, n)?;

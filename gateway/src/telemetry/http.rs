@@ -130,6 +130,13 @@ pub fn render(t: &Telemetry) -> String {
         "PUBACKs sent after the frame was durable.",
         &one(ld(&i.acked)),
     );
+    metric(
+        &mut o,
+        "vision_gateway_frames_duplicate_total",
+        "counter",
+        "Publishes delivered again that were already stored (acknowledged, not stored twice).",
+        &one(ld(&i.duplicates)),
+    );
     let q: Vec<(String, u64)> =
         Reason::ALL.iter().map(|r| (format!("{{reason=\"{}\"}}", r.name()), ld(&i.quarantined[*r as usize]))).collect();
     metric(&mut o, "vision_gateway_frames_quarantined_total", "counter", "Frames quarantined, by reason.", &q);

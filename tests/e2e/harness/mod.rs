@@ -42,39 +42,83 @@ fn wait_for_port(port: u16, what: &str) {
 /// A mosquitto broker process, killed on drop.
 pub struct Mosquitto {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
     pub dir: tempfile::TempDir,
+    conf: PathBuf,
 }
 
 impl Mosquitto {
     pub fn start() -> Self {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("mosquitto is not installed (the test command installs Debian's mosquitto: bash tests/run)");
+        Self::start_with(false)
+    }
+
+    /// With `persistence`, mosquitto saves its sessions and queued messages
+    /// when stopped with SIGTERM, so [`restart`](Self::restart) keeps what
+    /// it acknowledged to publishers (as a packaged broker does).
+    pub fn start_with(persistence: bool) -> Self {
         // E2E_KEEP=1 keeps mosquitto's folder with a full protocol log.
         let keep = std::env::var_os("E2E_KEEP").is_some();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        if persistence {
+            // mosquitto started as root drops to its own user, which must
+            // be able to write its database here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let persist = if persistence {
+            format!("persistence true\npersistence_location {}/\nautosave_interval 0\n", dir.path().display())
+        } else {
+            "persistence false\n".to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persist}\
                  max_queued_messages 100000\nmax_queued_bytes 0\nlog_type {}\n",
                 if keep { "all" } else { "error\nlog_type warning\nlog_type notice" }
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        wait_for_port(port, "mosquitto");
+        let mut m = Self { port, child: None, dir, conf };
+        m.spawn();
         if keep {
-            eprintln!("mosquitto folder kept: {}", dir.path().display());
-            let _ = dir.keep();
-            return Self { port, child, dir: tempfile::tempdir().unwrap() };
+            eprintln!("mosquitto folder kept: {}", m.dir.path().display());
+            let kept = std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap());
+            let _ = kept.keep();
         }
-        Self { port, child, dir }
+        m
+    }
+
+    fn spawn(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed (the test command installs Debian's mosquitto: bash tests/run)");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.conf.with_file_name("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(bin).arg("-c").arg(&self.conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+        wait_for_port(self.port, "mosquitto");
+    }
+
+    /// Stops mosquitto with SIGTERM (it saves its state when persistent)
+    /// and starts it again on the same port.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            let _ = c.wait();
+        }
+        // The port must be free again before the new process binds it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.spawn();
     }
 
     pub fn addr(&self) -> String {
@@ -84,8 +128,10 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -451,6 +497,41 @@ impl Tansu {
             }
             out
         })
+    }
+}
+
+impl Tansu {
+    /// Every message of partition 0 of `topic`, from the beginning up to the
+    /// high watermark read first (no idle wait: an empty topic returns at
+    /// once).
+    pub fn consume_to_end(&self, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("e2e-end-{topic}-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "5242880")
+            .create()
+            .unwrap();
+        let (_, high) = c.fetch_watermarks(topic, 0, Duration::from_secs(20)).unwrap();
+        let mut out = Vec::new();
+        if high <= 0 {
+            return out;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while out.last().is_none_or(|m: &rdkafka::message::OwnedMessage| m.offset() + 1 < high) {
+            assert!(Instant::now() < deadline, "{topic}: read {} of {high} messages in 120 s", out.len());
+            match c.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => out.push(m.detach()),
+                Some(Err(e)) => panic!("consuming {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
     }
 }
 
