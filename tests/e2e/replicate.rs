@@ -247,3 +247,63 @@ fn a_bad_frame_while_the_model_is_behind_hides_no_good_frame() {
 fn a_bad_frame_under_hold_waits_for_the_frames_below_it() {
     bad_frame_while_the_model_is_behind(true);
 }
+
+/// The images topic does not exist (a site forgot to create it): after
+/// bounded retries each sampled image is given up with an `undeliverable`
+/// gap record saying why, and every annotation still reaches Kafka, in
+/// order. Before, the whole batch was re-sent every ≤ 30 s forever.
+#[test]
+fn a_missing_images_topic_does_not_stop_annotations() {
+    let mq = Mosquitto::start();
+    let tansu = Tansu::start();
+    tansu.create_topics(&["vision.annotations", "vision.gaps", "vision.dead-letters"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.kafka = tansu.brokers();
+    s.when_disabled = "forward";
+    // Fail fast on the missing topic (librdkafka waits 30 s by default).
+    s.extra =
+        "[sample]\nevery_nth = 2\n[replicate.librdkafka]\n\"topic.metadata.propagation.max.ms\" = \"500\"\n".into();
+    let n = 6;
+    let cams = load_cameras(&long_camera(dir.path(), "camI", "line1-cam1", n, 100.0)).unwrap();
+    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    rt().block_on(replay(&cams, &mq.addr(), Some(0.0), false)).unwrap();
+    gw.wait_for("every annotation in Kafka, every image given up", Duration::from_secs(180), |m| {
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= n as f64
+            && m.get("vision_gateway_replicate_undeliverable_total{kind=\"image\"}").copied().unwrap_or(0.0)
+                >= (n / 2) as f64
+            && m.get("vision_gateway_replicated_total{kind=\"gap\"}").copied().unwrap_or(0.0) >= (n / 2) as f64
+    });
+    let refusals = gw.metric("vision_gateway_replicate_topic_refusals_total");
+    let (ok, log) = gw.terminate();
+    assert!(ok, "{log}");
+    let anns = annotations(&tansu);
+    let mut first: Vec<u64> = Vec::new();
+    for a in &anns {
+        let c = a.camera_seq.unwrap();
+        if !first.contains(&c) {
+            first.push(c);
+        }
+    }
+    assert_eq!(first, (0..n as u64).collect::<Vec<_>>(), "every annotation, in order");
+    let sampled: Vec<u64> = anns.iter().filter(|a| a.sampled.is_some()).map(|a| a.seq).collect();
+    let gaps: Vec<gateway::log::GapRecord> = tansu
+        .consume_all("vision.gaps", Duration::from_secs(3))
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    let given_up: BTreeSet<u64> = gaps
+        .iter()
+        .filter(|g| g.reason == gateway::log::GapReason::Undeliverable && g.area == gateway::log::Area::Images)
+        .map(|g| {
+            assert!(g.detail.as_deref().unwrap_or("").contains("vision.images"), "{g:?}");
+            g.from_seq
+        })
+        .collect();
+    assert_eq!(given_up, sampled.iter().copied().collect::<BTreeSet<_>>(), "one gap per sampled image");
+    println!(
+        "missing images topic: {} annotations in Kafka, {} images given up with gap records, {refusals} topic refusals",
+        first.len(),
+        given_up.len()
+    );
+}

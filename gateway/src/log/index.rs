@@ -35,6 +35,10 @@ pub const INDEX_FLOOR: u64 = 512 << 10;
 /// Length of a record key.
 pub const KEY_LEN: u64 = 9;
 pub(super) const META_STATE: &[u8] = b"Mstate";
+/// The next seq after the last completed flush: every record below it had
+/// its payload synced before this was written (records at or above it were
+/// never acknowledged).
+pub(super) const META_DURABLE: &[u8] = b"Mdurable";
 pub(super) const META_GATEWAY: &[u8] = b"Mgateway_id";
 pub(super) const META_FORMAT: &[u8] = b"Mformat";
 /// Layout of this log: 2 = payloads in segments, index in `index/`.

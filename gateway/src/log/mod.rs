@@ -67,7 +67,7 @@ pub use error::LogError;
 pub use reader::{LogReader, ReadBatch};
 
 use accounting::{SegLive, State};
-use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_FORMAT, META_GATEWAY, META_STATE};
+use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_DURABLE, META_FORMAT, META_GATEWAY, META_STATE};
 use segments::{read_record, Lane, SegmentStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -183,12 +183,22 @@ pub enum GapReason {
     FrameDroppedForSpace,
     /// A record could not be read back (torn, damaged, segment missing); see `detail`.
     Unreadable,
+    /// Kafka refused the record for good (too large for the broker, topic
+    /// missing for an image, ...), see `detail`; it was dropped after
+    /// bounded retries so that the records behind it keep flowing.
+    Undeliverable,
 }
 
 impl GapReason {
     /// Every reason.
-    pub const ALL: [GapReason; 3] =
-        [GapReason::ImageDroppedForSpace, GapReason::FrameDroppedForSpace, GapReason::Unreadable];
+    pub const ALL: [GapReason; GapReason::COUNT] = [
+        GapReason::ImageDroppedForSpace,
+        GapReason::FrameDroppedForSpace,
+        GapReason::Unreadable,
+        GapReason::Undeliverable,
+    ];
+    /// How many reasons there are.
+    pub const COUNT: usize = 4;
 
     fn index(self) -> usize {
         self as usize
@@ -200,6 +210,7 @@ impl GapReason {
             GapReason::ImageDroppedForSpace => "image_dropped_for_space",
             GapReason::FrameDroppedForSpace => "frame_dropped_for_space",
             GapReason::Unreadable => "unreadable",
+            GapReason::Undeliverable => "undeliverable",
         }
     }
 }
@@ -335,7 +346,7 @@ pub struct LogCounts {
     /// Per area.
     pub areas: [(Area, AreaStats); 5],
     /// Records dropped or set aside since the log was opened, by reason.
-    pub dropped: [(GapReason, u64); 3],
+    pub dropped: [(GapReason, u64); GapReason::COUNT],
 }
 
 /// A cursor's position and what is behind it.
@@ -421,7 +432,7 @@ struct Inner {
     index_bytes: AtomicU64,
     flushes: AtomicU64,
     /// Records dropped or set aside since open, by [`GapReason::index`].
-    dropped: [AtomicU64; 3],
+    dropped: [AtomicU64; GapReason::COUNT],
 }
 
 impl Inner {
@@ -477,7 +488,13 @@ impl Inner {
             let plan = core.segs.take_sync_plan().map_err(|e| self.seg_io(e))?;
             (plan, (core.state.next_seq, core.state.next_gap), std::mem::take(&mut core.pending_delete))
         };
-        let synced = plan.run().map_err(|e| self.seg_io(e)).and_then(|()| self.index.flush_durable());
+        // The durable mark goes in only once the payloads below it are
+        // synced (sled may write it out any time after the insert).
+        let synced = plan
+            .run()
+            .map_err(|e| self.seg_io(e))
+            .and_then(|()| Ok(self.index.tree.insert(META_DURABLE, &covered.0.to_be_bytes())?))
+            .and_then(|_| self.index.flush_durable());
         let index_bytes = match synced {
             Ok(n) => n,
             Err(e) => {
@@ -600,7 +617,93 @@ impl DurableLog {
             flushes: AtomicU64::new(0),
             dropped: Default::default(),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        let log = Self { inner: Arc::new(inner) };
+        log.trim_torn_tail()?;
+        Ok(log)
+    }
+
+    /// After a crash: intake records appended after the last completed
+    /// flush were never acknowledged, and a power cut can have kept some of
+    /// their index entries (sled writes in the background) but not their
+    /// payloads. From the first such record whose payload does not read
+    /// back, every intake record is removed (with its fingerprint) and one
+    /// gap record says so: the broker still holds those frames and delivers
+    /// them again, so they are stored anew, in order, and not mistaken for
+    /// duplicates. What is kept is a prefix of what was appended.
+    fn trim_torn_tail(&self) -> Result<(), LogError> {
+        let tree = &self.inner.index.tree;
+        let Some(mark) = tree.get(META_DURABLE)?.as_deref().and_then(index::decode_u64) else { return Ok(()) };
+        let lane = [Area::Frames, Area::DeadLetters];
+        let mut first_bad: Option<u64> = None;
+        for area in lane {
+            for kv in tree.range(key(area.prefix(), mark)..=key(area.prefix(), u64::MAX)) {
+                let (k, v) = kv?;
+                let Some(seq) = seq_of(&k) else { continue };
+                if first_bad.is_some_and(|b| seq >= b) {
+                    break;
+                }
+                let torn = match Slot::of(&v) {
+                    Slot::Ptr(_) => match index::pointer(&v) {
+                        Ok(p) => self.fetch(&p, area, seq)?.is_err(),
+                        Err(_) => true,
+                    },
+                    Slot::Inline(_) => false,
+                };
+                if torn {
+                    first_bad = Some(seq);
+                    break;
+                }
+            }
+        }
+        let Some(from) = first_bad else { return Ok(()) };
+        let mut doomed = Vec::new();
+        for area in lane {
+            for kv in tree.range(key(area.prefix(), from)..=key(area.prefix(), u64::MAX)) {
+                if let Some(seq) = seq_of(&kv?.0) {
+                    doomed.push((area, seq));
+                }
+            }
+        }
+        // Fingerprints first: a crash in between leaves records without
+        // fingerprints (trimmed again at the next open), never fingerprints
+        // of records that are gone.
+        let mut core = self.inner.lock();
+        for (_, seq) in &doomed {
+            if let Some(fp) = tree.remove(key(index::RECENT_PREFIX, *seq))?.as_deref().and_then(index::decode_u64) {
+                if core.recent.get(&fp) == Some(seq) {
+                    core.recent.remove(&fp);
+                }
+            }
+        }
+        let mut txn = Txn::new(&self.inner, &mut core);
+        let (mut bytes, mut last) = (0, from);
+        for (area, seq) in &doomed {
+            bytes += txn.remove(*area, *seq)?.unwrap_or(0);
+            last = last.max(*seq);
+        }
+        let g = txn.gap(
+            Area::Frames,
+            from,
+            last,
+            doomed.len() as u64,
+            bytes,
+            GapReason::Unreadable,
+            Some(
+                "appended after the last flush and torn by a crash: never acknowledged, so the broker delivers \
+                 these frames again"
+                    .into(),
+            ),
+        )?;
+        self.finish(txn)?;
+        drop(core);
+        tracing::warn!(
+            from_seq = from,
+            to_seq = last,
+            records = doomed.len(),
+            gap = g.id,
+            "crash recovery: unacknowledged torn tail removed; the broker redelivers it"
+        );
+        self.inner.flush()
     }
 
     /// The gateway id this log belongs to.
@@ -1002,6 +1105,11 @@ impl DurableLog {
                 Op::Remove(area, seq) => {
                     txn.remove(area, seq)?;
                 }
+                Op::Undeliverable(area, seq, detail) => {
+                    if let Some(bytes) = txn.remove(area, seq)? {
+                        txn.gap(area, seq, seq, 1, bytes, GapReason::Undeliverable, Some(detail))?;
+                    }
+                }
             }
         }
         for (area, c) in &self.inner.opts.retention {
@@ -1236,6 +1344,7 @@ pub struct StageBatch {
 enum Op {
     Put(Area, u64, Vec<u8>),
     Remove(Area, u64),
+    Undeliverable(Area, u64, String),
 }
 
 impl StageBatch {
@@ -1255,6 +1364,14 @@ impl StageBatch {
     /// Removes the record at `seq` in `area` (no-op if absent).
     pub fn remove(&mut self, area: Area, seq: u64) -> &mut Self {
         self.ops.push(Op::Remove(area, seq));
+        self
+    }
+
+    /// Removes the record at `seq` in `area` and writes a gap record for it
+    /// with reason [`GapReason::Undeliverable`] and `detail` (a record
+    /// Kafka refuses for good). No gap is written if the record is gone.
+    pub fn undeliverable(&mut self, area: Area, seq: u64, detail: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::Undeliverable(area, seq, detail.into()));
         self
     }
 

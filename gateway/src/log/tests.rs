@@ -376,3 +376,45 @@ fn a_fingerprinted_record_is_stored_once_across_reopen_and_forgotten_after_recen
     assert!(matches!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), Once::Stored(_)));
     assert_eq!(log.inner.index.tree.scan_prefix([index::RECENT_PREFIX]).count() as u64, RECENT);
 }
+
+#[test]
+fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        for i in 0..2 {
+            log.append_frame_once(&frame("a", 30_000), 100 + i, true).unwrap();
+        }
+        log.flush_blocking().unwrap();
+        for i in 2..5 {
+            log.append_frame_once(&frame("a", 30_000), 100 + i, true).unwrap();
+        }
+        log.append_dead_letter_once(b"bad", 105, true).unwrap();
+    }
+    // A power cut: the index kept the tail (sled wrote it in the
+    // background) but the last flush covered seqs 0 and 1 only, and the
+    // payload of seq 3 is cut short.
+    {
+        let index = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+        index.tree.insert(META_DURABLE, &2u64.to_be_bytes()).unwrap();
+        index.flush_durable().unwrap();
+    }
+    let seg = std::fs::read_dir(dir.path().join("segments")).unwrap().next().unwrap().unwrap().path();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 30_000 - 100).unwrap();
+    let log = open(dir.path());
+    let got: Vec<u64> = log.read_frames(0, 10).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(got, vec![0, 1, 2], "the readable prefix stays");
+    assert_eq!(log.read_blobs(Area::DeadLetters, 0, u64::MAX, 10).unwrap().len(), 0);
+    let gaps = log.read_gaps(0, u64::MAX, 10).unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!((gaps[0].1.from_seq, gaps[0].1.to_seq, gaps[0].1.records), (3, 5, 3));
+    assert_eq!(log.seen(102), Some(2));
+    assert_eq!(log.seen(103), None, "a redelivery of seq 3 is stored again");
+    assert_eq!(log.seen(105), None);
+    match log.append_frame_once(&frame("a", 10), 103, true).unwrap() {
+        Once::Stored(a) => assert_eq!(a.seq, 6),
+        other => panic!("{other:?}"),
+    }
+}

@@ -38,7 +38,7 @@ pub(super) struct Txn<'a> {
     cursor_overrides: HashMap<Cursor, u64>,
     touched_segs: BTreeSet<u64>,
     touched: bool,
-    dropped: [u64; 3],
+    dropped: [u64; GapReason::COUNT],
 }
 
 impl<'a> Txn<'a> {
@@ -53,7 +53,7 @@ impl<'a> Txn<'a> {
             cursor_overrides: HashMap::new(),
             touched_segs: BTreeSet::new(),
             touched: false,
-            dropped: [0; 3],
+            dropped: [0; GapReason::COUNT],
         }
     }
 
@@ -300,7 +300,7 @@ impl<'a> Txn<'a> {
     /// Applies the batch with the accounting in it. Returns the records
     /// dropped per reason; emptied segments are queued for deletion after
     /// the next durable flush.
-    pub fn commit(mut self) -> Result<[u64; 3], LogError> {
+    pub fn commit(mut self) -> Result<[u64; GapReason::COUNT], LogError> {
         let mut dead = Vec::new();
         for id in std::mem::take(&mut self.touched_segs) {
             if self.is_dead(id) {

@@ -37,7 +37,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +90,16 @@ pub struct ReplicateStats {
     pub bytes: AtomicU64,
     /// Batches that failed and will be sent again.
     pub retries: AtomicU64,
+    /// Failed attempts while Kafka was unreachable or slow (transient
+    /// errors): the loop waiting for the uplink, a sign of life for the
+    /// watchdog. Refusals (a missing topic, a record too large) are not.
+    pub waits: AtomicU64,
+    /// Records given up after [`POISON_STRIKES`] refusals, by kind
+    /// (annotation, image, dead letter, gap record), each reported in a gap
+    /// record (gap records themselves only in the log and this count).
+    pub undeliverable: [AtomicU64; 4],
+    /// Failed attempts because a topic is missing or forbidden.
+    pub topic_refusals: AtomicU64,
     /// The last batch was delivered (Kafka reachable).
     pub connected: AtomicBool,
 }
@@ -205,14 +217,14 @@ impl rdkafka::ClientContext for KafkaContext {
 /// and tries again. Any other error is returned.
 ///
 /// # Errors
-/// The producer's error, as text.
+/// The producer's error.
 pub fn enqueue(
     producer: &KafkaProducer,
     topic: &str,
     key: &str,
     payload: &[u8],
     headers: OwnedHeaders,
-) -> Result<DeliveryFuture, String> {
+) -> Result<DeliveryFuture, KafkaError> {
     let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
     loop {
         match producer.send_result(record) {
@@ -222,8 +234,91 @@ pub fn enqueue(
                 producer.poll(Duration::from_millis(50));
                 record = r;
             }
-            Err((e, _)) => return Err(e.to_string()),
+            Err((e, _)) => return Err(e),
         }
+    }
+}
+
+/// Deliveries of one record that Kafka refused for good before the record
+/// is given up (dropped with a gap record, or, for a refused topic of the
+/// main streams, reported while it waits).
+pub const POISON_STRIKES: u32 = 3;
+
+/// How a failed delivery is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// May succeed later (broker down, timeout, leader change): the batch
+    /// is retried with backoff, for as long as it takes.
+    Transient,
+    /// The topic is missing or forbidden: nothing can go to it until an
+    /// operator acts.
+    Topic,
+    /// This record can never be accepted (too large for the broker,
+    /// invalid).
+    Record,
+}
+
+/// Classifies a delivery error by its Kafka error code.
+pub fn refusal(code: Option<RDKafkaErrorCode>) -> Refusal {
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::TopicAuthorizationFailed | C::InvalidTopic) => {
+            Refusal::Topic
+        }
+        Some(
+            C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::PolicyViolation | C::InvalidMessage,
+        ) => Refusal::Record,
+        _ => Refusal::Transient,
+    }
+}
+
+/// One record of a batch (an image stands for all its chunks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Part {
+    Annotation(u64),
+    Image(u64),
+    DeadLetter(u64),
+    Gap(u64),
+}
+
+impl Part {
+    fn area(self) -> Area {
+        match self {
+            Part::Annotation(_) => Area::Annotations,
+            Part::Image(_) => Area::Images,
+            Part::DeadLetter(_) => Area::DeadLetters,
+            Part::Gap(_) => Area::Gaps,
+        }
+    }
+
+    fn seq(self) -> u64 {
+        match self {
+            Part::Annotation(s) | Part::Image(s) | Part::DeadLetter(s) | Part::Gap(s) => s,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Part::Annotation(_) => "annotation",
+            Part::Image(_) => "image",
+            Part::DeadLetter(_) => "dead letter",
+            Part::Gap(_) => "gap record",
+        }
+    }
+}
+
+/// A delivery of a batch that failed.
+#[derive(Debug)]
+struct Failure {
+    part: Part,
+    topic: String,
+    code: Option<RDKafkaErrorCode>,
+    error: String,
+}
+
+impl Failure {
+    fn new(part: Part, topic: &str, e: &KafkaError) -> Self {
+        Self { part, topic: topic.to_owned(), code: e.rdkafka_error_code(), error: e.to_string() }
     }
 }
 
@@ -288,6 +383,7 @@ impl Replicate {
             return Err(ReplicateError::Task("injected fault: the replicate stage fails for good".into()));
         }
         let mut failures: u32 = 0;
+        let mut strikes: HashMap<Part, u32> = HashMap::new();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -308,11 +404,12 @@ impl Replicate {
             }
             let sent = tokio::select! {
                 r = self.send_batch(&records, &gaps) => r,
-                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => Err("stopped before the batch was acknowledged".into()),
+                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => break,
             };
             match sent {
                 Ok(()) => {
                     failures = 0;
+                    strikes.clear();
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let mut b = self.log.batch();
                     if let Some(last) = records.last() {
@@ -323,10 +420,19 @@ impl Replicate {
                     }
                     self.log.apply(b)?;
                 }
-                Err(e) => {
-                    self.stats.connected.store(false, Ordering::Relaxed);
+                Err(failed) => {
+                    let (gave_up, transient) = self.give_up_poison(&failed, &mut strikes).await?;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if gave_up {
+                        continue; // the batch again, without what was given up
+                    }
+                    if transient {
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                    }
                     failures = failures.saturating_add(1);
+                    let e = &failed[0];
+                    let e = format!("{} on {}: {}", e.part.kind(), e.topic, e.error);
                     let wait =
                         Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
                     if let Some(held) = self.warn.check("send") {
@@ -412,31 +518,42 @@ impl Replicate {
         Ok(out)
     }
 
-    fn enqueue(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> Result<DeliveryFuture, String> {
+    fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<DeliveryFuture, KafkaError> {
         enqueue(&self.producer, topic, key, payload, headers)
     }
 
-    async fn send_batch(&self, records: &[Out], gaps: &[(u64, GapRecord)]) -> Result<(), String> {
-        let mut futures: Vec<(DeliveryFuture, &'static str, u64)> = Vec::new();
+    /// Produces a batch and waits for every delivery report. Returns every
+    /// failed delivery (an image counts once, for all its chunks).
+    async fn send_batch(&self, records: &[Out], gaps: &[(u64, GapRecord)]) -> Result<(), Vec<Failure>> {
+        let mut futures: Vec<(DeliveryFuture, Part, &str, &'static str, u64)> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
         let h = |k: &'static str, v: &str, hs: OwnedHeaders| hs.insert(Header { key: k, value: Some(v) });
+        let cfg = &self.cfg;
         for r in records {
             match r {
-                Out::Annotation { camera, frame_id, model, json, image, .. } => {
+                Out::Annotation { seq, camera, frame_id, model, json, image } => {
+                    let part = Part::Annotation(*seq);
                     let headers = h(
                         "schema",
                         &crate::detect::SCHEMA_VERSION.to_string(),
                         h("model", model, h("frame_id", frame_id, OwnedHeaders::new())),
                     );
-                    futures.push((
-                        self.enqueue(&self.cfg.annotations_topic, camera, json, headers)?,
-                        "annotation",
-                        json.len() as u64,
-                    ));
+                    match self.enqueue(&cfg.annotations_topic, camera, json, headers) {
+                        Ok(f) => futures.push((f, part, &cfg.annotations_topic, "annotation", json.len() as u64)),
+                        Err(e) => failures.push(Failure::new(part, &cfg.annotations_topic, &e)),
+                    }
                     if let Some(img) = image {
+                        let part = Part::Image(*seq);
                         let sha = hex::encode(Sha256::digest(&img.payload));
-                        let parts = chunks(&img.payload, self.cfg.chunk_bytes as usize);
+                        let parts = chunks(&img.payload, cfg.chunk_bytes as usize);
                         let count = parts.len().to_string();
-                        for (i, part) in parts.iter().enumerate() {
+                        for (i, chunk) in parts.iter().enumerate() {
                             let headers = h(
                                 "chunk_count",
                                 &count,
@@ -455,46 +572,59 @@ impl Replicate {
                                 ),
                             );
                             let kind = if i + 1 == parts.len() { "image" } else { "chunk" };
-                            futures.push((
-                                self.enqueue(&self.cfg.images_topic, camera, part, headers)?,
-                                kind,
-                                part.len() as u64,
-                            ));
+                            match self.enqueue(&cfg.images_topic, camera, chunk, headers) {
+                                Ok(f) => futures.push((f, part, &cfg.images_topic, kind, chunk.len() as u64)),
+                                Err(e) => {
+                                    failures.push(Failure::new(part, &cfg.images_topic, &e));
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
-                Out::DeadLetter { camera, frame_id, json, .. } => {
+                Out::DeadLetter { seq, camera, frame_id, json } => {
+                    let part = Part::DeadLetter(*seq);
                     let headers = h("frame_id", frame_id, OwnedHeaders::new());
-                    futures.push((
-                        self.enqueue(&self.cfg.dead_letters_topic, camera, json, headers)?,
-                        "dead_letter",
-                        json.len() as u64,
-                    ));
+                    match self.enqueue(&cfg.dead_letters_topic, camera, json, headers) {
+                        Ok(f) => futures.push((f, part, &cfg.dead_letters_topic, "dead_letter", json.len() as u64)),
+                        Err(e) => failures.push(Failure::new(part, &cfg.dead_letters_topic, &e)),
+                    }
                 }
             }
         }
-        for (_, g) in gaps {
+        for (id, g) in gaps {
+            let part = Part::Gap(*id);
             let json = serde_json::to_vec(g).unwrap_or_default();
-            let key = g.gateway_id.clone();
-            let headers = h("reason", &format!("{:?}", g.reason), OwnedHeaders::new());
-            futures.push((self.enqueue(&self.cfg.gaps_topic, &key, &json, headers)?, "gap", json.len() as u64));
+            let headers = h("reason", g.reason.name(), OwnedHeaders::new());
+            match self.enqueue(&cfg.gaps_topic, &g.gateway_id, &json, headers) {
+                Ok(f) => futures.push((f, part, &cfg.gaps_topic, "gap", json.len() as u64)),
+                Err(e) => failures.push(Failure::new(part, &cfg.gaps_topic, &e)),
+            }
         }
         // Every delivery report must be a success.
-        let mut first_error = None;
         let mut counted: Vec<(&'static str, u64)> = Vec::new();
-        for (f, kind, bytes) in futures {
+        for (f, part, topic, kind, bytes) in futures {
             match f.await {
                 Ok(Ok(_)) => counted.push((kind, bytes)),
                 Ok(Err((e, _))) => {
-                    first_error.get_or_insert(e.to_string());
+                    if !failures.iter().any(|x| x.part == part) {
+                        failures.push(Failure::new(part, topic, &e));
+                    }
                 }
                 Err(_) => {
-                    first_error.get_or_insert("delivery report lost".into());
+                    if !failures.iter().any(|x| x.part == part) {
+                        failures.push(Failure {
+                            part,
+                            topic: topic.to_owned(),
+                            code: None,
+                            error: "delivery report lost".into(),
+                        });
+                    }
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        if !failures.is_empty() {
+            return Err(failures);
         }
         for (kind, bytes) in counted {
             self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -511,6 +641,76 @@ impl Replicate {
             c.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Counts the refusals of a failed batch and gives up the records
+    /// refused [`POISON_STRIKES`] times, in one log batch:
+    ///
+    /// - an image or a dead letter (the topic refused, or the record): the
+    ///   record is dropped with an `undeliverable` gap record saying why;
+    /// - an annotation the broker refuses as a record (too large): the same;
+    /// - an annotation or gap record whose *topic* is missing or forbidden
+    ///   is kept: the main streams wait on disk for the operator (the
+    ///   error is logged and counted, and the watchdog sees no progress);
+    /// - a gap record refused as a record is deleted and counted (a gap of
+    ///   a gap would be refused again).
+    ///
+    /// Returns whether anything was given up (then the batch is sent again
+    /// at once, without it) and whether every failure was transient.
+    async fn give_up_poison(
+        &self,
+        failures: &[Failure],
+        strikes: &mut HashMap<Part, u32>,
+    ) -> Result<(bool, bool), ReplicateError> {
+        let mut b = self.log.batch();
+        let mut gave_up = false;
+        let mut transient = true;
+        for f in failures {
+            let r = refusal(f.code);
+            if r == Refusal::Transient {
+                continue;
+            }
+            transient = false;
+            if r == Refusal::Topic {
+                self.stats.topic_refusals.fetch_add(1, Ordering::Relaxed);
+            }
+            let n = strikes.entry(f.part).or_insert(0);
+            *n += 1;
+            let hold = r == Refusal::Topic && matches!(f.part, Part::Annotation(_) | Part::Gap(_));
+            if *n < POISON_STRIKES || hold {
+                if hold {
+                    if let Some(held) = self.warn.check(&f.topic) {
+                        tracing::error!(topic = %f.topic, error = %f.error, suppressed = held, "Kafka refuses the topic: create it (or fix replicate.*_topic); the records wait on disk");
+                    }
+                }
+                continue;
+            }
+            let detail = format!("{} refused by Kafka on topic {} ({} times): {}", f.part.kind(), f.topic, n, f.error);
+            tracing::error!(kind = f.part.kind(), seq = f.part.seq(), topic = %f.topic, error = %f.error, "record undeliverable: given up so the records behind it flow");
+            let k = match f.part {
+                Part::Annotation(_) => 0,
+                Part::Image(_) => 1,
+                Part::DeadLetter(_) => 2,
+                Part::Gap(_) => 3,
+            };
+            self.stats.undeliverable[k].fetch_add(1, Ordering::Relaxed);
+            match f.part {
+                Part::Gap(id) => {
+                    b.remove(Area::Gaps, id);
+                }
+                p => {
+                    b.undeliverable(p.area(), p.seq(), detail);
+                }
+            }
+            strikes.remove(&f.part);
+            gave_up = true;
+        }
+        if gave_up {
+            self.log.apply(b)?;
+            // Gap records go up once durable; nothing else may flush soon.
+            self.log.flush().await?;
+        }
+        Ok((gave_up, transient))
     }
 }
 

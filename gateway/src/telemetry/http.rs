@@ -234,6 +234,25 @@ pub fn render(t: &Telemetry) -> String {
         "Batches that failed and are sent again.",
         &one(ld(&r.retries)),
     );
+    let gone: Vec<(String, u64)> = ["annotation", "image", "dead_letter", "gap"]
+        .iter()
+        .zip(&r.undeliverable)
+        .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), ld(v)))
+        .collect();
+    metric(
+        &mut o,
+        "vision_gateway_replicate_undeliverable_total",
+        "counter",
+        "Records Kafka refused for good, given up after bounded retries (reported in gap records), by kind.",
+        &gone,
+    );
+    metric(
+        &mut o,
+        "vision_gateway_replicate_topic_refusals_total",
+        "counter",
+        "Failed deliveries because a topic is missing or forbidden.",
+        &one(ld(&r.topic_refusals)),
+    );
     metric(
         &mut o,
         "vision_gateway_kafka_connected",

@@ -55,11 +55,20 @@ pub struct Stall {
 fn marks(t: &Telemetry) -> Marks {
     let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let r = &t.replicate;
+    let undeliverable: u64 = r.undeliverable.iter().map(ld).sum();
     Marks {
         intake: ld(&t.intake.polls),
         detect: t.detect.as_ref().map_or(0, |d| ld(&d.annotated)),
-        // A failed attempt is a sign of life too: the loop is retrying.
-        replicate: ld(&r.annotations) + ld(&r.dead_letters) + ld(&r.gaps) + ld(&r.chunks) + ld(&r.retries),
+        // Progress is what Kafka acknowledged or what was given up. A failed
+        // attempt counts only while Kafka is unreachable (the loop is
+        // waiting for the uplink, as it must for days if need be); a record
+        // or topic Kafka refuses over and over is not progress.
+        replicate: ld(&r.annotations)
+            + ld(&r.dead_letters)
+            + ld(&r.gaps)
+            + ld(&r.chunks)
+            + ld(&r.waits)
+            + undeliverable,
     }
 }
 
