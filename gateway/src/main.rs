@@ -156,6 +156,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The real service receiving one frame from each of many distinct
+    /// camera ids: resident memory after each thousand (it must stay flat).
+    Cameras {
+        /// Directory for the log (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Distinct camera ids.
+        #[arg(long, default_value_t = 10_000)]
+        cameras: u64,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 20_000)]
+        frame_bytes: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The real service with a large backlog: time to ready and memory next
     /// to an empty gateway, and bytes on disk at the budget.
     Backlog {
@@ -373,22 +389,31 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} images written to {}, {} duplicates skipped, {} corrupt, {} incomplete, {} malformed messages",
+                    "{} images written to {}, {} duplicates skipped, {} corrupt, {} inconsistent, {} expired, {} incomplete, {} malformed messages",
                     r.written.len(),
                     out.display(),
                     r.duplicates,
                     r.corrupt.len(),
+                    r.inconsistent.len(),
+                    r.expired.len(),
                     r.incomplete.len(),
                     r.malformed
                 );
                 for c in &r.corrupt {
                     println!("  corrupt (sha256 mismatch): {c}");
                 }
+                for i in &r.inconsistent {
+                    println!("  inconsistent (chunk headers contradict each other): {i}");
+                }
+                for i in &r.expired {
+                    println!("  expired (given up incomplete): {i}");
+                }
                 for i in &r.incomplete {
                     println!("  incomplete: {i}");
                 }
             }
-            Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let clean = r.corrupt.is_empty() && r.inconsistent.is_empty();
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Annotate { model, onnxruntime, threads, json, images } => {
             let cwd = std::env::current_dir().ok();
@@ -466,6 +491,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let dir = bench_dir(dir)?;
             let rt = runtime()?;
             let r = rt.block_on(gateway::bench::intake_throughput(&dir, frames, size))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Cameras { dir, cameras, frame_bytes, json } } => {
+            let dir = bench_dir(dir)?;
+            let rt = runtime()?;
+            let r = rt.block_on(gateway::bench::cameras(&dir, cameras, frame_bytes))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

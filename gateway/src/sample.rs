@@ -13,7 +13,10 @@
 //!
 //! Promise: `decide` is deterministic given the sequence of calls and their
 //! timestamps, and never samples more than the limits allow. Frames not
-//! sampled lose their image bytes right after detection.
+//! sampled lose their image bytes right after detection. Memory is bounded
+//! whatever camera ids arrive: a camera idle for [`IDLE_EVICT`] is
+//! forgotten, and at most [`MAX_CAMERAS`] are tracked (the least recently
+//! seen goes first). A forgotten camera starts counting afresh.
 
 use inference::Annotation;
 use regex::Regex;
@@ -71,8 +74,14 @@ impl Default for SampleConfig {
     }
 }
 
+/// A camera not seen for this long is forgotten.
+pub const IDLE_EVICT: Duration = Duration::from_secs(3600);
+/// Cameras tracked at most.
+pub const MAX_CAMERAS: usize = 65_536;
+
 #[derive(Debug, Default)]
 struct CameraState {
+    seen_ms: u64,
     frames: u64,
     last_sampled_ms: Option<u64>,
     tokens: f64,
@@ -84,12 +93,35 @@ struct CameraState {
 pub struct Sampler {
     cfg: SampleConfig,
     cameras: HashMap<String, CameraState>,
+    calls: u64,
+    max_cameras: usize,
 }
 
 impl Sampler {
     /// A sampler with these rules.
     pub fn new(cfg: SampleConfig) -> Self {
-        Self { cfg, cameras: HashMap::new() }
+        Self { cfg, cameras: HashMap::new(), calls: 0, max_cameras: MAX_CAMERAS }
+    }
+
+    /// Cameras tracked now.
+    pub fn cameras(&self) -> usize {
+        self.cameras.len()
+    }
+
+    /// Forgets idle cameras (every 1024 calls) and the least recently seen
+    /// past the cap.
+    fn evict(&mut self, now_ms: u64) {
+        self.calls += 1;
+        if self.calls % 1024 == 0 {
+            let idle = IDLE_EVICT.as_millis() as u64;
+            self.cameras.retain(|_, st| now_ms.saturating_sub(st.seen_ms) < idle);
+        }
+        while self.cameras.len() > self.max_cameras {
+            let Some(oldest) = self.cameras.iter().min_by_key(|(_, st)| st.seen_ms).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            self.cameras.remove(&oldest);
+        }
     }
 
     fn rule(&self, frame_no: u64, a: &Annotation) -> Option<SampleReason> {
@@ -120,13 +152,15 @@ impl Sampler {
     pub fn decide(&mut self, camera: &str, a: &Annotation, frame_bytes: u64, now_ms: u64) -> Option<SampleReason> {
         let frame_no = {
             let st = self.cameras.entry(camera.to_owned()).or_default();
+            st.seen_ms = now_ms;
             let n = st.frames;
             st.frames += 1;
             n
         };
+        self.evict(now_ms);
         let reason = self.rule(frame_no, a)?;
         let cfg = &self.cfg;
-        let st = self.cameras.entry(camera.to_owned()).or_default();
+        let st = self.cameras.get_mut(camera)?;
         if let Some(last) = st.last_sampled_ms {
             if now_ms.saturating_sub(last) < cfg.min_interval.as_millis() as u64 {
                 return None;
@@ -188,6 +222,23 @@ mod tests {
         let mut e = ann(&[]);
         e.error = Some("bad".into());
         assert_eq!(s.decide("c", &e, 1, 3), Some(SampleReason::Error));
+    }
+
+    #[test]
+    fn camera_state_is_bounded_by_idleness_and_count() {
+        let mut s = Sampler::new(SampleConfig { every_nth: 2, ..SampleConfig::default() });
+        s.max_cameras = 100;
+        let a = ann(&[]);
+        for i in 0..10_000u64 {
+            s.decide(&format!("cam{i}"), &a, 1, i);
+            assert!(s.cameras() <= 100);
+        }
+        // An hour later every one of them is idle: the next sweep forgets them.
+        let later = 10_000 + IDLE_EVICT.as_millis() as u64;
+        for i in 0..1024u64 {
+            s.decide("live", &a, 1, later + i);
+        }
+        assert_eq!(s.cameras(), 1);
     }
 
     #[test]

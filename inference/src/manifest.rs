@@ -198,16 +198,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `dir/model.toml` and verifies every file's sha256.
+    /// Parses and checks the text of a `model.toml` found in `dir`, without
+    /// reading the model files (`load` then verifies their sha256).
     ///
     /// # Errors
-    /// [`InferenceError::Manifest`], [`InferenceError::File`] or
-    /// [`InferenceError::Checksum`].
-    pub fn load(dir: &Path) -> Result<Self, InferenceError> {
+    /// [`InferenceError::Manifest`] with every problem found.
+    pub fn parse(text: &str, dir: &Path) -> Result<Self, InferenceError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
-        let mut m: Manifest = toml::from_str(&text)
+        let mut m: Manifest = toml::from_str(text)
             .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
         if m.files.is_empty() {
             return Err(InferenceError::Manifest { path, message: "lists no files".into() });
@@ -235,6 +233,19 @@ impl Manifest {
                 return Err(InferenceError::Manifest { path, message: problems.join("; ") });
             }
         }
+        Ok(m)
+    }
+
+    /// Reads `dir/model.toml` and verifies every file's sha256.
+    ///
+    /// # Errors
+    /// [`InferenceError::Manifest`], [`InferenceError::File`] or
+    /// [`InferenceError::Checksum`].
+    pub fn load(dir: &Path) -> Result<Self, InferenceError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| InferenceError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let m = Self::parse(&text, dir)?;
         for f in &m.files {
             let p = dir.join(&f.path);
             let found = sha256_file(&p)?;

@@ -307,3 +307,105 @@ fn a_missing_images_topic_does_not_stop_annotations() {
         given_up.len()
     );
 }
+
+/// Frames of extreme shape (2000x1, 1x3000, 4096x48, 48x4096, 8000x8, 1x1,
+/// each as PNG and as JPEG) published between good label frames, through
+/// mosquitto, the real gateway with the bundled model, into tansu: the
+/// process keeps its pid, every good frame is annotated without error, each
+/// hostile frame is an annotation (an error where it cannot be read) or a
+/// dead letter, and the peak RSS stays under 1.5 GB.
+#[test]
+fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
+    use image::ImageEncoder;
+    let mq = Mosquitto::start();
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.kafka = tansu.brokers();
+    s.detect = true;
+    s.max_frame_bytes = "4MiB";
+    let cam = dir.path().join("mixed");
+    std::fs::create_dir_all(&cam).unwrap();
+    std::fs::write(cam.join("camera.toml"), "camera = \"mixed\"\nfps = 100.0\n").unwrap();
+    let good: Vec<std::path::PathBuf> = {
+        let mut v: Vec<_> = std::fs::read_dir(fixtures().join("cameras/line1-cam1"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        v.sort();
+        v
+    };
+    let shapes = [(2000u32, 1u32), (1, 3000), (4096, 48), (48, 4096), (8000, 8), (1, 1)];
+    let mut hostile = Vec::new();
+    let mut n = 0;
+    for (k, (w, h)) in shapes.iter().enumerate() {
+        for png in [true, false] {
+            std::fs::copy(&good[n % good.len()], cam.join(format!("{n:03}.jpg"))).unwrap();
+            n += 1;
+            let raw: Vec<u8> = (0..w * h * 3).map(|i| (i as usize * 31 + k) as u8).collect();
+            let mut bytes = Vec::new();
+            let name = if png {
+                image::codecs::png::PngEncoder::new(&mut bytes)
+                    .write_image(&raw, *w, *h, image::ExtendedColorType::Rgb8)
+                    .unwrap();
+                format!("{n:03}.png")
+            } else {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 80)
+                    .encode(&raw, *w, *h, image::ExtendedColorType::Rgb8)
+                    .unwrap();
+                format!("{n:03}.jpg")
+            };
+            std::fs::write(cam.join(name), bytes).unwrap();
+            hostile.push(n as u64);
+            n += 1;
+        }
+    }
+    std::fs::copy(&good[0], cam.join(format!("{n:03}.jpg"))).unwrap();
+    n += 1;
+    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let pid = gw.pid();
+    rt().block_on(replay(&load_cameras(&cam).unwrap(), &mq.addr(), Some(0.0), false)).unwrap();
+    gw.wait_for("every frame replicated", Duration::from_secs(600), |m| {
+        let a = m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0);
+        let d = m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0);
+        a + d >= n as f64
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(gw.pid(), pid);
+    let (ok, log) = gw.terminate();
+    assert!(ok, "the gateway kept its pid and stops cleanly: {log}");
+    let anns = annotations(&tansu);
+    let dead: Vec<serde_json::Value> = tansu
+        .consume_all("vision.dead-letters", Duration::from_secs(3))
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    let mut errors = 0;
+    for i in 0..n as u64 {
+        let a = anns.iter().find(|a| a.camera_seq == Some(i));
+        let d = dead.iter().find(|d| d["camera_seq"].as_u64() == Some(i));
+        if hostile.contains(&i) {
+            assert!(a.is_some() || d.is_some(), "hostile frame {i} is neither annotated nor a dead letter");
+            errors += usize::from(a.is_some_and(|a| a.annotation.error.is_some())) + usize::from(d.is_some());
+        } else {
+            let a = a.unwrap_or_else(|| panic!("good frame {i} was not annotated"));
+            assert!(a.annotation.error.is_none(), "good frame {i}: {:?}", a.annotation.error);
+        }
+    }
+    assert!(hwm_kb < 1_500_000, "peak RSS {} MiB", hwm_kb / 1024);
+    println!(
+        "extreme shapes e2e: {} good frames annotated, {} hostile frames ({} as errors or dead letters), peak RSS {} MiB",
+        n - hostile.len(),
+        hostile.len(),
+        errors,
+        hwm_kb / 1024
+    );
+}

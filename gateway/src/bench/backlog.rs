@@ -139,13 +139,25 @@ impl Service {
 }
 
 fn config(dir: &Path, name: &str, mqtt: u16, http: u16, max_bytes: u64, when_full: &str) -> anyhow::Result<PathBuf> {
+    config_with(dir, name, mqtt, http, max_bytes, when_full, "hold")
+}
+
+fn config_with(
+    dir: &Path,
+    name: &str,
+    mqtt: u16,
+    http: u16,
+    max_bytes: u64,
+    when_full: &str,
+    when_disabled: &str,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "gateway_id = \"bench\"\n[log]\npath = \"{}\"\nmax_bytes = {max_bytes}\nwhen_full = \"{when_full}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{mqtt}\"\nclient_id = \"bench-{name}\"\nmax_frame_bytes = \"16MiB\"\n\
-             [detect]\nenabled = false\nwhen_disabled = \"hold\"\n[replicate]\nbrokers = \"127.0.0.1:9\"\n\
+             [detect]\nenabled = false\nwhen_disabled = \"{when_disabled}\"\n[replicate]\nbrokers = \"127.0.0.1:9\"\n\
              [telemetry]\nlisten = \"127.0.0.1:{http}\"\n",
             dir.join(name).display()
         ),
@@ -343,5 +355,91 @@ impl std::fmt::Display for BacklogBench {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Results of `bench cameras`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CamerasBench {
+    /// Distinct camera ids, one frame each.
+    pub cameras: u64,
+    /// Frame size.
+    pub frame_bytes: usize,
+    /// (cameras so far, resident memory MiB) after each thousand.
+    pub rss_mib: Vec<(u64, f64)>,
+    /// Largest RSS after the first thousand minus RSS at the first thousand.
+    pub growth_after_first_thousand_mib: f64,
+}
+
+/// The real service (detect off, `forward`: every frame goes through
+/// intake, the detect stage's commit, the sampler and the status view)
+/// receiving one frame from each of `n` distinct camera ids; resident
+/// memory after each thousand.
+///
+/// # Errors
+/// mosquitto missing, the service failing to start or stop.
+pub async fn cameras(dir: &Path, n: u64, frame_bytes: usize) -> anyhow::Result<CamerasBench> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let exe = std::env::current_exe()?;
+    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let http = free_port()?;
+    let cfg = config_with(dir, "cameras", mqtt, http, 4 << 30, "block", "forward")?;
+    let (svc, _) = Service::start(&exe, &cfg, http).await?;
+    let payload = synthetic_jpeg(frame_bytes, 5);
+    let mut o = MqttOptions::new(format!("bench-cameras-pub-{}", std::process::id()), "127.0.0.1", mqtt);
+    o.set_max_packet_size(Some(64 << 20));
+    let (c, mut el) = AsyncClient::new(o, 64);
+    let mut rows = Vec::new();
+    let mut sent = 0u64;
+    while sent < n {
+        let upto = (sent + 1000).min(n);
+        let (c2, p) = (c.clone(), payload.clone());
+        let from = sent;
+        let pubs = tokio::spawn(async move {
+            for i in from..upto {
+                c2.publish(format!("cameras/cam{i:06}/frames"), QoS::AtLeastOnce, false, p.clone()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        let mut acked = sent;
+        while acked < upto {
+            if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
+                acked += 1;
+            }
+        }
+        pubs.await??;
+        sent = upto;
+        let t = Instant::now();
+        while metric(http, "vision_gateway_frames_annotated_total").await < sent as f64 {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "frames were not processed within 5 minutes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rows.push((sent, rss_mib(svc.pid())));
+    }
+    let _ = c.try_disconnect();
+    svc.stop().await?;
+    let first = rows.first().map_or(0.0, |r| r.1);
+    let max = rows.iter().map(|r| r.1).fold(first, f64::max);
+    Ok(CamerasBench {
+        cameras: n,
+        frame_bytes: payload.len(),
+        rss_mib: rows,
+        growth_after_first_thousand_mib: max - first,
+    })
+}
+
+impl std::fmt::Display for CamerasBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} distinct camera ids, one {}-byte frame each (detect forward):",
+            self.cameras, self.frame_bytes
+        )?;
+        for (n, rss) in &self.rss_mib {
+            writeln!(f, "  after {n:>6} cameras: RSS {rss:7.1} MiB")?;
+        }
+        writeln!(f, "  growth after the first thousand: {:+.1} MiB", self.growth_after_first_thousand_mib)
     }
 }

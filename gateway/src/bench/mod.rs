@@ -6,7 +6,7 @@
 
 mod backlog;
 
-pub use backlog::{backlog, BacklogBench};
+pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
 
 use crate::log::{DurableLog, FrameRecord, LogOptions, WhenFull};
 use serde::Serialize;

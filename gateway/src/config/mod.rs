@@ -28,7 +28,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use units::{parse_duration, parse_size};
+use units::{format_size, parse_duration, parse_size};
 
 /// The file as written by the user. See `systemd/gateway.toml` for a
 /// commented example.
@@ -153,7 +153,9 @@ pub struct RawDetect {
     pub workers: Option<u32>,
     /// Threads ONNX Runtime may use inside one inference. Default 1.
     pub intra_threads: Option<u32>,
-    /// Frames per inference batch. Default 1.
+    /// Removed: it was validated but never used (each worker runs one frame
+    /// at a time). Still accepted, and ignored, so that older config files
+    /// load.
     pub batch: Option<u32>,
     /// Frames waiting for a worker (bounded queue). Default 8.
     pub queue: Option<u32>,
@@ -317,8 +319,6 @@ pub struct DetectConfig {
     pub workers: u32,
     /// Intra-op threads.
     pub intra_threads: u32,
-    /// Batch size.
-    pub batch: u32,
     /// Queue length.
     pub queue: u32,
 }
@@ -567,13 +567,43 @@ impl Config {
         if broker.tls && tls.is_none() {
             v.problem("mqtt.tls", "mqtts:// needs [mqtt.tls] with ca_file".into());
         }
+        let max_pixels = match m.max_pixels {
+            Some(0) => {
+                v.problem("mqtt.max_pixels", "must be at least 1 (0 would quarantine every frame)".into());
+                50_000_000
+            }
+            p => p.unwrap_or(50_000_000),
+        };
+        // Default: 16MiB, or a quarter of a small log.
+        let quarantine_max_bytes = v.size(
+            "mqtt.quarantine_max_bytes",
+            m.quarantine_max_bytes.as_ref(),
+            (16u64 << 20).min(log.max_bytes / 4),
+        );
+        if quarantine_max_bytes.saturating_add(2 << 20) > log.max_bytes {
+            v.problem(
+                "mqtt.quarantine_max_bytes",
+                format!(
+                    "{} must leave 2MiB of log.max_bytes ({}) free: kept quarantined payloads must fit in the log",
+                    format_size(quarantine_max_bytes),
+                    format_size(log.max_bytes)
+                ),
+            );
+        }
+        let keep_alive = v.duration("mqtt.keep_alive", m.keep_alive.as_ref(), Duration::from_secs(30));
+        if keep_alive > Duration::from_secs(u64::from(u16::MAX)) || keep_alive < Duration::from_secs(5) {
+            v.problem(
+                "mqtt.keep_alive",
+                format!("{keep_alive:?} is out of range: MQTT allows 5 s to 65535 s here (a 16-bit number of seconds)"),
+            );
+        }
         let mqtt = MqttConfig {
             client_id: m.client_id.unwrap_or_else(|| format!("vision-gateway-{gateway_id}")),
             broker,
             topics,
             max_frame_bytes,
-            max_pixels: m.max_pixels.unwrap_or(50_000_000),
-            quarantine_max_bytes: v.size("mqtt.quarantine_max_bytes", m.quarantine_max_bytes.as_ref(), 16 << 20),
+            max_pixels,
+            quarantine_max_bytes,
             receive_maximum: match m.receive_maximum {
                 Some(0) => {
                     v.problem("mqtt.receive_maximum", "must be at least 1".into());
@@ -581,7 +611,7 @@ impl Config {
                 }
                 r => r.unwrap_or(16),
             },
-            keep_alive: v.duration("mqtt.keep_alive", m.keep_alive.as_ref(), Duration::from_secs(30)),
+            keep_alive,
             session_expiry: v.duration(
                 "mqtt.session_expiry",
                 m.session_expiry.as_ref(),
@@ -615,7 +645,6 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/usr/lib/vision-gateway/libonnxruntime.so.1.31.1")),
             workers: v.range("detect.workers", d.workers, 1, 1, 64),
             intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1, 64),
-            batch: v.range("detect.batch", d.batch, 1, 1, 64),
             queue: v.range("detect.queue", d.queue, 8, 1, 4096),
         };
 
@@ -738,6 +767,9 @@ fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), 
             _ => return Err(format!("{s:?} is not \"host:port\"")),
         },
     };
+    if host.contains('@') {
+        return Err(format!("{s:?}: credentials do not go in the address (use the credential settings)"));
+    }
     if host.contains('/') || host.contains(' ') {
         return Err(format!("{s:?} is not \"host:port\""));
     }
@@ -758,6 +790,9 @@ pub fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
     } else {
         (false, s)
     };
+    if rest.contains('@') {
+        return Err(format!("{s:?}: credentials do not go in the address; set mqtt.username and mqtt.password_file"));
+    }
     let (host, port) = parse_host_port(rest.trim_end_matches('/'), Some(if tls { 8883 } else { 1883 }))?;
     Ok(BrokerAddr { host, port, tls })
 }
@@ -944,6 +979,44 @@ brokers = "127.0.0.1:9092"
             "{e}"
         );
         assert!(e.to_string().contains("break their order"), "{e}");
+    }
+
+    #[test]
+    fn combinations_that_loop_or_mislead_are_rejected_all_at_once() {
+        let text = r#"
+gateway_id = "line1"
+[log]
+max_bytes = "64MiB"
+[mqtt]
+broker = "user:pass@10.0.0.1:1883"
+max_pixels = 0
+keep_alive = "70000s"
+quarantine_max_bytes = "1GiB"
+[replicate]
+brokers = "u:p@127.0.0.1:9092"
+[detect]
+batch = 4
+"#;
+        let e = Config::parse(Path::new("c.toml"), text, &env()).unwrap_err();
+        let mut keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            vec![
+                "mqtt.broker",
+                "mqtt.keep_alive",
+                "mqtt.max_pixels",
+                "mqtt.quarantine_max_bytes",
+                "replicate.brokers"
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("credentials do not go in the address"), "{e}");
+        // A small log gets a smaller default quarantine, not an error.
+        let small = format!("{MINIMAL}[log]\nmax_bytes = \"8MiB\"\n");
+        let small = small.replacen("[mqtt]", "[mqtt]\nmax_frame_bytes = \"1MiB\"", 1);
+        let c = Config::parse(Path::new("s.toml"), &small, &env()).unwrap();
+        assert_eq!(c.mqtt.quarantine_max_bytes, 2 << 20);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub struct IntakeStats {
     /// PUBACKs queued after durability.
     pub acked: AtomicU64,
     /// Quarantined frames, by reason (index of [`Reason::ALL`]).
-    pub quarantined: [AtomicU64; 6],
+    pub quarantined: [AtomicU64; Reason::COUNT],
     /// Successful connections (first one included).
     pub connects: AtomicU64,
     /// Connected to the broker now.
@@ -428,10 +428,9 @@ impl Appender {
     async fn store(&self, p: &Publish, stop: &CancellationToken) -> Result<bool, IntakeError> {
         let received_at_ms = now_ms();
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-        let camera = validate::camera_id(&self.topics, &topic).map(str::to_owned);
-        let checked = match &camera {
-            None => Err(Reason::UnknownTopic),
-            Some(_) => validate::check_payload(&p.payload, self.limits),
+        let (camera, checked) = match validate::camera_id(&self.topics, &topic) {
+            Ok(c) => (Some(c.to_owned()), validate::check_payload(&p.payload, self.limits)),
+            Err(why) => (None, Err(why)),
         };
         let (captured_at_ms, camera_seq) = metadata(p);
         let fingerprint = fingerprint(p, &topic, camera_seq, captured_at_ms);

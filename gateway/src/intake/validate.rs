@@ -25,18 +25,26 @@ pub enum Reason {
     Truncated,
     /// The header claims more than `mqtt.max_pixels` pixels.
     TooManyPixels,
+    /// The topic matches a filter but its camera level is not a valid
+    /// camera id (empty, over 64 characters, characters other than
+    /// `A-Z a-z 0-9 . _ -`, or starting with a dot such as `.` and `..`:
+    /// camera ids become file and folder names downstream).
+    BadCameraId,
 }
 
 impl Reason {
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; Reason::COUNT] = [
         Reason::UnknownTopic,
         Reason::Empty,
         Reason::Oversize,
         Reason::NotAnImage,
         Reason::Truncated,
         Reason::TooManyPixels,
+        Reason::BadCameraId,
     ];
+    /// How many reasons there are.
+    pub const COUNT: usize = 7;
 
     /// Stable snake_case name (metrics label, dead-letter field).
     pub fn name(self) -> &'static str {
@@ -47,6 +55,7 @@ impl Reason {
             Reason::NotAnImage => "not_an_image",
             Reason::Truncated => "truncated",
             Reason::TooManyPixels => "too_many_pixels",
+            Reason::BadCameraId => "bad_camera_id",
         }
     }
 }
@@ -91,10 +100,15 @@ pub struct Checked {
 }
 
 /// Extracts the camera id from `topic` using the filters (each with exactly
-/// one `+` level, which is the camera id). Camera ids are 1 to 64 of
-/// `A-Z a-z 0-9 . _ -`.
-pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Option<&'t str> {
+/// one `+` level, which is the camera id).
+///
+/// # Errors
+/// [`Reason::UnknownTopic`] if no filter matches; [`Reason::BadCameraId`]
+/// if one matches but the camera level is not a valid id: 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Result<&'t str, Reason> {
     let levels: Vec<&str> = topic.split('/').collect();
+    let mut bad = false;
     for f in filters {
         let fl: Vec<&str> = f.split('/').collect();
         if fl.len() != levels.len() {
@@ -110,12 +124,21 @@ pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Option<&'t str> {
             }
         });
         if let (true, Some(c)) = (matches, camera) {
-            if !c.is_empty() && c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
-                return Some(c);
+            if valid_camera_id(c) {
+                return Ok(c);
             }
+            bad = true;
         }
     }
-    None
+    Err(if bad { Reason::BadCameraId } else { Reason::UnknownTopic })
+}
+
+/// 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn valid_camera_id(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && !c.starts_with('.')
+        && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
 }
 
 /// Checks a payload against the limits without decoding it.
@@ -228,12 +251,16 @@ mod tests {
 
     #[test]
     fn camera_id_from_topic() {
-        assert_eq!(camera_id(&filters(), "cameras/line1-cam2/frames"), Some("line1-cam2"));
-        assert_eq!(camera_id(&filters(), "site/a/c9/img"), Some("c9"));
-        assert_eq!(camera_id(&filters(), "cameras/x/other"), None);
-        assert_eq!(camera_id(&filters(), "cameras//frames"), None);
-        assert_eq!(camera_id(&filters(), "cameras/bad id/frames"), None);
-        assert_eq!(camera_id(&filters(), "cameras/a/b/frames"), None);
+        assert_eq!(camera_id(&filters(), "cameras/line1-cam2/frames"), Ok("line1-cam2"));
+        assert_eq!(camera_id(&filters(), "site/a/c9/img"), Ok("c9"));
+        assert_eq!(camera_id(&filters(), "cameras/cam.v2/frames"), Ok("cam.v2"));
+        assert_eq!(camera_id(&filters(), "cameras/x/other"), Err(Reason::UnknownTopic));
+        assert_eq!(camera_id(&filters(), "cameras/a/b/frames"), Err(Reason::UnknownTopic));
+        for bad in ["", "bad id", "..", ".", ".hidden", "a/b", &"x".repeat(65)] {
+            let topic = format!("cameras/{bad}/frames");
+            let want = if bad.contains('/') { Reason::UnknownTopic } else { Reason::BadCameraId };
+            assert_eq!(camera_id(&filters(), &topic), Err(want), "{topic:?}");
+        }
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! - **Large images are chunked** at `replicate.chunk_bytes` with headers
 //!   `frame_id`, `camera`, `content_type`, `sha256` (of the whole image),
 //!   `chunk_index`, `chunk_count`; [`reassemble`] puts them back together.
-//! - **Bounded memory**: at most 256 records (and their image chunks) are
-//!   in flight; librdkafka's own queue limits pass through.
+//! - **Bounded memory**: at most 256 records, and at most 64 MiB of sampled
+//!   images, are in flight per batch; librdkafka's own queue limits pass
+//!   through.
 //! - **Offline for days**: the backlog is on disk; when Kafka returns the
 //!   stage drains it batch after batch at full speed, while detect keeps
 //!   appending behind it.
@@ -48,6 +49,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Records (annotations and dead letters, or gap records) per batch.
 const BATCH: usize = 256;
+/// Sampled image bytes per batch at most (a batch holds at least one
+/// record): with 16 MiB frames, 256 sampled images would be 4 GiB in RAM.
+const BATCH_IMAGE_BYTES: usize = 64 << 20;
 
 /// What stops the replicate stage.
 #[derive(Debug, Error)]
@@ -465,8 +469,9 @@ impl Replicate {
         let anns = self.log.read_blobs(Area::Annotations, from, to, n)?;
         let dead = self.log.read_blobs(Area::DeadLetters, from, to, n)?;
         let mut out = Vec::with_capacity(n);
+        let mut image_bytes = 0usize;
         let (mut a, mut d) = (anns.into_iter().peekable(), dead.into_iter().peekable());
-        while out.len() < n {
+        while out.len() < n && image_bytes < BATCH_IMAGE_BYTES {
             let take_a = match (a.peek(), d.peek()) {
                 (Some((sa, _)), Some((sd, _))) => sa < sd,
                 (Some(_), None) => true,
@@ -479,6 +484,7 @@ impl Replicate {
                     Ok(fa) => {
                         let image =
                             if fa.sampled.is_some() { self.log.read_area_frame(Area::Images, seq)? } else { None };
+                        image_bytes += image.as_ref().map_or(0, |i| i.payload.len());
                         out.push(Out::Annotation {
                             seq,
                             camera: fa.camera,

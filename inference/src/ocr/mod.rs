@@ -68,6 +68,52 @@ fn rt(e: impl std::fmt::Display) -> InferenceError {
 }
 
 /// Python's `round(x / 32) * 32` (ties to even), at least 32.
+/// The sizes the detector path allocates for a frame of `width` x
+/// `height`, computed before anything is allocated (the resource model of
+/// PP-OCR): whatever the frame's shape, the detector input stays within
+/// 2016 x 2016 (rounded to 32) and at least 32 x 32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetPlan {
+    /// Frame size after the first bring-down (`MAX_SIDE`).
+    pub width: usize,
+    /// See `width`.
+    pub height: usize,
+    /// Detector input size.
+    pub det_width: usize,
+    /// See `det_width`.
+    pub det_height: usize,
+    /// Original height over `height` (to map boxes back).
+    pub ratio_h: f64,
+    /// Original width over `width`.
+    pub ratio_w: f64,
+}
+
+impl DetPlan {
+    /// The plan for a frame (sides of 0 are taken as 1).
+    pub fn of(width: usize, height: usize) -> Self {
+        let (width, height) = (width.max(1), height.max(1));
+        let (w, h, ratio_h, ratio_w) = if width.max(height) > MAX_SIDE {
+            let r = MAX_SIDE as f64 / width.max(height) as f64;
+            let (h, w) = (round32((height as f64 * r).trunc()), round32((width as f64 * r).trunc()));
+            (w, h, height as f64 / h as f64, width as f64 / w as f64)
+        } else {
+            (width, height, 1.0, 1.0)
+        };
+        let ratio = if (h.min(w) as f64) < DET_MIN_SIDE { DET_MIN_SIDE / h.min(w) as f64 } else { 1.0 };
+        let ratio = ratio.min(DET_MAX_SIDE / h.max(w) as f64);
+        let (det_height, det_width) = (round32((h as f64 * ratio).trunc()), round32((w as f64 * ratio).trunc()));
+        Self { width: w, height: h, det_width, det_height, ratio_h, ratio_w }
+    }
+
+    /// Bytes the pre-processing allocates at most: the brought-down frame,
+    /// the resized frame (BGR u8) and the f32 input tensor, plus the f32
+    /// probability map.
+    pub fn preprocess_bytes(&self) -> usize {
+        let det = self.det_width * self.det_height;
+        self.width * self.height * 3 + det * 3 + det * 3 * 4 + det * 4
+    }
+}
+
 fn round32(v: f64) -> usize {
     ((v / 32.0).round_ties_even() as usize * 32).max(32)
 }
@@ -118,18 +164,16 @@ impl Ocr {
     pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
+        let plan = DetPlan::of(raw.width, raw.height);
+        let (ratio_h, ratio_w) = (plan.ratio_h, plan.ratio_w);
         // Very large frames are brought down first, as the reference does.
-        let (img, ratio_h, ratio_w) = if raw.width.max(raw.height) > MAX_SIDE {
-            let r = MAX_SIDE as f64 / raw.width.max(raw.height) as f64;
-            let (h, w) = (round32((raw.height as f64 * r).trunc()), round32((raw.width as f64 * r).trunc()));
-            (imageops::resize_linear(raw, w, h), raw.height as f64 / h as f64, raw.width as f64 / w as f64)
+        let img = if (plan.width, plan.height) != (raw.width, raw.height) {
+            imageops::resize_linear(raw, plan.width, plan.height)
         } else {
-            (raw.clone(), 1.0, 1.0)
+            raw.clone()
         };
         let (h, w) = (img.height, img.width);
-        let ratio = if (h.min(w) as f64) < DET_MIN_SIDE { DET_MIN_SIDE / h.min(w) as f64 } else { 1.0 };
-        let ratio = ratio.min(DET_MAX_SIDE / h.max(w) as f64);
-        let (dh, dw) = (round32((h as f64 * ratio).trunc()), round32((w as f64 * ratio).trunc()));
+        let (dh, dw) = (plan.det_height, plan.det_width);
         let resized = imageops::resize_linear(&img, dw, dh);
         let mut input = Array4::<f32>::zeros((1, 3, dh, dw));
         normalize_into(&resized, &mut input, 0);
@@ -276,6 +320,18 @@ fn crop(img: &Bgr, q: &[[f32; 2]; 4]) -> Option<Bgr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_detector_input_is_bounded_for_every_shape() {
+        let p = DetPlan::of(640, 480);
+        assert_eq!((p.det_width, p.det_height), (992, 736), "ordinary frames as the reference has them");
+        for (w, h) in [(2000, 1), (1, 3000), (4096, 48), (48, 4096), (8000, 8), (1, 1), (0, 0), (100_000, 100_000)] {
+            let p = DetPlan::of(w, h);
+            assert!((32..=2016).contains(&p.det_width) && (32..=2016).contains(&p.det_height), "{w}x{h}: {p:?}");
+            assert!(p.width <= 2016 && p.height <= 2016, "{w}x{h}: {p:?}");
+            assert!(p.preprocess_bytes() < 100 << 20, "{w}x{h}: {} bytes", p.preprocess_bytes());
+        }
+    }
 
     #[test]
     fn python_rounding_to_multiples_of_32() {
