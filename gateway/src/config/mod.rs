@@ -575,11 +575,8 @@ impl Config {
             p => p.unwrap_or(50_000_000),
         };
         // Default: 16MiB, or a quarter of a small log.
-        let quarantine_max_bytes = v.size(
-            "mqtt.quarantine_max_bytes",
-            m.quarantine_max_bytes.as_ref(),
-            (16u64 << 20).min(log.max_bytes / 4),
-        );
+        let quarantine_max_bytes =
+            v.size("mqtt.quarantine_max_bytes", m.quarantine_max_bytes.as_ref(), (16u64 << 20).min(log.max_bytes / 4));
         if quarantine_max_bytes.saturating_add(2 << 20) > log.max_bytes {
             v.problem(
                 "mqtt.quarantine_max_bytes",
@@ -1002,13 +999,7 @@ batch = 4
         keys.sort_unstable();
         assert_eq!(
             keys,
-            vec![
-                "mqtt.broker",
-                "mqtt.keep_alive",
-                "mqtt.max_pixels",
-                "mqtt.quarantine_max_bytes",
-                "replicate.brokers"
-            ],
+            vec!["mqtt.broker", "mqtt.keep_alive", "mqtt.max_pixels", "mqtt.quarantine_max_bytes", "replicate.brokers"],
             "{e}"
         );
         assert!(e.to_string().contains("credentials do not go in the address"), "{e}");
