@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: the typed, validated configuration;
 //! - [`log`]: the durable on-disk log, the only shared state;
+//! - [`records`]: the records stages hand to each other and send upstream
+//!   (frame, annotation, dead letter, gap) and the Kafka header names;
 //! - [`intake`]: MQTT frames into the log, acknowledged after durability;
 //! - [`detect`]: frames through the model on worker threads, annotations
 //!   into the log;
@@ -14,6 +16,7 @@
 //! - [`bench`]: measurements printed by `vision-gateway bench`;
 //! - [`demo`]: the self-contained demo.
 //!
+//! - [`stage`]: the contract every stage keeps (`run(self, stop)`);
 //! - [`sample`]: which images go upstream;
 //! - [`replicate`]: annotations, images, dead letters and gaps to Kafka.
 
@@ -24,9 +27,11 @@ pub mod detect;
 pub mod faults;
 pub mod intake;
 pub mod log;
+pub mod records;
 pub mod replay;
 pub mod replicate;
 pub mod sample;
+pub mod stage;
 pub mod telemetry;
 
 use thiserror::Error;
@@ -131,22 +136,11 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     // frames in flight, then replicate gets its batch acknowledged (or
     // keeps it on disk), then the log is flushed.
     let replicate_stop = CancellationToken::new();
-    let mut replicate_task = tokio::spawn(replicate.run(replicate_stop.clone()));
+    let mut replicate_task = stage::spawn(replicate, replicate_stop.clone());
     let intake_stop = shutdown.child_token();
     let detect_stop = CancellationToken::new();
-    let mut detect_task = tokio::spawn({
-        let stop = detect_stop.clone();
-        async move {
-            match detect {
-                Some(d) => d.run(stop).await,
-                None => {
-                    stop.cancelled().await;
-                    Ok(())
-                }
-            }
-        }
-    });
-    let mut intake_task = tokio::spawn(intake.run(intake_stop.clone()));
+    let mut detect_task = stage::spawn(detect, detect_stop.clone());
+    let mut intake_task = stage::spawn(intake, intake_stop.clone());
     // Supervision: whichever stage ends first (shutdown, or a failure for
     // good), the others are stopped in order: intake, then detect finishes
     // its batch, then replicate.
@@ -154,24 +148,24 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     let (intake_result, detect_result) = tokio::select! {
         r = &mut intake_task => {
             detect_stop.cancel();
-            (joined_intake(r), joined_detect(detect_task.await))
+            (stage::joined::<intake::Intake>(r), stage::joined::<Option<detect::Detect>>(detect_task.await))
         }
         r = &mut detect_task => {
             // Detect failed on its own: stop taking frames in.
             intake_stop.cancel();
-            let d = joined_detect(r);
-            (joined_intake(intake_task.await), d)
+            let d = stage::joined::<Option<detect::Detect>>(r);
+            (stage::joined::<intake::Intake>(intake_task.await), d)
         }
         r = &mut replicate_task => {
-            let r = joined_replicate(r);
+            let r = stage::joined::<replicate::Replicate>(r);
             if let Err(e) = &r {
                 tracing::error!(error = %e, "the replicate stage failed for good; stopping intake and detect");
             }
             replicate_done = Some(r.and(Err(replicate::ReplicateError::Task("the replicate stage stopped".into()))));
             intake_stop.cancel();
-            let i = joined_intake(intake_task.await);
+            let i = stage::joined::<intake::Intake>(intake_task.await);
             detect_stop.cancel();
-            (i, joined_detect(detect_task.await))
+            (i, stage::joined::<Option<detect::Detect>>(detect_task.await))
         }
     };
     supervise_stop.cancel();
@@ -179,7 +173,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     replicate_stop.cancel();
     let replicate_result = match replicate_done {
         Some(r) => r,
-        None => joined_replicate(replicate_task.await),
+        None => stage::joined::<replicate::Replicate>(replicate_task.await),
     };
     let result = intake_result
         .map_err(GatewayError::from)
@@ -194,22 +188,4 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
     }
     tracing::info!("log flushed; stopped");
     result
-}
-
-fn joined_intake(
-    r: Result<Result<(), intake::IntakeError>, tokio::task::JoinError>,
-) -> Result<(), intake::IntakeError> {
-    r.unwrap_or_else(|e| Err(intake::IntakeError::Appender(format!("intake task failed: {e}"))))
-}
-
-fn joined_replicate(
-    r: Result<Result<(), replicate::ReplicateError>, tokio::task::JoinError>,
-) -> Result<(), replicate::ReplicateError> {
-    r.unwrap_or_else(|e| Err(replicate::ReplicateError::Task(format!("replicate task failed: {e}"))))
-}
-
-fn joined_detect(
-    r: Result<Result<(), detect::DetectError>, tokio::task::JoinError>,
-) -> Result<(), detect::DetectError> {
-    r.unwrap_or_else(|e| Err(detect::DetectError::Worker(format!("detect task failed: {e}"))))
 }

@@ -21,7 +21,6 @@
 use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogError};
 use crate::telemetry::RateLimiter;
 use inference::{Annotation, LoadOptions, Model};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +30,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Version of the [`FrameAnnotation`] JSON schema.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::records::{FrameAnnotation, SCHEMA_VERSION};
 
 /// What stops the detect stage.
 #[derive(Debug, Error)]
@@ -57,39 +55,6 @@ impl DetectError {
             DetectError::Worker(_) => false,
         }
     }
-}
-
-/// The annotation record the log keeps and replicate sends (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrameAnnotation {
-    /// Schema version ([`SCHEMA_VERSION`]).
-    pub schema: u32,
-    /// `"{gateway_id}:{seq}"`: unique across sites, for de-duplication.
-    pub frame_id: String,
-    /// Gateway that took the frame in.
-    pub gateway_id: String,
-    /// Sequence number in that gateway's log.
-    pub seq: u64,
-    /// Camera id.
-    pub camera: String,
-    /// The camera's own sequence number, if it sends one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub camera_seq: Option<u64>,
-    /// When the camera captured the frame (ms since the Unix epoch), if known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub captured_at_ms: Option<u64>,
-    /// When the gateway received it.
-    pub received_at_ms: u64,
-    /// MIME type of the frame.
-    pub content_type: String,
-    /// Size of the frame in bytes.
-    pub frame_bytes: u64,
-    /// Why the image was kept for upload (absent: not sampled, its bytes
-    /// were freed after detection).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sampled: Option<crate::sample::SampleReason>,
-    /// The model's output (with `error` set if the frame could not be read).
-    pub annotation: Annotation,
 }
 
 /// Live counters of the detect stage.

@@ -30,9 +30,8 @@
 pub mod reassemble;
 
 use crate::config::ReplicateConfig;
-use crate::detect::FrameAnnotation;
-use crate::intake::dead_letter::DeadLetter;
-use crate::log::{Area, Cursor, DurableLog, FrameRecord, GapRecord, LogError};
+use crate::log::{Area, Cursor, DurableLog, LogError};
+use crate::records::{header, DeadLetter, FrameAnnotation, FrameRecord, GapRecord, SCHEMA_VERSION};
 use crate::telemetry::RateLimiter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -546,9 +545,9 @@ impl Replicate {
                 Out::Annotation { seq, camera, frame_id, model, json, image } => {
                     let part = Part::Annotation(*seq);
                     let headers = h(
-                        "schema",
-                        &crate::detect::SCHEMA_VERSION.to_string(),
-                        h("model", model, h("frame_id", frame_id, OwnedHeaders::new())),
+                        header::SCHEMA,
+                        &SCHEMA_VERSION.to_string(),
+                        h(header::MODEL, model, h(header::FRAME_ID, frame_id, OwnedHeaders::new())),
                     );
                     match self.enqueue(&cfg.annotations_topic, camera, json, headers) {
                         Ok(f) => futures.push((f, part, &cfg.annotations_topic, "annotation", json.len() as u64)),
@@ -561,18 +560,22 @@ impl Replicate {
                         let count = parts.len().to_string();
                         for (i, chunk) in parts.iter().enumerate() {
                             let headers = h(
-                                "chunk_count",
+                                header::CHUNK_COUNT,
                                 &count,
                                 h(
-                                    "chunk_index",
+                                    header::CHUNK_INDEX,
                                     &i.to_string(),
                                     h(
-                                        "sha256",
+                                        header::SHA256,
                                         &sha,
                                         h(
-                                            "content_type",
+                                            header::CONTENT_TYPE,
                                             &img.content_type,
-                                            h("camera", camera, h("frame_id", frame_id, OwnedHeaders::new())),
+                                            h(
+                                                header::CAMERA,
+                                                camera,
+                                                h(header::FRAME_ID, frame_id, OwnedHeaders::new()),
+                                            ),
                                         ),
                                     ),
                                 ),
@@ -590,7 +593,7 @@ impl Replicate {
                 }
                 Out::DeadLetter { seq, camera, frame_id, json } => {
                     let part = Part::DeadLetter(*seq);
-                    let headers = h("frame_id", frame_id, OwnedHeaders::new());
+                    let headers = h(header::FRAME_ID, frame_id, OwnedHeaders::new());
                     match self.enqueue(&cfg.dead_letters_topic, camera, json, headers) {
                         Ok(f) => futures.push((f, part, &cfg.dead_letters_topic, "dead_letter", json.len() as u64)),
                         Err(e) => failures.push(Failure::new(part, &cfg.dead_letters_topic, &e)),
@@ -601,7 +604,7 @@ impl Replicate {
         for (id, g) in gaps {
             let part = Part::Gap(*id);
             let json = serde_json::to_vec(g).unwrap_or_default();
-            let headers = h("reason", g.reason.name(), OwnedHeaders::new());
+            let headers = h(header::REASON, g.reason.name(), OwnedHeaders::new());
             match self.enqueue(&cfg.gaps_topic, &g.gateway_id, &json, headers) {
                 Ok(f) => futures.push((f, part, &cfg.gaps_topic, "gap", json.len() as u64)),
                 Err(e) => failures.push(Failure::new(part, &cfg.gaps_topic, &e)),

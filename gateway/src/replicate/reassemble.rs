@@ -21,6 +21,7 @@
 //!   up. A partial older than [`Limits::max_age`] is given up too. Both are
 //!   reported as *expired*, and stop holding back the committed offset.
 
+use crate::records::header as h;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -326,9 +327,9 @@ pub async fn reassemble_with(
         let (part, offset) = (msg.partition(), msg.offset());
         next_offset.insert(part, offset + 1);
         let (Some(frame_id), Some(index), Some(count)) = (
-            header(&msg, "frame_id"),
-            header(&msg, "chunk_index").and_then(|v| v.parse::<usize>().ok()),
-            header(&msg, "chunk_count").and_then(|v| v.parse::<usize>().ok()),
+            header(&msg, h::FRAME_ID),
+            header(&msg, h::CHUNK_INDEX).and_then(|v| v.parse::<usize>().ok()),
+            header(&msg, h::CHUNK_COUNT).and_then(|v| v.parse::<usize>().ok()),
         ) else {
             report.malformed += 1;
             continue;
@@ -336,9 +337,9 @@ pub async fn reassemble_with(
         let chunk = Chunk {
             at: (part, offset),
             frame_id,
-            camera: header(&msg, "camera").unwrap_or_default(),
-            content_type: header(&msg, "content_type").unwrap_or_default(),
-            sha256: header(&msg, "sha256").unwrap_or_default(),
+            camera: header(&msg, h::CAMERA).unwrap_or_default(),
+            content_type: header(&msg, h::CONTENT_TYPE).unwrap_or_default(),
+            sha256: header(&msg, h::SHA256).unwrap_or_default(),
             index,
             count,
             payload: msg.payload().unwrap_or_default().to_vec(),
