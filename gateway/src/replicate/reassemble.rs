@@ -489,4 +489,35 @@ mod tests {
         assert_eq!(a.expire(t0 + Duration::from_secs(64)), vec!["gw:3".to_owned()]);
         assert_eq!(a.incomplete(), vec!["gw:4".to_owned()]);
     }
+
+    #[test]
+    fn five_hundred_never_completed_images_stay_within_the_budget() {
+        let limits = Limits { max_partial_bytes: 1 << 20, max_age: Duration::from_secs(600), max_chunks: 1024 };
+        let mut a = Assembler::new(limits);
+        let t0 = Instant::now();
+        let mut expired = Vec::new();
+        for i in 0..500u64 {
+            // Each claims 1000 chunks of 64 KiB and sends 3 of them.
+            for k in 0..3usize {
+                let c = Chunk {
+                    at: (0, (i * 3) as i64 + k as i64),
+                    frame_id: format!("gw:{i}"),
+                    camera: "cam".into(),
+                    content_type: "image/jpeg".into(),
+                    sha256: "ff".into(),
+                    index: k,
+                    count: 1000,
+                    payload: vec![i as u8; 64 << 10],
+                };
+                assert_eq!(a.offer(c, t0 + Duration::from_millis(i), &mut expired), Outcome::Pending);
+                assert!(a.held_bytes() <= limits.max_partial_bytes, "{} bytes held", a.held_bytes());
+            }
+        }
+        assert!(a.incomplete().len() <= 6, "{} partial images held", a.incomplete().len());
+        assert!(expired.len() >= 494, "{} given up", expired.len());
+        // Whatever is held, an hour later nothing is.
+        let held = a.incomplete().len();
+        assert_eq!(a.expire(t0 + Duration::from_secs(3600)).len(), held);
+        assert_eq!(a.held_bytes(), 0);
+    }
 }
