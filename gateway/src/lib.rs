@@ -93,6 +93,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         intra_threads: config.detect.intra_threads as usize,
         queue: config.detect.queue as usize,
         max_pixels: config.mqtt.max_pixels,
+        max_frame_memory: config.detect.max_frame_memory,
         sample: config.sample.clone(),
     };
     let detect = if !config.detect.enabled && config.detect.hold_when_disabled {

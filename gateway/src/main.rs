@@ -418,7 +418,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Annotate { model, onnxruntime, threads, json, images } => {
             let cwd = std::env::current_dir().ok();
             let library = inference::runtime::default_library(onnxruntime.as_deref(), cwd.as_deref());
-            let opts = inference::LoadOptions { library, intra_threads: threads, max_pixels: 50_000_000 };
+            let opts = inference::LoadOptions {
+                library,
+                intra_threads: threads,
+                max_pixels: 50_000_000,
+                max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+            };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
             let mut failed = false;

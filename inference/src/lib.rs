@@ -71,7 +71,20 @@ pub enum InferenceError {
     /// The frame could not be decoded.
     #[error("cannot decode the image: {0}")]
     Decode(String),
+    /// Annotating the frame would need more memory than allowed, even with
+    /// the model's input scaled down as far as it goes.
+    #[error("the frame needs about {needed_mib} MiB to annotate, over the budget of {budget_mib} MiB (detect.max_frame_memory)")]
+    TooLarge {
+        /// Estimated need, MiB.
+        needed_mib: u64,
+        /// The budget, MiB.
+        budget_mib: u64,
+    },
 }
+
+/// Default memory budget for annotating one frame: fits a 1 GB box with the
+/// rest of the gateway.
+pub const DEFAULT_MAX_FRAME_MEMORY: u64 = 512 << 20;
 
 impl InferenceError {
     /// Nothing here gets better by retrying without a change.
@@ -165,6 +178,10 @@ pub struct LoadOptions {
     pub intra_threads: usize,
     /// Frames with more pixels are refused before decoding.
     pub max_pixels: u64,
+    /// Memory one frame's annotation may take (see
+    /// [`ocr::DetPlan::within`]); the OCR detector input is scaled down to
+    /// fit it.
+    pub max_frame_memory: u64,
 }
 
 enum Backend {
@@ -208,7 +225,13 @@ impl Model {
             })
         };
         let backend = match manifest.task {
-            Task::Ocr => Backend::Ocr(ocr::Ocr::load(&env, &file("det")?, &file("rec")?, opts.intra_threads)?),
+            Task::Ocr => Backend::Ocr(ocr::Ocr::load(
+                &env,
+                &file("det")?,
+                &file("rec")?,
+                opts.intra_threads,
+                opts.max_frame_memory,
+            )?),
             Task::Detect | Task::Classify => {
                 Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads)?)
             }

@@ -27,6 +27,7 @@ fn opts() -> LoadOptions {
         library: repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
         intra_threads: 1,
         max_pixels: 1 << 24,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
     }
 }
 

@@ -71,7 +71,12 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
     assert_eq!(reference.len(), files.len());
 
     let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let opts = LoadOptions { library, intra_threads: 1, max_pixels: 50_000_000 };
+    let opts = LoadOptions {
+        library,
+        intra_threads: 1,
+        max_pixels: 50_000_000,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+    };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
 
     let (mut items, mut same_text, mut score_close, mut max_box, mut max_score) = (0, 0, 0, 0f32, 0f32);
@@ -152,7 +157,12 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
 #[test]
 fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let opts = LoadOptions { library, intra_threads: 1, max_pixels: 50_000_000 };
+    let opts = LoadOptions {
+        library,
+        intra_threads: 1,
+        max_pixels: 50_000_000,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+    };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     let normal = frames().into_iter().next().unwrap();
     let before = model.annotate(&std::fs::read(&normal).unwrap()).unwrap();

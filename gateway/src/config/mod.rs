@@ -159,6 +159,10 @@ pub struct RawDetect {
     pub batch: Option<u32>,
     /// Frames waiting for a worker (bounded queue). Default 8.
     pub queue: Option<u32>,
+    /// Memory one frame's annotation may take; the OCR detector input is
+    /// scaled down to fit, a frame that cannot fit gets an error
+    /// annotation. Default `"512MiB"` (a 1 GB box).
+    pub max_frame_memory: Option<toml::Value>,
 }
 
 /// `[sample]`: which images go upstream (annotations always do).
@@ -321,6 +325,8 @@ pub struct DetectConfig {
     pub intra_threads: u32,
     /// Queue length.
     pub queue: u32,
+    /// Memory budget of one frame's annotation.
+    pub max_frame_memory: u64,
 }
 
 /// Validated `[replicate]`.
@@ -643,6 +649,20 @@ impl Config {
             workers: v.range("detect.workers", d.workers, 1, 1, 64),
             intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1, 64),
             queue: v.range("detect.queue", d.queue, 8, 1, 4096),
+            max_frame_memory: {
+                let m =
+                    v.size("detect.max_frame_memory", d.max_frame_memory.as_ref(), inference::DEFAULT_MAX_FRAME_MEMORY);
+                if m < 128 << 20 {
+                    v.problem(
+                        "detect.max_frame_memory",
+                        format!(
+                            "{} is too small: the runtime and models alone take about 100MiB (at least 128MiB)",
+                            format_size(m)
+                        ),
+                    );
+                }
+                m
+            },
         };
 
         let sm = raw.sample;

@@ -108,6 +108,8 @@ pub struct DetectOptions {
     pub queue: usize,
     /// Largest picture decoded.
     pub max_pixels: u64,
+    /// Memory one frame's annotation may take (`detect.max_frame_memory`).
+    pub max_frame_memory: u64,
     /// Which images are kept for upload.
     pub sample: crate::sample::SampleConfig,
 }
@@ -157,6 +159,7 @@ impl Detect {
                 library: opts.library.clone(),
                 intra_threads: opts.intra_threads,
                 max_pixels: opts.max_pixels,
+                max_frame_memory: opts.max_frame_memory,
             };
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();

@@ -26,6 +26,13 @@ const DET_MIN_SIDE: f64 = 736.0;
 /// side passes this, which leaves ordinary frames (640x480 -> 992x736)
 /// exactly as the reference has them.
 const DET_MAX_SIDE: f64 = 2016.0;
+/// ONNX Runtime's working memory per detector input pixel, measured with
+/// `vision-gateway annotate` (peak RSS 224 MiB for a 992x736 input, 788 MiB
+/// for 1984x1984: 184 bytes per pixel), rounded up.
+pub const DET_BYTES_PER_PX: usize = 200;
+/// The process, the runtime and both models before any frame (the same
+/// measurement's intercept), rounded up.
+pub const RUNTIME_BYTES: usize = 100 << 20;
 /// Recogniser input height and minimum width.
 const REC_H: usize = 48;
 const REC_W: usize = 320;
@@ -55,6 +62,7 @@ pub struct Ocr {
     rec: Session,
     charset: Vec<String>,
     params: db::DbParams,
+    max_frame_memory: u64,
 }
 
 impl std::fmt::Debug for Ocr {
@@ -105,6 +113,47 @@ impl DetPlan {
         Self { width: w, height: h, det_width, det_height, ratio_h, ratio_w }
     }
 
+    /// The plan for a frame within `budget` bytes of memory: as
+    /// [`of`](Self::of), with the detector input scaled down (keeping its
+    /// aspect, in steps of 32) until the estimate fits. The estimate is
+    /// [`RUNTIME_BYTES`] + the decoded frame twice (RGB, BGR) + the
+    /// pre-processing buffers + [`DET_BYTES_PER_PX`] per detector input
+    /// pixel (ONNX Runtime's working memory, measured). Frames of the usual
+    /// sizes are not changed by the default budget (640x480 needs about
+    /// 250 MiB).
+    ///
+    /// # Errors
+    /// [`InferenceError::TooLarge`] if even a 32x32 detector input does not
+    /// fit.
+    pub fn within(width: usize, height: usize, budget: u64) -> Result<Self, InferenceError> {
+        let mut p = Self::of(width, height);
+        let fixed = RUNTIME_BYTES as u64 + (width.max(1) * height.max(1) * 6) as u64 + (p.width * p.height * 3) as u64;
+        let per_px = (DET_BYTES_PER_PX + 19) as u64;
+        let det_px = (p.det_width * p.det_height) as u64;
+        let need = fixed + det_px * per_px;
+        if need <= budget {
+            return Ok(p);
+        }
+        let too_large = |n: u64| InferenceError::TooLarge { needed_mib: n >> 20, budget_mib: budget >> 20 };
+        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / per_px;
+        if room < 32 * 32 {
+            return Err(too_large(fixed + 32 * 32 * per_px));
+        }
+        let s = (room as f64 / det_px as f64).sqrt();
+        let down = |v: usize| (((v as f64 * s) as usize) / 32).max(1) * 32;
+        p.det_width = down(p.det_width);
+        p.det_height = down(p.det_height);
+        Ok(p)
+    }
+
+    /// Estimated bytes to annotate a `width` x `height` frame with this plan.
+    pub fn estimate_bytes(&self, width: usize, height: usize) -> u64 {
+        RUNTIME_BYTES as u64
+            + (width * height * 6) as u64
+            + (self.width * self.height * 3) as u64
+            + (self.det_width * self.det_height * (DET_BYTES_PER_PX + 19)) as u64
+    }
+
     /// Bytes the pre-processing allocates at most: the brought-down frame,
     /// the resized frame (BGR u8) and the f32 input tensor, plus the f32
     /// probability map.
@@ -145,6 +194,7 @@ impl Ocr {
         det: &std::path::Path,
         rec: &std::path::Path,
         threads: usize,
+        max_frame_memory: u64,
     ) -> Result<Self, InferenceError> {
         let det = crate::runtime::session(env, det, threads)?;
         let rec_s = crate::runtime::session(env, rec, threads)?;
@@ -153,7 +203,7 @@ impl Ocr {
             .map_err(rt)?
             .custom("character")
             .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec.display())))?;
-        Ok(Self { det, rec: rec_s, charset: ctc::charset(&chars), params: db::DbParams::default() })
+        Ok(Self { det, rec: rec_s, charset: ctc::charset(&chars), params: db::DbParams::default(), max_frame_memory })
     }
 
     /// Reads the text on one image. Items are in reading order (top to
@@ -164,7 +214,7 @@ impl Ocr {
     pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
-        let plan = DetPlan::of(raw.width, raw.height);
+        let plan = DetPlan::within(raw.width, raw.height, self.max_frame_memory)?;
         let (ratio_h, ratio_w) = (plan.ratio_h, plan.ratio_w);
         // Very large frames are brought down first, as the reference does.
         let img = if (plan.width, plan.height) != (raw.width, raw.height) {
@@ -331,6 +381,20 @@ mod tests {
             assert!(p.width <= 2016 && p.height <= 2016, "{w}x{h}: {p:?}");
             assert!(p.preprocess_bytes() < 100 << 20, "{w}x{h}: {} bytes", p.preprocess_bytes());
         }
+    }
+
+    #[test]
+    fn the_detector_input_shrinks_to_the_memory_budget() {
+        let budget = crate::DEFAULT_MAX_FRAME_MEMORY;
+        assert_eq!(DetPlan::within(640, 480, budget).unwrap(), DetPlan::of(640, 480), "usual frames unchanged");
+        let big = DetPlan::within(2000, 2000, budget).unwrap();
+        assert!(big.det_width < 1984 && big.det_width % 32 == 0 && big.det_width == big.det_height, "{big:?}");
+        assert!(big.estimate_bytes(2000, 2000) <= budget, "{}", big.estimate_bytes(2000, 2000));
+        for (w, h) in [(4096, 48), (8000, 8), (1, 3000), (7000, 7000)] {
+            let p = DetPlan::within(w, h, budget).unwrap();
+            assert!(p.estimate_bytes(w, h) <= budget, "{w}x{h}: {p:?}");
+        }
+        assert!(matches!(DetPlan::within(640, 480, 64 << 20), Err(InferenceError::TooLarge { .. })));
     }
 
     #[test]
