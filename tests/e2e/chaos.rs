@@ -808,13 +808,7 @@ fn run_seed(seed: u64, steps: usize, power: bool) -> Verdict {
 }
 
 fn power_available() -> bool {
-    match LazyFs::unavailable() {
-        Some(why) => {
-            println!("chaos: power cuts left out of the schedule: {why}");
-            false
-        }
-        None => true,
-    }
+    LazyFs::available("chaos: power cuts left out of the schedule")
 }
 
 /// The tests of this file share the two cores: one at a time.

@@ -33,6 +33,9 @@ pub const DET_BYTES_PER_PX: usize = 200;
 /// The process, the runtime and both models before any frame (the same
 /// measurement's intercept), rounded up.
 pub const RUNTIME_BYTES: usize = 100 << 20;
+/// Bytes per detector input pixel in all: ONNX Runtime's, plus the resized
+/// frame (3), its f32 tensor (12) and the f32 probability map (4).
+const DET_PX_BYTES: u64 = (DET_BYTES_PER_PX + 3 + 12 + 4) as u64;
 /// Recogniser input height and minimum width.
 const REC_H: usize = 48;
 const REC_W: usize = 320;
@@ -127,19 +130,17 @@ impl DetPlan {
     /// fit.
     pub fn within(width: usize, height: usize, budget: u64) -> Result<Self, InferenceError> {
         let mut p = Self::of(width, height);
-        let fixed = RUNTIME_BYTES as u64 + (width.max(1) * height.max(1) * 6) as u64 + (p.width * p.height * 3) as u64;
-        let per_px = (DET_BYTES_PER_PX + 19) as u64;
-        let det_px = (p.det_width * p.det_height) as u64;
-        let need = fixed + det_px * per_px;
+        let need = p.estimate_bytes(width, height);
         if need <= budget {
             return Ok(p);
         }
+        let fixed = p.fixed_bytes(width, height);
         let too_large = |n: u64| InferenceError::TooLarge { needed_mib: n >> 20, budget_mib: budget >> 20 };
-        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / per_px;
+        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / DET_PX_BYTES;
         if room < 32 * 32 {
-            return Err(too_large(fixed + 32 * 32 * per_px));
+            return Err(too_large(fixed + 32 * 32 * DET_PX_BYTES));
         }
-        let s = (room as f64 / det_px as f64).sqrt();
+        let s = (room as f64 / (p.det_width * p.det_height) as f64).sqrt();
         let down = |v: usize| (((v as f64 * s) as usize) / 32).max(1) * 32;
         p.det_width = down(p.det_width);
         p.det_height = down(p.det_height);
@@ -148,10 +149,13 @@ impl DetPlan {
 
     /// Estimated bytes to annotate a `width` x `height` frame with this plan.
     pub fn estimate_bytes(&self, width: usize, height: usize) -> u64 {
-        RUNTIME_BYTES as u64
-            + (width * height * 6) as u64
-            + (self.width * self.height * 3) as u64
-            + (self.det_width * self.det_height * (DET_BYTES_PER_PX + 19)) as u64
+        self.fixed_bytes(width, height) + (self.det_width * self.det_height) as u64 * DET_PX_BYTES
+    }
+
+    /// The part of the estimate that does not depend on the detector input:
+    /// runtime, the decoded frame (RGB and BGR) and the brought-down frame.
+    fn fixed_bytes(&self, width: usize, height: usize) -> u64 {
+        RUNTIME_BYTES as u64 + (width.max(1) * height.max(1) * 6) as u64 + (self.width * self.height * 3) as u64
     }
 
     /// Bytes the pre-processing allocates at most: the brought-down frame,

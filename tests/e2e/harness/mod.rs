@@ -631,6 +631,17 @@ impl LazyFs {
         None
     }
 
+    /// Whether power cuts can run here; if not, prints `context: why`.
+    pub fn available(context: &str) -> bool {
+        match Self::unavailable() {
+            Some(why) => {
+                println!("{context}: {why}");
+                false
+            }
+            None => true,
+        }
+    }
+
     /// Mounts a fresh LazyFS and waits until it serves.
     pub fn mount() -> Self {
         let bin = Self::bin().expect("LazyFS binary");
