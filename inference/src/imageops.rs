@@ -34,16 +34,13 @@ impl Bgr {
 /// # Errors
 /// [`InferenceError::Decode`] with the decoder's message.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Bgr, InferenceError> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| InferenceError::Decode(e.to_string()))?;
-    let (w, h) = reader.into_dimensions_peek(bytes)?;
+    let (w, h) = dimensions(bytes)?;
     if u64::from(w) * u64::from(h) > max_pixels {
         return Err(InferenceError::Decode(format!("{w}x{h} is more than {max_pixels} pixels")));
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8));
-    reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InferenceError::Decode(e.to_string()))?;
     reader.limits(limits);
@@ -56,14 +53,16 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Bgr, InferenceError> {
     Ok(Bgr { width, height, data })
 }
 
-trait PeekDims {
-    fn into_dimensions_peek(self, bytes: &[u8]) -> Result<(u32, u32), InferenceError>;
-}
-
-impl<R: std::io::BufRead + std::io::Seek> PeekDims for image::ImageReader<R> {
-    fn into_dimensions_peek(self, _bytes: &[u8]) -> Result<(u32, u32), InferenceError> {
-        self.into_dimensions().map_err(|e| InferenceError::Decode(e.to_string()))
-    }
+/// Width and height from the image's header, without decoding it.
+///
+/// # Errors
+/// [`InferenceError::Decode`] if the format is unknown or the header bad.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), InferenceError> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| InferenceError::Decode(e.to_string()))?
+        .into_dimensions()
+        .map_err(|e| InferenceError::Decode(e.to_string()))
 }
 
 const COEF_BITS: i32 = 11;

@@ -198,6 +198,7 @@ pub struct Model {
     pub info: ModelInfo,
     backend: Backend,
     max_pixels: u64,
+    max_frame_memory: u64,
 }
 
 impl std::fmt::Debug for Model {
@@ -233,10 +234,34 @@ impl Model {
                 opts.max_frame_memory,
             )?),
             Task::Detect | Task::Classify => {
-                Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads)?)
+                Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads, opts.max_frame_memory)?)
             }
         };
-        Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels })
+        Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels, max_frame_memory: opts.max_frame_memory })
+    }
+
+    /// Whether a `width` x `height` frame can be annotated within
+    /// `detect.max_frame_memory`, known from its header before it is
+    /// decoded. OCR scales its detector input down to fit; a detector or
+    /// classifier has a fixed input, so only the frame itself can be too
+    /// large.
+    ///
+    /// # Errors
+    /// [`InferenceError::TooLarge`] with the estimate.
+    pub fn fits(&self, width: usize, height: usize) -> Result<(), InferenceError> {
+        match &self.backend {
+            Backend::Ocr(_) => ocr::DetPlan::within(width, height, self.max_frame_memory).map(drop),
+            Backend::Vision(v) => {
+                let need = v.estimate_bytes(width, height);
+                if need > self.max_frame_memory {
+                    return Err(InferenceError::TooLarge {
+                        needed_mib: need >> 20,
+                        budget_mib: self.max_frame_memory >> 20,
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Runs the model on decoded frames.
@@ -244,8 +269,16 @@ impl Model {
     /// # Errors
     /// [`InferenceError::Runtime`] if a session fails (the frames themselves
     /// cannot cause this).
+    /// [`InferenceError::TooLarge`] if a frame does not fit
+    /// `max_frame_memory` (see [`fits`](Self::fits)).
     pub fn run(&mut self, frames: &[imageops::Bgr]) -> Result<Vec<Annotation>, InferenceError> {
-        frames.iter().map(|f| self.run_one(f, 0.0)).collect()
+        frames
+            .iter()
+            .map(|f| {
+                self.fits(f.width, f.height)?;
+                self.run_one(f, 0.0)
+            })
+            .collect()
     }
 
     fn run_one(&mut self, frame: &imageops::Bgr, decode_ms: f64) -> Result<Annotation, InferenceError> {
@@ -269,13 +302,23 @@ impl Model {
     }
 
     /// Decodes JPEG/PNG bytes and runs the model. A frame that cannot be
-    /// decoded gives an annotation with `error` set.
+    /// decoded, has more than `max_pixels` or does not fit
+    /// `max_frame_memory` gives an annotation with `error` set; the last
+    /// two are found from the header, before anything is decoded.
     ///
     /// # Errors
     /// [`InferenceError::Runtime`] if a session fails.
     pub fn annotate(&mut self, bytes: &[u8]) -> Result<Annotation, InferenceError> {
         let t = Instant::now();
-        match imageops::decode(bytes, self.max_pixels) {
+        let frame = imageops::dimensions(bytes)
+            .and_then(|(w, h)| {
+                if u64::from(w) * u64::from(h) > self.max_pixels {
+                    return Err(InferenceError::Decode(format!("{w}x{h} is more than {} pixels", self.max_pixels)));
+                }
+                self.fits(w as usize, h as usize)
+            })
+            .and_then(|()| imageops::decode(bytes, self.max_pixels));
+        match frame {
             Ok(frame) => self.run_one(&frame, t.elapsed().as_secs_f64() * 1e3),
             Err(e) => Ok(Annotation {
                 model: self.info.clone(),

@@ -66,6 +66,10 @@ pub enum Fit {
     Stretch,
 }
 
+/// Largest input side a manifest may declare (a 8192x8192 f32 input is
+/// already 768 MiB).
+pub const MAX_INPUT_SIDE: usize = 8192;
+
 /// `[input]`: what the model expects (tasks `detect`, `classify`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,8 +217,12 @@ impl Manifest {
         m.dir = dir.to_owned();
         if matches!(m.task, Task::Detect | Task::Classify) {
             let mut problems = Vec::new();
-            if m.input.is_none() {
-                problems.push("[input] is required for this task");
+            match &m.input {
+                None => problems.push("[input] is required for this task"),
+                Some(i) if !(1..=MAX_INPUT_SIDE).contains(&i.width) || !(1..=MAX_INPUT_SIDE).contains(&i.height) => {
+                    problems.push("input.width and input.height must be 1..=8192")
+                }
+                Some(_) => {}
             }
             match &m.output {
                 None => problems.push("[output] is required for this task"),

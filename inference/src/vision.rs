@@ -7,7 +7,9 @@
 //!
 //! Promise: `Vision::load` checks the manifest against the model (input and
 //! output names, static dimensions, label count) and refuses a mismatch
-//! with a message that names both sides.
+//! with a message that names both sides. The memory a frame needs is known
+//! before it is decoded ([`Vision::estimate_bytes`]): the input size is
+//! fixed by the manifest, so only the decoded frame grows with the frame.
 
 use crate::imageops::{self, Bgr};
 use crate::manifest::{Colour, Decoder, Fit, InputSpec, Layout, Manifest, OutputSpec};
@@ -22,9 +24,35 @@ fn rt(e: impl std::fmt::Display) -> InferenceError {
     InferenceError::Runtime(e.to_string())
 }
 
+/// The process before any frame, besides the model's weights.
+pub const PROCESS_BYTES: u64 = 64 << 20;
+/// ONNX Runtime's working memory per input pixel, taken from the PP-OCR
+/// detector's measurement ([`crate::ocr::DET_BYTES_PER_PX`]) as the figure
+/// for convolutional detectors and classifiers.
+pub const RUNTIME_BYTES_PER_PX: u64 = crate::ocr::DET_BYTES_PER_PX as u64;
+
+/// What annotating a `frame_w` x `frame_h` frame takes with a model whose
+/// input is `input` and whose weights file has `weights` bytes and whose
+/// output has `output_elems` values: the process and the weights (twice:
+/// as read and as optimised), the decoded frame (RGB and BGR, 6 bytes per
+/// pixel), the fitted frame and canvas (3 + 3 bytes per input pixel), the
+/// f32 input (12), the runtime's working memory per input pixel, and the
+/// output (read out and copied, 8 bytes per value).
+pub fn estimate_bytes(input: &InputSpec, weights: u64, output_elems: u64, frame_w: usize, frame_h: usize) -> u64 {
+    let frame = (frame_w.max(1) as u64).saturating_mul(frame_h.max(1) as u64);
+    let px = (input.width * input.height) as u64;
+    PROCESS_BYTES
+        .saturating_add(weights.saturating_mul(2))
+        .saturating_add(frame.saturating_mul(6))
+        .saturating_add(px.saturating_mul(3 + 3 + 12 + RUNTIME_BYTES_PER_PX))
+        .saturating_add(output_elems.saturating_mul(8))
+}
+
 /// A loaded detector or classifier.
 pub struct Vision {
     session: Session,
+    weights: u64,
+    output_elems: u64,
     input: InputSpec,
     output: OutputSpec,
     out_index: usize,
@@ -62,13 +90,31 @@ impl Vision {
     /// # Errors
     /// [`InferenceError::Manifest`] on any mismatch between manifest and
     /// model; [`InferenceError::Runtime`] if the session cannot be made.
-    pub fn load(env: &ort::environment::Environment, m: &Manifest, threads: usize) -> Result<Self, InferenceError> {
+    pub fn load(
+        env: &ort::environment::Environment,
+        m: &Manifest,
+        threads: usize,
+        max_frame_memory: u64,
+    ) -> Result<Self, InferenceError> {
         let path = m.dir.join("model.toml");
         let bad = |message: String| InferenceError::Manifest { path: path.clone(), message };
         let file = m.file("model").ok_or_else(|| bad("needs a file with role \"model\"".into()))?;
         let (Some(input), Some(output)) = (m.input.clone(), m.output.clone()) else {
             return Err(bad("[input] and [output] are required".into()));
         };
+        let weights = std::fs::metadata(&file).map(|md| md.len()).unwrap_or(0);
+        let idle = estimate_bytes(&input, weights, 0, 1, 1);
+        if idle > max_frame_memory {
+            return Err(bad(format!(
+                "an input of {}x{} with {} MiB of weights needs about {} MiB for the smallest frame, \
+                 over detect.max_frame_memory ({} MiB)",
+                input.width,
+                input.height,
+                weights >> 20,
+                idle >> 20,
+                max_frame_memory >> 20
+            )));
+        }
         let session = crate::runtime::session(env, &file, threads)?;
         let names: Vec<String> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
         let inp = session.inputs().iter().find(|i| i.name() == input.name).ok_or_else(|| {
@@ -115,6 +161,12 @@ impl Vision {
         } else {
             Vec::new()
         };
+        // Dynamic output dimensions count as 1: the output is small next to
+        // the input for every decoder here.
+        let output_elems = match session.outputs()[out_index].dtype() {
+            ValueType::Tensor { shape, .. } => shape.iter().map(|d| (*d).max(1) as u64).product(),
+            _ => 0,
+        };
         if let ValueType::Tensor { shape, .. } = session.outputs()[out_index].dtype() {
             let classes = match (output.decoder, shape.len()) {
                 (Decoder::Yolov8, 3) => shape[1] - 4,
@@ -131,7 +183,13 @@ impl Vision {
                 return Err(bad(format!("the model has {classes} classes; the manifest names {}", labels.len())));
             }
         }
-        Ok(Self { session, input, output, out_index, labels })
+        Ok(Self { session, weights, output_elems, input, output, out_index, labels })
+    }
+
+    /// Bytes annotating a `frame_w` x `frame_h` frame takes (see
+    /// [`estimate_bytes`]).
+    pub fn estimate_bytes(&self, frame_w: usize, frame_h: usize) -> u64 {
+        estimate_bytes(&self.input, self.weights, self.output_elems, frame_w, frame_h)
     }
 
     fn label(&self, c: usize) -> String {

@@ -121,3 +121,41 @@ fn a_missing_runtime_library_is_an_error_not_a_panic() {
     let e = Model::load(&repo().join("models/ppocr-v4"), &o).unwrap_err();
     assert!(e.to_string().contains("not found") || e.to_string().contains("already loaded"), "{e}");
 }
+
+/// The resource model of a user's detector: its input is fixed by the
+/// manifest, so the frame is what can be too large, and that is known from
+/// the header before the frame is decoded. A manifest whose input alone
+/// cannot fit the budget is refused at load, naming the key.
+#[test]
+fn a_detector_checks_a_frame_against_max_frame_memory_before_decoding_it() {
+    let g = graphs();
+    let d = g.path().join("yolov8");
+    let mut o = opts();
+    o.max_frame_memory = 128 << 20;
+    o.max_pixels = 1 << 26;
+    let mut m = Model::load(&d, &o).unwrap();
+    // 64 MiB of process + 6 bytes per decoded pixel: 4000x4000 needs about
+    // 156 MiB, over 128 MiB; the normal frame before and after still reads.
+    let small = m.annotate(&png(128, 64, [50, 50, 50])).unwrap();
+    assert_eq!(small.error, None);
+    assert_eq!(small.items.len(), 2);
+    let big = m.annotate(&png(4000, 4000, [50, 50, 50])).unwrap();
+    let why = big.error.unwrap_or_default();
+    assert!(why.contains("detect.max_frame_memory") && why.contains("156 MiB"), "{why}");
+    assert_eq!((big.width, big.height), (0, 0), "refused before decoding");
+    assert!(m.fits(4000, 4000).is_err() && m.fits(2000, 2000).is_ok());
+    assert_eq!(m.annotate(&png(128, 64, [50, 50, 50])).unwrap().items, small.items, "the next frame reads the same");
+
+    // An input of 4096x4096 needs about 3.4 GiB of working memory for any
+    // frame: refused at load, before a session is made.
+    let text = std::fs::read_to_string(d.join("model.toml")).unwrap();
+    std::fs::write(d.join("model.toml"), text.replace("width = 64\nheight = 64", "width = 4096\nheight = 4096"))
+        .unwrap();
+    let e = Model::load(&d, &opts()).unwrap_err();
+    assert!(matches!(e, InferenceError::Manifest { .. }) && e.to_string().contains("detect.max_frame_memory"), "{e}");
+    // Over 8192 a side is refused by the manifest check itself.
+    std::fs::write(d.join("model.toml"), text.replace("width = 64\nheight = 64", "width = 100000\nheight = 64"))
+        .unwrap();
+    let e = Model::load(&d, &opts()).unwrap_err();
+    assert!(e.to_string().contains("1..=8192"), "{e}");
+}
