@@ -356,6 +356,7 @@ pub async fn replicate_throughput(
     use crate::detect::{FrameAnnotation, SCHEMA_VERSION};
     use crate::log::{Area, Cursor, FrameRecord};
     use rdkafka::producer::FutureRecord;
+    use sha2::Digest;
     use tokio_util::sync::CancellationToken;
 
     let text =
@@ -443,18 +444,28 @@ pub async fn replicate_throughput(
         warm(&producer, topics).await?;
         let t = Instant::now();
         let mut futs = Vec::new();
+        // The same records as the stage sends: keys, headers, chunks.
+        let model = format!("ppocr-v4@{}", "0".repeat(64));
         for (i, (json, image)) in payloads.iter().enumerate() {
             let key = format!("cam-{}", i % 4);
-            let send = |topic: &str, payload: &[u8]| {
-                crate::replicate::enqueue(&producer, topic, &key, payload, rdkafka::message::OwnedHeaders::new())
-                    .map_err(anyhow::Error::msg)
+            let frame_id = log.frame_id(i as u64);
+            let send = |topic: &str, payload: &[u8], headers| {
+                crate::replicate::enqueue(&producer, topic, &key, payload, headers).map_err(anyhow::Error::msg)
             };
-            futs.push(send(&cfg.replicate.annotations_topic, json)?);
-            for chunk in crate::replicate::chunks(image, cfg.replicate.chunk_bytes as usize)
-                .into_iter()
-                .filter(|c| !c.is_empty())
-            {
-                futs.push(send(&cfg.replicate.images_topic, chunk)?);
+            futs.push(send(
+                &cfg.replicate.annotations_topic,
+                json,
+                crate::replicate::annotation_headers(&frame_id, &model),
+            )?);
+            if image.is_empty() {
+                continue;
+            }
+            let sha = hex::encode(sha2::Sha256::digest(image));
+            let parts = crate::replicate::chunks(image, cfg.replicate.chunk_bytes as usize);
+            let count = parts.len().to_string();
+            for (k, chunk) in parts.into_iter().enumerate() {
+                let headers = crate::replicate::chunk_headers(&frame_id, &key, "image/jpeg", &sha, k, &count);
+                futs.push(send(&cfg.replicate.images_topic, chunk, headers)?);
             }
         }
         for f in futs {

@@ -158,22 +158,31 @@ impl<'a> Txn<'a> {
             low = Some(low.map_or(at, |l| l.min(at)));
         }
         let Some(low) = low else { return Ok(0) };
-        let mut seqs = Vec::new();
+        // The scan's values are used as they are unless this transaction
+        // changed the key: one index read per record, not two.
+        let mut found = Vec::new();
         let (from, to) = (key(area.prefix(), 0), key(area.prefix(), low));
         for kv in self.inner.index.tree.range(from.as_slice()..to.as_slice()) {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             if let Some(s) = seq_of(&k) {
-                seqs.push(s);
+                found.push((s, Slot::of(&v)));
             }
-            if seqs.len() >= limit {
+            if found.len() >= limit {
                 break;
             }
         }
         let mut n = 0;
-        for s in seqs {
-            if self.remove(area, s)?.is_some() {
-                n += 1;
-            }
+        for (s, slot) in found {
+            let k = key(area.prefix(), s);
+            let old = match self.pending.get(&k) {
+                Some(p) => *p,
+                None => Some(slot),
+            };
+            let Some(old) = old else { continue };
+            self.account(area, old, false);
+            self.pending.insert(k, None);
+            self.batch.remove(&k);
+            n += 1;
         }
         Ok(n)
     }

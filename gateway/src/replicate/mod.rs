@@ -8,30 +8,38 @@
 //!
 //! # Promises
 //!
-//! - **Delivered means acknowledged.** A batch of records is produced, and
-//!   the cursor moves past it (which frees its local data, in the same log
-//!   batch) only after every record of the batch has a successful delivery
-//!   report. A failed or timed-out delivery keeps the batch on disk; it is
-//!   sent again after a capped backoff. So a crash or an outage re-sends at
-//!   most the batch in flight (consumers de-duplicate by `frame_id` and
-//!   `chunk_index`).
+//! - **Delivered means acknowledged.** Records are read in batches and
+//!   produced; up to [`IN_FLIGHT`] batches are in flight at once. The
+//!   cursor moves past a batch (which frees its local data, in the same log
+//!   batch) only once every record of it and of every batch before it has a
+//!   successful delivery report: it is the highest sequence below which
+//!   every report has arrived, to a batch's granularity. A failed or
+//!   timed-out delivery keeps the records on disk; the batches behind it
+//!   are awaited, and everything from the cursor on is sent again after a
+//!   capped backoff. So a crash or an outage re-sends at most what was in
+//!   flight (consumers de-duplicate by `frame_id` and `chunk_index`).
 //! - **Order per camera**: records are produced in sequence order with the
 //!   camera id as key, through one idempotent producer.
 //! - **Large images are chunked** at `replicate.chunk_bytes` with headers
 //!   `frame_id`, `camera`, `content_type`, `sha256` (of the whole image),
 //!   `chunk_index`, `chunk_count`; [`reassemble`] puts them back together.
-//! - **Bounded memory**: at most 256 records, and at most 64 MiB of sampled
-//!   images, are in flight per batch; librdkafka's own queue limits pass
-//!   through.
+//! - **Bounded memory**: at most [`IN_FLIGHT`] batches of [`BATCH`] records
+//!   are in flight, and sampled images are read only while less than
+//!   [`IN_FLIGHT_IMAGE_BYTES`] of them are unacknowledged (a batch holds at
+//!   least one record, so the bound can be passed by one frame per batch);
+//!   an image is dropped from the stage's memory once librdkafka has its
+//!   copy. librdkafka's own queue limits pass through.
+//! - **Never blocks the runtime**: when librdkafka's queue is full the
+//!   stage yields and tries again; it never parks a tokio worker.
 //! - **Offline for days**: the backlog is on disk; when Kafka returns the
-//!   stage drains it batch after batch at full speed, while detect keeps
-//!   appending behind it.
+//!   stage drains it at full speed, batches in flight back to back, while
+//!   detect keeps appending behind it.
 
 pub mod reassemble;
 
 use crate::config::ReplicateConfig;
 use crate::log::{Area, Cursor, DurableLog, LogError};
-use crate::records::{header, DeadLetter, FrameAnnotation, FrameRecord, GapRecord, SCHEMA_VERSION};
+use crate::records::{header, DeadLetter, FrameRecord, GapRecord, SCHEMA_VERSION};
 use crate::telemetry::RateLimiter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -47,10 +55,13 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 /// Records (annotations and dead letters, or gap records) per batch.
-const BATCH: usize = 256;
-/// Sampled image bytes per batch at most (a batch holds at least one
-/// record): with 16 MiB frames, 256 sampled images would be 4 GiB in RAM.
-const BATCH_IMAGE_BYTES: usize = 64 << 20;
+pub const BATCH: usize = 128;
+/// Batches produced and not yet wholly acknowledged, at most.
+pub const IN_FLIGHT: usize = 8;
+/// Sampled image bytes read and not yet acknowledged, at most (see the
+/// module's promise): with 16 MiB frames, a batch of sampled images would
+/// otherwise be 2 GiB in RAM.
+pub const IN_FLIGHT_IMAGE_BYTES: usize = 64 << 20;
 
 /// What stops the replicate stage.
 #[derive(Debug, Error)]
@@ -217,7 +228,9 @@ impl rdkafka::ClientContext for KafkaContext {
 }
 
 /// Hands one record to librdkafka; when its queue is full, lets it drain
-/// and tries again. Any other error is returned.
+/// (blocking this thread up to 50 ms per try) and tries again. Any other
+/// error is returned. For threads of their own (benchmarks); the stage uses
+/// [`enqueue_yielding`].
 ///
 /// # Errors
 /// The producer's error.
@@ -232,14 +245,67 @@ pub fn enqueue(
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                // librdkafka's queue is full: let it drain a little.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 producer.poll(Duration::from_millis(50));
                 record = r;
             }
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// As [`enqueue`], but when librdkafka's queue is full it sleeps on the
+/// tokio timer (1 ms) instead of blocking the worker thread: the producer's
+/// own thread serves delivery reports meanwhile.
+///
+/// # Errors
+/// The producer's error.
+pub async fn enqueue_yielding(
+    producer: &KafkaProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+fn with_header(k: &'static str, v: &str, hs: OwnedHeaders) -> OwnedHeaders {
+    hs.insert(Header { key: k, value: Some(v) })
+}
+
+/// The Kafka headers of an annotation record.
+pub fn annotation_headers(frame_id: &str, model: &str) -> OwnedHeaders {
+    let hs = with_header(header::FRAME_ID, frame_id, OwnedHeaders::new_with_capacity(3));
+    with_header(header::SCHEMA, &SCHEMA_VERSION.to_string(), with_header(header::MODEL, model, hs))
+}
+
+/// The Kafka headers of chunk `index` of `count` (as text) of an image.
+pub fn chunk_headers(
+    frame_id: &str,
+    camera: &str,
+    content_type: &str,
+    sha256: &str,
+    index: usize,
+    count: &str,
+) -> OwnedHeaders {
+    let hs = with_header(header::FRAME_ID, frame_id, OwnedHeaders::new_with_capacity(6));
+    let hs = with_header(
+        header::SHA256,
+        sha256,
+        with_header(header::CONTENT_TYPE, content_type, with_header(header::CAMERA, camera, hs)),
+    );
+    with_header(header::CHUNK_COUNT, count, with_header(header::CHUNK_INDEX, &index.to_string(), hs))
 }
 
 /// Deliveries of one record that Kafka refused for good before the record
@@ -334,6 +400,22 @@ pub fn chunks(bytes: &[u8], chunk: usize) -> Vec<&[u8]> {
     bytes.chunks(chunk.max(1)).collect()
 }
 
+/// The fields of a stored [`FrameAnnotation`] the stage needs for keys
+/// and headers; the rest (the items) is skipped without being built.
+#[derive(serde::Deserialize)]
+struct AnnotationHead {
+    camera: String,
+    frame_id: String,
+    #[serde(default)]
+    sampled: Option<serde::de::IgnoredAny>,
+    annotation: ModelHead,
+}
+
+#[derive(serde::Deserialize)]
+struct ModelHead {
+    model: inference::ModelInfo,
+}
+
 enum Out {
     Annotation { seq: u64, camera: String, frame_id: String, model: String, json: Vec<u8>, image: Option<FrameRecord> },
     DeadLetter { seq: u64, camera: String, frame_id: String, json: Vec<u8> },
@@ -345,6 +427,23 @@ impl Out {
             Out::Annotation { seq, .. } | Out::DeadLetter { seq, .. } => *seq,
         }
     }
+}
+
+/// A batch handed to librdkafka: its delivery reports to await, and where
+/// the cursors go once they are all successes.
+struct Pending {
+    /// (report, record, topic, counter kind, payload bytes), in send order.
+    reports: Vec<(DeliveryFuture, Part, &'static str, u64)>,
+    /// Records librdkafka would not even take.
+    failures: Vec<Failure>,
+    /// `replicate` cursor after this batch, if it holds records.
+    records_end: Option<u64>,
+    /// `replicate_gaps` cursor after this batch, if it holds gap records.
+    gaps_end: Option<u64>,
+    /// Sampled image bytes in the batch (released once it settles).
+    image_bytes: usize,
+    /// Records (not chunks) in the batch.
+    records: usize,
 }
 
 /// The replicate stage.
@@ -375,9 +474,10 @@ impl Replicate {
         self.stats.clone()
     }
 
-    /// Runs until `stop`: sends batch after batch, waits on the log when
-    /// caught up, backs off when Kafka fails. On `stop` the batch in flight
-    /// is given a few seconds to be acknowledged.
+    /// Runs until `stop`: keeps up to [`IN_FLIGHT`] batches produced,
+    /// moves the cursors as the oldest one is wholly acknowledged, waits on
+    /// the log when caught up, backs off when Kafka fails. On `stop` the
+    /// batches in flight are given a few seconds to be acknowledged.
     ///
     /// # Errors
     /// [`ReplicateError::Log`] if the log fails.
@@ -387,90 +487,127 @@ impl Replicate {
         }
         let mut failures: u32 = 0;
         let mut strikes: HashMap<Part, u32> = HashMap::new();
+        let mut inflight: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
+        // Where the next batch is read from: ahead of the durable cursors by
+        // what is in flight.
+        let mut next = (self.log.cursor(Cursor::Replicate)?, self.log.cursor(Cursor::ReplicateGaps)?);
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        tokio::pin!(grace);
         loop {
-            if stop.is_cancelled() {
-                break;
-            }
             let seen = self.log.generation();
-            let records = self.next_records()?;
-            let gaps = self.log.read_gaps(
-                self.log.cursor(Cursor::ReplicateGaps)?,
-                self.log.bound(Cursor::ReplicateGaps)?,
-                BATCH,
-            )?;
-            if records.is_empty() && gaps.is_empty() {
+            // Fill: batches back to back while there is room.
+            while !stop.is_cancelled() && inflight.len() < IN_FLIGHT {
+                let held: usize = inflight.iter().map(|p| p.image_bytes).sum();
+                if held >= IN_FLIGHT_IMAGE_BYTES {
+                    break;
+                }
+                let records = self.next_records(next.0, IN_FLIGHT_IMAGE_BYTES - held)?;
+                let gaps = self.log.read_gaps(next.1, self.log.bound(Cursor::ReplicateGaps)?, BATCH)?;
+                if records.is_empty() && gaps.is_empty() {
+                    break;
+                }
+                let p = self.produce(records, gaps).await;
+                next = (p.records_end.unwrap_or(next.0), p.gaps_end.unwrap_or(next.1));
+                let refused = !p.failures.is_empty();
+                inflight.push_back(p);
+                if refused {
+                    break; // settle what is in flight, then retry from the cursor
+                }
+            }
+            let Some(front) = inflight.pop_front() else {
+                if stop.is_cancelled() {
+                    break;
+                }
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled() => {}
                     _ = self.log.changed_since(seen) => {}
                 }
                 continue;
-            }
-            let sent = tokio::select! {
-                r = self.send_batch(&records, &gaps) => r,
-                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => break,
             };
-            match sent {
-                Ok(()) => {
+            let failed_records = front.records;
+            let settled = tokio::select! {
+                r = self.settle(front) => r,
+                _ = &mut grace => break,
+            };
+            let failed = match settled {
+                Ok(p) => {
                     failures = 0;
-                    strikes.clear();
                     self.stats.connected.store(true, Ordering::Relaxed);
                     let mut b = self.log.batch();
-                    if let Some(last) = records.last() {
-                        b.set_cursor(Cursor::Replicate, last.seq() + 1);
+                    if let Some(end) = p.records_end {
+                        b.set_cursor(Cursor::Replicate, end);
+                        strikes.retain(|k, _| matches!(k, Part::Gap(_)) || k.seq() >= end);
                     }
-                    if let Some((last, _)) = gaps.last() {
-                        b.set_cursor(Cursor::ReplicateGaps, last + 1);
+                    if let Some(end) = p.gaps_end {
+                        b.set_cursor(Cursor::ReplicateGaps, end);
+                        strikes.retain(|k, _| !matches!(k, Part::Gap(_)) || k.seq() >= end);
                     }
                     self.log.apply(b)?;
+                    continue;
                 }
-                Err(failed) => {
-                    let (gave_up, transient) = self.give_up_poison(&failed, &mut strikes).await?;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    if gave_up {
-                        continue; // the batch again, without what was given up
-                    }
-                    if transient {
-                        self.stats.connected.store(false, Ordering::Relaxed);
-                        self.stats.waits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    failures = failures.saturating_add(1);
-                    let e = &failed[0];
-                    let e = format!("{} on {}: {}", e.part.kind(), e.topic, e.error);
-                    let wait =
-                        Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
-                    if let Some(held) = self.warn.check("send") {
-                        tracing::warn!(error = %e, retry_in = ?wait, records = records.len(), suppressed = held, "Kafka delivery failed; the batch stays on disk");
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                Err(f) => f,
+            };
+            // A batch failed: the ones behind it are awaited (their records
+            // are sent again from the cursor; librdkafka must be done with
+            // them first), and their refusals count too.
+            let mut failed = failed;
+            let in_flight = inflight.iter().map(|p| p.records).sum::<usize>() + failed_records;
+            while let Some(p) = inflight.pop_front() {
+                if let Err(more) = self.settle(p).await {
+                    failed.extend(more);
                 }
+            }
+            next = (self.log.cursor(Cursor::Replicate)?, self.log.cursor(Cursor::ReplicateGaps)?);
+            let (gave_up, transient) = self.give_up_poison(&failed, &mut strikes).await?;
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if gave_up {
+                continue; // again from the cursor, without what was given up
+            }
+            if transient {
+                self.stats.connected.store(false, Ordering::Relaxed);
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            failures = failures.saturating_add(1);
+            let e = &failed[0];
+            let e = format!("{} on {}: {}", e.part.kind(), e.topic, e.error);
+            let wait = Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
+            if let Some(held) = self.warn.check("send") {
+                tracing::warn!(error = %e, retry_in = ?wait, records = in_flight, suppressed = held, "Kafka delivery failed; the records stay on disk");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         let _ = self.producer.flush(Duration::from_secs(2));
         Ok(())
     }
 
-    /// The next annotations and dead letters after the cursor, merged in
+    /// The next annotations and dead letters from `from`, merged in
     /// sequence order, never past the detect cursor: a dead letter written
     /// at intake waits for the frames before it to be annotated, so the
-    /// cursor cannot jump over them.
-    fn next_records(&self) -> Result<Vec<Out>, ReplicateError> {
-        let from = self.log.cursor(Cursor::Replicate)?;
+    /// cursor cannot jump over them. Sampled images are read while their
+    /// bytes stay under `image_budget` (at least one record is returned).
+    fn next_records(&self, from: u64, image_budget: usize) -> Result<Vec<Out>, ReplicateError> {
         let to = if self.unbounded {
             // Injected fault (tests only): the pre-fix bound.
             self.log.bound(Cursor::Detect)?
         } else {
             self.log.bound(Cursor::Replicate)?
         };
+        if from >= to {
+            return Ok(Vec::new());
+        }
         let n = BATCH;
         let anns = self.log.read_blobs(Area::Annotations, from, to, n)?;
         let dead = self.log.read_blobs(Area::DeadLetters, from, to, n)?;
         let mut out = Vec::with_capacity(n);
         let mut image_bytes = 0usize;
         let (mut a, mut d) = (anns.into_iter().peekable(), dead.into_iter().peekable());
-        while out.len() < n && image_bytes < BATCH_IMAGE_BYTES {
+        while out.len() < n && image_bytes < image_budget.max(1) {
             let take_a = match (a.peek(), d.peek()) {
                 (Some((sa, _)), Some((sd, _))) => sa < sd,
                 (Some(_), None) => true,
@@ -479,7 +616,7 @@ impl Replicate {
             };
             if take_a {
                 let Some((seq, json)) = a.next() else { break };
-                match serde_json::from_slice::<FrameAnnotation>(&json) {
+                match serde_json::from_slice::<AnnotationHead>(&json) {
                     Ok(fa) => {
                         let image =
                             if fa.sampled.is_some() { self.log.read_area_frame(Area::Images, seq)? } else { None };
@@ -523,68 +660,42 @@ impl Replicate {
         Ok(out)
     }
 
-    fn enqueue(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        headers: OwnedHeaders,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        enqueue(&self.producer, topic, key, payload, headers)
-    }
-
-    /// Produces a batch and waits for every delivery report. Returns every
-    /// failed delivery (an image counts once, for all its chunks).
-    async fn send_batch(&self, records: &[Out], gaps: &[(u64, GapRecord)]) -> Result<(), Vec<Failure>> {
-        let mut futures: Vec<(DeliveryFuture, Part, &str, &'static str, u64)> = Vec::new();
-        let mut failures: Vec<Failure> = Vec::new();
+    /// Hands a batch to librdkafka, in sequence order, and returns what to
+    /// await. Each record's payload is copied by librdkafka, so the batch's
+    /// memory is freed here.
+    async fn produce(&self, records: Vec<Out>, gaps: Vec<(u64, GapRecord)>) -> Pending {
+        let mut p = Pending {
+            reports: Vec::new(),
+            failures: Vec::new(),
+            records_end: records.last().map(|r| r.seq() + 1),
+            gaps_end: gaps.last().map(|(id, _)| id + 1),
+            image_bytes: 0,
+            records: records.len() + gaps.len(),
+        };
         let h = |k: &'static str, v: &str, hs: OwnedHeaders| hs.insert(Header { key: k, value: Some(v) });
         let cfg = &self.cfg;
-        for r in records {
+        for r in &records {
             match r {
                 Out::Annotation { seq, camera, frame_id, model, json, image } => {
                     let part = Part::Annotation(*seq);
-                    let headers = h(
-                        header::SCHEMA,
-                        &SCHEMA_VERSION.to_string(),
-                        h(header::MODEL, model, h(header::FRAME_ID, frame_id, OwnedHeaders::new())),
-                    );
-                    match self.enqueue(&cfg.annotations_topic, camera, json, headers) {
-                        Ok(f) => futures.push((f, part, &cfg.annotations_topic, "annotation", json.len() as u64)),
-                        Err(e) => failures.push(Failure::new(part, &cfg.annotations_topic, &e)),
+                    let headers = annotation_headers(frame_id, model);
+                    match enqueue_yielding(&self.producer, &cfg.annotations_topic, camera, json, headers).await {
+                        Ok(f) => p.reports.push((f, part, "annotation", json.len() as u64)),
+                        Err(e) => p.failures.push(Failure::new(part, &cfg.annotations_topic, &e)),
                     }
                     if let Some(img) = image {
                         let part = Part::Image(*seq);
+                        p.image_bytes += img.payload.len();
                         let sha = hex::encode(Sha256::digest(&img.payload));
                         let parts = chunks(&img.payload, cfg.chunk_bytes as usize);
                         let count = parts.len().to_string();
                         for (i, chunk) in parts.iter().enumerate() {
-                            let headers = h(
-                                header::CHUNK_COUNT,
-                                &count,
-                                h(
-                                    header::CHUNK_INDEX,
-                                    &i.to_string(),
-                                    h(
-                                        header::SHA256,
-                                        &sha,
-                                        h(
-                                            header::CONTENT_TYPE,
-                                            &img.content_type,
-                                            h(
-                                                header::CAMERA,
-                                                camera,
-                                                h(header::FRAME_ID, frame_id, OwnedHeaders::new()),
-                                            ),
-                                        ),
-                                    ),
-                                ),
-                            );
+                            let headers = chunk_headers(frame_id, camera, &img.content_type, &sha, i, &count);
                             let kind = if i + 1 == parts.len() { "image" } else { "chunk" };
-                            match self.enqueue(&cfg.images_topic, camera, chunk, headers) {
-                                Ok(f) => futures.push((f, part, &cfg.images_topic, kind, chunk.len() as u64)),
+                            match enqueue_yielding(&self.producer, &cfg.images_topic, camera, chunk, headers).await {
+                                Ok(f) => p.reports.push((f, part, kind, chunk.len() as u64)),
                                 Err(e) => {
-                                    failures.push(Failure::new(part, &cfg.images_topic, &e));
+                                    p.failures.push(Failure::new(part, &cfg.images_topic, &e));
                                     break;
                                 }
                             }
@@ -594,42 +705,57 @@ impl Replicate {
                 Out::DeadLetter { seq, camera, frame_id, json } => {
                     let part = Part::DeadLetter(*seq);
                     let headers = h(header::FRAME_ID, frame_id, OwnedHeaders::new());
-                    match self.enqueue(&cfg.dead_letters_topic, camera, json, headers) {
-                        Ok(f) => futures.push((f, part, &cfg.dead_letters_topic, "dead_letter", json.len() as u64)),
-                        Err(e) => failures.push(Failure::new(part, &cfg.dead_letters_topic, &e)),
+                    match enqueue_yielding(&self.producer, &cfg.dead_letters_topic, camera, json, headers).await {
+                        Ok(f) => p.reports.push((f, part, "dead_letter", json.len() as u64)),
+                        Err(e) => p.failures.push(Failure::new(part, &cfg.dead_letters_topic, &e)),
                     }
                 }
             }
         }
-        for (id, g) in gaps {
+        for (id, g) in &gaps {
             let part = Part::Gap(*id);
             let json = serde_json::to_vec(g).unwrap_or_default();
             let headers = h(header::REASON, g.reason.name(), OwnedHeaders::new());
-            match self.enqueue(&cfg.gaps_topic, &g.gateway_id, &json, headers) {
-                Ok(f) => futures.push((f, part, &cfg.gaps_topic, "gap", json.len() as u64)),
-                Err(e) => failures.push(Failure::new(part, &cfg.gaps_topic, &e)),
+            match enqueue_yielding(&self.producer, &cfg.gaps_topic, &g.gateway_id, &json, headers).await {
+                Ok(f) => p.reports.push((f, part, "gap", json.len() as u64)),
+                Err(e) => p.failures.push(Failure::new(part, &cfg.gaps_topic, &e)),
             }
         }
-        // Every delivery report must be a success.
-        let mut counted: Vec<(&'static str, u64)> = Vec::new();
-        for (f, part, topic, kind, bytes) in futures {
-            match f.await {
-                Ok(Ok(_)) => counted.push((kind, bytes)),
-                Ok(Err((e, _))) => {
-                    if !failures.iter().any(|x| x.part == part) {
-                        failures.push(Failure::new(part, topic, &e));
-                    }
+        p
+    }
+
+    /// The topic a record goes to.
+    fn topic(&self, part: Part) -> &str {
+        match part {
+            Part::Annotation(_) => &self.cfg.annotations_topic,
+            Part::Image(_) => &self.cfg.images_topic,
+            Part::DeadLetter(_) => &self.cfg.dead_letters_topic,
+            Part::Gap(_) => &self.cfg.gaps_topic,
+        }
+    }
+
+    /// Waits for every delivery report of a batch. On success counts it and
+    /// returns it (for its cursor ends); otherwise returns every failed
+    /// delivery (an image counts once, for all its chunks).
+    async fn settle(&self, mut p: Pending) -> Result<Pending, Vec<Failure>> {
+        let mut failures = std::mem::take(&mut p.failures);
+        let mut counted: Vec<(&'static str, u64)> = Vec::with_capacity(p.reports.len());
+        for (f, part, kind, bytes) in std::mem::take(&mut p.reports) {
+            let error = match f.await {
+                Ok(Ok(_)) => {
+                    counted.push((kind, bytes));
+                    continue;
                 }
-                Err(_) => {
-                    if !failures.iter().any(|x| x.part == part) {
-                        failures.push(Failure {
-                            part,
-                            topic: topic.to_owned(),
-                            code: None,
-                            error: "delivery report lost".into(),
-                        });
-                    }
-                }
+                Ok(Err((e, _))) => Failure::new(part, self.topic(part), &e),
+                Err(_) => Failure {
+                    part,
+                    topic: self.topic(part).to_owned(),
+                    code: None,
+                    error: "delivery report lost".into(),
+                },
+            };
+            if !failures.iter().any(|x| x.part == part) {
+                failures.push(error);
             }
         }
         if !failures.is_empty() {
@@ -649,7 +775,7 @@ impl Replicate {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(p)
     }
 
     /// Counts the refusals of a failed batch and gives up the records
