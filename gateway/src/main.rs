@@ -123,6 +123,57 @@ enum LogCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Every stage next to its bare baseline, one table, one run (about 6
+    /// minutes on 2 cores). Run from the repository (fixtures, model).
+    All {
+        /// Directory for logs and brokers (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON (the table and every detail) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The detect stage next to a bare session.run loop on the same frames,
+    /// model and threads; and the share of decode/pre/post-processing.
+    Detect {
+        /// Model folder.
+        #[arg(long, default_value = "models/ppocr-v4")]
+        model: PathBuf,
+        /// Directory for the log (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Frames (the fixtures, cycled).
+        #[arg(long, default_value_t = 46)]
+        frames: usize,
+        /// Worker threads (each with its own model).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// ONNX Runtime threads per worker.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A backlog drained after a restart while live frames flow: drain rate
+    /// and live latency next to the same live stream with no backlog.
+    Drain {
+        /// Directory for logs (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Backlog frames.
+        #[arg(long, default_value_t = 20_000)]
+        backlog: u64,
+        /// Live frames per second.
+        #[arg(long, default_value_t = 20.0)]
+        live_fps: f64,
+        /// Seconds of live traffic.
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replicate stage next to a bare rdkafka producer, same broker, same payloads.
     Replicate {
         /// Kafka bootstrap servers (default: librdkafka's in-process mock cluster).
@@ -485,6 +536,44 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let r = rt.block_on(gateway::bench::replicate_throughput(&dir, &brokers, records, image_bytes))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::All { dir, json } } => {
+            let dir = bench_dir(dir)?;
+            let rt = runtime()?;
+            let _guard = rt.enter();
+            let repo = std::env::current_dir()?;
+            let o = gateway::bench::AllOptions::default();
+            let r = rt.block_on(gateway::bench::all(&repo, &dir, &o, |what| eprintln!("bench all: {what}")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Detect { model, dir, frames, workers, threads, json } } => {
+            let dir = bench_dir(dir)?;
+            let rt = runtime()?;
+            let repo = std::env::current_dir()?;
+            let r = rt.block_on(gateway::bench::detect_throughput(&repo, &dir, &model, frames, workers, threads))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Drain { dir, backlog, live_fps, seconds, json } } => {
+            let dir = bench_dir(dir)?;
+            let rt = runtime()?;
+            let _guard = rt.enter();
+            let r = rt.block_on(gateway::bench::drain(&dir, backlog, live_fps, seconds))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -169,6 +169,35 @@ pub struct Annotation {
     pub error: Option<String>,
 }
 
+/// Which session an input tensor is for (see [`BareInputs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The detector (or the only session of a detector/classifier).
+    Det,
+    /// The OCR recogniser.
+    Rec,
+}
+
+/// The session inputs the pipeline made for some frames, in order, so that
+/// the sessions can be run alone on exactly them: the bare `session.run`
+/// baseline the detect stage is measured against.
+#[derive(Debug, Default)]
+pub struct BareInputs {
+    inputs: Vec<(Stage, ndarray::Array4<f32>)>,
+    frames: usize,
+}
+
+impl BareInputs {
+    /// Frames captured.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+    /// Session runs captured.
+    pub fn runs(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -299,6 +328,46 @@ impl Model {
             },
             error: None,
         })
+    }
+
+    /// Annotates `frames` (encoded) and keeps every session input made on
+    /// the way, for [`run_bare`](Self::run_bare).
+    ///
+    /// # Errors
+    /// As [`annotate`](Self::annotate).
+    pub fn capture_inputs(&mut self, frames: &[&[u8]]) -> Result<BareInputs, InferenceError> {
+        self.set_capture(Some(Vec::new()));
+        let mut result = Ok(());
+        for f in frames {
+            if let Err(e) = self.annotate(f) {
+                result = Err(e);
+                break;
+            }
+        }
+        let inputs = self.set_capture(None).unwrap_or_default();
+        result.map(|()| BareInputs { inputs, frames: frames.len() })
+    }
+
+    /// Runs the sessions alone on captured inputs: no decoding, no pre- or
+    /// post-processing, the outputs read and dropped.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails.
+    pub fn run_bare(&mut self, inputs: &BareInputs) -> Result<(), InferenceError> {
+        match &mut self.backend {
+            Backend::Ocr(o) => o.run_bare(&inputs.inputs),
+            Backend::Vision(v) => v.run_bare(&inputs.inputs),
+        }
+    }
+
+    fn set_capture(
+        &mut self,
+        to: Option<Vec<(Stage, ndarray::Array4<f32>)>>,
+    ) -> Option<Vec<(Stage, ndarray::Array4<f32>)>> {
+        match &mut self.backend {
+            Backend::Ocr(o) => std::mem::replace(&mut o.capture, to),
+            Backend::Vision(v) => std::mem::replace(&mut v.capture, to),
+        }
     }
 
     /// Decodes JPEG/PNG bytes and runs the model. A frame that cannot be

@@ -57,6 +57,8 @@ pub struct Vision {
     output: OutputSpec,
     out_index: usize,
     labels: Vec<String>,
+    /// When set, every session input is also kept here (bare baseline).
+    pub(crate) capture: Option<Vec<(crate::Stage, Array4<f32>)>>,
 }
 
 impl std::fmt::Debug for Vision {
@@ -183,7 +185,7 @@ impl Vision {
                 return Err(bad(format!("the model has {classes} classes; the manifest names {}", labels.len())));
             }
         }
-        Ok(Self { session, weights, output_elems, input, output, out_index, labels })
+        Ok(Self { session, weights, output_elems, input, output, out_index, labels, capture: None })
     }
 
     /// Bytes annotating a `frame_w` x `frame_h` frame takes (see
@@ -254,6 +256,9 @@ impl Vision {
             }
         }
         times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = &mut self.capture {
+            c.push((crate::Stage::Det, t4.clone()));
+        }
         let t = Instant::now();
         let name = self.input.name.clone();
         let outputs =
@@ -305,6 +310,22 @@ impl Vision {
         };
         times.postprocess_ms = t.elapsed().as_secs_f64() * 1e3;
         Ok((items, times))
+    }
+}
+
+impl Vision {
+    /// Runs the session alone on inputs captured before (bare baseline).
+    pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
+        for (_, t4) in inputs {
+            let name = self.input.name.clone();
+            let outputs = self
+                .session
+                .run(ort::inputs![name => TensorRef::from_array_view(t4.view()).map_err(rt)?])
+                .map_err(rt)?;
+            let out = outputs[self.out_index].try_extract_array::<f32>().map_err(rt)?;
+            std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
+        }
+        Ok(())
     }
 }
 

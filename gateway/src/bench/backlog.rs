@@ -88,17 +88,17 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-async fn metric(port: u16, name: &str) -> f64 {
+pub(crate) async fn metric(port: u16, name: &str) -> f64 {
     let (_, body) = http_get(port, "/metrics").await;
     body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
-struct Service {
+pub(crate) struct Service {
     child: tokio::process::Child,
 }
 
 impl Service {
-    async fn start(exe: &Path, config: &Path, port: u16) -> anyhow::Result<(Self, Start)> {
+    pub(crate) async fn start(exe: &Path, config: &Path, port: u16) -> anyhow::Result<(Self, Start)> {
         let t = Instant::now();
         let child = tokio::process::Command::new(exe)
             .args(["run", "--config"])
@@ -117,11 +117,11 @@ impl Service {
         Ok((s, Start { ready_s, rss_mib: rss }))
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let pid = self.pid().to_string();
         tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await?;
         // As systemd's TimeoutStopSec: a gateway that does not stop is a
@@ -191,7 +191,7 @@ async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

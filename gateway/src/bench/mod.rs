@@ -4,9 +4,15 @@
 //! benchmark measures the project next to a baseline in the same run and
 //! prints the ratio, so figures from different machines compare.
 
+mod all;
 mod backlog;
+mod detect;
+mod live;
 
+pub use all::{all, AllBench, AllOptions, Row};
 pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
+pub use detect::{detect_throughput, fixture_frames, DetectBench};
+pub use live::{drain, idle, DrainBench, IdleBench};
 
 use crate::log::{DurableLog, FrameRecord, LogOptions, WhenFull};
 use serde::Serialize;
@@ -28,7 +34,8 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    fn new(what: String, records: u64, bytes: u64, d: Duration) -> Self {
+    /// A row.
+    pub fn new(what: String, records: u64, bytes: u64, d: Duration) -> Self {
         Self { what, records, bytes, seconds: d.as_secs_f64() }
     }
     /// Records per second.
@@ -355,7 +362,6 @@ pub async fn replicate_throughput(
 ) -> anyhow::Result<ReplicateBench> {
     use crate::detect::{FrameAnnotation, SCHEMA_VERSION};
     use crate::log::{Area, Cursor, FrameRecord};
-    use rdkafka::producer::FutureRecord;
     use sha2::Digest;
     use tokio_util::sync::CancellationToken;
 
@@ -431,9 +437,9 @@ pub async fn replicate_throughput(
         // producer id, topic metadata), so the timings compare steady states.
         async fn warm(p: &crate::replicate::KafkaProducer, topics: [&str; 2]) -> anyhow::Result<()> {
             for t in topics {
-                p.send(FutureRecord::to(t).key("warm-up").payload("{}"), Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| e)?;
+                crate::replicate::enqueue_yielding(p, t, "warm-up", b"{}", rdkafka::message::OwnedHeaders::new())
+                    .await?
+                    .await?;
             }
             Ok(())
         }
@@ -469,7 +475,7 @@ pub async fn replicate_throughput(
             }
         }
         for f in futs {
-            f.await?.map_err(|(e, _)| e)?;
+            f.await?;
         }
         let bare = Throughput::new(format!("bare rdkafka producer, {case}"), records, bytes, t.elapsed());
 

@@ -35,7 +35,10 @@
 //!   stage drains it at full speed, batches in flight back to back, while
 //!   detect keeps appending behind it.
 
+mod producer;
 pub mod reassemble;
+
+pub use producer::{DeliveryFuture, KafkaProducer};
 
 use crate::config::ReplicateConfig;
 use crate::log::{Area, Cursor, DurableLog, LogError};
@@ -44,7 +47,6 @@ use crate::telemetry::RateLimiter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -139,7 +141,7 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> 
     }
     // Not overridable: the at-least-once design depends on them.
     c.set("enable.idempotence", "true").set("acks", "all");
-    c.create_with_context(KafkaContext::default()).map_err(ReplicateError::Config)
+    KafkaProducer::create(&c).map_err(ReplicateError::Config)
 }
 
 /// Why a pass-through librdkafka option cannot be allowed, if it cannot:
@@ -178,9 +180,6 @@ pub fn forbidden_option(key: &str, value: &str) -> Option<String> {
         _ => None,
     }
 }
-
-/// The producer the stage uses.
-pub type KafkaProducer = FutureProducer<KafkaContext>;
 
 /// Routes librdkafka's logs and client errors into `tracing`, rate-limited:
 /// while the uplink is down librdkafka reports "all brokers down" on every
@@ -227,10 +226,9 @@ impl rdkafka::ClientContext for KafkaContext {
     }
 }
 
-/// Hands one record to librdkafka; when its queue is full, lets it drain
-/// (blocking this thread up to 50 ms per try) and tries again. Any other
-/// error is returned. For threads of their own (benchmarks); the stage uses
-/// [`enqueue_yielding`].
+/// Hands one record to librdkafka; when its queue is full, sleeps this
+/// thread 1 ms and tries again. Any other error is returned. For threads
+/// of their own (benchmarks); the stage uses [`enqueue_yielding`].
 ///
 /// # Errors
 /// The producer's error.
@@ -241,13 +239,13 @@ pub fn enqueue(
     payload: &[u8],
     headers: OwnedHeaders,
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    let mut headers = headers;
     loop {
-        match producer.send_result(record) {
+        match producer.try_send(topic, key, payload, headers) {
             Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                producer.poll(Duration::from_millis(50));
-                record = r;
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), h)) => {
+                headers = h;
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err((e, _)) => return Err(e),
         }
@@ -267,12 +265,12 @@ pub async fn enqueue_yielding(
     payload: &[u8],
     headers: OwnedHeaders,
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    let mut headers = headers;
     loop {
-        match producer.send_result(record) {
+        match producer.try_send(topic, key, payload, headers) {
             Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), h)) => {
+                headers = h;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err((e, _)) => return Err(e),
@@ -742,17 +740,17 @@ impl Replicate {
         let mut counted: Vec<(&'static str, u64)> = Vec::with_capacity(p.reports.len());
         for (f, part, kind, bytes) in std::mem::take(&mut p.reports) {
             let error = match f.await {
-                Ok(Ok(_)) => {
+                Ok(()) => {
                     counted.push((kind, bytes));
                     continue;
                 }
-                Ok(Err((e, _))) => Failure::new(part, self.topic(part), &e),
-                Err(_) => Failure {
+                Err(KafkaError::Canceled) => Failure {
                     part,
                     topic: self.topic(part).to_owned(),
                     code: None,
                     error: "delivery report lost".into(),
                 },
+                Err(e) => Failure::new(part, self.topic(part), &e),
             };
             if !failures.iter().any(|x| x.part == part) {
                 failures.push(error);

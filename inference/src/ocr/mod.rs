@@ -66,6 +66,9 @@ pub struct Ocr {
     charset: Vec<String>,
     params: db::DbParams,
     max_frame_memory: u64,
+    /// When set, every session input is also kept here (for the bare
+    /// `session.run` baseline of `vision-gateway bench detect`).
+    pub(crate) capture: Option<Vec<(crate::Stage, Array4<f32>)>>,
 }
 
 impl std::fmt::Debug for Ocr {
@@ -207,7 +210,14 @@ impl Ocr {
             .map_err(rt)?
             .custom("character")
             .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec.display())))?;
-        Ok(Self { det, rec: rec_s, charset: ctc::charset(&chars), params: db::DbParams::default(), max_frame_memory })
+        Ok(Self {
+            det,
+            rec: rec_s,
+            charset: ctc::charset(&chars),
+            params: db::DbParams::default(),
+            max_frame_memory,
+            capture: None,
+        })
     }
 
     /// Reads the text on one image. Items are in reading order (top to
@@ -233,6 +243,9 @@ impl Ocr {
         normalize_into(&resized, &mut input, 0);
         times.preprocess_ms += t0.elapsed().as_secs_f64() * 1e3;
 
+        if let Some(c) = &mut self.capture {
+            c.push((crate::Stage::Det, input.clone()));
+        }
         let t1 = Instant::now();
         let outputs = self.det.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
         let pred = first_output(&outputs)?;
@@ -297,6 +310,9 @@ impl Ocr {
                 normalize_into(&resized, &mut input, n);
             }
             times.preprocess_ms += t.elapsed().as_secs_f64() * 1e3;
+            if let Some(c) = &mut self.capture {
+                c.push((crate::Stage::Rec, input.clone()));
+            }
             let t = Instant::now();
             let outputs =
                 self.rec.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
@@ -317,6 +333,20 @@ impl Ocr {
             times.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
         }
         Ok(out)
+    }
+}
+
+impl Ocr {
+    /// Runs the sessions alone on inputs captured before, reading each
+    /// output as the pipeline does (the bare baseline).
+    pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
+        for (stage, input) in inputs {
+            let s = if *stage == crate::Stage::Det { &mut self.det } else { &mut self.rec };
+            let outputs = s.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
+            let out = first_output(&outputs)?;
+            std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
+        }
+        Ok(())
     }
 }
 

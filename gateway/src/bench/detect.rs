@@ -1,0 +1,225 @@
+//! `vision-gateway bench detect`: the detect stage next to a bare
+//! `session.run` loop on the same frames, model and threads.
+//!
+//! The stage row is the real stage (log reader, worker threads, decode,
+//! pre-processing, model, post-processing, sampler, commit) draining a log
+//! filled with the camera fixtures. The bare row runs only the sessions, on
+//! exactly the input tensors the pipeline made for those frames (captured in
+//! a first, untimed pass), with the same workers and threads per worker.
+//! Both start from freshly loaded models. The stage's own timings also give
+//! the share of decoding, pre- and post-processing next to the model run.
+
+use super::Throughput;
+use crate::detect::{Detect, DetectOptions};
+use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogOptions};
+use crate::records::FrameAnnotation;
+use inference::{LoadOptions, Model};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Results of the detect benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectBench {
+    /// Model folder name.
+    pub model: String,
+    /// Worker threads (each with its own model).
+    pub workers: usize,
+    /// ONNX Runtime threads per worker.
+    pub intra_threads: usize,
+    /// Session runs per pass (detector and recogniser batches).
+    pub session_runs: usize,
+    /// The sessions alone on the captured inputs.
+    pub bare: Throughput,
+    /// The detect stage on the same frames.
+    pub stage: Throughput,
+    /// Sums over the stage's annotations, ms.
+    pub decode_ms: f64,
+    /// See `decode_ms`.
+    pub preprocess_ms: f64,
+    /// See `decode_ms`.
+    pub run_ms: f64,
+    /// See `decode_ms`.
+    pub postprocess_ms: f64,
+    /// Whole-frame model time (decode to post-processing), median, ms.
+    pub frame_p50_ms: f64,
+}
+
+impl DetectBench {
+    /// Stage frames/s over bare frames/s.
+    pub fn ratio(&self) -> f64 {
+        self.stage.records_per_s() / self.bare.records_per_s()
+    }
+    /// (decode + pre + post) / run.
+    pub fn overhead(&self) -> f64 {
+        (self.decode_ms + self.preprocess_ms + self.postprocess_ms) / self.run_ms
+    }
+}
+
+impl std::fmt::Display for DetectBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "detect: model {}, {} worker(s) x {} thread(s), {} frames ({} session runs), same run",
+            self.model, self.workers, self.intra_threads, self.stage.records, self.session_runs
+        )?;
+        writeln!(f, "{:<44} {:>10} {:>8}", "", "frames/s", "ratio")?;
+        writeln!(f, "{:<44} {:>10.2} {:>8}", self.bare.what, self.bare.records_per_s(), "1.00")?;
+        writeln!(f, "{:<44} {:>10.2} {:>8.2}", self.stage.what, self.stage.records_per_s(), self.ratio())?;
+        writeln!(
+            f,
+            "stage time per frame: decode {:.1} ms, pre-process {:.1} ms, model {:.1} ms, post-process {:.1} ms \
+             (median whole frame {:.0} ms); (decode+pre+post)/model = {:.3}",
+            self.decode_ms / self.stage.records as f64,
+            self.preprocess_ms / self.stage.records as f64,
+            self.run_ms / self.stage.records as f64,
+            self.postprocess_ms / self.stage.records as f64,
+            self.frame_p50_ms,
+            self.overhead()
+        )
+    }
+}
+
+/// The camera fixtures' frames (bytes, content type), in camera then file
+/// order.
+///
+/// # Errors
+/// Unreadable fixtures.
+pub fn fixture_frames(repo: &Path) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
+    let cameras = crate::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
+    let mut out = Vec::new();
+    for c in cameras {
+        for p in c.frames {
+            let ct = if p.extension().is_some_and(|e| e == "png") { "image/png" } else { "image/jpeg" };
+            out.push((std::fs::read(&p)?, ct.to_owned()));
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "no fixture frames under {}", repo.join("tests/fixtures/cameras").display());
+    Ok(out)
+}
+
+/// Runs the benchmark with the model folder `model`, `frames` frames (the
+/// fixtures, cycled), `workers` workers of `intra_threads` threads.
+///
+/// # Errors
+/// The model or runtime failing to load, log errors.
+pub async fn detect_throughput(
+    repo: &Path,
+    dir: &Path,
+    model: &Path,
+    frames: usize,
+    workers: usize,
+    intra_threads: usize,
+) -> anyhow::Result<DetectBench> {
+    let library = inference::runtime::default_library(None, Some(repo));
+    let fixtures = fixture_frames(repo)?;
+    let frames: Vec<(Vec<u8>, String)> = fixtures.iter().cycle().take(frames.max(1)).cloned().collect();
+    let load = LoadOptions {
+        library: library.clone(),
+        intra_threads,
+        max_pixels: 1 << 25,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+    };
+    let workers = workers.max(1);
+
+    // Bare: capture the inputs (untimed), then run the sessions alone in
+    // `workers` threads, each with a fresh model.
+    let inputs = {
+        let mut m = Model::load(model, &load)?;
+        let bytes: Vec<&[u8]> = frames.iter().map(|(b, _)| b.as_slice()).collect();
+        m.capture_inputs(&bytes)?
+    };
+    let session_runs = inputs.runs();
+    let inputs = Arc::new(inputs);
+    let mut models = Vec::new();
+    for _ in 0..workers {
+        models.push(Model::load(model, &load)?);
+    }
+    let t = Instant::now();
+    let threads: Vec<_> = models
+        .into_iter()
+        .map(|mut m| {
+            let inputs = inputs.clone();
+            // Each worker runs the whole captured pass once, in parallel:
+            // the aggregate rate of `workers` sessions.
+            std::thread::spawn(move || m.run_bare(&inputs))
+        })
+        .collect();
+    for th in threads {
+        th.join().map_err(|_| anyhow::anyhow!("a bare worker panicked"))??;
+    }
+    // With n workers each ran the whole pass: n times the frames.
+    let bare_frames = (frames.len() * workers) as u64;
+    let bare = Throughput::new("bare session.run loop".into(), bare_frames, 0, t.elapsed());
+
+    // Stage: a log holding the frames, the real stage draining it.
+    let log_dir = dir.join("detect-log");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let mut o = LogOptions::new(&log_dir, "bench");
+    o.max_bytes = 8 << 30;
+    let log = DurableLog::open(o)?;
+    for (i, (bytes, ct)) in frames.iter().enumerate() {
+        log.append_frame(&FrameRecord {
+            camera: format!("cam-{}", i % 4),
+            content_type: ct.clone(),
+            received_at_ms: i as u64,
+            captured_at_ms: None,
+            camera_seq: Some(i as u64),
+            payload: bytes.clone(),
+        })?;
+    }
+    log.flush().await?;
+    let end = log.counts().next_seq;
+    let opts = DetectOptions {
+        enabled: true,
+        model: model.to_owned(),
+        library,
+        workers,
+        intra_threads,
+        queue: 8,
+        max_pixels: 1 << 25,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        sample: crate::sample::SampleConfig::default(),
+    };
+    let stage = Detect::start(log.clone(), &opts)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let t = Instant::now();
+    let task = tokio::spawn(stage.run(stop.clone()));
+    while log.cursor(Cursor::Detect)? < end {
+        anyhow::ensure!(!task.is_finished(), "the detect stage stopped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stage_t = Throughput::new("detect stage (decode, model, commit)".into(), frames.len() as u64, 0, t.elapsed());
+    stop.cancel();
+    task.await??;
+
+    let mut b = DetectBench {
+        model: model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        workers,
+        intra_threads,
+        session_runs,
+        bare,
+        stage: stage_t,
+        decode_ms: 0.0,
+        preprocess_ms: 0.0,
+        run_ms: 0.0,
+        postprocess_ms: 0.0,
+        frame_p50_ms: 0.0,
+    };
+    let mut whole = Vec::new();
+    for (_, json) in log.read_blobs(Area::Annotations, 0, end, usize::MAX)? {
+        let fa: FrameAnnotation = serde_json::from_slice(&json)?;
+        let t = fa.annotation.timings;
+        b.decode_ms += t.decode_ms;
+        b.preprocess_ms += t.preprocess_ms;
+        b.run_ms += t.run_ms;
+        b.postprocess_ms += t.postprocess_ms;
+        whole.push(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+    }
+    whole.sort_by(f64::total_cmp);
+    b.frame_p50_ms = whole.get(whole.len() / 2).copied().unwrap_or(0.0);
+    drop(log);
+    let _ = std::fs::remove_dir_all(&log_dir);
+    Ok(b)
+}

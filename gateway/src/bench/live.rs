@@ -1,0 +1,342 @@
+//! Live-traffic figures of the real service: capture→Kafka latency of live
+//! frames while a backlog drains (next to the same stream with no
+//! backlog), the drain rate next to the live rate, and the CPU of an idle
+//! gateway.
+//!
+//! The service is the `vision-gateway` binary itself, on a private
+//! mosquitto and librdkafka's mock cluster (started in this process, on
+//! loopback). Detect forwards frames here (no model), so a backlog of tens
+//! of thousands of frames builds in seconds; the model's share of latency is
+//! measured by [`super::all`] with the bundled model at half its capacity.
+
+use super::backlog::{free_port, metric, Service};
+use super::synthetic_jpeg;
+use crate::demo::{percentile, private_mosquitto};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Results of the drain benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainBench {
+    /// Frames in the backlog (stored while Kafka was unreachable).
+    pub backlog: u64,
+    /// Live frames per second, over all cameras.
+    pub live_fps: f64,
+    /// Live frames published during each run.
+    pub live_frames: u64,
+    /// Backlog records per second from the restart until the last one was
+    /// consumed from Kafka.
+    pub drain_per_s: f64,
+    /// Live frames, capture to consumed from Kafka, with the backlog
+    /// draining: p50 and p99, ms.
+    pub live_p50_ms: f64,
+    /// See `live_p50_ms`.
+    pub live_p99_ms: f64,
+    /// Live frames captured while the backlog was still draining.
+    pub during_drain: u64,
+    /// Their p99, capture to consumed, ms (the starvation figure).
+    pub during_p99_ms: f64,
+    /// The same live stream on an empty gateway: p50 and p99, ms.
+    pub idle_p50_ms: f64,
+    /// See `idle_p50_ms`.
+    pub idle_p99_ms: f64,
+}
+
+impl DrainBench {
+    /// Drain rate over live rate.
+    pub fn drain_ratio(&self) -> f64 {
+        self.drain_per_s / self.live_fps
+    }
+    /// p99 of the live frames captured during the drain over live p99
+    /// with no backlog.
+    pub fn starvation_ratio(&self) -> f64 {
+        self.during_p99_ms / self.idle_p99_ms.max(1.0)
+    }
+}
+
+impl std::fmt::Display for DrainBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "drain: {} backlog frames (stored while Kafka was unreachable), then a restart with Kafka up and {} live frames at {:.0}/s (detect forward, mock cluster)",
+            self.backlog, self.live_frames, self.live_fps
+        )?;
+        writeln!(
+            f,
+            "  backlog drained at {:.0} records/s = {:.0} x the live rate",
+            self.drain_per_s,
+            self.drain_ratio()
+        )?;
+        writeln!(
+            f,
+            "  live capture->Kafka: {} frames captured during the drain, p99 {:.0} ms; all live frames of that run p50 {:.0} ms, p99 {:.0} ms; \
+             with no backlog p50 {:.0} ms, p99 {:.0} ms (p99 ratio during the drain {:.2})",
+            self.during_drain,
+            self.during_p99_ms,
+            self.live_p50_ms,
+            self.live_p99_ms,
+            self.idle_p50_ms,
+            self.idle_p99_ms,
+            self.starvation_ratio()
+        )
+    }
+}
+
+fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = v.collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn config(dir: &Path, name: &str, log: &Path, mqtt: u16, http: u16, brokers: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "gateway_id = \"bench-{name}\"\n[log]\npath = \"{}\"\nmax_bytes = \"8GiB\"\n\
+             [mqtt]\nbroker = \"127.0.0.1:{mqtt}\"\nclient_id = \"bench-{name}\"\nmax_frame_bytes = \"16MiB\"\n\
+             [detect]\nenabled = false\nwhen_disabled = \"forward\"\n[replicate]\nbrokers = \"{brokers}\"\n\
+             [telemetry]\nlisten = \"127.0.0.1:{http}\"\n",
+            log.display()
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Publishes `n` frames over `cameras` cameras at `fps` frames/s in all (0:
+/// as fast as the broker acks), each with `captured_at_ms` and
+/// `camera_seq` (from `seq0`), and waits for the PUBACKs.
+pub(crate) async fn publish_stream(
+    port: u16,
+    client: &str,
+    cameras: u64,
+    n: u64,
+    seq0: u64,
+    fps: f64,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(client, "127.0.0.1", port);
+    o.set_max_packet_size(Some(64 << 20));
+    let (c, mut el) = AsyncClient::new(o, 256);
+    let pubs = tokio::spawn(async move {
+        let t0 = tokio::time::Instant::now();
+        for i in 0..n {
+            let cam = i % cameras.max(1);
+            let props = PublishProperties {
+                user_properties: vec![
+                    ("captured_at_ms".into(), now_ms().to_string()),
+                    ("camera_seq".into(), (seq0 + i / cameras.max(1)).to_string()),
+                ],
+                content_type: Some("image/jpeg".into()),
+                ..Default::default()
+            };
+            c.publish_with_properties(
+                format!("cameras/cam{cam}/frames"),
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+                props,
+            )
+            .await?;
+            if fps > 0.0 {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64((i + 1) as f64 / fps)).await;
+            }
+        }
+        Ok::<_, anyhow::Error>(c)
+    });
+    let mut acked = 0;
+    while acked < n {
+        if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
+            acked += 1;
+        }
+    }
+    let c = pubs.await??;
+    let _ = c.try_disconnect();
+    Ok(())
+}
+
+/// Consumes the annotations of gateway `gateway` until `want_live` distinct
+/// live frames (camera_seq from `live_seq0`) and `backlog` distinct backlog
+/// frames (camera_seq from `backlog_seq0`, below `live_seq0`) arrived.
+/// Returns the live (capture ms, latency ms) pairs and the wall time (ms)
+/// when the last backlog annotation arrived.
+async fn consume(
+    brokers: &str,
+    gateway: &str,
+    want_live: u64,
+    live_seq0: u64,
+    backlog: u64,
+    backlog_seq0: u64,
+) -> anyhow::Result<(Vec<(u64, f64)>, Instant, u64)> {
+    use rdkafka::Message;
+    let consumer = crate::demo::latency_consumer(brokers, "vision.annotations")?;
+    let mut seen = std::collections::HashSet::new();
+    let (mut live, mut old) = (Vec::new(), 0u64);
+    let (mut last_old, mut last_old_ms) = (Instant::now(), now_ms());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (live.len() as u64) < want_live || old < backlog {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv()).await.map_err(|_| {
+            anyhow::anyhow!(
+                "{} of {want_live} live and {old} of {backlog} backlog annotations within 10 minutes",
+                live.len()
+            )
+        })??;
+        let at = now_ms();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        if v["gateway_id"].as_str() != Some(gateway) {
+            continue;
+        }
+        let id = v["frame_id"].as_str().unwrap_or_default().to_owned();
+        if !seen.insert(id) {
+            continue;
+        }
+        let seq = v["camera_seq"].as_u64().unwrap_or(0);
+        if seq >= live_seq0 {
+            let captured = v["captured_at_ms"].as_u64().unwrap_or(0);
+            live.push((captured, at.saturating_sub(captured) as f64));
+        } else if seq >= backlog_seq0 {
+            old += 1;
+            (last_old, last_old_ms) = (Instant::now(), at);
+        }
+    }
+    Ok((live, last_old, last_old_ms))
+}
+
+/// Runs the drain benchmark: `backlog` frames stored while Kafka was
+/// unreachable, then a restart with Kafka up while `live_fps` live frames
+/// arrive for `seconds`; and the same live stream on an empty gateway.
+///
+/// # Errors
+/// mosquitto missing, the service failing, annotations missing.
+pub async fn drain(dir: &Path, backlog: u64, live_fps: f64, seconds: f64) -> anyhow::Result<DrainBench> {
+    let exe = std::env::current_exe()?;
+    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let mock = rdkafka::mocking::MockCluster::new(1)?;
+    for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+        mock.create_topic(t, 1, 1)?;
+    }
+    let brokers = mock.bootstrap_servers();
+    let payload = synthetic_jpeg(2_000, 3);
+    let cameras = 4;
+    let live_frames = (live_fps * seconds).round().max(1.0) as u64;
+
+    // The live stream alone, on an empty gateway.
+    let idle = {
+        let http = free_port()?;
+        let cfg = config(dir, "drain-idle", &dir.join("drain-idle-log"), mqtt, http, &brokers)?;
+        let (svc, _) = Service::start(&exe, &cfg, http).await?;
+        let consumer = consume(&brokers, "bench-drain-idle", live_frames, 0, 0, 0);
+        let publisher = publish_stream(mqtt, "bench-live-idle", cameras, live_frames, 0, live_fps, payload.clone());
+        let (c, p) = tokio::join!(consumer, publisher);
+        p?;
+        let (lat, _, _) = c?;
+        svc.stop().await?;
+        sorted(lat.into_iter().map(|l| l.1))
+    };
+
+    // The backlog, with Kafka unreachable.
+    let log = dir.join("drain-log");
+    let http = free_port()?;
+    let offline = config(dir, "drain", &log, mqtt, http, "127.0.0.1:9")?;
+    let (svc, _) = Service::start(&exe, &offline, http).await?;
+    publish_stream(mqtt, "bench-backlog", cameras, backlog, 1_000_000, 0.0, payload.clone()).await?;
+    let t = Instant::now();
+    while metric(http, "vision_gateway_frames_annotated_total").await < backlog as f64 {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "the backlog was not stored within 5 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    svc.stop().await?;
+
+    // Restart with Kafka up: the drain and the live stream together.
+    let online = config(dir, "drain", &log, mqtt, http, &brokers)?;
+    let up = Instant::now();
+    let (svc, _) = Service::start(&exe, &online, http).await?;
+    let consumer = consume(&brokers, "bench-drain", live_frames, 2_000_000, backlog, 1_000_000);
+    let publisher = publish_stream(mqtt, "bench-live", cameras, live_frames, 2_000_000, live_fps, payload);
+    let (c, p) = tokio::join!(consumer, publisher);
+    p?;
+    let (live, last_old, last_old_ms) = c?;
+    svc.stop().await?;
+    // Live frames captured while the backlog was still draining.
+    let during = sorted(live.iter().filter(|l| l.0 <= last_old_ms).map(|l| l.1));
+    let live = sorted(live.into_iter().map(|l| l.1));
+    let drained_in = last_old.saturating_duration_since(up).as_secs_f64().max(1e-3);
+    let _ = std::fs::remove_dir_all(&log);
+    let _ = std::fs::remove_dir_all(dir.join("drain-idle-log"));
+    Ok(DrainBench {
+        backlog,
+        live_fps,
+        live_frames,
+        drain_per_s: backlog as f64 / drained_in,
+        live_p50_ms: percentile(&live, 0.5),
+        live_p99_ms: percentile(&live, 0.99),
+        during_drain: during.len() as u64,
+        during_p99_ms: percentile(&during, 0.99),
+        idle_p50_ms: percentile(&idle, 0.5),
+        idle_p99_ms: percentile(&idle, 0.99),
+    })
+}
+
+/// CPU of an idle gateway: connected to mosquitto and Kafka (mock cluster),
+/// nothing arriving.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleBench {
+    /// Seconds measured (after a settling second).
+    pub seconds: f64,
+    /// CPU time used (user + system) over wall time, percent of one core.
+    pub cpu_percent: f64,
+}
+
+impl std::fmt::Display for IdleBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "idle gateway (connected, nothing arriving, {:.0} s): {:.2}% of one core",
+            self.seconds, self.cpu_percent
+        )
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) : utime is the
+    // 14th field of the line, stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// Measures the CPU of an idle service for `seconds`.
+///
+/// # Errors
+/// mosquitto missing, the service failing.
+pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
+    let exe = std::env::current_exe()?;
+    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let mock = rdkafka::mocking::MockCluster::new(1)?;
+    for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+        mock.create_topic(t, 1, 1)?;
+    }
+    let http = free_port()?;
+    let cfg = config(dir, "idle", &dir.join("idle-log"), mqtt, http, &mock.bootstrap_servers())?;
+    let (svc, _) = Service::start(&exe, &cfg, http).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.
+    let hz = 100.0;
+    let (c0, t0) = (cpu_ticks(svc.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let (c1, wall) = (cpu_ticks(svc.pid()), t0.elapsed().as_secs_f64());
+    svc.stop().await?;
+    let _ = std::fs::remove_dir_all(dir.join("idle-log"));
+    Ok(IdleBench { seconds: wall, cpu_percent: (c1.saturating_sub(c0)) as f64 / hz / wall * 100.0 })
+}
