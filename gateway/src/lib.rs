@@ -94,6 +94,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         queue: config.detect.queue as usize,
         max_pixels: config.mqtt.max_pixels,
         max_frame_memory: config.detect.max_frame_memory,
+        ocr_side: config.detect.ocr_side,
         sample: config.sample.clone(),
     };
     let detect = if !config.detect.enabled && config.detect.hold_when_disabled {

@@ -155,6 +155,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The OCR detector side (`detect.ocr_side`): label lines read exactly
+    /// and time per frame on the fixtures, for each side.
+    OcrSide {
+        /// Model folder.
+        #[arg(long, default_value = "models/ppocr-v4")]
+        model: PathBuf,
+        /// Sides to try (multiples of 32).
+        #[arg(long, value_delimiter = ',', default_value = "416,544,640,736,960")]
+        sides: Vec<usize>,
+        /// ONNX Runtime threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A backlog drained after a restart while live frames flow: drain rate
     /// and live latency next to the same live stream with no backlog.
     Drain {
@@ -474,6 +490,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 intra_threads: threads,
                 max_pixels: 50_000_000,
                 max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+                ocr_side: inference::ocr::DET_MIN_SIDE,
             };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
@@ -562,6 +579,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let rt = runtime()?;
             let repo = std::env::current_dir()?;
             let r = rt.block_on(gateway::bench::detect_throughput(&repo, &dir, &model, frames, workers, threads))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::OcrSide { model, sides, threads, json } } => {
+            let repo = std::env::current_dir()?;
+            let r = gateway::bench::ocr_sides(&repo, &model, &sides, threads)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -110,7 +110,7 @@ fn content_type(p: &Path) -> &'static str {
 
 /// Publishes every frame of `cameras` to `broker` (`host:port`), each
 /// camera at its own rate (or `rate` frames/s if given; 0 = as fast as
-/// possible), and waits for every PUBACK.
+/// possible), the cameras evenly out of phase, and waits for every PUBACK.
 ///
 /// # Errors
 /// Unreadable frames, an unreachable broker, or a broker that does not
@@ -140,13 +140,17 @@ pub async fn replay(cameras: &[Camera], broker: &str, rate: Option<f64>, progres
 
     let start = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
-    for cam in cameras.iter().cloned() {
+    let n_cams = cameras.len().max(1) as u32;
+    for (k, cam) in cameras.iter().cloned().enumerate() {
         let client = client.clone();
         let fps = rate.unwrap_or(cam.fps);
         publishers.spawn(async move {
             let mut bytes = 0u64;
             let period = if fps > 0.0 { Duration::from_secs_f64(1.0 / fps) } else { Duration::ZERO };
-            let t0 = tokio::time::Instant::now();
+            // Cameras are not synchronised: camera k starts k/n of a period
+            // late, so n cameras at the same rate do not publish in bursts.
+            let t0 = tokio::time::Instant::now() + period * k as u32 / n_cams;
+            tokio::time::sleep_until(t0).await;
             for (i, path) in cam.frames.iter().enumerate() {
                 let payload = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
                 bytes += payload.len() as u64;

@@ -211,6 +211,11 @@ pub struct LoadOptions {
     /// [`ocr::DetPlan::within`]); the OCR detector input is scaled down to
     /// fit it.
     pub max_frame_memory: u64,
+    /// OCR: the frame's shorter side is brought up to this many pixels for
+    /// the detector ([`ocr::DET_MIN_SIDE`], 736, as the reference; smaller
+    /// is faster and reads small print less well: `vision-gateway bench
+    /// ocr-side` prints the trade-off).
+    pub ocr_side: usize,
 }
 
 enum Backend {
@@ -261,6 +266,7 @@ impl Model {
                 &file("rec")?,
                 opts.intra_threads,
                 opts.max_frame_memory,
+                opts.ocr_side,
             )?),
             Task::Detect | Task::Classify => {
                 Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads, opts.max_frame_memory)?)
@@ -279,7 +285,7 @@ impl Model {
     /// [`InferenceError::TooLarge`] with the estimate.
     pub fn fits(&self, width: usize, height: usize) -> Result<(), InferenceError> {
         match &self.backend {
-            Backend::Ocr(_) => ocr::DetPlan::within(width, height, self.max_frame_memory).map(drop),
+            Backend::Ocr(o) => ocr::DetPlan::within_side(width, height, self.max_frame_memory, o.det_side()).map(drop),
             Backend::Vision(v) => {
                 let need = v.estimate_bytes(width, height);
                 if need > self.max_frame_memory {

@@ -28,6 +28,7 @@ fn opts() -> LoadOptions {
         intra_threads: 1,
         max_pixels: 1 << 24,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        ocr_side: inference::ocr::DET_MIN_SIDE,
     }
 }
 

@@ -76,6 +76,7 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
         intra_threads: 1,
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        ocr_side: inference::ocr::DET_MIN_SIDE,
     };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
 
@@ -162,6 +163,7 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
         intra_threads: 1,
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        ocr_side: inference::ocr::DET_MIN_SIDE,
     };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     let normal = frames().into_iter().next().unwrap();

@@ -11,7 +11,7 @@ mod live;
 
 pub use all::{all, AllBench, AllOptions, Row};
 pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
-pub use detect::{detect_throughput, fixture_frames, DetectBench};
+pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, SideBench, SideRow};
 pub use live::{drain, idle, DrainBench, IdleBench};
 
 use crate::log::{DurableLog, FrameRecord, LogOptions, WhenFull};

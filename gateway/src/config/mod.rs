@@ -163,6 +163,11 @@ pub struct RawDetect {
     /// scaled down to fit, a frame that cannot fit gets an error
     /// annotation. Default `"512MiB"` (a 1 GB box).
     pub max_frame_memory: Option<toml::Value>,
+    /// OCR: the frame's shorter side is brought up to this for the text
+    /// detector, 32..=2016 in steps of 32. Default 736 (the reference's);
+    /// smaller is faster and reads small print less well (`vision-gateway
+    /// bench ocr-side` prints the trade-off on your frames).
+    pub ocr_side: Option<u32>,
 }
 
 /// `[sample]`: which images go upstream (annotations always do).
@@ -327,6 +332,8 @@ pub struct DetectConfig {
     pub queue: u32,
     /// Memory budget of one frame's annotation.
     pub max_frame_memory: u64,
+    /// OCR detector side.
+    pub ocr_side: usize,
 }
 
 /// Validated `[replicate]`.
@@ -662,6 +669,16 @@ impl Config {
                     );
                 }
                 m
+            },
+            ocr_side: {
+                let side = v.range("detect.ocr_side", d.ocr_side, inference::ocr::DET_MIN_SIDE as u32, 32, 2016);
+                if side % 32 != 0 {
+                    v.problem(
+                        "detect.ocr_side",
+                        format!("{side} is not a multiple of 32 (the detector works in steps of 32)"),
+                    );
+                }
+                side as usize
             },
         };
 
@@ -1013,15 +1030,24 @@ quarantine_max_bytes = "1GiB"
 brokers = "u:p@127.0.0.1:9092"
 [detect]
 batch = 4
+ocr_side = 700
 "#;
         let e = Config::parse(Path::new("c.toml"), text, &env()).unwrap_err();
         let mut keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
         keys.sort_unstable();
         assert_eq!(
             keys,
-            vec!["mqtt.broker", "mqtt.keep_alive", "mqtt.max_pixels", "mqtt.quarantine_max_bytes", "replicate.brokers"],
+            vec![
+                "detect.ocr_side",
+                "mqtt.broker",
+                "mqtt.keep_alive",
+                "mqtt.max_pixels",
+                "mqtt.quarantine_max_bytes",
+                "replicate.brokers"
+            ],
             "{e}"
         );
+        assert!(e.to_string().contains("700 is not a multiple of 32"), "{e}");
         assert!(e.to_string().contains("credentials do not go in the address"), "{e}");
         // A small log gets a smaller default quarantine, not an error.
         let small = format!("{MINIMAL}[log]\nmax_bytes = \"8MiB\"\n");

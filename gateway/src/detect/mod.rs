@@ -110,6 +110,8 @@ pub struct DetectOptions {
     pub max_pixels: u64,
     /// Memory one frame's annotation may take (`detect.max_frame_memory`).
     pub max_frame_memory: u64,
+    /// OCR detector side (`detect.ocr_side`).
+    pub ocr_side: usize,
     /// Which images are kept for upload.
     pub sample: crate::sample::SampleConfig,
 }
@@ -160,6 +162,7 @@ impl Detect {
                 intra_threads: opts.intra_threads,
                 max_pixels: opts.max_pixels,
                 max_frame_memory: opts.max_frame_memory,
+                ocr_side: opts.ocr_side,
             };
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();

@@ -18,8 +18,8 @@ use std::time::Instant;
 /// Largest side before detection (reference `max_side_len`).
 const MAX_SIDE: usize = 2000;
 /// Detector input: the shorter side is brought up to this (reference
-/// `limit_side_len`, `limit_type = min`).
-const DET_MIN_SIDE: f64 = 736.0;
+/// `limit_side_len`, `limit_type = min`); `detect.ocr_side` changes it.
+pub const DET_MIN_SIDE: usize = 736;
 /// Largest side of the detector's input. The reference brings the shorter
 /// side up to 736 with no bound on the longer one, so a 2000x1 frame asked
 /// for a 1472000x736 tensor (13 GB); the scale is capped so that neither
@@ -66,6 +66,7 @@ pub struct Ocr {
     charset: Vec<String>,
     params: db::DbParams,
     max_frame_memory: u64,
+    det_side: usize,
     /// When set, every session input is also kept here (for the bare
     /// `session.run` baseline of `vision-gateway bench detect`).
     pub(crate) capture: Option<Vec<(crate::Stage, Array4<f32>)>>,
@@ -103,8 +104,16 @@ pub struct DetPlan {
 }
 
 impl DetPlan {
-    /// The plan for a frame (sides of 0 are taken as 1).
+    /// The plan for a frame (sides of 0 are taken as 1), with the
+    /// reference's detector side ([`DET_MIN_SIDE`]).
     pub fn of(width: usize, height: usize) -> Self {
+        Self::with_side(width, height, DET_MIN_SIDE)
+    }
+
+    /// As [`of`](Self::of), with the frame's shorter side brought up to
+    /// `side` (taken within 32..=2016).
+    pub fn with_side(width: usize, height: usize, side: usize) -> Self {
+        let side = side.clamp(32, DET_MAX_SIDE as usize) as f64;
         let (width, height) = (width.max(1), height.max(1));
         let (w, h, ratio_h, ratio_w) = if width.max(height) > MAX_SIDE {
             let r = MAX_SIDE as f64 / width.max(height) as f64;
@@ -113,7 +122,7 @@ impl DetPlan {
         } else {
             (width, height, 1.0, 1.0)
         };
-        let ratio = if (h.min(w) as f64) < DET_MIN_SIDE { DET_MIN_SIDE / h.min(w) as f64 } else { 1.0 };
+        let ratio = if (h.min(w) as f64) < side { side / h.min(w) as f64 } else { 1.0 };
         let ratio = ratio.min(DET_MAX_SIDE / h.max(w) as f64);
         let (det_height, det_width) = (round32((h as f64 * ratio).trunc()), round32((w as f64 * ratio).trunc()));
         Self { width: w, height: h, det_width, det_height, ratio_h, ratio_w }
@@ -132,7 +141,16 @@ impl DetPlan {
     /// [`InferenceError::TooLarge`] if even a 32x32 detector input does not
     /// fit.
     pub fn within(width: usize, height: usize, budget: u64) -> Result<Self, InferenceError> {
-        let mut p = Self::of(width, height);
+        Self::within_side(width, height, budget, DET_MIN_SIDE)
+    }
+
+    /// As [`within`](Self::within) with the detector side `side` (see
+    /// [`with_side`](Self::with_side)).
+    ///
+    /// # Errors
+    /// As [`within`](Self::within).
+    pub fn within_side(width: usize, height: usize, budget: u64, side: usize) -> Result<Self, InferenceError> {
+        let mut p = Self::with_side(width, height, side);
         let need = p.estimate_bytes(width, height);
         if need <= budget {
             return Ok(p);
@@ -202,6 +220,7 @@ impl Ocr {
         rec: &std::path::Path,
         threads: usize,
         max_frame_memory: u64,
+        det_side: usize,
     ) -> Result<Self, InferenceError> {
         let det = crate::runtime::session(env, det, threads)?;
         let rec_s = crate::runtime::session(env, rec, threads)?;
@@ -216,6 +235,7 @@ impl Ocr {
             charset: ctc::charset(&chars),
             params: db::DbParams::default(),
             max_frame_memory,
+            det_side,
             capture: None,
         })
     }
@@ -228,7 +248,7 @@ impl Ocr {
     pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
-        let plan = DetPlan::within(raw.width, raw.height, self.max_frame_memory)?;
+        let plan = DetPlan::within_side(raw.width, raw.height, self.max_frame_memory, self.det_side)?;
         let (ratio_h, ratio_w) = (plan.ratio_h, plan.ratio_w);
         // Very large frames are brought down first, as the reference does.
         let img = if (plan.width, plan.height) != (raw.width, raw.height) {
@@ -337,6 +357,11 @@ impl Ocr {
 }
 
 impl Ocr {
+    /// The detector side in use.
+    pub fn det_side(&self) -> usize {
+        self.det_side
+    }
+
     /// Runs the sessions alone on inputs captured before, reading each
     /// output as the pipeline does (the bare baseline).
     pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
