@@ -568,6 +568,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let o = gateway::bench::AllOptions::default();
             let r = rt.block_on(gateway::bench::all(&repo, &dir, &o, |what| eprintln!("bench all: {what}")))?;
             if json {
+                // The table still goes to the terminal; the JSON to stdout.
+                eprint!("{r}");
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{r}");

@@ -165,30 +165,10 @@ fn config_with(
     Ok(path)
 }
 
-/// Publishes `n` copies of `payload` with QoS 1 and waits for the broker's
-/// PUBACKs.
+/// Publishes `n` copies of `payload` with QoS 1 (one camera, as fast as
+/// the broker acks) and waits for the broker's PUBACKs.
 async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let mut o = MqttOptions::new(format!("bench-backlog-pub-{}", std::process::id()), "127.0.0.1", port);
-    o.set_max_packet_size(Some(256 << 20));
-    let (c, mut el) = AsyncClient::new(o, 64);
-    let pubs = tokio::spawn(async move {
-        for _ in 0..n {
-            c.publish("cameras/bench-cam/frames", QoS::AtLeastOnce, false, payload.clone()).await?;
-        }
-        Ok::<_, anyhow::Error>(c)
-    });
-    let mut acked = 0;
-    while acked < n {
-        if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
-            acked += 1;
-        }
-    }
-    let c = pubs.await??;
-    let _ = c.try_disconnect();
-    Ok(())
+    super::live::publish_stream(port, format!("bench-backlog-pub-{}", std::process::id()), 1, n, 0, 0.0, payload).await
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {

@@ -455,14 +455,9 @@ pub async fn replicate_throughput(
         for (i, (json, image)) in payloads.iter().enumerate() {
             let key = format!("cam-{}", i % 4);
             let frame_id = log.frame_id(i as u64);
-            let send = |topic: &str, payload: &[u8], headers| {
-                crate::replicate::enqueue(&producer, topic, &key, payload, headers).map_err(anyhow::Error::msg)
-            };
-            futs.push(send(
-                &cfg.replicate.annotations_topic,
-                json,
-                crate::replicate::annotation_headers(&frame_id, &model),
-            )?);
+            let (a_topic, i_topic) = (&cfg.replicate.annotations_topic, &cfg.replicate.images_topic);
+            let headers = crate::replicate::annotation_headers(&frame_id, &model);
+            futs.push(crate::replicate::enqueue_yielding(&producer, a_topic, &key, json, headers).await?);
             if image.is_empty() {
                 continue;
             }
@@ -471,7 +466,7 @@ pub async fn replicate_throughput(
             let count = parts.len().to_string();
             for (k, chunk) in parts.into_iter().enumerate() {
                 let headers = crate::replicate::chunk_headers(&frame_id, &key, "image/jpeg", &sha, k, &count);
-                futs.push(send(&cfg.replicate.images_topic, chunk, headers)?);
+                futs.push(crate::replicate::enqueue_yielding(&producer, i_topic, &key, chunk, headers).await?);
             }
         }
         for f in futs {

@@ -226,35 +226,10 @@ impl rdkafka::ClientContext for KafkaContext {
     }
 }
 
-/// Hands one record to librdkafka; when its queue is full, sleeps this
-/// thread 1 ms and tries again. Any other error is returned. For threads
-/// of their own (benchmarks); the stage uses [`enqueue_yielding`].
-///
-/// # Errors
-/// The producer's error.
-pub fn enqueue(
-    producer: &KafkaProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    headers: OwnedHeaders,
-) -> Result<DeliveryFuture, KafkaError> {
-    let mut headers = headers;
-    loop {
-        match producer.try_send(topic, key, payload, headers) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), h)) => {
-                headers = h;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// As [`enqueue`], but when librdkafka's queue is full it sleeps on the
-/// tokio timer (1 ms) instead of blocking the worker thread: the producer's
-/// own thread serves delivery reports meanwhile.
+/// Hands one record to librdkafka; when its queue is full, sleeps on the
+/// tokio timer (1 ms) and tries again, never blocking a runtime thread (the
+/// producer's own thread serves delivery reports meanwhile). Any other
+/// error is returned.
 ///
 /// # Errors
 /// The producer's error.
