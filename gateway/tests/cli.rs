@@ -131,6 +131,50 @@ fn bench_intake_runs_against_a_private_mosquitto_and_prints_a_ratio() {
     assert!(v["gateway"]["seconds"].as_f64().unwrap() > 0.0);
 }
 
+/// `bench detect`: both sides ran every frame (the stage row counts the
+/// annotations it committed) and the timing shares come from them.
+#[test]
+fn bench_detect_measures_the_stage_and_the_bare_loop_on_the_same_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["bench", "detect", "--frames", "4", "--workers", "1", "--json", "--dir", dir.path().to_str().unwrap()])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stage"]["records"], 4);
+    assert_eq!(v["bare"]["records"], 4);
+    assert!(v["session_runs"].as_u64().unwrap() >= 4, "one detector run per frame at least: {v}");
+    assert!(v["run_ms"].as_f64().unwrap() > 0.0 && v["decode_ms"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+/// `bench drain`: every backlog frame and every live frame reached Kafka
+/// (the command fails otherwise), and the live latencies were measured.
+#[test]
+fn bench_drain_delivers_the_backlog_and_the_live_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(&[
+        "bench",
+        "drain",
+        "--backlog",
+        "300",
+        "--live-fps",
+        "20",
+        "--seconds",
+        "3",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backlog"], 300);
+    assert_eq!(v["live_frames"], 60);
+    assert!(v["drain_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["idle_p99_ms"].as_f64().unwrap() >= v["idle_p50_ms"].as_f64().unwrap(), "{v}");
+}
+
 #[test]
 fn the_demo_runs_the_whole_pipeline_on_stand_in_brokers() {
     let dir = tempfile::tempdir().unwrap();
