@@ -22,6 +22,7 @@ pub mod imageops;
 mod manifest;
 pub mod ocr;
 pub mod runtime;
+pub mod tract_engine;
 pub mod vision;
 
 pub use manifest::{
@@ -196,6 +197,10 @@ impl BareInputs {
     pub fn runs(&self) -> usize {
         self.inputs.len()
     }
+    /// The captured inputs: (`"det"` or `"rec"`, tensor), in run order.
+    pub fn tensors(&self) -> Vec<(&'static str, ndarray::ArrayView4<'_, f32>)> {
+        self.inputs.iter().map(|(s, t)| (if *s == Stage::Det { "det" } else { "rec" }, t.view())).collect()
+    }
 }
 
 /// How to load a model.
@@ -361,8 +366,24 @@ impl Model {
     /// [`InferenceError::Runtime`] if a session fails.
     pub fn run_bare(&mut self, inputs: &BareInputs) -> Result<(), InferenceError> {
         match &mut self.backend {
-            Backend::Ocr(o) => o.run_bare(&inputs.inputs),
+            Backend::Ocr(o) => o.run_bare(&inputs.inputs, None),
             Backend::Vision(v) => v.run_bare(&inputs.inputs),
+        }
+    }
+
+    /// OCR only: the first output of each captured run, as ONNX Runtime
+    /// computes it (for comparing runtimes on the same inputs).
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails or the model is not OCR.
+    pub fn bare_outputs(&mut self, inputs: &BareInputs) -> Result<Vec<ndarray::ArrayD<f32>>, InferenceError> {
+        match &mut self.backend {
+            Backend::Ocr(o) => {
+                let mut out = Vec::new();
+                o.run_bare(&inputs.inputs, Some(&mut out))?;
+                Ok(out)
+            }
+            Backend::Vision(_) => Err(InferenceError::Runtime("bare_outputs: OCR models only".into())),
         }
     }
 

@@ -205,3 +205,52 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     println!("peak RSS {peak} MiB (after the first normal frame: {base} MiB)");
     assert!(peak < 1536, "peak RSS {peak} MiB");
 }
+
+/// Work in progress (issue 16): tract against ONNX Runtime on exactly the
+/// tensors the pipeline feeds the two PP-OCR sessions for a few fixture
+/// frames. Prints the largest differences and the times.
+#[test]
+#[ignore = "issue 16 spike: run with --ignored"]
+fn tract_against_onnxruntime_on_the_same_session_inputs() {
+    use inference::tract_engine::TractGraph;
+    let opts = LoadOptions {
+        library: repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
+        intra_threads: 1,
+        max_pixels: 50_000_000,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        ocr_side: inference::ocr::DET_MIN_SIDE,
+    };
+    let dir = repo().join("models/ppocr-v4");
+    let mut m = Model::load(&dir, &opts).unwrap();
+    let cam = repo().join("tests/fixtures/cameras/line1-cam1");
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| std::fs::read(cam.join(format!("{i:04}.jpg"))).unwrap()).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let inputs = m.capture_inputs(&refs).unwrap();
+    let t = std::time::Instant::now();
+    let ort_out = m.bare_outputs(&inputs).unwrap();
+    let ort_s = t.elapsed().as_secs_f64();
+    let manifest = inference::Manifest::load(&dir).unwrap();
+    let mut det = TractGraph::load(&manifest.file("det").unwrap()).unwrap();
+    let mut rec = TractGraph::load(&manifest.file("rec").unwrap()).unwrap();
+    let t = std::time::Instant::now();
+    let mut worst = (0.0f32, 0.0f32);
+    for ((which, input), o) in inputs.tensors().into_iter().zip(&ort_out) {
+        let g = if which == "det" { &mut det } else { &mut rec };
+        let tr = g.run(input).unwrap();
+        assert_eq!(tr.shape(), o.shape(), "{which}");
+        let d = tr.iter().zip(o.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        if which == "det" {
+            worst.0 = worst.0.max(d);
+        } else {
+            worst.1 = worst.1.max(d);
+        }
+    }
+    println!(
+        "tract vs onnxruntime, {} runs: max |diff| det {:.2e}, rec {:.2e}; onnxruntime {ort_s:.2} s, tract {:.2} s (first plans included)",
+        inputs.runs(),
+        worst.0,
+        worst.1,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(worst.0 < 1e-2 && worst.1 < 1e-2, "{worst:?}");
+}

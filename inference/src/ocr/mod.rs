@@ -364,12 +364,21 @@ impl Ocr {
 
     /// Runs the sessions alone on inputs captured before, reading each
     /// output as the pipeline does (the bare baseline).
-    pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
+    pub(crate) fn run_bare(
+        &mut self,
+        inputs: &[(crate::Stage, Array4<f32>)],
+        mut keep: Option<&mut Vec<ndarray::ArrayD<f32>>>,
+    ) -> Result<(), InferenceError> {
         for (stage, input) in inputs {
             let s = if *stage == crate::Stage::Det { &mut self.det } else { &mut self.rec };
             let outputs = s.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
             let out = first_output(&outputs)?;
-            std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
+            match keep.as_deref_mut() {
+                Some(k) => k.push(out.to_owned()),
+                None => {
+                    std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
+                }
+            }
         }
         Ok(())
     }
