@@ -491,6 +491,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 max_pixels: 50_000_000,
                 max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
                 ocr_side: inference::ocr::DET_MIN_SIDE,
+                engine: None,
             };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;

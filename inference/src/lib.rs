@@ -18,6 +18,7 @@
 //! and YOLOv5 exports, letterbox, per-class NMS) and `classify` (softmax or
 //! probabilities, top-k).
 
+pub mod engine;
 pub mod imageops;
 mod manifest;
 pub mod ocr;
@@ -221,6 +222,10 @@ pub struct LoadOptions {
     /// is faster and reads small print less well: `vision-gateway bench
     /// ocr-side` prints the trade-off).
     pub ocr_side: usize,
+    /// The runtime: `None` chooses ONNX Runtime when `library` exists and
+    /// tract otherwise (work in progress: OCR only; detectors and
+    /// classifiers run on ONNX Runtime).
+    pub engine: Option<engine::EngineKind>,
 }
 
 enum Backend {
@@ -257,7 +262,12 @@ impl Model {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let manifest = Manifest::load(dir)?;
         let info = ModelInfo { name: manifest.name.clone(), version: manifest.version.clone(), hash: manifest.hash() };
-        let env = runtime::init(&opts.library)?;
+        // ONNX Runtime where its library is, tract otherwise (or when asked).
+        let kind = match opts.engine {
+            Some(k) => k,
+            None if opts.library.is_file() => engine::EngineKind::OnnxRuntime,
+            None => engine::EngineKind::Tract,
+        };
         let file = |role: &str| {
             manifest.file(role).ok_or_else(|| InferenceError::Manifest {
                 path: dir.join("model.toml"),
@@ -265,15 +275,25 @@ impl Model {
             })
         };
         let backend = match manifest.task {
-            Task::Ocr => Backend::Ocr(ocr::Ocr::load(
-                &env,
-                &file("det")?,
-                &file("rec")?,
-                opts.intra_threads,
-                opts.max_frame_memory,
-                opts.ocr_side,
-            )?),
+            Task::Ocr => {
+                let (det, rec) = (file("det")?, file("rec")?);
+                let (d, r): (Box<dyn engine::Engine>, Box<dyn engine::Engine>) = match kind {
+                    engine::EngineKind::OnnxRuntime => {
+                        let env = runtime::init(&opts.library)?;
+                        (
+                            Box::new(engine::OrtEngine(runtime::session(&env, &det, opts.intra_threads)?)),
+                            Box::new(engine::OrtEngine(runtime::session(&env, &rec, opts.intra_threads)?)),
+                        )
+                    }
+                    engine::EngineKind::Tract => (
+                        Box::new(tract_engine::TractGraph::load(&det)?),
+                        Box::new(tract_engine::TractGraph::load(&rec)?),
+                    ),
+                };
+                Backend::Ocr(ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?)
+            }
             Task::Detect | Task::Classify => {
+                let env = runtime::init(&opts.library)?;
                 Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads, opts.max_frame_memory)?)
             }
         };

@@ -1,6 +1,6 @@
 //! tract (pure Rust, no vendor library) running one ONNX graph with one f32
-//! input of rank 4. Work in progress for the backend seam of issue 16: not
-//! wired into [`crate::Model`] yet.
+//! input of rank 4: the second engine behind [`crate::engine::Engine`].
+//! Work in progress (issue 16): used for OCR models only so far.
 //!
 //! Owns the graph and its optimised plans. Promise: the graph is parsed
 //! once; a plan is optimised once per input shape and the most recently
@@ -40,6 +40,12 @@ impl TractGraph {
     pub fn load(path: &Path) -> Result<Self, InferenceError> {
         let model = tract_onnx::onnx().model_for_path(path).map_err(rt)?;
         Ok(Self { model, plans: Vec::new() })
+    }
+
+    /// A string from the graph's `metadata_props`, if present.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        let t = self.model.properties.get(&format!("onnx.metadata_props.{key}"))?;
+        t.to_plain_array_view::<String>().ok()?.iter().next().cloned()
     }
 
     /// Runs the graph on `input`; returns its first output.

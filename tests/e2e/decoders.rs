@@ -29,6 +29,7 @@ fn opts() -> LoadOptions {
         max_pixels: 1 << 24,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: None,
     }
 }
 

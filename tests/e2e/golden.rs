@@ -77,6 +77,7 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: None,
     };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
 
@@ -164,6 +165,7 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: None,
     };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     let normal = frames().into_iter().next().unwrap();
@@ -219,6 +221,7 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: None,
     };
     let dir = repo().join("models/ppocr-v4");
     let mut m = Model::load(&dir, &opts).unwrap();
@@ -253,4 +256,60 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
         t.elapsed().as_secs_f64()
     );
     assert!(worst.0 < 1e-2 && worst.1 < 1e-2, "{worst:?}");
+}
+
+/// Issue 16: the whole OCR pipeline on tract against the same on ONNX
+/// Runtime, every fixture frame: texts, boxes, scores.
+#[test]
+fn tract_reads_the_fixtures_as_onnxruntime_does() {
+    use inference::engine::EngineKind;
+    let opts = |engine| LoadOptions {
+        library: repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
+        intra_threads: 1,
+        max_pixels: 50_000_000,
+        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
+        ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: Some(engine),
+    };
+    let dir = repo().join("models/ppocr-v4");
+    let mut ort = Model::load(&dir, &opts(EngineKind::OnnxRuntime)).unwrap();
+    let mut tract = Model::load(&dir, &opts(EngineKind::Tract)).unwrap();
+    let mut files = Vec::new();
+    for cam in std::fs::read_dir(repo().join("tests/fixtures/cameras")).unwrap() {
+        for f in std::fs::read_dir(cam.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            if matches!(f.extension().and_then(|e| e.to_str()), Some("jpg" | "png")) {
+                files.push(f);
+            }
+        }
+    }
+    files.sort();
+    let (mut lines, mut same, mut max_box, mut max_score) = (0usize, 0usize, 0.0f32, 0.0f32);
+    let (mut t_ort, mut t_tract) = (0.0f64, 0.0f64);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let a = ort.annotate(&bytes).unwrap();
+        let b = tract.annotate(&bytes).unwrap();
+        t_ort += a.timings.run_ms;
+        t_tract += b.timings.run_ms;
+        assert_eq!(a.items.len(), b.items.len(), "{}", f.display());
+        for (x, y) in a.items.iter().zip(&b.items) {
+            lines += 1;
+            same += usize::from(x.text == y.text);
+            max_score = max_score.max((x.score - y.score).abs());
+            for k in 0..4 {
+                max_box = max_box.max((x.bbox[k] - y.bbox[k]).abs());
+            }
+        }
+    }
+    println!(
+        "tract vs onnxruntime, {} frames: identical text {same}/{lines}; boxes within {max_box:.2} px; scores within {max_score:.2e}; \
+         model time {:.0} ms vs {:.0} ms per frame (1 thread)",
+        files.len(),
+        t_tract / files.len() as f64,
+        t_ort / files.len() as f64
+    );
+    assert!(same as f64 >= 0.98 * lines as f64, "{same}/{lines}");
+    assert!(max_box <= 1.0, "{max_box}");
+    assert!(max_score <= 1e-2, "{max_score}");
 }

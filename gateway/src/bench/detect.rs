@@ -122,6 +122,7 @@ pub async fn detect_throughput(
         max_pixels: 1 << 25,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        engine: None,
     };
     let workers = workers.max(1);
 
@@ -340,6 +341,7 @@ pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usiz
             max_pixels: 1 << 25,
             max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
             ocr_side: side,
+            engine: None,
         };
         let mut m = Model::load(model, &load)?;
         let mut r = SideRow { side, lines_read: 0, lines: 0, texts_on_blank: 0, ms_per_frame: 0.0 };

@@ -163,6 +163,7 @@ impl Detect {
                 max_pixels: opts.max_pixels,
                 max_frame_memory: opts.max_frame_memory,
                 ocr_side: opts.ocr_side,
+                engine: None,
             };
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();

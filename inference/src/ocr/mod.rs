@@ -8,11 +8,10 @@
 pub mod ctc;
 pub mod db;
 
+use crate::engine::Engine;
 use crate::imageops::{self, Bgr};
 use crate::{InferenceError, Item};
-use ndarray::{Array4, ArrayViewD};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ndarray::Array4;
 use std::time::Instant;
 
 /// Largest side before detection (reference `max_side_len`).
@@ -61,8 +60,8 @@ pub struct Times {
 
 /// A loaded PP-OCR detector + recogniser pair.
 pub struct Ocr {
-    det: Session,
-    rec: Session,
+    det: Box<dyn Engine>,
+    rec: Box<dyn Engine>,
     charset: Vec<String>,
     params: db::DbParams,
     max_frame_memory: u64,
@@ -76,10 +75,6 @@ impl std::fmt::Debug for Ocr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ocr").field("classes", &self.charset.len()).finish_non_exhaustive()
     }
-}
-
-fn rt(e: impl std::fmt::Display) -> InferenceError {
-    InferenceError::Runtime(e.to_string())
 }
 
 /// Python's `round(x / 32) * 32` (ties to even), at least 32.
@@ -204,10 +199,6 @@ fn normalize_into(img: &Bgr, t: &mut Array4<f32>, n: usize) {
     }
 }
 
-fn first_output<'a>(outputs: &'a ort::session::SessionOutputs<'_>) -> Result<ArrayViewD<'a, f32>, InferenceError> {
-    outputs[0].try_extract_array::<f32>().map_err(rt)
-}
-
 impl Ocr {
     /// Loads the two sessions and the character set (from the recogniser's
     /// `character` metadata).
@@ -215,23 +206,18 @@ impl Ocr {
     /// # Errors
     /// [`InferenceError::Runtime`] or [`InferenceError::Manifest`].
     pub fn load(
-        env: &ort::environment::Environment,
-        det: &std::path::Path,
-        rec: &std::path::Path,
-        threads: usize,
+        det: Box<dyn Engine>,
+        rec: Box<dyn Engine>,
+        rec_path: &std::path::Path,
         max_frame_memory: u64,
         det_side: usize,
     ) -> Result<Self, InferenceError> {
-        let det = crate::runtime::session(env, det, threads)?;
-        let rec_s = crate::runtime::session(env, rec, threads)?;
-        let chars = rec_s
-            .metadata()
-            .map_err(rt)?
-            .custom("character")
-            .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec.display())))?;
+        let chars = rec
+            .metadata("character")
+            .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec_path.display())))?;
         Ok(Self {
             det,
-            rec: rec_s,
+            rec,
             charset: ctc::charset(&chars),
             params: db::DbParams::default(),
             max_frame_memory,
@@ -267,15 +253,14 @@ impl Ocr {
             c.push((crate::Stage::Det, input.clone()));
         }
         let t1 = Instant::now();
-        let outputs = self.det.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
-        let pred = first_output(&outputs)?;
+        let pred = self.det.run(input.view())?;
         let shape = pred.shape().to_vec();
         if shape.len() != 4 || shape[1] != 1 {
             return Err(InferenceError::Runtime(format!("detector output shape {shape:?}, expected [1, 1, H, W]")));
         }
         let (ph, pw) = (shape[2], shape[3]);
         let map: Vec<f32> = pred.iter().copied().collect();
-        drop(outputs);
+        drop(pred);
         times.run_ms += t1.elapsed().as_secs_f64() * 1e3;
 
         let t2 = Instant::now();
@@ -334,15 +319,13 @@ impl Ocr {
                 c.push((crate::Stage::Rec, input.clone()));
             }
             let t = Instant::now();
-            let outputs =
-                self.rec.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
-            let probs = first_output(&outputs)?;
+            let probs = self.rec.run(input.view())?;
             let shape = probs.shape().to_vec();
             if shape.len() != 3 || shape[0] != chunk.len() {
                 return Err(InferenceError::Runtime(format!("recogniser output shape {shape:?}, expected [N, T, C]")));
             }
             let flat: Vec<f32> = probs.iter().copied().collect();
-            drop(outputs);
+            drop(probs);
             times.run_ms += t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
             let (steps, classes) = (shape[1], shape[2]);
@@ -371,10 +354,9 @@ impl Ocr {
     ) -> Result<(), InferenceError> {
         for (stage, input) in inputs {
             let s = if *stage == crate::Stage::Det { &mut self.det } else { &mut self.rec };
-            let outputs = s.run(ort::inputs![TensorRef::from_array_view(input.view()).map_err(rt)?]).map_err(rt)?;
-            let out = first_output(&outputs)?;
+            let out = s.run(input.view())?;
             match keep.as_deref_mut() {
-                Some(k) => k.push(out.to_owned()),
+                Some(k) => k.push(out),
                 None => {
                     std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
                 }
