@@ -222,9 +222,9 @@ pub struct LoadOptions {
     /// is faster and reads small print less well: `vision-gateway bench
     /// ocr-side` prints the trade-off).
     pub ocr_side: usize,
-    /// The runtime: `None` chooses ONNX Runtime when `library` exists and
-    /// tract otherwise (work in progress: OCR only; detectors and
-    /// classifiers run on ONNX Runtime).
+    /// The runtime (`None`: ONNX Runtime). Work in progress (issue 16):
+    /// tract runs OCR models only; detectors and classifiers run on ONNX
+    /// Runtime, and the gateway's config does not choose it yet.
     pub engine: Option<engine::EngineKind>,
 }
 
@@ -262,12 +262,7 @@ impl Model {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let manifest = Manifest::load(dir)?;
         let info = ModelInfo { name: manifest.name.clone(), version: manifest.version.clone(), hash: manifest.hash() };
-        // ONNX Runtime where its library is, tract otherwise (or when asked).
-        let kind = match opts.engine {
-            Some(k) => k,
-            None if opts.library.is_file() => engine::EngineKind::OnnxRuntime,
-            None => engine::EngineKind::Tract,
-        };
+        let kind = opts.engine.unwrap_or(engine::EngineKind::OnnxRuntime);
         let file = |role: &str| {
             manifest.file(role).ok_or_else(|| InferenceError::Manifest {
                 path: dir.join("model.toml"),
