@@ -274,16 +274,7 @@ fn tract_reads_the_fixtures_as_onnxruntime_does() {
     let dir = repo().join("models/ppocr-v4");
     let mut ort = Model::load(&dir, &opts(EngineKind::OnnxRuntime)).unwrap();
     let mut tract = Model::load(&dir, &opts(EngineKind::Tract)).unwrap();
-    let mut files = Vec::new();
-    for cam in std::fs::read_dir(repo().join("tests/fixtures/cameras")).unwrap() {
-        for f in std::fs::read_dir(cam.unwrap().path()).unwrap() {
-            let f = f.unwrap().path();
-            if matches!(f.extension().and_then(|e| e.to_str()), Some("jpg" | "png")) {
-                files.push(f);
-            }
-        }
-    }
-    files.sort();
+    let files = frames();
     let (mut lines, mut same, mut max_box, mut max_score) = (0usize, 0usize, 0.0f32, 0.0f32);
     let (mut t_ort, mut t_tract) = (0.0f64, 0.0f64);
     for f in &files {
