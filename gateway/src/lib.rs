@@ -95,6 +95,7 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         max_pixels: config.mqtt.max_pixels,
         max_frame_memory: config.detect.max_frame_memory,
         ocr_side: config.detect.ocr_side,
+        backend: config.detect.backend,
         sample: config.sample.clone(),
     };
     let detect = if !config.detect.enabled && config.detect.hold_when_disabled {

@@ -70,9 +70,13 @@ enum Command {
         /// models/runtime/<arch>/, then /usr/lib/vision-gateway/).
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
-        /// Threads ONNX Runtime may use per run.
+        /// Threads the runtime may use per run.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Runtime: auto (ONNX Runtime where its library is, else tract;
+        /// a manifest's `backend` is followed), onnxruntime or tract.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "onnxruntime", "tract"])]
+        backend: String,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -167,6 +171,23 @@ enum BenchCommand {
         /// ONNX Runtime threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runtimes side by side (ONNX Runtime where its library is, and
+    /// tract): detector and recogniser time per run and whole-frame time,
+    /// for each thread count, on the same fixture frames.
+    Backends {
+        /// Model folder.
+        #[arg(long, default_value = "models/ppocr-v4")]
+        model: PathBuf,
+        /// Thread counts to try.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Every Nth fixture frame (1: all 46).
+        #[arg(long, default_value_t = 4)]
+        every: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -348,6 +369,30 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 c.mqtt.topics
             );
             println!("  model        {}", c.detect.model.display());
+            if c.detect.enabled {
+                let manifest = std::fs::read_to_string(c.detect.model.join("model.toml"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| inference::Manifest::parse(&t, &c.detect.model).map_err(|e| e.to_string()));
+                match manifest {
+                    Ok(m) => {
+                        let choice = c.detect.backend.over(m.backend);
+                        let kind = choice.resolve(&c.detect.onnxruntime);
+                        let why = match choice {
+                            inference::engine::Backend::Auto if kind == inference::engine::EngineKind::Tract => {
+                                format!(" (auto: no ONNX Runtime library at {})", c.detect.onnxruntime.display())
+                            }
+                            inference::engine::Backend::Auto => {
+                                format!(" (auto: {})", c.detect.onnxruntime.display())
+                            }
+                            _ => String::new(),
+                        };
+                        println!("  runtime      {}{why}", kind.describe());
+                    }
+                    Err(e) => println!("  runtime      unknown: {e}"),
+                }
+            } else {
+                println!("  runtime      none (detect.enabled = false)");
+            }
             println!("  kafka        {}", c.replicate.brokers);
             println!("  telemetry    http://{}", c.telemetry.listen);
             Ok(ExitCode::SUCCESS)
@@ -482,17 +527,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let clean = r.corrupt.is_empty() && r.inconsistent.is_empty();
             Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Annotate { model, onnxruntime, threads, json, images } => {
+        Command::Annotate { model, onnxruntime, threads, backend, json, images } => {
             let cwd = std::env::current_dir().ok();
             let library = inference::runtime::default_library(onnxruntime.as_deref(), cwd.as_deref());
-            let opts = inference::LoadOptions {
-                library,
-                intra_threads: threads,
-                max_pixels: 50_000_000,
-                max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
-                ocr_side: inference::ocr::DET_MIN_SIDE,
-                engine: None,
-            };
+            let backend = inference::engine::Backend::parse(&backend).unwrap_or_default();
+            let opts = inference::LoadOptions { intra_threads: threads, ..inference::LoadOptions::new(library, backend) };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
             let mut failed = false;
@@ -506,13 +545,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(&v)?);
                 } else {
                     println!(
-                        "{} ({}x{}, {} {} {:.12}, {:.0} ms)",
+                        "{} ({}x{}, {} {} {:.12} on {} {}, {:.0} ms)",
                         path.display(),
                         a.width,
                         a.height,
                         a.model.name,
                         a.model.version,
                         a.model.hash,
+                        a.model.backend,
+                        a.model.backend_version,
                         a.timings.decode_ms + a.timings.preprocess_ms + a.timings.run_ms + a.timings.postprocess_ms
                     );
                     if let Some(e) = &a.error {
@@ -592,6 +633,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Bench { command: BenchCommand::OcrSide { model, sides, threads, json } } => {
             let repo = std::env::current_dir()?;
             let r = gateway::bench::ocr_sides(&repo, &model, &sides, threads)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Backends { model, threads, every, json } } => {
+            let repo = std::env::current_dir()?;
+            let r = gateway::bench::backends(&repo, &model, &threads, every)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

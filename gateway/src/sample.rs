@@ -189,7 +189,7 @@ mod tests {
 
     fn ann(items: &[(&str, f32)]) -> Annotation {
         Annotation {
-            model: ModelInfo { name: "m".into(), version: "1".into(), hash: "h".into() },
+            model: ModelInfo::new("m", "1", "h"),
             width: 10,
             height: 10,
             items: items.iter().map(|(t, s)| Item::text((*t).into(), *s, [[0.0, 0.0]; 4])).collect(),

@@ -100,7 +100,7 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
             frame_bytes: f.payload.len() as u64,
             sampled,
             annotation: Annotation {
-                model: ModelInfo { name: "m".into(), version: "1".into(), hash: "abc".into() },
+                model: ModelInfo::new("m", "1", "abc"),
                 width: 640,
                 height: 480,
                 items: vec![Item::text(format!("SN{i}"), 0.9, [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])],

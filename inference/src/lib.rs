@@ -104,6 +104,26 @@ pub struct ModelInfo {
     pub version: String,
     /// sha256 over the manifest's file roles and hashes.
     pub hash: String,
+    /// The runtime that ran it: `onnxruntime` or `tract` (empty in records
+    /// written before the field existed, and for the `none` model).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
+    /// The runtime's version, e.g. `1.31.1` or `0.23.9`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend_version: String,
+}
+
+impl ModelInfo {
+    /// Name, version and hash, no backend (tests, the `none` model).
+    pub fn new(name: &str, version: &str, hash: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            hash: hash.to_owned(),
+            backend: String::new(),
+            backend_version: String::new(),
+        }
+    }
 }
 
 /// One thing found on a frame.
@@ -222,10 +242,30 @@ pub struct LoadOptions {
     /// is faster and reads small print less well: `vision-gateway bench
     /// ocr-side` prints the trade-off).
     pub ocr_side: usize,
-    /// The runtime (`None`: ONNX Runtime). Work in progress (issue 16):
-    /// tract runs OCR models only; detectors and classifiers run on ONNX
-    /// Runtime, and the gateway's config does not choose it yet.
-    pub engine: Option<engine::EngineKind>,
+    /// The runtime (`detect.backend`). `auto` defers to the manifest's
+    /// `backend`, and if that is `auto` too, runs ONNX Runtime where
+    /// `library` exists and tract otherwise.
+    pub backend: engine::Backend,
+}
+
+impl LoadOptions {
+    /// Defaults for tools (`annotate`, benches, tests): one thread, 50
+    /// Mpx, [`DEFAULT_MAX_FRAME_MEMORY`], the reference's OCR side.
+    pub fn new(library: PathBuf, backend: engine::Backend) -> Self {
+        Self {
+            library,
+            intra_threads: 1,
+            max_pixels: 50_000_000,
+            max_frame_memory: DEFAULT_MAX_FRAME_MEMORY,
+            ocr_side: ocr::DET_MIN_SIDE,
+            backend,
+        }
+    }
+
+    /// The engine these options run `manifest` with.
+    pub fn engine_for(&self, manifest: &Manifest) -> engine::EngineKind {
+        self.backend.over(manifest.backend).resolve(&self.library)
+    }
 }
 
 enum Backend {
@@ -261,8 +301,14 @@ impl Model {
     /// model.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self, InferenceError> {
         let manifest = Manifest::load(dir)?;
-        let info = ModelInfo { name: manifest.name.clone(), version: manifest.version.clone(), hash: manifest.hash() };
-        let kind = opts.engine.unwrap_or(engine::EngineKind::OnnxRuntime);
+        let kind = opts.engine_for(&manifest);
+        let info = ModelInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            hash: manifest.hash(),
+            backend: kind.name().to_owned(),
+            backend_version: kind.version().to_owned(),
+        };
         let file = |role: &str| {
             manifest.file(role).ok_or_else(|| InferenceError::Manifest {
                 path: dir.join("model.toml"),
@@ -272,25 +318,17 @@ impl Model {
         let backend = match manifest.task {
             Task::Ocr => {
                 let (det, rec) = (file("det")?, file("rec")?);
-                let (d, r): (Box<dyn engine::Engine>, Box<dyn engine::Engine>) = match kind {
-                    engine::EngineKind::OnnxRuntime => {
-                        let env = runtime::init(&opts.library)?;
-                        (
-                            Box::new(engine::OrtEngine(runtime::session(&env, &det, opts.intra_threads)?)),
-                            Box::new(engine::OrtEngine(runtime::session(&env, &rec, opts.intra_threads)?)),
-                        )
-                    }
-                    engine::EngineKind::Tract => (
-                        Box::new(tract_engine::TractGraph::load(&det)?),
-                        Box::new(tract_engine::TractGraph::load(&rec)?),
-                    ),
-                };
+                let d = engine::open(kind, &opts.library, &det, opts.intra_threads)?;
+                let r = engine::open(kind, &opts.library, &rec, opts.intra_threads)?;
                 Backend::Ocr(ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?)
             }
-            Task::Detect | Task::Classify => {
-                let env = runtime::init(&opts.library)?;
-                Backend::Vision(vision::Vision::load(&env, &manifest, opts.intra_threads, opts.max_frame_memory)?)
-            }
+            Task::Detect | Task::Classify => Backend::Vision(vision::Vision::load(
+                kind,
+                &opts.library,
+                &manifest,
+                opts.intra_threads,
+                opts.max_frame_memory,
+            )?),
         };
         Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels, max_frame_memory: opts.max_frame_memory })
     }
@@ -386,7 +424,26 @@ impl Model {
         }
     }
 
-    /// OCR only: the first output of each captured run, as ONNX Runtime
+    /// Runs each captured input alone, timed: total milliseconds and runs
+    /// of the detector (or the only graph of a detector/classifier), then
+    /// of the OCR recogniser.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails.
+    pub fn time_bare(&mut self, inputs: &BareInputs) -> Result<[(f64, usize); 2], InferenceError> {
+        let mut out = [(0.0, 0usize); 2];
+        for (stage, t) in &inputs.inputs {
+            let one = BareInputs { inputs: vec![(*stage, t.clone())], frames: 1 };
+            let start = Instant::now();
+            self.run_bare(&one)?;
+            let k = usize::from(*stage == Stage::Rec);
+            out[k].0 += start.elapsed().as_secs_f64() * 1e3;
+            out[k].1 += 1;
+        }
+        Ok(out)
+    }
+
+    /// OCR only: the first output of each captured run, as the runtime
     /// computes it (for comparing runtimes on the same inputs).
     ///
     /// # Errors

@@ -196,6 +196,11 @@ pub struct Manifest {
     /// Class names (tasks `detect`, `classify`).
     #[serde(default)]
     pub labels: LabelsSpec,
+    /// The runtime this model prefers: `auto` (default), `onnxruntime` or
+    /// `tract`. `detect.backend` in the gateway's config, unless `auto`,
+    /// overrides it.
+    #[serde(default)]
+    pub backend: crate::engine::Backend,
     /// Folder the manifest was loaded from (set by `load`).
     #[serde(skip)]
     pub dir: PathBuf,

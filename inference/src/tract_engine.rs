@@ -1,17 +1,25 @@
 //! tract (pure Rust, no vendor library) running one ONNX graph with one f32
 //! input of rank 4: the second engine behind [`crate::engine::Engine`].
-//! Work in progress (issue 16): used for OCR models only so far.
 //!
 //! Owns the graph and its optimised plans. Promise: the graph is parsed
 //! once; a plan is optimised once per input shape and the most recently
 //! used [`PLANS`] are kept (PP-OCR's detector sees one shape per frame
-//! size, its recogniser one per batch width).
+//! size, its recogniser one per batch width; a detector or classifier has
+//! one fixed shape, planned at load). PP-OCR's recogniser cannot be planned
+//! for a symbolic width (a reshape in its neck needs concrete sizes), so a
+//! new width costs one optimisation, about 0.2 s.
+//!
+//! Threads: with `threads > 1` the matrix products of a run are spread over
+//! a private pool of that many threads (tract's `multithread-mm`).
 
+use crate::engine::Port;
 use crate::InferenceError;
 use ndarray::{ArrayD, ArrayView4};
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 /// Optimised plans kept, most recently used first.
 pub const PLANS: usize = 8;
@@ -24,6 +32,7 @@ fn rt(e: impl std::fmt::Display) -> InferenceError {
 pub struct TractGraph {
     model: InferenceModel,
     plans: Vec<(Vec<usize>, Arc<TypedRunnableModel>)>,
+    executor: Executor,
 }
 
 impl std::fmt::Debug for TractGraph {
@@ -32,14 +41,31 @@ impl std::fmt::Debug for TractGraph {
     }
 }
 
+fn fact_shape(f: &InferenceFact) -> Option<Vec<i64>> {
+    let dims = f.shape.dims().collect::<Vec<_>>();
+    if !f.shape.is_open() || !dims.is_empty() {
+        Some(
+            dims.iter()
+                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()).unwrap_or(-1))
+                .collect(),
+        )
+    } else {
+        None
+    }
+}
+
 impl TractGraph {
-    /// Parses the graph at `path`.
+    /// Parses the graph at `path`; runs will use `threads` threads.
     ///
     /// # Errors
     /// [`InferenceError::Runtime`] if tract cannot read it.
-    pub fn load(path: &Path) -> Result<Self, InferenceError> {
-        let model = tract_onnx::onnx().model_for_path(path).map_err(rt)?;
-        Ok(Self { model, plans: Vec::new() })
+    pub fn load(path: &Path, threads: usize) -> Result<Self, InferenceError> {
+        let model = tract_onnx::onnx().model_for_path(path).map_err(|e| rt(format!("{}: {e}", path.display())))?;
+        if model.input_outlets().map_err(rt)?.len() != 1 {
+            return Err(rt(format!("{}: the gateway feeds graphs with exactly one input", path.display())));
+        }
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        Ok(Self { model, plans: Vec::new(), executor })
     }
 
     /// A string from the graph's `metadata_props`, if present.
@@ -48,37 +74,79 @@ impl TractGraph {
         t.to_plain_array_view::<String>().ok()?.iter().next().cloned()
     }
 
-    /// Runs the graph on `input`; returns its first output.
+    fn label(&self, outlet: OutletId) -> String {
+        self.model.outlet_label(outlet).map_or_else(|| self.model.node(outlet.node).name.clone(), str::to_owned)
+    }
+
+    /// The graph's inputs, as the file declares them.
+    pub fn inputs(&self) -> Vec<Port> {
+        let Ok(outlets) = self.model.input_outlets() else { return Vec::new() };
+        outlets
+            .iter()
+            .map(|o| Port {
+                name: self.label(*o),
+                shape: self.model.outlet_fact(*o).ok().and_then(fact_shape),
+            })
+            .collect()
+    }
+
+    /// The graph's outputs; shapes from the most recent plan (concrete), or
+    /// as the file declares them if nothing was planned yet.
+    pub fn outputs(&self) -> Vec<Port> {
+        let Ok(outlets) = self.model.output_outlets() else { return Vec::new() };
+        outlets
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let planned = self.plans.first().and_then(|(_, p)| {
+                    let f = p.model().output_fact(i).ok()?;
+                    f.shape.as_concrete().map(|d| d.iter().map(|&x| x as i64).collect())
+                });
+                Port {
+                    name: self.label(*o),
+                    shape: planned.or_else(|| self.model.outlet_fact(*o).ok().and_then(fact_shape)),
+                }
+            })
+            .collect()
+    }
+
+    /// The plan for inputs of `shape`, optimised now if it is not cached.
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if the graph cannot take that shape.
+    pub fn plan(&mut self, shape: &[usize]) -> Result<Arc<TypedRunnableModel>, InferenceError> {
+        if let Some(i) = self.plans.iter().position(|(s, _)| s == shape) {
+            let p = self.plans.remove(i);
+            let plan = p.1.clone();
+            self.plans.insert(0, p);
+            return Ok(plan);
+        }
+        let plan = self
+            .model
+            .clone()
+            .with_input_fact(0, f32::fact(shape).into())
+            .map_err(rt)?
+            .into_optimized()
+            .map_err(rt)?
+            .into_runnable()
+            .map_err(rt)?;
+        self.plans.insert(0, (shape.to_vec(), plan.clone()));
+        self.plans.truncate(PLANS);
+        Ok(plan)
+    }
+
+    /// Runs the graph on `input`; returns output number `output`.
     ///
     /// # Errors
     /// [`InferenceError::Runtime`] if the plan cannot be made or run.
-    pub fn run(&mut self, input: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, InferenceError> {
-        let shape = input.shape().to_vec();
-        let plan = match self.plans.iter().position(|(s, _)| *s == shape) {
-            Some(i) => {
-                let p = self.plans.remove(i);
-                let plan = p.1.clone();
-                self.plans.insert(0, p);
-                plan
-            }
-            None => {
-                let plan = self
-                    .model
-                    .clone()
-                    .with_input_fact(0, f32::fact(&shape).into())
-                    .map_err(rt)?
-                    .into_optimized()
-                    .map_err(rt)?
-                    .into_runnable()
-                    .map_err(rt)?;
-                self.plans.insert(0, (shape, plan.clone()));
-                self.plans.truncate(PLANS);
-                plan
-            }
-        };
+    pub fn run(&mut self, input: ArrayView4<'_, f32>, output: usize) -> Result<ArrayD<f32>, InferenceError> {
+        let plan = self.plan(input.shape())?;
         let t: Tensor = input.to_owned().into_dyn().into();
-        let out = plan.run(tvec!(t.into())).map_err(rt)?;
-        let first = out.first().ok_or_else(|| rt("the graph has no output"))?;
-        Ok(first.to_plain_array_view::<f32>().map_err(rt)?.to_owned())
+        let out = multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(t.into()))).map_err(rt)?;
+        let n = out.len();
+        let chosen = out.into_iter().nth(output).ok_or_else(|| rt(format!("the graph has {n} outputs, not {}", output + 1)))?;
+        let chosen = chosen.into_tensor();
+        let view = chosen.to_plain_array_view::<f32>().map_err(rt)?;
+        Ok(view.to_owned())
     }
 }

@@ -15,9 +15,9 @@ use crate::imageops::{self, Bgr};
 use crate::manifest::{Colour, Decoder, Fit, InputSpec, Layout, Manifest, OutputSpec};
 use crate::ocr::Times;
 use crate::{InferenceError, Item};
+use crate::engine::{Engine, EngineKind};
 use ndarray::Array4;
-use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
+use std::path::Path;
 use std::time::Instant;
 
 fn rt(e: impl std::fmt::Display) -> InferenceError {
@@ -50,7 +50,7 @@ pub fn estimate_bytes(input: &InputSpec, weights: u64, output_elems: u64, frame_
 
 /// A loaded detector or classifier.
 pub struct Vision {
-    session: Session,
+    session: Box<dyn Engine>,
     weights: u64,
     output_elems: u64,
     input: InputSpec,
@@ -93,7 +93,8 @@ impl Vision {
     /// [`InferenceError::Manifest`] on any mismatch between manifest and
     /// model; [`InferenceError::Runtime`] if the session cannot be made.
     pub fn load(
-        env: &ort::environment::Environment,
+        kind: EngineKind,
+        library: &Path,
         m: &Manifest,
         threads: usize,
         max_frame_memory: u64,
@@ -117,17 +118,20 @@ impl Vision {
                 max_frame_memory >> 20
             )));
         }
-        let session = crate::runtime::session(env, &file, threads)?;
-        let names: Vec<String> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
-        let inp = session.inputs().iter().find(|i| i.name() == input.name).ok_or_else(|| {
+        let mut session = crate::engine::open(kind, library, &file, threads)?;
+        let inputs = session.inputs();
+        let names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
+        let inp = inputs.iter().find(|i| i.name == input.name).ok_or_else(|| {
             bad(format!("input.name {:?} is not an input of the model (it has {names:?})", input.name))
         })?;
-        if let ValueType::Tensor { shape, .. } = inp.dtype() {
-            let want: [i64; 4] = match input.layout {
-                Layout::Nchw => [1, 3, input.height as i64, input.width as i64],
-                Layout::Nhwc => [1, input.height as i64, input.width as i64, 3],
-            };
-            let dims: Vec<i64> = shape.iter().copied().collect();
+        if inputs.len() != 1 {
+            return Err(bad(format!("the model has {} inputs ({names:?}); the gateway feeds exactly one", inputs.len())));
+        }
+        let want: [i64; 4] = match input.layout {
+            Layout::Nchw => [1, 3, input.height as i64, input.width as i64],
+            Layout::Nhwc => [1, input.height as i64, input.width as i64, 3],
+        };
+        if let Some(dims) = &inp.shape {
             if dims.len() != 4 || dims.iter().zip(want.iter()).skip(1).any(|(d, w)| *d > 0 && d != w) {
                 return Err(bad(format!(
                     "the model's input {:?} has shape {dims:?}; the manifest describes {want:?}",
@@ -135,7 +139,10 @@ impl Vision {
                 )));
             }
         }
-        let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+        // The input shape is fixed: tract optimises its one plan now.
+        session.prepare(&want.map(|d| d as usize))?;
+        let outputs = session.outputs();
+        let out_names: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
         let out_index = match &output.name {
             None => 0,
             Some(n) => out_names.iter().position(|o| o == n).ok_or_else(|| {
@@ -154,22 +161,16 @@ impl Vision {
                 .map(str::to_owned)
                 .collect()
         } else if let Some(k) = &m.labels.metadata_key {
-            let v = session
-                .metadata()
-                .map_err(rt)?
-                .custom(k)
-                .ok_or_else(|| bad(format!("the model has no metadata key {k:?}")))?;
+            let v = session.metadata(k).ok_or_else(|| bad(format!("the model has no metadata key {k:?}")))?;
             parse_names(&v)
         } else {
             Vec::new()
         };
+        let out_shape = outputs.get(out_index).and_then(|o| o.shape.clone());
         // Dynamic output dimensions count as 1: the output is small next to
         // the input for every decoder here.
-        let output_elems = match session.outputs()[out_index].dtype() {
-            ValueType::Tensor { shape, .. } => shape.iter().map(|d| (*d).max(1) as u64).product(),
-            _ => 0,
-        };
-        if let ValueType::Tensor { shape, .. } = session.outputs()[out_index].dtype() {
+        let output_elems = out_shape.as_ref().map_or(0, |shape| shape.iter().map(|d| (*d).max(1) as u64).product());
+        if let Some(shape) = &out_shape {
             let classes = match (output.decoder, shape.len()) {
                 (Decoder::Yolov8, 3) => shape[1] - 4,
                 (Decoder::Yolov5, 3) => shape[2] - 5,
@@ -260,13 +261,12 @@ impl Vision {
             c.push((crate::Stage::Det, t4.clone()));
         }
         let t = Instant::now();
-        let name = self.input.name.clone();
-        let outputs =
-            self.session.run(ort::inputs![name => TensorRef::from_array_view(t4.view()).map_err(rt)?]).map_err(rt)?;
-        let out = outputs[self.out_index].try_extract_array::<f32>().map_err(rt)?;
+        let out = self.session.run_output(t4.view(), self.out_index)?;
         let shape = out.shape().to_vec();
-        let flat: Vec<f32> = out.iter().copied().collect();
-        drop(outputs);
+        let flat: Vec<f32> = match out.as_slice() {
+            Some(_) => out.into_raw_vec_and_offset().0,
+            None => out.iter().copied().collect(),
+        };
         times.run_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let back = |bx: [f32; 4]| {
@@ -317,13 +317,7 @@ impl Vision {
     /// Runs the session alone on inputs captured before (bare baseline).
     pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
         for (_, t4) in inputs {
-            let name = self.input.name.clone();
-            let outputs = self
-                .session
-                .run(ort::inputs![name => TensorRef::from_array_view(t4.view()).map_err(rt)?])
-                .map_err(rt)?;
-            let out = outputs[self.out_index].try_extract_array::<f32>().map_err(rt)?;
-            std::hint::black_box(out.iter().copied().collect::<Vec<f32>>());
+            std::hint::black_box(self.session.run_output(t4.view(), self.out_index)?);
         }
         Ok(())
     }

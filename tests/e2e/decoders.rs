@@ -3,6 +3,7 @@
 //! (in the reference venv that `tests/run` creates).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use inference::engine::Backend;
 use inference::{InferenceError, Item, LoadOptions, Model};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +30,7 @@ fn opts() -> LoadOptions {
         max_pixels: 1 << 24,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: None,
+        backend: inference::engine::Backend::Onnxruntime,
     }
 }
 
@@ -55,13 +56,27 @@ fn close(got: &[(String, [f32; 4], f32)], want: &[(&str, [f32; 4], f32)]) {
     }
 }
 
+fn on(backend: Backend) -> LoadOptions {
+    LoadOptions { backend, ..opts() }
+}
+
+/// Both runtimes (issue 16): the same graphs give the same answers on
+/// ONNX Runtime and on tract, and each annotation names its runtime.
 #[test]
 fn yolo_and_classify_decoders_give_the_known_answers() {
+    for backend in [Backend::Onnxruntime, Backend::Tract] {
+        known_answers(backend);
+    }
+}
+
+fn known_answers(backend: Backend) {
     let g = graphs();
+    let opts = || on(backend);
 
     // YOLOv8, letterboxed: 128x64 -> 64x32 at scale 0.5, padded 16 px on top.
     let mut m = Model::load(&g.path().join("yolov8"), &opts()).unwrap();
     let a = m.annotate(&png(128, 64, [50, 50, 50])).unwrap();
+    assert_eq!(a.model.backend, backend.as_str());
     close(&summary(&a.items), &[("bolt", [32.0, 22.0, 48.0, 34.0], 0.9), ("nut", [32.0, 22.0, 48.0, 34.0], 0.7)]);
 
     // YOLOv5, stretched: x scale 0.5, y scale 1; score = objectness x class.
@@ -87,6 +102,13 @@ fn yolo_and_classify_decoders_give_the_known_answers() {
 
 #[test]
 fn a_manifest_that_does_not_fit_the_model_is_refused_clearly() {
+    for backend in [Backend::Onnxruntime, Backend::Tract] {
+        refused_clearly(backend);
+    }
+}
+
+fn refused_clearly(backend: Backend) {
+    let opts = || on(backend);
     let g = graphs();
     let d = g.path().join("yolov8");
     let text = std::fs::read_to_string(d.join("model.toml")).unwrap();
@@ -114,6 +136,30 @@ fn a_manifest_that_does_not_fit_the_model_is_refused_clearly() {
     std::fs::write(d.join("model.onnx"), b"tampered").unwrap();
     std::fs::write(d.join("model.toml"), &text).unwrap();
     assert!(matches!(Model::load(&d, &opts()), Err(InferenceError::Checksum { .. })));
+}
+
+/// `backend` in a manifest is followed when the config says `auto`, and an
+/// explicit config choice overrides it; `auto` without the library runs
+/// tract.
+#[test]
+fn the_manifest_or_the_config_chooses_the_runtime() {
+    let g = graphs();
+    let d = g.path().join("classify");
+    let text = std::fs::read_to_string(d.join("model.toml")).unwrap();
+    std::fs::write(d.join("model.toml"), format!("backend = \"tract\"\n{text}")).unwrap();
+    let backend_of = |o: &LoadOptions| Model::load(&d, o).unwrap().annotate(&png(16, 16, [1, 2, 3])).unwrap().model;
+    let m = backend_of(&on(Backend::Auto));
+    assert_eq!((m.backend.as_str(), m.backend_version.as_str()), ("tract", inference::engine::TRACT_VERSION));
+    assert_eq!(backend_of(&on(Backend::Onnxruntime)).backend, "onnxruntime");
+    std::fs::write(d.join("model.toml"), &text).unwrap();
+    assert_eq!(backend_of(&on(Backend::Auto)).backend, "onnxruntime", "auto with the library present");
+    let mut none = on(Backend::Auto);
+    none.library = PathBuf::from("/nonexistent/libonnxruntime.so.1.31.1");
+    let m = backend_of(&none);
+    assert_eq!(m.backend, "tract", "auto without the library");
+    std::fs::write(d.join("model.toml"), format!("backend = \"tflite\"\n{text}")).unwrap();
+    let e = Model::load(&d, &on(Backend::Auto)).unwrap_err();
+    assert!(e.to_string().contains("tflite"), "{e}");
 }
 
 #[test]

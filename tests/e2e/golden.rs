@@ -71,15 +71,13 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
     assert_eq!(reference.len(), files.len());
 
     let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let opts = LoadOptions {
-        library,
-        intra_threads: 1,
-        max_pixels: 50_000_000,
-        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
-        ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: None,
-    };
+    // ONNX Runtime, as the reference; images/check runs it on tract for
+    // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
+    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
+    let backend = inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
+    let opts = LoadOptions::new(library, backend);
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+    println!("golden test on {} {}", model.info.backend, model.info.backend_version);
 
     let (mut items, mut same_text, mut score_close, mut max_box, mut max_score) = (0, 0, 0, 0f32, 0f32);
     let mut ours_by_file = BTreeMap::new();
@@ -159,15 +157,13 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
 #[test]
 fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let opts = LoadOptions {
-        library,
-        intra_threads: 1,
-        max_pixels: 50_000_000,
-        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
-        ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: None,
-    };
+    // ONNX Runtime, as the reference; images/check runs it on tract for
+    // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
+    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
+    let backend = inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
+    let opts = LoadOptions::new(library, backend);
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+    println!("golden test on {} {}", model.info.backend, model.info.backend_version);
     let normal = frames().into_iter().next().unwrap();
     let before = model.annotate(&std::fs::read(&normal).unwrap()).unwrap();
     let rss = || {
@@ -221,7 +217,7 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
         max_pixels: 50_000_000,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: None,
+        backend: inference::engine::Backend::Onnxruntime,
     };
     let dir = repo().join("models/ppocr-v4");
     let mut m = Model::load(&dir, &opts).unwrap();
@@ -233,13 +229,13 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
     let ort_out = m.bare_outputs(&inputs).unwrap();
     let ort_s = t.elapsed().as_secs_f64();
     let manifest = inference::Manifest::load(&dir).unwrap();
-    let mut det = TractGraph::load(&manifest.file("det").unwrap()).unwrap();
-    let mut rec = TractGraph::load(&manifest.file("rec").unwrap()).unwrap();
+    let mut det = TractGraph::load(&manifest.file("det").unwrap(), 1).unwrap();
+    let mut rec = TractGraph::load(&manifest.file("rec").unwrap(), 1).unwrap();
     let t = std::time::Instant::now();
     let mut worst = (0.0f32, 0.0f32);
     for ((which, input), o) in inputs.tensors().into_iter().zip(&ort_out) {
         let g = if which == "det" { &mut det } else { &mut rec };
-        let tr = g.run(input).unwrap();
+        let tr = g.run(input, 0).unwrap();
         assert_eq!(tr.shape(), o.shape(), "{which}");
         let d = tr.iter().zip(o.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         if which == "det" {
@@ -262,18 +258,18 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
 /// Runtime, every fixture frame: texts, boxes, scores.
 #[test]
 fn tract_reads_the_fixtures_as_onnxruntime_does() {
-    use inference::engine::EngineKind;
-    let opts = |engine| LoadOptions {
-        library: repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
-        intra_threads: 1,
-        max_pixels: 50_000_000,
-        max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
-        ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: Some(engine),
+    use inference::engine::Backend;
+    let opts = |backend| {
+        LoadOptions::new(
+            repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
+            backend,
+        )
     };
     let dir = repo().join("models/ppocr-v4");
-    let mut ort = Model::load(&dir, &opts(EngineKind::OnnxRuntime)).unwrap();
-    let mut tract = Model::load(&dir, &opts(EngineKind::Tract)).unwrap();
+    let mut ort = Model::load(&dir, &opts(Backend::Onnxruntime)).unwrap();
+    let mut tract = Model::load(&dir, &opts(Backend::Tract)).unwrap();
+    assert_eq!((ort.info.backend.as_str(), tract.info.backend.as_str()), ("onnxruntime", "tract"));
+    assert_eq!(ort.info.hash, tract.info.hash, "the model hash does not depend on the runtime");
     let files = frames();
     let (mut lines, mut same, mut max_box, mut max_score) = (0usize, 0usize, 0.0f32, 0.0f32);
     let (mut t_ort, mut t_tract) = (0.0f64, 0.0f64);

@@ -122,7 +122,7 @@ pub async fn detect_throughput(
         max_pixels: 1 << 25,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
-        engine: None,
+        backend: inference::engine::Backend::Onnxruntime,
     };
     let workers = workers.max(1);
 
@@ -247,6 +247,7 @@ async fn stage_pass(
         max_pixels: 1 << 25,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        backend: inference::engine::Backend::Onnxruntime,
         sample: crate::sample::SampleConfig::default(),
     };
     let stage = Detect::start(log.clone(), &opts)?;
@@ -341,7 +342,7 @@ pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usiz
             max_pixels: 1 << 25,
             max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
             ocr_side: side,
-            engine: None,
+            backend: inference::engine::Backend::Onnxruntime,
         };
         let mut m = Model::load(model, &load)?;
         let mut r = SideRow { side, lines_read: 0, lines: 0, texts_on_blank: 0, ms_per_frame: 0.0 };

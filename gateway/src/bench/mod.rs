@@ -5,11 +5,13 @@
 //! prints the ratio, so figures from different machines compare.
 
 mod all;
+mod backends;
 mod backlog;
 mod detect;
 mod live;
 
 pub use all::{all, AllBench, AllOptions, Row};
+pub use backends::{backends, BackendRow, BackendsBench};
 pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, SideBench, SideRow};
 pub use live::{drain, idle, DrainBench, IdleBench};
@@ -403,7 +405,7 @@ pub async fn replicate_throughput(
                 frame_bytes: f.payload.len() as u64,
                 sampled: (img > 0).then_some(crate::sample::SampleReason::EveryNth),
                 annotation: inference::Annotation {
-                    model: inference::ModelInfo { name: "ppocr-v4".into(), version: "4".into(), hash: "0".repeat(64) },
+                    model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
                     width: 640,
                     height: 480,
                     items: (0..5)

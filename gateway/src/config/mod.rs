@@ -168,6 +168,10 @@ pub struct RawDetect {
     /// smaller is faster and reads small print less well (`vision-gateway
     /// bench ocr-side` prints the trade-off on your frames).
     pub ocr_side: Option<u32>,
+    /// The runtime: `"auto"` (default: ONNX Runtime where its library is,
+    /// tract otherwise; a manifest's `backend` is followed), `"onnxruntime"`
+    /// or `"tract"` (compiled in, no library).
+    pub backend: Option<String>,
 }
 
 /// `[sample]`: which images go upstream (annotations always do).
@@ -334,6 +338,8 @@ pub struct DetectConfig {
     pub max_frame_memory: u64,
     /// OCR detector side.
     pub ocr_side: usize,
+    /// Runtime.
+    pub backend: inference::engine::Backend,
 }
 
 /// Validated `[replicate]`.
@@ -680,7 +686,29 @@ impl Config {
                 }
                 side as usize
             },
+            backend: match d.backend.as_deref().map(|b| (b, inference::engine::Backend::parse(b))) {
+                None => inference::engine::Backend::Auto,
+                Some((_, Some(b))) => b,
+                Some((b, None)) => {
+                    v.problem("detect.backend", format!("{b:?} is not \"auto\", \"onnxruntime\" or \"tract\""));
+                    inference::engine::Backend::Auto
+                }
+            },
         };
+
+        if detect.enabled
+            && detect.backend == inference::engine::Backend::Onnxruntime
+            && !detect.onnxruntime.is_file()
+        {
+            v.problem(
+                "detect.backend",
+                format!(
+                    "\"onnxruntime\" needs its library, and there is no file at {} (detect.onnxruntime); \
+                     use \"tract\" or \"auto\" on a box without ONNX Runtime",
+                    detect.onnxruntime.display()
+                ),
+            );
+        }
 
         let sm = raw.sample;
         let text_pattern = sm.text_pattern.as_deref().and_then(|p| match regex::Regex::new(p) {
@@ -1054,6 +1082,24 @@ ocr_side = 700
         let small = small.replacen("[mqtt]", "[mqtt]\nmax_frame_bytes = \"1MiB\"", 1);
         let c = Config::parse(Path::new("s.toml"), &small, &env()).unwrap();
         assert_eq!(c.mqtt.quarantine_max_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn the_backend_is_checked_and_onnxruntime_needs_its_library() {
+        let c = Config::parse(Path::new("c.toml"), MINIMAL, &env()).unwrap();
+        assert_eq!(c.detect.backend, inference::engine::Backend::Auto);
+        let t = format!("{MINIMAL}[detect]\nbackend = \"tract\"\n");
+        assert_eq!(Config::parse(Path::new("c.toml"), &t, &env()).unwrap().detect.backend, inference::engine::Backend::Tract);
+        let t = format!("{MINIMAL}[detect]\nbackend = \"tensorrt\"\n");
+        let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
+        assert_eq!(e.problems[0].key, "detect.backend", "{e}");
+        assert!(e.to_string().contains("\"tensorrt\" is not"), "{e}");
+        let t = format!("{MINIMAL}[detect]\nbackend = \"onnxruntime\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"\n");
+        let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
+        assert!(e.to_string().contains("no file at /nonexistent/libonnxruntime.so.1.31.1"), "{e}");
+        // Off, it does not matter.
+        let t = t.replace("[detect]\n", "[detect]\nenabled = false\n");
+        assert!(Config::parse(Path::new("c.toml"), &t, &env()).is_ok());
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct DetectOptions {
     pub max_frame_memory: u64,
     /// OCR detector side (`detect.ocr_side`).
     pub ocr_side: usize,
+    /// Runtime (`detect.backend`).
+    pub backend: inference::engine::Backend,
     /// Which images are kept for upload.
     pub sample: crate::sample::SampleConfig,
 }
@@ -163,7 +165,7 @@ impl Detect {
                 max_pixels: opts.max_pixels,
                 max_frame_memory: opts.max_frame_memory,
                 ocr_side: opts.ocr_side,
-                engine: None,
+                backend: opts.backend,
             };
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();
@@ -352,7 +354,7 @@ impl Detect {
 /// nothing was found, and the record still goes upstream in order.
 pub fn not_annotated() -> Annotation {
     Annotation {
-        model: inference::ModelInfo { name: "none".into(), version: String::new(), hash: String::new() },
+        model: inference::ModelInfo::new("none", "", ""),
         width: 0,
         height: 0,
         items: Vec::new(),
