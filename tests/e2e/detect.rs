@@ -83,6 +83,58 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
     );
 }
 
+/// Issue 16: the real service on a box without ONNX Runtime. The config
+/// points `detect.onnxruntime` at a file that does not exist and says
+/// `auto`, as on armv7: the service runs tract, reads the labels of one
+/// camera's frames, and every annotation says `tract`.
+#[test]
+fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.detect = true;
+    s.onnxruntime = dir.path().join("no-such/libonnxruntime.so.1.31.1");
+    let cfg = s.write(&dir.path().join("g.toml"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"), "{text}");
+    let gw = Gateway::start(&cfg, s.http_port);
+    let cameras: Vec<_> =
+        load_cameras(&fixtures().join("cameras")).unwrap().into_iter().filter(|c| c.id == "line1-cam1").collect();
+    let total = cameras[0].frames.len();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(replay(&cameras, &mq.addr(), Some(20.0), false)).unwrap();
+    gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
+        m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
+    });
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    let anns = annotations(&s.open_log());
+    assert_eq!(anns.len(), total);
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("cameras/line1-cam1/expected.json")).unwrap()).unwrap();
+    let norm = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    let (mut lines, mut read) = (0, 0);
+    for (a, e) in anns.iter().zip(expected["frames"].as_array().unwrap()) {
+        assert_eq!(
+            (a.annotation.model.backend.as_str(), a.annotation.model.backend_version.as_str()),
+            ("tract", inference::engine::TRACT_VERSION)
+        );
+        assert!(a.annotation.error.is_none(), "{:?}", a.annotation.error);
+        let got: Vec<String> = a.annotation.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
+        for t in e["texts"].as_array().into_iter().flatten() {
+            lines += 1;
+            read += usize::from(got.contains(&norm(t.as_str().unwrap())));
+        }
+    }
+    println!("tract e2e: {total} frames, label lines read exactly {read}/{lines}");
+    assert!(lines > 0 && read as f64 >= 0.9 * lines as f64, "{read}/{lines}");
+}
+
 /// The status page: every camera's newest frame with its boxes and text, as
 /// HTML, as JSON, and as Chromium draws it (a screenshot, checked for the
 /// box colour and kept for the docs).

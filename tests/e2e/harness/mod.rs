@@ -152,6 +152,10 @@ pub struct Settings {
     pub detect: bool,
     /// `detect.when_disabled` ("hold" keeps raw frames for the intake tests).
     pub when_disabled: &'static str,
+    /// `detect.backend`.
+    pub backend: &'static str,
+    /// `detect.onnxruntime` (default: the fetched library).
+    pub onnxruntime: PathBuf,
 }
 
 impl Settings {
@@ -166,6 +170,8 @@ impl Settings {
             max_frame_bytes: "1MiB",
             detect: false,
             when_disabled: "hold",
+            backend: "auto",
+            onnxruntime: onnxruntime(),
             kafka: "127.0.0.1:9".into(),
             extra: String::new(),
         }
@@ -175,7 +181,7 @@ impl Settings {
         format!(
             "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
-             [detect]\nenabled = {}\nwhen_disabled = \"{}\"\nmodel = \"{}\"\nonnxruntime = \"{}\"\n\
+             [detect]\nenabled = {}\nwhen_disabled = \"{}\"\nmodel = \"{}\"\nonnxruntime = \"{}\"\nbackend = \"{}\"\n\
              [replicate]\nbrokers = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
             self.gateway_id,
             self.log_dir.display(),
@@ -186,7 +192,8 @@ impl Settings {
             self.detect,
             self.when_disabled,
             repo().join("models/ppocr-v4").display(),
-            onnxruntime().display(),
+            self.onnxruntime.display(),
+            self.backend,
             self.kafka,
             self.http_port,
             self.extra
