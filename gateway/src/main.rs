@@ -531,7 +531,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let cwd = std::env::current_dir().ok();
             let library = inference::runtime::default_library(onnxruntime.as_deref(), cwd.as_deref());
             let backend = inference::engine::Backend::parse(&backend).unwrap_or_default();
-            let opts = inference::LoadOptions { intra_threads: threads, ..inference::LoadOptions::new(library, backend) };
+            let opts =
+                inference::LoadOptions { intra_threads: threads, ..inference::LoadOptions::new(library, backend) };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
             let mut failed = false;

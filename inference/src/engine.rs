@@ -253,7 +253,10 @@ mod tests {
     #[test]
     fn tract_version_is_the_pinned_one() {
         let cargo = include_str!("../Cargo.toml");
-        assert!(cargo.contains(&format!("tract-onnx = \"={TRACT_VERSION}\"")), "inference/Cargo.toml pins another tract");
+        assert!(
+            cargo.contains(&format!("tract-onnx = \"={TRACT_VERSION}\"")),
+            "inference/Cargo.toml pins another tract"
+        );
     }
 
     #[test]

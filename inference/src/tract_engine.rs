@@ -17,9 +17,9 @@ use crate::InferenceError;
 use ndarray::{ArrayD, ArrayView4};
 use std::path::Path;
 use std::sync::Arc;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 /// Optimised plans kept, most recently used first.
 pub const PLANS: usize = 8;
@@ -44,11 +44,7 @@ impl std::fmt::Debug for TractGraph {
 fn fact_shape(f: &InferenceFact) -> Option<Vec<i64>> {
     let dims = f.shape.dims().collect::<Vec<_>>();
     if !f.shape.is_open() || !dims.is_empty() {
-        Some(
-            dims.iter()
-                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()).unwrap_or(-1))
-                .collect(),
-        )
+        Some(dims.iter().map(|d| d.concretize().and_then(|d| d.to_i64().ok()).unwrap_or(-1)).collect())
     } else {
         None
     }
@@ -83,10 +79,7 @@ impl TractGraph {
         let Ok(outlets) = self.model.input_outlets() else { return Vec::new() };
         outlets
             .iter()
-            .map(|o| Port {
-                name: self.label(*o),
-                shape: self.model.outlet_fact(*o).ok().and_then(fact_shape),
-            })
+            .map(|o| Port { name: self.label(*o), shape: self.model.outlet_fact(*o).ok().and_then(fact_shape) })
             .collect()
     }
 
@@ -144,7 +137,8 @@ impl TractGraph {
         let t: Tensor = input.to_owned().into_dyn().into();
         let out = multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(t.into()))).map_err(rt)?;
         let n = out.len();
-        let chosen = out.into_iter().nth(output).ok_or_else(|| rt(format!("the graph has {n} outputs, not {}", output + 1)))?;
+        let chosen =
+            out.into_iter().nth(output).ok_or_else(|| rt(format!("the graph has {n} outputs, not {}", output + 1)))?;
         let chosen = chosen.into_tensor();
         let view = chosen.to_plain_array_view::<f32>().map_err(rt)?;
         Ok(view.to_owned())

@@ -11,11 +11,11 @@
 //! before it is decoded ([`Vision::estimate_bytes`]): the input size is
 //! fixed by the manifest, so only the decoded frame grows with the frame.
 
+use crate::engine::{Engine, EngineKind};
 use crate::imageops::{self, Bgr};
 use crate::manifest::{Colour, Decoder, Fit, InputSpec, Layout, Manifest, OutputSpec};
 use crate::ocr::Times;
 use crate::{InferenceError, Item};
-use crate::engine::{Engine, EngineKind};
 use ndarray::Array4;
 use std::path::Path;
 use std::time::Instant;
@@ -125,7 +125,10 @@ impl Vision {
             bad(format!("input.name {:?} is not an input of the model (it has {names:?})", input.name))
         })?;
         if inputs.len() != 1 {
-            return Err(bad(format!("the model has {} inputs ({names:?}); the gateway feeds exactly one", inputs.len())));
+            return Err(bad(format!(
+                "the model has {} inputs ({names:?}); the gateway feeds exactly one",
+                inputs.len()
+            )));
         }
         let want: [i64; 4] = match input.layout {
             Layout::Nchw => [1, 3, input.height as i64, input.width as i64],

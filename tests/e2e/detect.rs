@@ -101,7 +101,10 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"), "{text}");
+    assert!(
+        out.status.success() && text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"),
+        "{text}"
+    );
     let gw = Gateway::start(&cfg, s.http_port);
     let cameras: Vec<_> =
         load_cameras(&fixtures().join("cameras")).unwrap().into_iter().filter(|c| c.id == "line1-cam1").collect();

@@ -74,7 +74,8 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
     // ONNX Runtime, as the reference; images/check runs it on tract for
     // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
     let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
-    let backend = inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
+    let backend =
+        inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
     let opts = LoadOptions::new(library, backend);
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
@@ -160,7 +161,8 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     // ONNX Runtime, as the reference; images/check runs it on tract for
     // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
     let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
-    let backend = inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
+    let backend =
+        inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
     let opts = LoadOptions::new(library, backend);
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);

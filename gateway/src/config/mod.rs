@@ -696,9 +696,7 @@ impl Config {
             },
         };
 
-        if detect.enabled
-            && detect.backend == inference::engine::Backend::Onnxruntime
-            && !detect.onnxruntime.is_file()
+        if detect.enabled && detect.backend == inference::engine::Backend::Onnxruntime && !detect.onnxruntime.is_file()
         {
             v.problem(
                 "detect.backend",
@@ -1089,12 +1087,17 @@ ocr_side = 700
         let c = Config::parse(Path::new("c.toml"), MINIMAL, &env()).unwrap();
         assert_eq!(c.detect.backend, inference::engine::Backend::Auto);
         let t = format!("{MINIMAL}[detect]\nbackend = \"tract\"\n");
-        assert_eq!(Config::parse(Path::new("c.toml"), &t, &env()).unwrap().detect.backend, inference::engine::Backend::Tract);
+        assert_eq!(
+            Config::parse(Path::new("c.toml"), &t, &env()).unwrap().detect.backend,
+            inference::engine::Backend::Tract
+        );
         let t = format!("{MINIMAL}[detect]\nbackend = \"tensorrt\"\n");
         let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
         assert_eq!(e.problems[0].key, "detect.backend", "{e}");
         assert!(e.to_string().contains("\"tensorrt\" is not"), "{e}");
-        let t = format!("{MINIMAL}[detect]\nbackend = \"onnxruntime\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"\n");
+        let t = format!(
+            "{MINIMAL}[detect]\nbackend = \"onnxruntime\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"\n"
+        );
         let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
         assert!(e.to_string().contains("no file at /nonexistent/libonnxruntime.so.1.31.1"), "{e}");
         // Off, it does not matter.
