@@ -373,6 +373,15 @@ fn worker(
 ) {
     let mut model = match model_dir.as_ref().map(|d| Model::load(d, &load)).transpose() {
         Ok(m) => {
+            if let Some(m) = &m {
+                tracing::info!(
+                    model = %m.info.name,
+                    version = %m.info.version,
+                    runtime = %format!("{} {}", m.info.backend, m.info.backend_version),
+                    threads = load.intra_threads,
+                    "model loaded"
+                );
+            }
             let _ = ready.send(Ok(()));
             m
         }
