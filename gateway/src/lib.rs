@@ -96,6 +96,8 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         max_frame_memory: config.detect.max_frame_memory,
         ocr_side: config.detect.ocr_side,
         backend: config.detect.backend,
+        text: config.detect.text,
+        fields: config.fields.clone(),
         sample: config.sample.clone(),
     };
     let detect = if !config.detect.enabled && config.detect.hold_when_disabled {

@@ -80,6 +80,15 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// A gateway config: read its `[[fields]]` and apply its
+        /// `[detect.text]` (the rest of the file is not needed), to check
+        /// formats on sample images before deploying them.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// With --config: apply the fields declared for this camera id
+        /// (default: every field, whatever its `cameras`).
+        #[arg(long, requires = "config")]
+        camera: Option<String>,
         /// JPEG or PNG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -527,18 +536,36 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let clean = r.corrupt.is_empty() && r.inconsistent.is_empty();
             Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Annotate { model, onnxruntime, threads, backend, json, images } => {
+        Command::Annotate { model, onnxruntime, threads, backend, json, config, camera, images } => {
             let cwd = std::env::current_dir().ok();
             let library = inference::runtime::default_library(onnxruntime.as_deref(), cwd.as_deref());
             let backend = inference::engine::Backend::parse(&backend).unwrap_or_default();
-            let opts =
-                inference::LoadOptions { intra_threads: threads, ..inference::LoadOptions::new(library, backend) };
+            let (decls, filter) = match &config {
+                Some(path) => match Config::load_fields(path) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+                None => (Vec::new(), inference::ocr::TextFilter::default()),
+            };
+            let decls: Vec<_> =
+                decls.into_iter().filter(|d| camera.as_deref().is_none_or(|c| d.applies(c))).collect();
+            let opts = inference::LoadOptions {
+                intra_threads: threads,
+                text_filter: filter,
+                ..inference::LoadOptions::new(library, backend)
+            };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
+            let specs: Vec<_> = decls.iter().map(|d| d.spec.clone()).collect();
+            let compiled = m.compile_fields(&specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let fields: Vec<&inference::fields::Field> = compiled.iter().collect();
             let mut failed = false;
             for path in &images {
                 let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let a = m.annotate(&bytes)?;
+                let a = m.annotate_with(&bytes, &fields)?;
                 failed |= a.error.is_some();
                 if json {
                     let mut v = serde_json::to_value(&a)?;
@@ -566,6 +593,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                             "  {:>5.3}  [{:.0}, {:.0}, {:.0}, {:.0}]  {what}",
                             it.score, it.bbox[0], it.bbox[1], it.bbox[2], it.bbox[3]
                         );
+                    }
+                    for (name, f) in &a.fields {
+                        println!(
+                            "  field {name} = {:?}  score {:.3}{}  (read {:?})",
+                            f.value,
+                            f.score,
+                            if f.uncertain { " UNCERTAIN" } else { "" },
+                            f.raw
+                        );
+                    }
+                    if !a.missing.is_empty() {
+                        println!("  missing: {}", a.missing.join(", "));
                     }
                 }
             }

@@ -7,7 +7,8 @@
 //! - rules: every Nth frame of a camera; an item whose label or text
 //!   matches `labels` / `text_pattern` with at least `min_score`; a best
 //!   score below `low_confidence_below` (material for retraining); a frame
-//!   that could not be decoded;
+//!   that could not be decoded; a frame with a declared label field missing
+//!   or uncertain (`review`, for a human look upstream);
 //! - limits: at most one sampled frame per `min_interval` per camera, and a
 //!   per-camera token bucket of `max_bytes_per_second` (burst: 10 s worth).
 //!
@@ -36,6 +37,8 @@ pub enum SampleReason {
     LowConfidence,
     /// The frame could not be decoded.
     Error,
+    /// A required label field is missing or a field is uncertain.
+    Review,
 }
 
 /// Sampling rules and limits (`[sample]`).
@@ -53,6 +56,8 @@ pub struct SampleConfig {
     pub low_confidence_below: Option<f32>,
     /// Sample frames that could not be decoded.
     pub errors: bool,
+    /// Sample frames with a missing or uncertain label field.
+    pub review: bool,
     /// Minimum time between two sampled frames of one camera.
     pub min_interval: Duration,
     /// Upload budget per camera, bytes per second (0 = unlimited).
@@ -68,6 +73,7 @@ impl Default for SampleConfig {
             min_score: 0.5,
             low_confidence_below: None,
             errors: true,
+            review: true,
             min_interval: Duration::ZERO,
             max_bytes_per_second: 0,
         }
@@ -127,6 +133,9 @@ impl Sampler {
     fn rule(&self, frame_no: u64, a: &Annotation) -> Option<SampleReason> {
         if a.error.is_some() {
             return self.cfg.errors.then_some(SampleReason::Error);
+        }
+        if self.cfg.review && a.needs_review() {
+            return Some(SampleReason::Review);
         }
         if self.cfg.every_nth > 0 && frame_no % self.cfg.every_nth == 0 {
             return Some(SampleReason::EveryNth);
@@ -195,6 +204,8 @@ mod tests {
             items: items.iter().map(|(t, s)| Item::text((*t).into(), *s, [[0.0, 0.0]; 4])).collect(),
             timings: Timings::default(),
             error: None,
+            fields: Default::default(),
+            missing: Vec::new(),
         }
     }
 
@@ -222,6 +233,29 @@ mod tests {
         let mut e = ann(&[]);
         e.error = Some("bad".into());
         assert_eq!(s.decide("c", &e, 1, 3), Some(SampleReason::Error));
+    }
+
+    #[test]
+    fn missing_or_uncertain_fields_are_sampled_for_review() {
+        let mut s = Sampler::new(SampleConfig { every_nth: 0, ..SampleConfig::default() });
+        let field = |uncertain| inference::fields::FieldValue {
+            value: "L2112X".into(),
+            score: if uncertain { 0.3 } else { 0.9 },
+            raw: "L0T L2112X".into(),
+            bbox: [0.0; 4],
+            uncertain,
+        };
+        let mut ok = ann(&[("LOT L2112X", 0.9)]);
+        ok.fields.insert("lot".into(), field(false));
+        assert_eq!(s.decide("c", &ok, 1, 0), None);
+        let mut unsure = ok.clone();
+        unsure.fields.insert("lot".into(), field(true));
+        assert_eq!(s.decide("c", &unsure, 1, 1), Some(SampleReason::Review));
+        let mut missing = ok.clone();
+        missing.missing.push("sn".into());
+        assert_eq!(s.decide("c", &missing, 1, 2), Some(SampleReason::Review));
+        let mut off = Sampler::new(SampleConfig { every_nth: 0, review: false, ..SampleConfig::default() });
+        assert_eq!(off.decide("c", &missing, 1, 3), None);
     }
 
     #[test]

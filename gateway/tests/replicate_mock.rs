@@ -106,6 +106,8 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
                 items: vec![Item::text(format!("SN{i}"), 0.9, [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])],
                 timings: Timings::default(),
                 error: None,
+                fields: Default::default(),
+                missing: Vec::new(),
             },
         };
         b.put_blob(Area::Annotations, seq, &serde_json::to_vec(&fa).unwrap());

@@ -19,6 +19,7 @@
 //! probabilities, top-k).
 
 pub mod engine;
+pub mod fields;
 pub mod imageops;
 mod manifest;
 pub mod ocr;
@@ -189,6 +190,34 @@ pub struct Annotation {
     /// Why the frame could not be annotated, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Declared label fields read on the frame, by name (OCR models with
+    /// `[[fields]]` declared; absent when none was read).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, fields::FieldValue>,
+    /// Required fields not read, on a frame where text was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+impl Annotation {
+    /// An annotation of a frame that could not be read.
+    pub fn failed(model: ModelInfo, error: String) -> Self {
+        Self {
+            model,
+            width: 0,
+            height: 0,
+            items: Vec::new(),
+            timings: Timings::default(),
+            error: Some(error),
+            fields: std::collections::BTreeMap::new(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// Whether a declared field is missing or uncertain.
+    pub fn needs_review(&self) -> bool {
+        !self.missing.is_empty() || self.fields.values().any(|f| f.uncertain)
+    }
 }
 
 /// Which session an input tensor is for (see [`BareInputs`]).
@@ -246,6 +275,8 @@ pub struct LoadOptions {
     /// `backend`, and if that is `auto` too, runs ONNX Runtime where
     /// `library` exists and tract otherwise.
     pub backend: engine::Backend,
+    /// OCR: which raw text lines are kept (junk rejection).
+    pub text_filter: ocr::TextFilter,
 }
 
 impl LoadOptions {
@@ -259,6 +290,7 @@ impl LoadOptions {
             max_frame_memory: DEFAULT_MAX_FRAME_MEMORY,
             ocr_side: ocr::DET_MIN_SIDE,
             backend,
+            text_filter: ocr::TextFilter::default(),
         }
     }
 
@@ -283,6 +315,7 @@ pub struct Model {
     backend: Backend,
     max_pixels: u64,
     max_frame_memory: u64,
+    text_filter: ocr::TextFilter,
 }
 
 impl std::fmt::Debug for Model {
@@ -330,7 +363,14 @@ impl Model {
                 opts.max_frame_memory,
             )?),
         };
-        Ok(Self { manifest, info, backend, max_pixels: opts.max_pixels, max_frame_memory: opts.max_frame_memory })
+        Ok(Self {
+            manifest,
+            info,
+            backend,
+            max_pixels: opts.max_pixels,
+            max_frame_memory: opts.max_frame_memory,
+            text_filter: opts.text_filter,
+        })
     }
 
     /// Whether a `width` x `height` frame can be annotated within
@@ -369,15 +409,56 @@ impl Model {
             .iter()
             .map(|f| {
                 self.fits(f.width, f.height)?;
-                self.run_one(f, 0.0)
+                self.run_one(f, 0.0, &[])
             })
             .collect()
     }
 
-    fn run_one(&mut self, frame: &imageops::Bgr, decode_ms: f64) -> Result<Annotation, InferenceError> {
-        let (items, t) = match &mut self.backend {
-            Backend::Ocr(o) => o.run(frame)?,
-            Backend::Vision(v) => v.run(frame)?,
+    /// Compiles field declarations for this model.
+    ///
+    /// # Errors
+    /// Every problem, one per line: a bad format, a character the model
+    /// cannot read, or a model that does not read text.
+    pub fn compile_fields(&self, specs: &[fields::FieldSpec]) -> Result<Vec<fields::Field>, String> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Backend::Ocr(o) = &self.backend else {
+            return Err(format!(
+                "label fields need a text-reading (ocr) model; {} is a {:?} model",
+                self.info.name, self.manifest.task
+            ));
+        };
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for s in specs {
+            match fields::Field::compile(s, o.charset()) {
+                Ok(f) => out.push(f),
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    fn run_one(
+        &mut self,
+        frame: &imageops::Bgr,
+        decode_ms: f64,
+        fields: &[&fields::Field],
+    ) -> Result<Annotation, InferenceError> {
+        let (items, t, fields, missing) = match &mut self.backend {
+            Backend::Ocr(o) => {
+                let r = o.read(frame, fields, &self.text_filter)?;
+                (r.items, r.times, r.fields, r.missing)
+            }
+            Backend::Vision(v) => {
+                let (items, t) = v.run(frame)?;
+                (items, t, std::collections::BTreeMap::new(), Vec::new())
+            }
         };
         Ok(Annotation {
             model: self.info.clone(),
@@ -391,6 +472,8 @@ impl Model {
                 postprocess_ms: t.postprocess_ms,
             },
             error: None,
+            fields,
+            missing,
         })
     }
 
@@ -477,6 +560,15 @@ impl Model {
     /// # Errors
     /// [`InferenceError::Runtime`] if a session fails.
     pub fn annotate(&mut self, bytes: &[u8]) -> Result<Annotation, InferenceError> {
+        self.annotate_with(bytes, &[])
+    }
+
+    /// As [`annotate`](Self::annotate), reading `fields` (compiled by
+    /// [`compile_fields`](Self::compile_fields)) off the frame's lines.
+    ///
+    /// # Errors
+    /// As [`annotate`](Self::annotate).
+    pub fn annotate_with(&mut self, bytes: &[u8], fields: &[&fields::Field]) -> Result<Annotation, InferenceError> {
         let t = Instant::now();
         let frame = imageops::dimensions(bytes)
             .and_then(|(w, h)| {
@@ -487,15 +579,12 @@ impl Model {
             })
             .and_then(|()| imageops::decode(bytes, self.max_pixels));
         match frame {
-            Ok(frame) => self.run_one(&frame, t.elapsed().as_secs_f64() * 1e3),
-            Err(e) => Ok(Annotation {
-                model: self.info.clone(),
-                width: 0,
-                height: 0,
-                items: Vec::new(),
-                timings: Timings { decode_ms: t.elapsed().as_secs_f64() * 1e3, ..Timings::default() },
-                error: Some(e.to_string()),
-            }),
+            Ok(frame) => self.run_one(&frame, t.elapsed().as_secs_f64() * 1e3, fields),
+            Err(e) => {
+                let mut a = Annotation::failed(self.info.clone(), e.to_string());
+                a.timings.decode_ms = t.elapsed().as_secs_f64() * 1e3;
+                Ok(a)
+            }
         }
     }
 }

@@ -123,6 +123,7 @@ pub async fn detect_throughput(
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
+        text_filter: inference::ocr::TextFilter::default(),
     };
     let workers = workers.max(1);
 
@@ -248,6 +249,8 @@ async fn stage_pass(
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
+        text: inference::ocr::TextFilter::default(),
+        fields: Vec::new(),
         sample: crate::sample::SampleConfig::default(),
     };
     let stage = Detect::start(log.clone(), &opts)?;
@@ -343,6 +346,7 @@ pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usiz
             max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
             ocr_side: side,
             backend: inference::engine::Backend::Onnxruntime,
+            text_filter: inference::ocr::TextFilter::default(),
         };
         let mut m = Model::load(model, &load)?;
         let mut r = SideRow { side, lines_read: 0, lines: 0, texts_on_blank: 0, ms_per_frame: 0.0 };

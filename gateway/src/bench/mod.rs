@@ -419,6 +419,8 @@ pub async fn replicate_throughput(
                         .collect(),
                     timings: inference::Timings::default(),
                     error: None,
+                    fields: Default::default(),
+                    missing: Vec::new(),
                 },
             };
             let json = serde_json::to_vec(&fa)?;

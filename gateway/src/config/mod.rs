@@ -56,6 +56,44 @@ pub struct RawConfig {
     /// Logs, metrics, health endpoints.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// Label fields (`[[fields]]`, one table per field): formats the OCR
+    /// model's lines are read against.
+    #[serde(default)]
+    pub fields: Vec<RawField>,
+}
+
+/// `[[fields]]`: one label field.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawField {
+    /// Its name in annotations: 1 to 64 of `a-z 0-9 _ -`. Required.
+    pub name: Option<String>,
+    /// The format of the printed line, e.g. `'LOT <L\d{4}[A-FX]>'` (see
+    /// the README's "Label fields"). Required.
+    pub format: Option<String>,
+    /// Listed in the annotation's `missing` when not read on a frame with
+    /// text. Default true.
+    pub required: Option<bool>,
+    /// A value whose weakest character scores below this is `uncertain`.
+    /// Default 0.5.
+    pub min_score: Option<f32>,
+    /// Camera ids the field applies to; `*` matches any run of characters
+    /// (`"line1-*"`). Default: every camera.
+    pub cameras: Option<Vec<String>>,
+}
+
+/// `[detect.text]`: which raw text lines are kept (junk rejection).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawText {
+    /// Lines scoring below this are dropped. Default 0.5 (the reference's).
+    pub min_score: Option<f32>,
+    /// Lines whose box is less tall than this many pixels are dropped.
+    /// Default 0 (off).
+    pub min_height: Option<f32>,
+    /// Lines wider than this many box heights per character are dropped.
+    /// Default 0 (off).
+    pub max_aspect_per_char: Option<f32>,
+    /// Lines with fewer letters and digits than this are dropped. Default 0.
+    pub min_alnum: Option<u32>,
 }
 
 /// `[log]`: where and how much the gateway keeps on disk.
@@ -172,6 +210,9 @@ pub struct RawDetect {
     /// tract otherwise; a manifest's `backend` is followed), `"onnxruntime"`
     /// or `"tract"` (compiled in, no library).
     pub backend: Option<String>,
+    /// OCR: which raw text lines are kept (junk rejection).
+    #[serde(default)]
+    pub text: RawText,
 }
 
 /// `[sample]`: which images go upstream (annotations always do).
@@ -191,6 +232,9 @@ pub struct RawSample {
     pub low_confidence_below: Option<f32>,
     /// Sample frames that could not be decoded. Default true.
     pub errors: Option<bool>,
+    /// Sample frames with a required field missing or a field uncertain
+    /// (see `[[fields]]`), for review upstream. Default true.
+    pub review: Option<bool>,
     /// Minimum time between two sampled frames of one camera. Default `"0s"`.
     pub min_interval: Option<toml::Value>,
     /// Upload budget per camera, e.g. `"200KiB"` per second (0 = no limit).
@@ -247,6 +291,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// `[sample]`.
     pub sample: crate::sample::SampleConfig,
+    /// `[[fields]]`.
+    pub fields: Vec<FieldConfig>,
     /// `[replicate]`.
     pub replicate: ReplicateConfig,
     /// `[telemetry]`.
@@ -340,6 +386,44 @@ pub struct DetectConfig {
     pub ocr_side: usize,
     /// Runtime.
     pub backend: inference::engine::Backend,
+    /// Raw text filter (`[detect.text]`).
+    pub text: inference::ocr::TextFilter,
+}
+
+/// A declared label field and the cameras it applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldConfig {
+    /// Name, format (checked), required, min score.
+    pub spec: inference::fields::FieldSpec,
+    /// Camera id globs (`*` any run); empty: every camera.
+    pub cameras: Vec<String>,
+}
+
+impl FieldConfig {
+    /// Whether the field applies to frames of `camera`.
+    pub fn applies(&self, camera: &str) -> bool {
+        self.cameras.is_empty() || self.cameras.iter().any(|g| glob(g, camera))
+    }
+}
+
+/// `*` matches any run of characters, everything else itself.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if s.len() < first.len() + last.len() || !s.starts_with(first) || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Validated `[replicate]`.
@@ -694,6 +778,7 @@ impl Config {
                     inference::engine::Backend::Auto
                 }
             },
+            text: text_filter(&mut v, &d.text),
         };
 
         if detect.enabled && detect.backend == inference::engine::Backend::Onnxruntime && !detect.onnxruntime.is_file()
@@ -723,9 +808,19 @@ impl Config {
             min_score: sm.min_score.unwrap_or(0.5),
             low_confidence_below: sm.low_confidence_below,
             errors: sm.errors.unwrap_or(true),
+            review: sm.review.unwrap_or(true),
             min_interval: v.duration("sample.min_interval", sm.min_interval.as_ref(), Duration::ZERO),
             max_bytes_per_second: v.size("sample.max_bytes_per_second", sm.max_bytes_per_second.as_ref(), 0),
         };
+
+        let fields = fields(&mut v, raw.fields);
+        if !fields.is_empty() && !detect.enabled {
+            v.problem(
+                "fields",
+                "label fields are read by the model, and detect.enabled is false (enable it or remove [[fields]])"
+                    .into(),
+            );
+        }
 
         let r = raw.replicate;
         let brokers = r.brokers.unwrap_or_else(|| {
@@ -804,6 +899,7 @@ impl Config {
                 mqtt,
                 detect,
                 sample,
+                fields,
                 replicate,
                 telemetry: TelemetryConfig { listen, log_format },
             })
@@ -811,6 +907,119 @@ impl Config {
             Err(ConfigError { path: path.to_owned(), problems: v.problems })
         }
     }
+}
+
+/// `[detect.text]` over [`inference::ocr::TextFilter::default`].
+fn text_filter(v: &mut Validator<'_>, t: &RawText) -> inference::ocr::TextFilter {
+    let def = inference::ocr::TextFilter::default();
+    let mut num = |key: &str, x: Option<f32>, default: f32, hi: f32| match x {
+        Some(x) if !(0.0..=hi).contains(&x) => {
+            v.problem(key, format!("{x} is out of range 0..={hi}"));
+            default
+        }
+        Some(x) => x,
+        None => default,
+    };
+    inference::ocr::TextFilter {
+        min_score: num("detect.text.min_score", t.min_score, def.min_score, 1.0),
+        min_height: num("detect.text.min_height", t.min_height, def.min_height, 10_000.0),
+        // 0 turns the rule off.
+        max_aspect_per_char: match num("detect.text.max_aspect_per_char", t.max_aspect_per_char, -1.0, 1000.0) {
+            x if x < 0.0 => def.max_aspect_per_char,
+            0.0 => f32::INFINITY,
+            x => x,
+        },
+        min_alnum: t.min_alnum.map_or(def.min_alnum, |n| n as usize),
+    }
+}
+
+impl Config {
+    /// Only the `[[fields]]` and `[detect.text]` of a config file, checked
+    /// (for `vision-gateway annotate --config`, which needs no broker).
+    ///
+    /// # Errors
+    /// Unreadable file, TOML errors, unknown keys, and every problem of
+    /// those two sections.
+    pub fn load_fields(path: &Path) -> Result<(Vec<FieldConfig>, inference::ocr::TextFilter), ConfigError> {
+        let fail = |message: String| ConfigError { path: path.to_owned(), problems: vec![Problem { key: String::new(), message }] };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(&text);
+        let raw: RawConfig = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
+            .map_err(|e| fail(e.to_string().trim().to_owned()))?;
+        let env = ProcessEnv;
+        let mut v = Validator { problems: Vec::new(), env: &env };
+        for k in unknown {
+            v.problem(&k, "unknown key".into());
+        }
+        let filter = text_filter(&mut v, &raw.detect.text);
+        let fields = fields(&mut v, raw.fields);
+        if v.problems.is_empty() {
+            Ok((fields, filter))
+        } else {
+            Err(ConfigError { path: path.to_owned(), problems: v.problems })
+        }
+    }
+}
+
+/// Checks every `[[fields]]` table; each problem names its field by
+/// position (`fields[2].format`).
+fn fields(v: &mut Validator<'_>, raw: Vec<RawField>) -> Vec<FieldConfig> {
+    let mut out: Vec<FieldConfig> = Vec::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("fields[{i}].{k}");
+        let name = match f.name {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')) =>
+            {
+                if out.iter().any(|o| o.spec.name == n) {
+                    v.problem(&key("name"), format!("{n:?} is declared twice"));
+                }
+                n
+            }
+            Some(n) => {
+                v.problem(&key("name"), format!("{n:?} must be 1 to 64 of a-z 0-9 _ -"));
+                n
+            }
+            None => {
+                v.problem(&key("name"), "missing".into());
+                String::new()
+            }
+        };
+        let format = match f.format {
+            Some(p) => {
+                if let Err(e) = inference::fields::Pattern::parse(&p) {
+                    v.problem(&key("format"), format!("{p:?}: {e}"));
+                }
+                p
+            }
+            None => {
+                v.problem(&key("format"), "missing (for example 'LOT <L\\d{4}[A-FX]>')".into());
+                String::new()
+            }
+        };
+        let min_score = match f.min_score {
+            Some(s) if !(0.0..=1.0).contains(&s) => {
+                v.problem(&key("min_score"), format!("{s} is not within 0..=1"));
+                inference::fields::DEFAULT_MIN_SCORE
+            }
+            Some(s) => s,
+            None => inference::fields::DEFAULT_MIN_SCORE,
+        };
+        let cameras = f.cameras.unwrap_or_default();
+        for c in &cameras {
+            if c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')) {
+                v.problem(&key("cameras"), format!("{c:?} is not a camera id (A-Z a-z 0-9 . _ - and * for any run)"));
+            }
+        }
+        out.push(FieldConfig {
+            spec: inference::fields::FieldSpec { name, format, required: f.required.unwrap_or(true), min_score },
+            cameras,
+        });
+    }
+    out
 }
 
 fn host_name() -> Option<String> {

@@ -44,6 +44,9 @@ pub enum DetectError {
     /// A worker thread died.
     #[error("inference worker stopped: {0}")]
     Worker(String),
+    /// A declared label field does not fit the model (`[[fields]]`).
+    #[error("label fields: {0}")]
+    Fields(String),
 }
 
 impl DetectError {
@@ -52,7 +55,7 @@ impl DetectError {
         match self {
             DetectError::Log(e) => e.is_transient(),
             DetectError::Model(e) => e.is_transient(),
-            DetectError::Worker(_) => false,
+            DetectError::Worker(_) | DetectError::Fields(_) => false,
         }
     }
 }
@@ -114,6 +117,10 @@ pub struct DetectOptions {
     pub ocr_side: usize,
     /// Runtime (`detect.backend`).
     pub backend: inference::engine::Backend,
+    /// Raw text filter (`[detect.text]`).
+    pub text: inference::ocr::TextFilter,
+    /// Label fields (`[[fields]]`), compiled by each worker for its model.
+    pub fields: Vec<crate::config::FieldConfig>,
     /// Which images are kept for upload.
     pub sample: crate::sample::SampleConfig,
 }
@@ -157,7 +164,7 @@ impl Detect {
         let mut workers = Vec::new();
         let mut loads = Vec::new();
         for i in 0..workers_n {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), inference::InferenceError>>();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), DetectError>>();
             loads.push(ready_rx);
             let load = LoadOptions {
                 library: opts.library.clone(),
@@ -166,21 +173,23 @@ impl Detect {
                 max_frame_memory: opts.max_frame_memory,
                 ocr_side: opts.ocr_side,
                 backend: opts.backend,
+                text_filter: opts.text,
             };
+            let fields = opts.fields.clone();
             let model_dir = opts.enabled.then(|| opts.model.clone());
             let jobs = jobs_rx.clone();
             let results = res_tx.clone();
             let faults = crate::faults::Faults::from_env();
             let handle = std::thread::Builder::new()
                 .name(format!("detect-{i}"))
-                .spawn(move || worker(model_dir, load, jobs, results, ready_tx, faults))
+                .spawn(move || worker(model_dir, load, fields, jobs, results, ready_tx, faults))
                 .map_err(|e| DetectError::Worker(e.to_string()))?;
             workers.push(handle);
         }
         for r in loads {
             match r.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(DetectError::Model(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(DetectError::Worker("a worker stopped while loading the model".into())),
             }
         }
@@ -360,15 +369,18 @@ pub fn not_annotated() -> Annotation {
         items: Vec::new(),
         timings: inference::Timings::default(),
         error: None,
+        fields: Default::default(),
+        missing: Vec::new(),
     }
 }
 
 fn worker(
     model_dir: Option<PathBuf>,
     load: LoadOptions,
+    field_decls: Vec<crate::config::FieldConfig>,
     jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     results: mpsc::UnboundedSender<Result<Done, String>>,
-    ready: std::sync::mpsc::Sender<Result<(), inference::InferenceError>>,
+    ready: std::sync::mpsc::Sender<Result<(), DetectError>>,
     faults: crate::faults::Faults,
 ) {
     let mut model = match model_dir.as_ref().map(|d| Model::load(d, &load)).transpose() {
@@ -382,14 +394,27 @@ fn worker(
                     "model loaded"
                 );
             }
-            let _ = ready.send(Ok(()));
             m
         }
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send(Err(DetectError::Model(e)));
             return;
         }
     };
+    // Each field compiled against this model's character set, with the
+    // cameras it applies to.
+    let specs: Vec<inference::fields::FieldSpec> = field_decls.iter().map(|f| f.spec.clone()).collect();
+    let compiled = match model.as_ref().map(|m| m.compile_fields(&specs)).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            let _ = ready.send(Err(DetectError::Fields(e)));
+            return;
+        }
+    };
+    if !compiled.is_empty() {
+        tracing::info!(fields = compiled.len(), "label fields compiled");
+    }
+    let _ = ready.send(Ok(()));
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -410,6 +435,8 @@ fn worker(
             items: Vec::new(),
             timings: inference::Timings::default(),
             error: Some(error),
+            fields: Default::default(),
+            missing: Vec::new(),
         };
         let panic_here = faults.panic_camera.as_deref() == Some(frame.camera.as_str());
         if faults.detect_delay_ms > 0 {
@@ -419,7 +446,9 @@ fn worker(
             if panic_here {
                 panic!("injected fault: model run panics on camera {}", frame.camera);
             }
-            model.annotate(&frame.payload)
+            let fields: Vec<&inference::fields::Field> =
+                compiled.iter().zip(&field_decls).filter(|(_, d)| d.applies(&frame.camera)).map(|(f, _)| f).collect();
+            model.annotate_with(&frame.payload, &fields)
         }));
         let annotation = match run {
             Ok(Ok(a)) => a,

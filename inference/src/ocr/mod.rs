@@ -9,6 +9,7 @@ pub mod ctc;
 pub mod db;
 
 use crate::engine::Engine;
+use crate::fields::Field;
 use crate::imageops::{self, Bgr};
 use crate::{InferenceError, Item};
 use ndarray::Array4;
@@ -232,6 +233,16 @@ impl Ocr {
     /// # Errors
     /// [`InferenceError::Runtime`] if a session fails.
     pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
+        let out = self.read(raw, &[], &TextFilter::off())?;
+        Ok((out.items, out.times))
+    }
+
+    /// Reads the text on one image, keeps the raw lines that pass `filter`
+    /// and reads `fields` off every line (see [`crate::fields::assign`]).
+    ///
+    /// # Errors
+    /// [`InferenceError::Runtime`] if a session fails.
+    pub fn read(&mut self, raw: &Bgr, fields: &[&Field], filter: &TextFilter) -> Result<Read, InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
         let plan = DetPlan::within_side(raw.width, raw.height, self.max_frame_memory, self.det_side)?;
@@ -280,29 +291,49 @@ impl Ocr {
             return Err(InferenceError::Runtime("a text box could not be cropped".into()));
         }
 
-        let texts = self.recognise(&crops, &mut times)?;
+        let keep = !fields.is_empty();
+        let texts = self.recognise(&crops, &mut times, keep)?;
+        let t3 = Instant::now();
         let mut items = Vec::new();
-        for (q, (text, score)) in quads.iter().zip(texts) {
-            if score < TEXT_SCORE {
-                continue;
-            }
+        let mut lines = Vec::new();
+        for (q, r) in quads.iter().zip(&texts) {
             let quad = q.map(|p| {
                 [
                     (f64::from(p[0]) * ratio_w).clamp(0.0, raw.width as f64) as f32,
                     (f64::from(p[1]) * ratio_h).clamp(0.0, raw.height as f64) as f32,
                 ]
             });
-            items.push(Item::text(text, score, quad));
+            let item = Item::text(r.text.clone(), r.score, quad);
+            if keep {
+                lines.push(crate::fields::Line {
+                    probs: &r.probs,
+                    steps: r.steps,
+                    classes: r.classes,
+                    raw: r.text.clone(),
+                    bbox: item.bbox,
+                });
+            }
+            if r.score < TEXT_SCORE || !filter.keeps(&item) {
+                continue;
+            }
+            items.push(item);
         }
-        Ok((items, times))
+        // Fields are read off every line the detector found, whatever its
+        // raw score; `missing` only where text was read.
+        let (fields_read, mut missing) = crate::fields::assign(fields, &lines);
+        if items.is_empty() && fields_read.is_empty() {
+            missing.clear();
+        }
+        times.postprocess_ms += t3.elapsed().as_secs_f64() * 1e3;
+        Ok(Read { items, times, fields: fields_read, missing })
     }
 
-    fn recognise(&mut self, crops: &[Bgr], times: &mut Times) -> Result<Vec<(String, f32)>, InferenceError> {
+    fn recognise(&mut self, crops: &[Bgr], times: &mut Times, keep: bool) -> Result<Vec<Recognised>, InferenceError> {
         let ratios: Vec<f64> =
             crops.iter().map(|c| (c.width as f64 / c.height.max(1) as f64).min(REC_MAX_RATIO)).collect();
         let mut order: Vec<usize> = (0..crops.len()).collect();
         order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
-        let mut out = vec![(String::new(), 0.0f32); crops.len()];
+        let mut out: Vec<Recognised> = (0..crops.len()).map(|_| Recognised::default()).collect();
         for chunk in order.chunks(REC_BATCH) {
             let t = Instant::now();
             let max_ratio = chunk.iter().map(|&i| ratios[i]).fold(REC_W as f64 / REC_H as f64, f64::max);
@@ -330,8 +361,15 @@ impl Ocr {
             let t = Instant::now();
             let (steps, classes) = (shape[1], shape[2]);
             for (n, &i) in chunk.iter().enumerate() {
-                out[i] =
-                    ctc::decode(&flat[n * steps * classes..(n + 1) * steps * classes], steps, classes, &self.charset);
+                let probs = &flat[n * steps * classes..(n + 1) * steps * classes];
+                let (text, score) = ctc::decode(probs, steps, classes, &self.charset);
+                out[i] = Recognised {
+                    text,
+                    score,
+                    probs: if keep { probs.to_vec() } else { Vec::new() },
+                    steps,
+                    classes,
+                };
             }
             times.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
         }
@@ -339,7 +377,79 @@ impl Ocr {
     }
 }
 
+/// One crop's reading.
+#[derive(Debug, Default)]
+struct Recognised {
+    text: String,
+    score: f32,
+    /// The recogniser's output for the crop (kept only when fields are read).
+    probs: Vec<f32>,
+    steps: usize,
+    classes: usize,
+}
+
+/// What [`Ocr::read`] found on a frame.
+#[derive(Debug)]
+pub struct Read {
+    /// Raw text lines that passed the filter, in reading order.
+    pub items: Vec<Item>,
+    /// Where the time went.
+    pub times: Times,
+    /// Fields read.
+    pub fields: std::collections::BTreeMap<String, crate::fields::FieldValue>,
+    /// Required fields not read (see [`crate::fields`]).
+    pub missing: Vec<String>,
+}
+
+/// Which raw text lines are kept (junk rejection). Fields are read off
+/// every line whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextFilter {
+    /// Lines scoring below this are dropped (the reference drops below 0.5).
+    pub min_score: f32,
+    /// Lines whose box is less tall than this, in frame pixels, are dropped.
+    pub min_height: f32,
+    /// Lines whose box is wider than this many heights per character are
+    /// dropped (a rule or an edge read as `—`).
+    pub max_aspect_per_char: f32,
+    /// Lines with fewer letters or digits than this are dropped.
+    pub min_alnum: usize,
+}
+
+impl TextFilter {
+    /// Keeps every line the reference keeps.
+    pub fn off() -> Self {
+        Self { min_score: 0.0, min_height: 0.0, max_aspect_per_char: f32::INFINITY, min_alnum: 0 }
+    }
+
+    /// Whether a text item is kept.
+    pub fn keeps(&self, item: &Item) -> bool {
+        let h = item.quad.map_or(item.bbox[3] - item.bbox[1], |q| {
+            (dist(q[0], q[3]) + dist(q[1], q[2])) / 2.0
+        });
+        let w = item.quad.map_or(item.bbox[2] - item.bbox[0], |q| (dist(q[0], q[1]) + dist(q[3], q[2])) / 2.0);
+        let text = item.text.as_deref().unwrap_or("");
+        let chars = text.chars().filter(|c| !c.is_whitespace()).count().max(1);
+        let alnum = text.chars().filter(|c| c.is_alphanumeric()).count();
+        item.score >= self.min_score
+            && h >= self.min_height
+            && w <= self.max_aspect_per_char * h.max(1.0) * chars as f32
+            && alnum >= self.min_alnum
+    }
+}
+
+impl Default for TextFilter {
+    fn default() -> Self {
+        Self::off()
+    }
+}
+
 impl Ocr {
+    /// The model's character set (index 0 the blank).
+    pub fn charset(&self) -> &[String] {
+        &self.charset
+    }
+
     /// The detector side in use.
     pub fn det_side(&self) -> usize {
         self.det_side

@@ -1,0 +1,225 @@
+//! Label fields: declared formats read as structured, validated values.
+//!
+//! Owns what a field is and how lines become fields. A [`FieldSpec`] names
+//! a field, its format (the language of [`pattern`]), whether it is
+//! required and the score below which it is uncertain. [`FieldSet`]
+//! compiles specs against a model's character set; the OCR pipeline then
+//! decodes every recognised line against every format of the set
+//! ([`viterbi`]) and [`assign`]s lines to fields.
+//!
+//! Promises:
+//! - a field's value is always a line of its format (a digit position
+//!   holds a digit), found as the most probable such line, not by fixing up
+//!   the greedy text;
+//! - a line fits a format only when the format costs at most
+//!   [`MAX_GAP_PER_CHAR`] nats per character against the unconstrained
+//!   reading; a line that fits none stays raw text only;
+//! - each line gives at most one field and each field comes from at most
+//!   one line (the best fitting pairs first);
+//! - `missing` lists the required fields not read on a frame where any
+//!   text was read (a frame with no text has no label, and nothing is
+//!   missing from it).
+
+pub mod pattern;
+pub mod viterbi;
+
+pub use pattern::{Pattern, PatternError};
+pub use viterbi::{Decoded, Decoder};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A line fits a format when the format's best path is at most this many
+/// nats per character less probable than the unconstrained best path.
+/// A confusion the format fixes (`O` read where a digit must be) costs
+/// 0-5 nats once; a line of another format costs about 10 per character.
+pub const MAX_GAP_PER_CHAR: f32 = 1.5;
+/// Default score below which a field is uncertain.
+pub const DEFAULT_MIN_SCORE: f32 = 0.5;
+
+/// A field as declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldSpec {
+    /// Its name in annotations.
+    pub name: String,
+    /// The format (see [`pattern`]).
+    pub format: String,
+    /// Listed in `missing` when not read.
+    pub required: bool,
+    /// A value whose weakest character scores below this is uncertain.
+    pub min_score: f32,
+}
+
+/// A field read on a frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldValue {
+    /// The value, a line of the format (or its `<...>` part).
+    pub value: String,
+    /// The weakest character's probability (see [`Decoded::score`]).
+    pub score: f32,
+    /// What the unconstrained (greedy) reading of the line said.
+    pub raw: String,
+    /// The line's box `[x0, y0, x1, y1]` in frame pixels.
+    pub bbox: [f32; 4],
+    /// The score is below the field's `min_score`: worth a human look.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncertain: bool,
+}
+
+/// A field compiled for one model.
+#[derive(Debug, Clone)]
+pub struct Field {
+    /// The declaration.
+    pub spec: FieldSpec,
+    decoder: Decoder,
+}
+
+impl Field {
+    /// Compiles a spec against a model's character set (index 0 the blank).
+    ///
+    /// # Errors
+    /// A message naming the field: a bad format, or characters the model
+    /// cannot read.
+    pub fn compile(spec: &FieldSpec, charset: &[String]) -> Result<Self, String> {
+        let p = Pattern::parse(&spec.format).map_err(|e| format!("field {:?}: format {:?}: {e}", spec.name, spec.format))?;
+        let decoder =
+            Decoder::new(&p, charset).map_err(|e| format!("field {:?}: format {:?}: {e}", spec.name, spec.format))?;
+        Ok(Self { spec: spec.clone(), decoder })
+    }
+
+    /// The decoder (for tests and benches).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+}
+
+/// One recognised line, as the field assignment sees it.
+#[derive(Debug)]
+pub struct Line<'a> {
+    /// The recogniser's probabilities, `steps` x `classes`.
+    pub probs: &'a [f32],
+    /// Time steps.
+    pub steps: usize,
+    /// Classes per step.
+    pub classes: usize,
+    /// Greedy text.
+    pub raw: String,
+    /// Box in frame pixels.
+    pub bbox: [f32; 4],
+}
+
+/// Reads `fields` off `lines`: every line against every format, then the
+/// best fitting (line, field) pairs first, each line and each field once.
+/// Returns the fields read and the required ones missing (empty if `lines`
+/// is empty, see the module's promise).
+pub fn assign(fields: &[&Field], lines: &[Line<'_>]) -> (BTreeMap<String, FieldValue>, Vec<String>) {
+    let mut fits: Vec<(f32, usize, usize, Decoded)> = Vec::new();
+    for (li, l) in lines.iter().enumerate() {
+        for (fi, f) in fields.iter().enumerate() {
+            let Some(d) = f.decoder.decode(l.probs, l.steps, l.classes) else { continue };
+            let per_char = d.gap / (d.chars.max(l.raw.chars().count()).max(1)) as f32;
+            if per_char <= MAX_GAP_PER_CHAR {
+                fits.push((per_char, li, fi, d));
+            }
+        }
+    }
+    fits.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut line_used = vec![false; lines.len()];
+    let mut field_used = vec![false; fields.len()];
+    let mut out = BTreeMap::new();
+    for (_, li, fi, d) in fits {
+        if line_used[li] || field_used[fi] {
+            continue;
+        }
+        line_used[li] = true;
+        field_used[fi] = true;
+        let f = fields[fi];
+        out.insert(
+            f.spec.name.clone(),
+            FieldValue {
+                uncertain: d.score < f.spec.min_score,
+                value: d.value,
+                score: d.score,
+                raw: lines[li].raw.clone(),
+                bbox: lines[li].bbox,
+            },
+        );
+    }
+    let missing = if lines.is_empty() {
+        Vec::new()
+    } else {
+        fields.iter().filter(|f| f.spec.required && !out.contains_key(&f.spec.name)).map(|f| f.spec.name.clone()).collect()
+    };
+    (out, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ocr::ctc;
+
+    fn one_hot(cs: &[String], text: &str, p: f32) -> Vec<f32> {
+        // Each character on one step followed by a blank.
+        let n = cs.len();
+        let mut m = Vec::new();
+        for ch in text.chars() {
+            let k = cs.iter().position(|s| s == &ch.to_string()).unwrap();
+            let mut row = vec![(1.0 - p) / (n - 1) as f32; n];
+            row[k] = p;
+            m.extend(&row);
+            let mut blank = vec![0.01 / (n - 1) as f32; n];
+            blank[0] = 0.99;
+            m.extend(&blank);
+        }
+        m
+    }
+
+    #[test]
+    fn lines_go_to_the_fields_they_fit() {
+        let cs = ctc::charset("0\n1\n2\n3\n4\n5\n6\n7\n8\n9\nA\nC\nE\nL\nM\nN\nO\nP\nS\nT\nR\n-");
+        let spec = |name: &str, format: &str, required| FieldSpec {
+            name: name.into(),
+            format: format.into(),
+            required,
+            min_score: 0.6,
+        };
+        let specs = [
+            spec("pn", r"PN <\d{4}-\d{3}>", true),
+            spec("lot", r"LOT <L\d{4}>", true),
+            spec("sn", r"SN <\d{8}>", true),
+        ];
+        let fields: Vec<Field> = specs.iter().map(|s| Field::compile(s, &cs).unwrap()).collect();
+        let refs: Vec<&Field> = fields.iter().collect();
+        let texts = ["ACME PARTS", "PN 1234-567", "L0T L2O34", "SN12345678"];
+        let mats: Vec<Vec<f32>> =
+            texts.iter().enumerate().map(|(i, t)| one_hot(&cs, t, if i == 2 { 0.55 } else { 0.95 })).collect();
+        let lines: Vec<Line<'_>> = texts
+            .iter()
+            .zip(&mats)
+            .map(|(t, m)| Line {
+                probs: m,
+                steps: m.len() / cs.len(),
+                classes: cs.len(),
+                raw: (*t).into(),
+                bbox: [0.0; 4],
+            })
+            .collect();
+        let (got, missing) = assign(&refs, &lines);
+        assert_eq!(got["pn"].value, "1234-567");
+        assert_eq!(got["sn"].value, "12345678", "the dropped space");
+        assert!(!got["sn"].uncertain);
+        // One-hot rows: the O -> 0 fix is the next best class, and costly.
+        let lot = &got["lot"];
+        assert_eq!(lot.value, "L2034");
+        assert_eq!(lot.raw, "L0T L2O34");
+        assert!(lot.uncertain, "{lot:?}");
+        assert!(missing.is_empty());
+        assert_eq!(got.len(), 3, "ACME PARTS fits nothing");
+
+        // Without the SN line, it is missing; with no line at all, nothing is.
+        let (got, missing) = assign(&refs, &lines[..3]);
+        assert_eq!((got.len(), missing), (2, vec!["sn".to_string()]));
+        let (got, missing) = assign(&refs, &[]);
+        assert!(got.is_empty() && missing.is_empty());
+    }
+}
