@@ -5,6 +5,7 @@
 //! against the text actually printed on the labels (`expected.json`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use inference::ocr::TextFilter;
 use inference::{LoadOptions, Model};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,8 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
     let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
     let backend =
         inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
-    let opts = LoadOptions::new(library, backend);
+    // Every line the reference keeps (no junk rejection): raw text parity.
+    let opts = LoadOptions { text_filter: TextFilter::off(), ..LoadOptions::new(library, backend) };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
 
@@ -163,7 +165,8 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
     let backend =
         inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
-    let opts = LoadOptions::new(library, backend);
+    // Every line the reference keeps (no junk rejection): raw text parity.
+    let opts = LoadOptions { text_filter: TextFilter::off(), ..LoadOptions::new(library, backend) };
     let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
     let normal = frames().into_iter().next().unwrap();
@@ -261,8 +264,9 @@ fn tract_against_onnxruntime_on_the_same_session_inputs() {
 #[test]
 fn tract_reads_the_fixtures_as_onnxruntime_does() {
     use inference::engine::Backend;
-    let opts = |backend| {
-        LoadOptions::new(
+    let opts = |backend| LoadOptions {
+        text_filter: TextFilter::off(),
+        ..LoadOptions::new(
             repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
             backend,
         )

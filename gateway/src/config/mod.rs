@@ -84,16 +84,19 @@ pub struct RawField {
 /// `[detect.text]`: which raw text lines are kept (junk rejection).
 #[derive(Debug, Default, Deserialize)]
 pub struct RawText {
-    /// Lines scoring below this are dropped. Default 0.5 (the reference's).
+    /// Lines scoring below this are dropped. Default 0.85 (the reference
+    /// keeps down to 0.5; junk read off marks on frames without a label
+    /// scored 0.50-0.94, real label lines 0.91 and up).
     pub min_score: Option<f32>,
     /// Lines whose box is less tall than this many pixels are dropped.
-    /// Default 0 (off).
+    /// Default 8.
     pub min_height: Option<f32>,
-    /// Lines wider than this many box heights per character are dropped.
-    /// Default 0 (off).
+    /// Lines wider than this many box heights per character are dropped
+    /// (0 turns the rule off). Default 1.5.
     pub max_aspect_per_char: Option<f32>,
-    /// Lines with fewer letters and digits than this are dropped. Default 0.
-    pub min_alnum: Option<u32>,
+    /// Lines with fewer characters than this (spaces aside) are dropped.
+    /// Default 2.
+    pub min_chars: Option<u32>,
 }
 
 /// `[log]`: where and how much the gateway keeps on disk.
@@ -929,7 +932,7 @@ fn text_filter(v: &mut Validator<'_>, t: &RawText) -> inference::ocr::TextFilter
             0.0 => f32::INFINITY,
             x => x,
         },
-        min_alnum: t.min_alnum.map_or(def.min_alnum, |n| n as usize),
+        min_chars: t.min_chars.map_or(def.min_chars, |n| n as usize),
     }
 }
 

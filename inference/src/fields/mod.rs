@@ -12,8 +12,10 @@
 //!   holds a digit), found as the most probable such line, not by fixing up
 //!   the greedy text;
 //! - a line fits a format only when the format costs at most
-//!   [`MAX_GAP_PER_CHAR`] nats per character against the unconstrained
-//!   reading; a line that fits none stays raw text only;
+//!   [`MAX_GAP_PER_CHAR`] nats per character read against the
+//!   unconstrained reading, and its line differs from the greedy text in
+//!   at most [`max_edits`] characters; a line that fits none stays raw
+//!   text only;
 //! - each line gives at most one field and each field comes from at most
 //!   one line (the best fitting pairs first);
 //! - `missing` lists the required fields not read on a frame where any
@@ -93,6 +95,29 @@ impl Field {
     }
 }
 
+/// Characters (spaces aside) in which the format's line may differ from
+/// the greedy reading of a `len`-character line: a third, at least one.
+/// The search itself is not limited by this; it only says whether the
+/// line is this field at all (junk read off marks fits a loose format
+/// only by inventing characters).
+pub fn max_edits(len: usize) -> usize {
+    (len / 3).max(1)
+}
+
+/// Edit distance between two character strings.
+pub fn levenshtein(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
 /// One recognised line, as the field assignment sees it.
 #[derive(Debug)]
 pub struct Line<'a> {
@@ -117,8 +142,11 @@ pub fn assign(fields: &[&Field], lines: &[Line<'_>]) -> (BTreeMap<String, FieldV
     for (li, l) in lines.iter().enumerate() {
         for (fi, f) in fields.iter().enumerate() {
             let Some(d) = f.decoder.decode(l.probs, l.steps, l.classes) else { continue };
-            let per_char = d.gap / (d.chars.max(l.raw.chars().count()).max(1)) as f32;
-            if per_char <= MAX_GAP_PER_CHAR {
+            let raw: Vec<char> = l.raw.chars().filter(|c| !c.is_whitespace()).collect();
+            let line: Vec<char> = d.line.chars().filter(|c| !c.is_whitespace()).collect();
+            let per_char = d.gap / raw.len().max(1) as f32;
+            let edits = levenshtein(&raw, &line);
+            if per_char <= MAX_GAP_PER_CHAR && edits <= max_edits(line.len()) {
                 fits.push((per_char, li, fi, d));
             }
         }
@@ -172,6 +200,15 @@ mod tests {
             m.extend(&blank);
         }
         m
+    }
+
+    #[test]
+    fn edit_distance() {
+        let c = |s: &str| s.chars().collect::<Vec<char>>();
+        assert_eq!(levenshtein(&c("ROT0R"), &c("ROTOR")), 1);
+        assert_eq!(levenshtein(&c("IPIP'I"), &c("IPIP-119")), 4);
+        assert_eq!(levenshtein(&c(""), &c("AB")), 2);
+        assert_eq!((max_edits(2), max_edits(9), max_edits(12)), (1, 3, 4));
     }
 
     #[test]
