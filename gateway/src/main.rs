@@ -550,8 +550,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 },
                 None => (Vec::new(), inference::ocr::TextFilter::default()),
             };
-            let decls: Vec<_> =
-                decls.into_iter().filter(|d| camera.as_deref().is_none_or(|c| d.applies(c))).collect();
+            let decls: Vec<_> = decls.into_iter().filter(|d| camera.as_deref().is_none_or(|c| d.applies(c))).collect();
             let opts = inference::LoadOptions {
                 intra_threads: threads,
                 text_filter: filter,

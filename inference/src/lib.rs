@@ -170,8 +170,16 @@ pub struct Timings {
     pub preprocess_ms: f64,
     /// Inside ONNX Runtime.
     pub run_ms: f64,
-    /// Decoding outputs (boxes, NMS, CTC).
+    /// Decoding outputs (boxes, NMS, CTC), label fields included.
     pub postprocess_ms: f64,
+    /// Of `postprocess_ms`: reading the declared label fields (constrained
+    /// decoding of every line against every format). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fields_ms: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The result of running a model on one frame.
@@ -470,6 +478,7 @@ impl Model {
                 preprocess_ms: t.preprocess_ms,
                 run_ms: t.run_ms,
                 postprocess_ms: t.postprocess_ms,
+                fields_ms: t.fields_ms,
             },
             error: None,
             fields,

@@ -31,6 +31,7 @@ fn opts() -> LoadOptions {
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
+        text_filter: inference::ocr::TextFilter::default(),
     }
 }
 

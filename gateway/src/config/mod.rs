@@ -944,7 +944,10 @@ impl Config {
     /// Unreadable file, TOML errors, unknown keys, and every problem of
     /// those two sections.
     pub fn load_fields(path: &Path) -> Result<(Vec<FieldConfig>, inference::ocr::TextFilter), ConfigError> {
-        let fail = |message: String| ConfigError { path: path.to_owned(), problems: vec![Problem { key: String::new(), message }] };
+        let fail = |message: String| ConfigError {
+            path: path.to_owned(),
+            problems: vec![Problem { key: String::new(), message }],
+        };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(&text);
@@ -1013,7 +1016,10 @@ fn fields(v: &mut Validator<'_>, raw: Vec<RawField>) -> Vec<FieldConfig> {
         };
         let cameras = f.cameras.unwrap_or_default();
         for c in &cameras {
-            if c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')) {
+            if c.is_empty()
+                || c.len() > 64
+                || !c.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*'))
+            {
                 v.problem(&key("cameras"), format!("{c:?} is not a camera id (A-Z a-z 0-9 . _ - and * for any run)"));
             }
         }

