@@ -402,6 +402,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("  runtime      none (detect.enabled = false)");
             }
+            if c.fields.is_empty() {
+                println!("  fields       none ([[fields]] declares label fields)");
+            }
+            for f in &c.fields {
+                println!(
+                    "  field        {} = {}{}{}",
+                    f.spec.name,
+                    f.spec.format,
+                    if f.spec.required { " (required)" } else { "" },
+                    if f.cameras.is_empty() { String::new() } else { format!(" on {}", f.cameras.join(", ")) }
+                );
+            }
             println!("  kafka        {}", c.replicate.brokers);
             println!("  telemetry    http://{}", c.telemetry.listen);
             Ok(ExitCode::SUCCESS)

@@ -138,6 +138,98 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
     assert!(lines > 0 && read as f64 >= 0.9 * lines as f64, "{read}/{lines}");
 }
 
+/// Issue 15, through the real service: `[[fields]]` in the config, two
+/// fixture cameras and a camera of marks without a label replayed over
+/// mosquitto. Every label field is read exactly; a required field scoped to
+/// one camera that its labels never carry is `missing` there, and those
+/// frames are sampled for review; the other camera is not affected; the
+/// frames of marks give no text, no field and nothing missing.
+#[test]
+fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
+    let mq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.detect = true;
+    s.extra = format!(
+        "[sample]\nevery_nth = 0\n{}\n[[fields]]\nname = \"batch\"\nformat = 'BATCH <\\d{{3}}>'\ncameras = [\"line1-cam2\"]\n",
+        std::fs::read_to_string(fixtures().join("fields.toml")).unwrap()
+    );
+    let cfg = s.write(&dir.path().join("g.toml"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("field        lot = LOT <L\\d{4}[A-FX]> (required)"), "{text}");
+    assert!(text.contains("field        batch = BATCH <\\d{3}> (required) on line1-cam2"), "{text}");
+
+    let gw = Gateway::start(&cfg, s.http_port);
+    let blank = dir.path().join("blank");
+    std::fs::create_dir_all(&blank).unwrap();
+    std::fs::write(blank.join("camera.toml"), "camera = \"blank-cam\"\nfps = 10.0\n").unwrap();
+    for f in ["002.jpg", "004.jpg", "047.jpg", "048.jpg"] {
+        std::fs::copy(fixtures().join("blank").join(f), blank.join(f)).unwrap();
+    }
+    let cameras: Vec<_> = load_cameras(&fixtures().join("cameras"))
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.id == "line1-cam1" || c.id == "line1-cam2")
+        .collect();
+    let total: usize = cameras.iter().map(|c| c.frames.len()).sum::<usize>() + 4;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(replay(&cameras, &mq.addr(), Some(20.0), false)).unwrap();
+    rt.block_on(replay(&load_cameras(&blank).unwrap(), &mq.addr(), None, false)).unwrap();
+    gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
+        m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
+    });
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    assert!(glog.contains("label fields compiled"), "{glog}");
+    let anns = annotations(&s.open_log());
+    assert_eq!(anns.len(), total);
+    let prefixes = [("part_number", "PN "), ("lot", "LOT "), ("date", "DATE "), ("serial", "SN ")];
+    let (mut fields, mut exact, mut reviewed) = (0, 0, 0);
+    for cam in &cameras {
+        let expected: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fixtures().join("cameras").join(&cam.id).join("expected.json")).unwrap(),
+        )
+        .unwrap();
+        let got: Vec<&FrameAnnotation> = anns.iter().filter(|a| a.camera == cam.id).collect();
+        for (a, e) in got.iter().zip(expected["frames"].as_array().unwrap()) {
+            let an = &a.annotation;
+            if !e["part"].as_bool().unwrap() {
+                assert!(an.fields.is_empty() && an.missing.is_empty() && a.sampled.is_none(), "{a:?}");
+                continue;
+            }
+            for t in e["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()) {
+                for (name, prefix) in prefixes {
+                    if let Some(want) = t.strip_prefix(prefix) {
+                        fields += 1;
+                        exact += usize::from(an.fields.get(name).is_some_and(|f| f.value == want));
+                    }
+                }
+            }
+            if cam.id == "line1-cam2" {
+                assert_eq!(an.missing, vec!["batch".to_string()], "{a:?}");
+                assert_eq!(a.sampled, Some(gateway::sample::SampleReason::Review), "{a:?}");
+                reviewed += 1;
+            } else {
+                assert!(an.missing.is_empty(), "{a:?}");
+                assert!(an.fields.values().any(|f| f.uncertain) == a.sampled.is_some(), "{a:?}");
+            }
+        }
+    }
+    for a in anns.iter().filter(|a| a.camera == "blank-cam") {
+        let an = &a.annotation;
+        assert!(an.items.is_empty() && an.fields.is_empty() && an.missing.is_empty() && a.sampled.is_none(), "{a:?}");
+    }
+    println!("fields e2e: {exact}/{fields} label fields exact; {reviewed} frames missing `batch` sampled for review; 4 frames of marks gave nothing");
+    assert_eq!(exact, fields);
+    assert!(fields >= 100 && reviewed > 0);
+}
+
 /// The status page: every camera's newest frame with its boxes and text, as
 /// HTML, as JSON, and as Chromium draws it (a screenshot, checked for the
 /// box colour and kept for the docs).

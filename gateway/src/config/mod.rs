@@ -1237,6 +1237,64 @@ brokers = "127.0.0.1:9092"
     }
 
     #[test]
+    fn label_fields_are_checked_all_at_once() {
+        let base =
+            "gateway_id = \"g\"\n[mqtt]\nbroker = \"127.0.0.1:1883\"\n[replicate]\nbrokers = \"127.0.0.1:9092\"\n";
+        let good = format!(
+            "{base}[detect.text]\nmin_score = 0.9\nmax_aspect_per_char = 0\n\
+             [[fields]]\nname = \"lot\"\nformat = 'LOT <L\\d{{4}}[A-FX]>'\n\
+             [[fields]]\nname = \"sn\"\nformat = 'SN <\\d{{8}}>'\nrequired = false\nmin_score = 0.7\ncameras = [\"line1-*\"]\n"
+        );
+        let c = Config::parse(Path::new("g.toml"), &good, &env()).unwrap();
+        assert_eq!(c.fields.len(), 2);
+        assert_eq!(c.fields[0].spec.format, r"LOT <L\d{4}[A-FX]>");
+        assert!(c.fields[0].spec.required && !c.fields[1].spec.required);
+        assert_eq!(c.fields[1].spec.min_score, 0.7);
+        assert!(c.fields[1].applies("line1-cam2") && !c.fields[1].applies("line2-cam1") && c.fields[0].applies("x"));
+        assert_eq!(c.detect.text.min_score, 0.9);
+        assert!(c.detect.text.max_aspect_per_char.is_infinite(), "0 turns the rule off");
+        assert_eq!(c.detect.text.min_chars, inference::ocr::TextFilter::default().min_chars);
+
+        let bad = format!(
+            "{base}[detect.text]\nmin_score = 2.0\n\
+             [[fields]]\nname = \"Lot Number\"\nformat = 'LOT <\\d{{4}}'\n\
+             [[fields]]\nname = \"sn\"\n\
+             [[fields]]\nname = \"sn\"\nformat = '\\q'\nmin_score = -1\ncameras = [\"a/b\"]\ncolour = 1\n"
+        );
+        let e = Config::parse(Path::new("g.toml"), &bad, &env()).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "fields.2.colour",
+                "detect.text.min_score",
+                "fields[0].name",
+                "fields[0].format",
+                "fields[1].format",
+                "fields[2].name",
+                "fields[2].format",
+                "fields[2].min_score",
+                "fields[2].cameras",
+            ],
+            "{e}"
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("at column 5: this < is not closed by >"), "{shown}");
+        assert!(shown.contains("unknown escape \\q"), "{shown}");
+        assert!(shown.contains("declared twice"), "{shown}");
+
+        let off = format!("{base}[detect]\nenabled = false\n[[fields]]\nname = \"a\"\nformat = 'A\\d'\n");
+        let e = Config::parse(Path::new("g.toml"), &off, &env()).unwrap_err();
+        assert!(e.to_string().contains("detect.enabled is false"), "{e}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("line1-*", "line1-cam2") && glob("*", "") && glob("a*b*c", "a12b34c") && glob("cam", "cam"));
+        assert!(!glob("line1-*", "line2-cam1") && !glob("a*b", "ba") && !glob("ab*ba", "aba") && !glob("cam", "cam2"));
+    }
+
+    #[test]
     fn librdkafka_options_that_break_order_delivery_or_idempotence_are_rejected() {
         let text = format!(
             "{MINIMAL}[replicate.librdkafka]\npartitioner = \"random\"\n\"delivery.report.only.error\" = \"true\"\n\
