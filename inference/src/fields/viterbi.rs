@@ -237,12 +237,11 @@ impl Decoder {
         }
         // The best end.
         let mut end: Option<(f32, usize, i32)> = None; // (score, state, cell or -1)
-        for s in 0..ns {
+        for (s, (&bs, &(a, z))) in b.iter().zip(&self.state_cells).enumerate() {
             if self.pattern.accept[s].is_none() {
                 continue;
             }
-            let (a, z) = self.state_cells[s];
-            let mut cand = (b[s], -1i32);
+            let mut cand = (bs, -1i32);
             for (cell, v) in c.iter().enumerate().take(z).skip(a) {
                 if *v > cand.0 {
                     cand = (*v, cell as i32);
