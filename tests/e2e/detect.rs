@@ -184,9 +184,11 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
     gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
     });
+    let m = gw.metrics();
     let (ok, glog) = gw.terminate();
     assert!(ok, "{glog}");
     assert!(glog.contains("label fields compiled"), "{glog}");
+    assert!(glog.contains("required label field not read"), "{glog}");
     let anns = annotations(&s.open_log());
     assert_eq!(anns.len(), total);
     let prefixes = [("part_number", "PN "), ("lot", "LOT "), ("date", "DATE "), ("serial", "SN ")];
@@ -225,6 +227,16 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
         let an = &a.annotation;
         assert!(an.items.is_empty() && an.fields.is_empty() && an.missing.is_empty() && a.sampled.is_none(), "{a:?}");
     }
+    assert_eq!(
+        m.get("vision_gateway_fields_total{field=\"batch\",outcome=\"missing\"}"),
+        Some(&(reviewed as f64)),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.get("vision_gateway_fields_total{field=\"lot\",outcome=\"read\"}"),
+        Some(&((fields / 4) as f64)),
+        "{m:?}"
+    );
     println!("fields e2e: {exact}/{fields} label fields exact; {reviewed} frames missing `batch` sampled for review; 4 frames of marks gave nothing");
     assert_eq!(exact, fields);
     assert!(fields >= 100 && reviewed > 0);

@@ -80,6 +80,20 @@ pub struct DetectStats {
     pub latency: [AtomicU64; 12],
     /// The newest annotated frame per camera (for the status page).
     pub latest: crate::telemetry::view::LatestFrames,
+    /// Per declared label field: frames it was read on, read uncertain on,
+    /// and missing from (names come from the config, so this is bounded).
+    pub fields: std::sync::Mutex<BTreeMap<String, FieldCounts>>,
+}
+
+/// Counters of one label field.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FieldCounts {
+    /// Read (uncertain ones included).
+    pub read: u64,
+    /// Read with a score under the field's `min_score`.
+    pub uncertain: u64,
+    /// Required and not read on a frame with text.
+    pub missing: u64,
 }
 
 /// Upper bounds (ms) of the latency histogram buckets.
@@ -336,6 +350,22 @@ impl Detect {
             let t = &fa.annotation.timings;
             self.stats.observe(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
             self.stats.items.fetch_add(fa.annotation.items.len() as u64, Ordering::Relaxed);
+            if !fa.annotation.fields.is_empty() || !fa.annotation.missing.is_empty() {
+                let mut counts = self.stats.fields.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, f) in &fa.annotation.fields {
+                    let c = counts.entry(name.clone()).or_default();
+                    c.read += 1;
+                    c.uncertain += u64::from(f.uncertain);
+                }
+                for name in &fa.annotation.missing {
+                    counts.entry(name.clone()).or_default().missing += 1;
+                }
+            }
+            if !fa.annotation.missing.is_empty() {
+                if let Some(held) = self.warn.check("missing") {
+                    tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, missing = %fa.annotation.missing.join(","), suppressed = held, "required label field not read");
+                }
+            }
             // Serialising plain data cannot fail.
             let body = serde_json::to_vec(&fa).unwrap_or_default();
             batch.put_blob(Area::Annotations, seq, &body);

@@ -198,6 +198,23 @@ pub fn render(t: &Telemetry) -> String {
         "Items (texts, objects) found.",
         &one(ld(&d.items)),
     );
+    let fields: Vec<(String, u64)> = d
+        .fields
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .flat_map(|(name, c)| {
+            [("read", c.read), ("uncertain", c.uncertain), ("missing", c.missing)]
+                .map(|(k, v)| (format!("{{field=\"{name}\",outcome=\"{k}\"}}"), v))
+        })
+        .collect();
+    metric(
+        &mut o,
+        "vision_gateway_fields_total",
+        "counter",
+        "Label fields per declared field: read, read uncertain, required and missing.",
+        &fields,
+    );
     let _ = writeln!(o, "# HELP vision_gateway_detect_latency_seconds Decode to annotation, per frame.\n# TYPE vision_gateway_detect_latency_seconds histogram");
     let mut cum = 0;
     for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
@@ -548,6 +565,12 @@ mod tests {
             replicate: Arc::new(ReplicateStats::default()),
             started: std::time::Instant::now(),
         };
+        if let Some(d) = &t.detect {
+            d.fields
+                .lock()
+                .unwrap()
+                .insert("lot".into(), crate::detect::FieldCounts { read: 3, uncertain: 1, missing: 2 });
+        }
         let text = render(&t);
         for name in [
             "vision_gateway_frames_received_total",
@@ -561,6 +584,7 @@ mod tests {
             "vision_gateway_annotation_errors_total",
             "vision_gateway_images_sampled_total",
             "vision_gateway_detect_latency_seconds_bucket{le=\"+Inf\"}",
+            "vision_gateway_fields_total{field=\"lot\",outcome=\"missing\"}",
             "vision_gateway_replicated_total{kind=\"image\"}",
             "vision_gateway_replicate_retries_total",
             "vision_gateway_kafka_connected",

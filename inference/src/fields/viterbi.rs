@@ -19,6 +19,12 @@ use std::collections::HashMap;
 
 /// Probabilities below this are taken as this (log 1e-30 = -69).
 const FLOOR: f32 = 1e-30;
+/// Most cells a format may have against a character set: back-pointers
+/// take 8 bytes per cell and time step, so with the recogniser's longest
+/// line (600 steps, a 1:100 crop) one decode stays under 20 MB.
+pub const MAX_CELLS: usize = 4096;
+/// Longest output decoded (time steps); longer outputs give `None`.
+pub const MAX_STEPS: usize = 1024;
 
 /// A format compiled against one character set.
 #[derive(Debug, Clone)]
@@ -135,6 +141,13 @@ impl Decoder {
             cells.extend(v.iter().map(|&c| (s, c)));
             state_cells.push((start, cells.len()));
         }
+        if cells.len() > MAX_CELLS {
+            return Err(CharsetError(format!(
+                "the format is too large for this model: {} positions x characters, at most {MAX_CELLS} \
+                 (use a class such as \\d or [A-F] instead of . where you can, or fewer repeats)",
+                cells.len()
+            )));
+        }
         let mut ins: Vec<Vec<usize>> = vec![Vec::new(); cells.len()];
         for (i, st) in pattern.steps.iter().enumerate() {
             let (a, b) = state_cells[st.to];
@@ -164,7 +177,7 @@ impl Decoder {
     /// if no line of the format fits in `steps` (or the input is not that
     /// shape).
     pub fn decode(&self, probs: &[f32], steps: usize, classes: usize) -> Option<Decoded> {
-        if steps == 0 || classes == 0 || probs.len() != steps.checked_mul(classes)? {
+        if steps == 0 || steps > MAX_STEPS || classes == 0 || probs.len() != steps.checked_mul(classes)? {
             return None;
         }
         if self.used.iter().any(|&i| i >= classes) {
@@ -424,6 +437,10 @@ mod tests {
         let nan = vec![f32::NAN; 3 * cs.len()];
         let _ = d.decode(&nan, 3, cs.len());
         assert!(Decoder::new(&Pattern::parse("X").unwrap(), &cs).is_err(), "X is not in the set");
+        let wide: Vec<String> = ctc::charset(&('!'..='~').map(String::from).collect::<Vec<_>>().join("\n"));
+        let e = Decoder::new(&Pattern::parse(".{64}").unwrap(), &wide).unwrap_err();
+        assert!(e.0.contains("too large"), "{e}");
+        assert!(Decoder::new(&Pattern::parse(".{40}").unwrap(), &wide).is_ok());
         assert!(Decoder::new(&Pattern::parse(r"\l").unwrap(), &cs).is_err(), "no lower case");
     }
 }
