@@ -119,36 +119,41 @@ pub fn levenshtein(a: &[char], b: &[char]) -> usize {
     prev[b.len()]
 }
 
-/// One recognised line, as the field assignment sees it.
+/// One recognised line, as the field assignment sees it: its greedy text,
+/// its box and its decoding against each field (see [`decode_line`]).
 #[derive(Debug)]
-pub struct Line<'a> {
-    /// The recogniser's probabilities, `steps` x `classes`.
-    pub probs: &'a [f32],
-    /// Time steps.
-    pub steps: usize,
-    /// Classes per step.
-    pub classes: usize,
+pub struct Line {
     /// Greedy text.
     pub raw: String,
     /// Box in frame pixels.
     pub bbox: [f32; 4],
+    /// For each field, in order, the format's best line, if one fits the
+    /// steps at all.
+    pub decoded: Vec<Option<Decoded>>,
+}
+
+/// Decodes one line's recogniser output (`steps` x `classes`) against
+/// every field. Done as soon as the recogniser has run, so that no
+/// probability matrix outlives its batch.
+pub fn decode_line(fields: &[&Field], probs: &[f32], steps: usize, classes: usize) -> Vec<Option<Decoded>> {
+    fields.iter().map(|f| f.decoder.decode(probs, steps, classes)).collect()
 }
 
 /// Reads `fields` off `lines`: every line against every format, then the
 /// best fitting (line, field) pairs first, each line and each field once.
 /// Returns the fields read and the required ones missing (empty if `lines`
 /// is empty, see the module's promise).
-pub fn assign(fields: &[&Field], lines: &[Line<'_>]) -> (BTreeMap<String, FieldValue>, Vec<String>) {
+pub fn assign(fields: &[&Field], lines: &[Line]) -> (BTreeMap<String, FieldValue>, Vec<String>) {
     let mut fits: Vec<(f32, usize, usize, Decoded)> = Vec::new();
     for (li, l) in lines.iter().enumerate() {
-        for (fi, f) in fields.iter().enumerate() {
-            let Some(d) = f.decoder.decode(l.probs, l.steps, l.classes) else { continue };
+        for (fi, d) in l.decoded.iter().enumerate().take(fields.len()) {
+            let Some(d) = d else { continue };
             let raw: Vec<char> = l.raw.chars().filter(|c| !c.is_whitespace()).collect();
             let line: Vec<char> = d.line.chars().filter(|c| !c.is_whitespace()).collect();
             let per_char = d.gap / raw.len().max(1) as f32;
             let edits = levenshtein(&raw, &line);
             if per_char <= MAX_GAP_PER_CHAR && edits <= max_edits(line.len()) {
-                fits.push((per_char, li, fi, d));
+                fits.push((per_char, li, fi, d.clone()));
             }
         }
     }
@@ -235,15 +240,13 @@ mod tests {
         let texts = ["ACME PARTS", "PN 1234-567", "L0T L2O34", "SN12345678"];
         let mats: Vec<Vec<f32>> =
             texts.iter().enumerate().map(|(i, t)| one_hot(&cs, t, if i == 2 { 0.55 } else { 0.95 })).collect();
-        let lines: Vec<Line<'_>> = texts
+        let lines: Vec<Line> = texts
             .iter()
             .zip(&mats)
             .map(|(t, m)| Line {
-                probs: m,
-                steps: m.len() / cs.len(),
-                classes: cs.len(),
                 raw: (*t).into(),
                 bbox: [0.0; 4],
+                decoded: decode_line(&refs, m, m.len() / cs.len(), cs.len()),
             })
             .collect();
         let (got, missing) = assign(&refs, &lines);

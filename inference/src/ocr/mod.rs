@@ -293,12 +293,11 @@ impl Ocr {
             return Err(InferenceError::Runtime("a text box could not be cropped".into()));
         }
 
-        let keep = !fields.is_empty();
-        let texts = self.recognise(&crops, &mut times, keep)?;
+        let texts = self.recognise(&crops, &mut times, fields)?;
         let t3 = Instant::now();
         let mut items = Vec::new();
         let mut lines = Vec::new();
-        for (q, r) in quads.iter().zip(&texts) {
+        for (q, r) in quads.iter().zip(texts) {
             let quad = q.map(|p| {
                 [
                     (f64::from(p[0]) * ratio_w).clamp(0.0, raw.width as f64) as f32,
@@ -306,14 +305,8 @@ impl Ocr {
                 ]
             });
             let item = Item::text(r.text.clone(), r.score, quad);
-            if keep && filter.keeps_shape(&item) {
-                lines.push(crate::fields::Line {
-                    probs: &r.probs,
-                    steps: r.steps,
-                    classes: r.classes,
-                    raw: r.text.clone(),
-                    bbox: item.bbox,
-                });
+            if !fields.is_empty() && filter.keeps_shape(&item) {
+                lines.push(crate::fields::Line { raw: r.text, bbox: item.bbox, decoded: r.decoded });
             }
             if r.score < TEXT_SCORE || !filter.keeps(&item) {
                 continue;
@@ -327,12 +320,17 @@ impl Ocr {
         if items.is_empty() && fields_read.is_empty() {
             missing.clear();
         }
-        times.fields_ms = t4.elapsed().as_secs_f64() * 1e3;
+        times.fields_ms += t4.elapsed().as_secs_f64() * 1e3;
         times.postprocess_ms += t3.elapsed().as_secs_f64() * 1e3;
         Ok(Read { items, times, fields: fields_read, missing })
     }
 
-    fn recognise(&mut self, crops: &[Bgr], times: &mut Times, keep: bool) -> Result<Vec<Recognised>, InferenceError> {
+    fn recognise(
+        &mut self,
+        crops: &[Bgr],
+        times: &mut Times,
+        fields: &[&Field],
+    ) -> Result<Vec<Recognised>, InferenceError> {
         let ratios: Vec<f64> =
             crops.iter().map(|c| (c.width as f64 / c.height.max(1) as f64).min(REC_MAX_RATIO)).collect();
         let mut order: Vec<usize> = (0..crops.len()).collect();
@@ -367,8 +365,16 @@ impl Ocr {
             for (n, &i) in chunk.iter().enumerate() {
                 let probs = &flat[n * steps * classes..(n + 1) * steps * classes];
                 let (text, score) = ctc::decode(probs, steps, classes, &self.charset);
-                out[i] =
-                    Recognised { text, score, probs: if keep { probs.to_vec() } else { Vec::new() }, steps, classes };
+                out[i] = Recognised {
+                    text,
+                    score,
+                    decoded: {
+                        let tf = Instant::now();
+                        let d = crate::fields::decode_line(fields, probs, steps, classes);
+                        times.fields_ms += tf.elapsed().as_secs_f64() * 1e3;
+                        d
+                    },
+                };
             }
             times.postprocess_ms += t.elapsed().as_secs_f64() * 1e3;
         }
@@ -381,10 +387,8 @@ impl Ocr {
 struct Recognised {
     text: String,
     score: f32,
-    /// The recogniser's output for the crop (kept only when fields are read).
-    probs: Vec<f32>,
-    steps: usize,
-    classes: usize,
+    /// The crop decoded against each field (see [`crate::fields::decode_line`]).
+    decoded: Vec<Option<crate::fields::Decoded>>,
 }
 
 /// What [`Ocr::read`] found on a frame.
