@@ -202,6 +202,10 @@ pub struct CameraSummary {
     pub texts: Vec<String>,
     /// Items found in all.
     pub items: u64,
+    /// Label fields read (the fixture formats, `tests/fixtures/fields.toml`).
+    pub fields: u64,
+    /// A few of them, `name=value`.
+    pub field_examples: Vec<String>,
 }
 
 /// What the pipeline demo did, end to end.
@@ -295,10 +299,12 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let text = format!(
         "gateway_id = \"demo\"\n[log]\npath = \"{}\"\nmax_bytes = \"1GiB\"\n[mqtt]\nbroker = \"127.0.0.1:{mqtt_port}\"\n\
          [detect]\nmodel = \"{}\"\nonnxruntime = \"{}\"\nworkers = 2\n[sample]\nevery_nth = 4\n\
-         [replicate]\nbrokers = \"{brokers}\"\n[telemetry]\nlisten = \"127.0.0.1:{http_port}\"\n",
+         [replicate]\nbrokers = \"{brokers}\"\n[telemetry]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
         log_dir.display(),
         repo.join("models/ppocr-v4").display(),
-        library.display()
+        library.display(),
+        // The label fields of the fixture cameras, as a user declares them.
+        std::fs::read_to_string(repo.join("tests/fixtures/fields.toml")).unwrap_or_default()
     );
     let config = crate::config::Config::parse(Path::new("demo.toml"), &text, &crate::config::ProcessEnv)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -352,6 +358,12 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
         let c = summary.cameras.entry(fa.camera.clone()).or_default();
         c.annotations += 1;
         c.items += fa.annotation.items.len() as u64;
+        c.fields += fa.annotation.fields.len() as u64;
+        for (name, f) in &fa.annotation.fields {
+            if c.field_examples.len() < 4 && !c.field_examples.iter().any(|e| e.starts_with(&format!("{name}="))) {
+                c.field_examples.push(format!("{name}={}", f.value));
+            }
+        }
         for it in &fa.annotation.items {
             if let Some(text) = &it.text {
                 if c.texts.len() < 12 && !c.texts.contains(text) {
@@ -517,6 +529,7 @@ impl std::fmt::Display for PipelineSummary {
                 c.items,
                 c.texts.iter().take(5).cloned().collect::<Vec<_>>().join(" | ")
             )?;
+            writeln!(f, "    {} label fields read, e.g. {}", c.fields, c.field_examples.join(" "))?;
         }
         let o = self.out.display();
         writeln!(f, "  report: {o}/report.html ({o}/report.json)")?;

@@ -195,6 +195,10 @@ fn the_demo_runs_the_whole_pipeline_on_stand_in_brokers() {
     assert_eq!(report["images_reassembled"], report["images_sampled"]);
     let texts = report["cameras"]["line1-cam1"]["texts"].as_array().unwrap();
     assert!(texts.iter().any(|t| t.as_str().unwrap().starts_with("PN")), "{texts:?}");
+    // The fixture cameras' label fields are declared in the demo: 14 labels
+    // of 4 fields on line1-cam1, every one read.
+    assert_eq!(report["cameras"]["line1-cam1"]["fields"], 56, "{}", report["cameras"]["line1-cam1"]);
+    assert!(stdout.contains("label fields read, e.g. "), "{stdout}");
     // One self-contained annotated SVG per frame, and the HTML report
     // showing every frame with what was read on it.
     let svgs: Vec<_> = std::fs::read_dir(dir.path().join("annotated")).unwrap().map(|e| e.unwrap().path()).collect();
