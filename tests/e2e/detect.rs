@@ -95,16 +95,8 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
     s.detect = true;
     s.onnxruntime = dir.path().join("no-such/libonnxruntime.so.1.31.1");
     let cfg = s.write(&dir.path().join("g.toml"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"),
-        "{text}"
-    );
+    let text = check_config(&cfg);
+    assert!(text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"), "{text}");
     let gw = Gateway::start(&cfg, s.http_port);
     let cameras: Vec<_> =
         load_cameras(&fixtures().join("cameras")).unwrap().into_iter().filter(|c| c.id == "line1-cam1").collect();
@@ -155,13 +147,7 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
         std::fs::read_to_string(fixtures().join("fields.toml")).unwrap()
     );
     let cfg = s.write(&dir.path().join("g.toml"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = check_config(&cfg);
     assert!(text.contains("field        lot = LOT <L\\d{4}[A-FX]> (required)"), "{text}");
     assert!(text.contains("field        batch = BATCH <\\d{3}> (required) on line1-cam2"), "{text}");
 
@@ -240,6 +226,18 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
     println!("fields e2e: {exact}/{fields} label fields exact; {reviewed} frames missing `batch` sampled for review; 4 frames of marks gave nothing");
     assert_eq!(exact, fields);
     assert!(fields >= 100 && reviewed > 0);
+}
+
+/// `vision-gateway check-config` on `cfg`, which must pass: what it printed.
+fn check_config(cfg: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+        .args(["check-config", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text
 }
 
 /// The status page: every camera's newest frame with its boxes and text, as
