@@ -570,8 +570,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             let mut m = inference::Model::load(&model, &opts)
                 .with_context(|| format!("cannot load the model in {}", model.display()))?;
-            let specs: Vec<_> = decls.iter().map(|d| d.spec.clone()).collect();
-            let compiled = m.compile_fields(&specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let compiled = m.compile_fields(decls.iter().map(|d| &d.spec)).map_err(|e| anyhow::anyhow!("{e}"))?;
             let fields: Vec<&inference::fields::Field> = compiled.iter().collect();
             let mut failed = false;
             for path in &images {

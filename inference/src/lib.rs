@@ -427,8 +427,12 @@ impl Model {
     /// # Errors
     /// Every problem, one per line: a bad format, a character the model
     /// cannot read, or a model that does not read text.
-    pub fn compile_fields(&self, specs: &[fields::FieldSpec]) -> Result<Vec<fields::Field>, String> {
-        if specs.is_empty() {
+    pub fn compile_fields<'a>(
+        &self,
+        specs: impl IntoIterator<Item = &'a fields::FieldSpec>,
+    ) -> Result<Vec<fields::Field>, String> {
+        let mut specs = specs.into_iter().peekable();
+        if specs.peek().is_none() {
             return Ok(Vec::new());
         }
         let Backend::Ocr(o) = &self.backend else {

@@ -433,8 +433,7 @@ fn worker(
     };
     // Each field compiled against this model's character set, with the
     // cameras it applies to.
-    let specs: Vec<inference::fields::FieldSpec> = field_decls.iter().map(|f| f.spec.clone()).collect();
-    let compiled = match model.as_ref().map(|m| m.compile_fields(&specs)).transpose() {
+    let compiled = match model.as_ref().map(|m| m.compile_fields(field_decls.iter().map(|f| &f.spec))).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             let _ = ready.send(Err(DetectError::Fields(e)));

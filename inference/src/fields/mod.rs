@@ -2,10 +2,11 @@
 //!
 //! Owns what a field is and how lines become fields. A [`FieldSpec`] names
 //! a field, its format (the language of [`pattern`]), whether it is
-//! required and the score below which it is uncertain. [`FieldSet`]
-//! compiles specs against a model's character set; the OCR pipeline then
-//! decodes every recognised line against every format of the set
-//! ([`viterbi`]) and [`assign`]s lines to fields.
+//! required and the score below which it is uncertain. [`Field::compile`]
+//! compiles a spec against a model's character set; the OCR pipeline then
+//! decodes every recognised line against every field's format as soon as
+//! the recogniser has run ([`decode_line`], [`viterbi`]) and [`assign`]s
+//! lines to fields.
 //!
 //! Promises:
 //! - a field's value is always a line of its format (a digit position
@@ -141,19 +142,21 @@ pub fn decode_line(fields: &[&Field], probs: &[f32], steps: usize, classes: usiz
 
 /// Reads `fields` off `lines`: every line against every format, then the
 /// best fitting (line, field) pairs first, each line and each field once.
-/// Returns the fields read and the required ones missing (empty if `lines`
-/// is empty, see the module's promise).
-pub fn assign(fields: &[&Field], lines: &[Line]) -> (BTreeMap<String, FieldValue>, Vec<String>) {
-    let mut fits: Vec<(f32, usize, usize, Decoded)> = Vec::new();
+/// Returns the fields read and the required ones missing. `text_read`
+/// says whether the frame kept any raw text: a frame with neither text nor
+/// a field has no label, and nothing is missing from it (the module's
+/// promise).
+pub fn assign(fields: &[&Field], lines: &[Line], text_read: bool) -> (BTreeMap<String, FieldValue>, Vec<String>) {
+    let mut fits: Vec<(f32, usize, usize)> = Vec::new();
     for (li, l) in lines.iter().enumerate() {
+        let raw: Vec<char> = l.raw.chars().filter(|c| !c.is_whitespace()).collect();
         for (fi, d) in l.decoded.iter().enumerate().take(fields.len()) {
             let Some(d) = d else { continue };
-            let raw: Vec<char> = l.raw.chars().filter(|c| !c.is_whitespace()).collect();
             let line: Vec<char> = d.line.chars().filter(|c| !c.is_whitespace()).collect();
             let per_char = d.gap / raw.len().max(1) as f32;
             let edits = levenshtein(&raw, &line);
             if per_char <= MAX_GAP_PER_CHAR && edits <= max_edits(line.len()) {
-                fits.push((per_char, li, fi, d.clone()));
+                fits.push((per_char, li, fi));
             }
         }
     }
@@ -161,7 +164,8 @@ pub fn assign(fields: &[&Field], lines: &[Line]) -> (BTreeMap<String, FieldValue
     let mut line_used = vec![false; lines.len()];
     let mut field_used = vec![false; fields.len()];
     let mut out = BTreeMap::new();
-    for (_, li, fi, d) in fits {
+    for (_, li, fi) in fits {
+        let Some(d) = &lines[li].decoded[fi] else { continue };
         if line_used[li] || field_used[fi] {
             continue;
         }
@@ -172,14 +176,14 @@ pub fn assign(fields: &[&Field], lines: &[Line]) -> (BTreeMap<String, FieldValue
             f.spec.name.clone(),
             FieldValue {
                 uncertain: d.score < f.spec.min_score,
-                value: d.value,
+                value: d.value.clone(),
                 score: d.score,
                 raw: lines[li].raw.clone(),
                 bbox: lines[li].bbox,
             },
         );
     }
-    let missing = if lines.is_empty() {
+    let missing = if !text_read && out.is_empty() {
         Vec::new()
     } else {
         fields
@@ -249,7 +253,7 @@ mod tests {
                 decoded: decode_line(&refs, m, m.len() / cs.len(), cs.len()),
             })
             .collect();
-        let (got, missing) = assign(&refs, &lines);
+        let (got, missing) = assign(&refs, &lines, true);
         assert_eq!(got["pn"].value, "1234-567");
         assert_eq!(got["sn"].value, "12345678", "the dropped space");
         assert!(!got["sn"].uncertain);
@@ -262,9 +266,9 @@ mod tests {
         assert_eq!(got.len(), 3, "ACME PARTS fits nothing");
 
         // Without the SN line, it is missing; with no line at all, nothing is.
-        let (got, missing) = assign(&refs, &lines[..3]);
+        let (got, missing) = assign(&refs, &lines[..3], true);
         assert_eq!((got.len(), missing), (2, vec!["sn".to_string()]));
-        let (got, missing) = assign(&refs, &[]);
+        let (got, missing) = assign(&refs, &[], false);
         assert!(got.is_empty() && missing.is_empty());
     }
 }

@@ -229,18 +229,10 @@ impl Ocr {
         })
     }
 
-    /// Reads the text on one image. Items are in reading order (top to
-    /// bottom, left to right), boxes in the image's pixel coordinates.
-    ///
-    /// # Errors
-    /// [`InferenceError::Runtime`] if a session fails.
-    pub fn run(&mut self, raw: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
-        let out = self.read(raw, &[], &TextFilter::off())?;
-        Ok((out.items, out.times))
-    }
-
     /// Reads the text on one image, keeps the raw lines that pass `filter`
     /// and reads `fields` off every line (see [`crate::fields::assign`]).
+    /// Items are in reading order (top to bottom, left to right), boxes in
+    /// the image's pixel coordinates.
     ///
     /// # Errors
     /// [`InferenceError::Runtime`] if a session fails.
@@ -313,13 +305,10 @@ impl Ocr {
             }
             items.push(item);
         }
-        // Fields are read off every line the detector found, whatever its
-        // raw score; `missing` only where text was read.
+        // Fields are read off every line of a plausible shape, whatever its
+        // raw score.
         let t4 = Instant::now();
-        let (fields_read, mut missing) = crate::fields::assign(fields, &lines);
-        if items.is_empty() && fields_read.is_empty() {
-            missing.clear();
-        }
+        let (fields_read, missing) = crate::fields::assign(fields, &lines, !items.is_empty());
         times.fields_ms += t4.elapsed().as_secs_f64() * 1e3;
         times.postprocess_ms += t3.elapsed().as_secs_f64() * 1e3;
         Ok(Read { items, times, fields: fields_read, missing })
@@ -407,12 +396,14 @@ pub struct Read {
 /// Which raw text lines are kept (junk rejection). Fields are read off
 /// every line of a plausible shape, whatever its score.
 ///
-/// The defaults come from a measurement (`tests/e2e/fields.rs` repeats
-/// it): on frames with no label, the model read 35 junk lines (`1111` off
-/// tick marks, `口` off a box, `"`, `P`) scoring 0.50-0.94, of 1 to 6
-/// characters, 0.3 to 2.2 box heights wide per character; the 296 real
-/// label lines of the fixtures scored at least 0.91, had at least 9
-/// characters and 0.54 to 0.88 heights per character.
+/// The defaults come from a measurement (the golden test
+/// `unseen_label_formats_are_read_and_marks_give_no_junk` repeats it): on
+/// frames with no label (`tests/fixtures/blank`), the model read 35 junk
+/// lines (`1111` off tick marks, `口` off a box, `"`, `P`) scoring
+/// 0.50-0.94, of 1 to 6 characters, 0.3 to 2.2 box heights wide per
+/// character; the 296 real label lines of the camera fixtures and
+/// `tests/fixtures/labels2` scored at least 0.91, had at least 9 characters
+/// and 0.54 to 0.88 heights per character.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TextFilter {
     /// Lines scoring below this are dropped (the reference drops below 0.5).
