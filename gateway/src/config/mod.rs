@@ -526,11 +526,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] listing every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            problems: vec![Problem { key: String::new(), message: format!("cannot read the file: {e}") }],
-        })?;
-        Self::parse(path, &text, &ProcessEnv)
+        Self::parse(path, &read_file(path)?, &ProcessEnv)
     }
 
     /// Parses and validates config text (`path` is used in messages and to
@@ -539,15 +535,9 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] listing every problem found.
     pub fn parse(path: &Path, text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
-        let mut unknown = Vec::new();
-        let de = toml::Deserializer::new(text);
-        let parsed: Result<RawConfig, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
-        let mut problems: Vec<Problem> = unknown
-            .into_iter()
-            .map(|key| Problem { key, message: "unknown key (check the spelling; see systemd/gateway.toml)".into() })
-            .collect();
+        let (parsed, mut problems) = raw_config(text);
         match parsed {
-            Ok(raw) => match Self::from_raw(path, raw, env) {
+            Some(raw) => match Self::from_raw(path, raw, env) {
                 Ok(c) if problems.is_empty() => Ok(c),
                 Ok(_) => Err(ConfigError { path: path.to_owned(), problems }),
                 Err(mut e) => {
@@ -555,10 +545,7 @@ impl Config {
                     Err(ConfigError { path: path.to_owned(), problems })
                 }
             },
-            Err(e) => {
-                problems.push(Problem { key: String::new(), message: e.to_string().trim().replace('\n', "\n    ") });
-                Err(ConfigError { path: path.to_owned(), problems })
-            }
+            None => Err(ConfigError { path: path.to_owned(), problems }),
         }
     }
 
@@ -912,6 +899,33 @@ impl Config {
     }
 }
 
+/// The file's text, or a problem saying why it cannot be read.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        problems: vec![Problem { key: String::new(), message: format!("cannot read the file: {e}") }],
+    })
+}
+
+/// What serde reads of `text` (`None` if it is not a config at all), and
+/// a problem for every unknown key and for the parse error.
+fn raw_config(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+    let mut unknown = Vec::new();
+    let parsed: Result<RawConfig, _> =
+        serde_ignored::deserialize(toml::Deserializer::new(text), |p| unknown.push(p.to_string()));
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|key| Problem { key, message: "unknown key (check the spelling; see systemd/gateway.toml)".into() })
+        .collect();
+    match parsed {
+        Ok(raw) => (Some(raw), problems),
+        Err(e) => {
+            problems.push(Problem { key: String::new(), message: e.to_string().trim().replace('\n', "\n    ") });
+            (None, problems)
+        }
+    }
+}
+
 /// `[detect.text]` over [`inference::ocr::TextFilter::default`].
 fn text_filter(v: &mut Validator<'_>, t: &RawText) -> inference::ocr::TextFilter {
     let def = inference::ocr::TextFilter::default();
@@ -927,8 +941,12 @@ fn text_filter(v: &mut Validator<'_>, t: &RawText) -> inference::ocr::TextFilter
         min_score: num("detect.text.min_score", t.min_score, def.min_score, 1.0),
         min_height: num("detect.text.min_height", t.min_height, def.min_height, 10_000.0),
         // 0 turns the rule off.
-        max_aspect_per_char: match num("detect.text.max_aspect_per_char", t.max_aspect_per_char, -1.0, 1000.0) {
-            x if x < 0.0 => def.max_aspect_per_char,
+        max_aspect_per_char: match num(
+            "detect.text.max_aspect_per_char",
+            t.max_aspect_per_char,
+            def.max_aspect_per_char,
+            1000.0,
+        ) {
             0.0 => f32::INFINITY,
             x => x,
         },
@@ -944,20 +962,10 @@ impl Config {
     /// Unreadable file, TOML errors, unknown keys, and every problem of
     /// those two sections.
     pub fn load_fields(path: &Path) -> Result<(Vec<FieldConfig>, inference::ocr::TextFilter), ConfigError> {
-        let fail = |message: String| ConfigError {
-            path: path.to_owned(),
-            problems: vec![Problem { key: String::new(), message }],
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        let mut unknown = Vec::new();
-        let de = toml::Deserializer::new(&text);
-        let raw: RawConfig = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
-            .map_err(|e| fail(e.to_string().trim().to_owned()))?;
+        let (raw, problems) = raw_config(&read_file(path)?);
+        let Some(raw) = raw else { return Err(ConfigError { path: path.to_owned(), problems }) };
         let env = ProcessEnv;
-        let mut v = Validator { problems: Vec::new(), env: &env };
-        for k in unknown {
-            v.problem(&k, "unknown key".into());
-        }
+        let mut v = Validator { problems, env: &env };
         let filter = text_filter(&mut v, &raw.detect.text);
         let fields = fields(&mut v, raw.fields);
         if v.problems.is_empty() {
