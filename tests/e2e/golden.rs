@@ -34,10 +34,29 @@ fn frames() -> Vec<PathBuf> {
         }
     }
     v.sort();
-    // Under emulation (images/check runs the aarch64 build in qemu-user, at
-    // about a minute per frame) a spread subset: every Nth frame.
-    let every = std::env::var("VISION_GATEWAY_GOLDEN_EVERY").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
-    v.into_iter().step_by(every.max(1)).collect()
+    v.into_iter().step_by(every()).collect()
+}
+
+/// Under emulation (images/check runs the ARM builds in qemu-user, at about
+/// a minute per frame) a spread subset: every Nth frame
+/// (`VISION_GATEWAY_GOLDEN_EVERY`, at least 1).
+fn every() -> usize {
+    std::env::var("VISION_GATEWAY_GOLDEN_EVERY").ok().and_then(|n| n.parse().ok()).unwrap_or(1usize).max(1)
+}
+
+/// The bundled model with `filter`, on ONNX Runtime as the reference;
+/// images/check runs it on tract for armv7, which has no ONNX Runtime
+/// (`VISION_GATEWAY_GOLDEN_BACKEND=tract`).
+fn load_model(filter: TextFilter) -> Model {
+    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
+    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
+    let backend =
+        inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
+    Model::load(
+        &repo().join("models/ppocr-v4"),
+        &LoadOptions { text_filter: filter, ..LoadOptions::new(library, backend) },
+    )
+    .unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -71,15 +90,8 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
         .collect();
     assert_eq!(reference.len(), files.len());
 
-    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    // ONNX Runtime, as the reference; images/check runs it on tract for
-    // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
-    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
-    let backend =
-        inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
     // Every line the reference keeps (no junk rejection): raw text parity.
-    let opts = LoadOptions { text_filter: TextFilter::off(), ..LoadOptions::new(library, backend) };
-    let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+    let mut model = load_model(TextFilter::off());
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
 
     let (mut items, mut same_text, mut score_close, mut max_box, mut max_score) = (0, 0, 0, 0f32, 0f32);
@@ -159,15 +171,8 @@ fn ppocr_matches_the_python_reference_and_reads_the_labels() {
 /// after them still reads exactly as before.
 #[test]
 fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
-    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    // ONNX Runtime, as the reference; images/check runs it on tract for
-    // armv7, which has no ONNX Runtime (VISION_GATEWAY_GOLDEN_BACKEND=tract).
-    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
-    let backend =
-        inference::engine::Backend::parse(&backend).expect("VISION_GATEWAY_GOLDEN_BACKEND: auto, onnxruntime or tract");
     // Every line the reference keeps (no junk rejection): raw text parity.
-    let opts = LoadOptions { text_filter: TextFilter::off(), ..LoadOptions::new(library, backend) };
-    let mut model = Model::load(&repo().join("models/ppocr-v4"), &opts).unwrap();
+    let mut model = load_model(TextFilter::off());
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
     let normal = frames().into_iter().next().unwrap();
     let before = model.annotate(&std::fs::read(&normal).unwrap()).unwrap();
@@ -333,14 +338,6 @@ fn field_specs(path: &Path) -> Vec<inference::fields::FieldSpec> {
         .collect()
 }
 
-fn default_model() -> Model {
-    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let backend = std::env::var("VISION_GATEWAY_GOLDEN_BACKEND").unwrap_or_else(|_| "onnxruntime".into());
-    let backend = inference::engine::Backend::parse(&backend).expect("auto, onnxruntime or tract");
-    // The production filter (junk rejection on).
-    Model::load(&repo().join("models/ppocr-v4"), &LoadOptions::new(library, backend)).unwrap()
-}
-
 /// Issue 15: the label fields of every fixture frame, declared in
 /// `tests/fixtures/fields.toml`, read exactly (the truth is what
 /// generate.py printed: `expected.json`); frames without a part give no
@@ -348,7 +345,8 @@ fn default_model() -> Model {
 /// the same lines and what the field decoding costs next to the model.
 #[test]
 fn label_fields_are_read_exactly_on_the_fixtures() {
-    let mut model = default_model();
+    // The production filter (junk rejection on).
+    let mut model = load_model(TextFilter::default());
     let specs = field_specs(&repo().join("tests/fixtures/fields.toml"));
     let prefixes = [("part_number", "PN "), ("lot", "LOT "), ("date", "DATE "), ("serial", "SN ")];
     let compiled = model.compile_fields(&specs).unwrap();
@@ -360,7 +358,7 @@ fn label_fields_are_read_exactly_on_the_fixtures() {
         let exp: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
         for (i, fr) in exp["frames"].as_array().unwrap().iter().enumerate() {
-            if i % std::env::var("VISION_GATEWAY_GOLDEN_EVERY").ok().and_then(|n| n.parse().ok()).unwrap_or(1) != 0 {
+            if i % every() != 0 {
                 continue;
             }
             let file = dir.join(fr["file"].as_str().unwrap());
@@ -417,15 +415,15 @@ fn label_fields_are_read_exactly_on_the_fixtures() {
 /// where the reference's filter kept junk on every one of them.
 #[test]
 fn unseen_label_formats_are_read_and_marks_give_no_junk() {
-    let mut model = default_model();
+    // The production filter (junk rejection on).
+    let mut model = load_model(TextFilter::default());
     let specs = field_specs(&repo().join("tests/fixtures/labels2/fields.toml"));
     let compiled = model.compile_fields(&specs).unwrap();
     let fields: Vec<&inference::fields::Field> = compiled.iter().collect();
     let exp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/labels2/expected.json")).unwrap()).unwrap();
-    let every = std::env::var("VISION_GATEWAY_GOLDEN_EVERY").ok().and_then(|n| n.parse().ok()).unwrap_or(1usize);
     let (mut total, mut exact, mut raw_exact) = (0, 0, 0);
-    for fr in exp["frames"].as_array().unwrap().iter().step_by(every.max(1)) {
+    for fr in exp["frames"].as_array().unwrap().iter().step_by(every()) {
         let file = repo().join("tests/fixtures/labels2").join(fr["file"].as_str().unwrap());
         let a = model.annotate_with(&std::fs::read(&file).unwrap(), &fields).unwrap();
         if !fr["label"].as_bool().unwrap() {
@@ -444,16 +442,7 @@ fn unseen_label_formats_are_read_and_marks_give_no_junk() {
     }
     // Marks on frames with no label: junk with the reference's filter,
     // nothing with the default one (and no field).
-    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
-    let backend = model.info.backend.clone();
-    let mut reference_filter = Model::load(
-        &repo().join("models/ppocr-v4"),
-        &LoadOptions {
-            text_filter: TextFilter::off(),
-            ..LoadOptions::new(library, inference::engine::Backend::parse(&backend).unwrap())
-        },
-    )
-    .unwrap();
+    let mut reference_filter = load_model(TextFilter::off());
     let (mut blanks, mut junk_before, mut junk_after) = (0, 0, 0);
     let mut blank_files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/blank"))
         .unwrap()
@@ -461,7 +450,7 @@ fn unseen_label_formats_are_read_and_marks_give_no_junk() {
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     blank_files.sort();
-    for f in blank_files.iter().step_by(every.max(1)) {
+    for f in blank_files.iter().step_by(every()) {
         let bytes = std::fs::read(f).unwrap();
         blanks += 1;
         junk_before += reference_filter.annotate(&bytes).unwrap().items.len();
