@@ -201,21 +201,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A backlog drained after a restart while live frames flow: drain rate
+    /// A backlog drained when the broker comes back while live frames flow: drain rate
     /// and live latency next to the same live stream with no backlog.
     Drain {
         /// Directory for logs (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Backlog frames.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 100_000)]
         backlog: u64,
         /// Live frames per second.
         #[arg(long, default_value_t = 20.0)]
         live_fps: f64,
         /// Seconds of live traffic.
-        #[arg(long, default_value_t = 15.0)]
+        #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// The service's `replicate.live_lane_after` (0: one lane).
+        #[arg(long, default_value_t = 1000)]
+        live_lane_after: u64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -700,11 +703,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Drain { dir, backlog, live_fps, seconds, json } } => {
+        Command::Bench { command: BenchCommand::Drain { dir, backlog, live_fps, seconds, live_lane_after, json } } => {
             let dir = bench_dir(dir)?;
             let rt = runtime()?;
             let _guard = rt.enter();
-            let r = rt.block_on(gateway::bench::drain(&dir, backlog, live_fps, seconds))?;
+            let r = rt.block_on(gateway::bench::drain(&dir, backlog, live_fps, seconds, live_lane_after))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

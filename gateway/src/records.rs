@@ -46,6 +46,13 @@ pub mod header {
     pub const SCHEMA: &str = "schema";
     /// Gap reason (gaps).
     pub const REASON: &str = "reason";
+    /// `backfill` on a record of a backlog sent behind the live lane
+    /// (annotations, image chunks, dead letters); absent otherwise. Order
+    /// per camera holds within each lane; `frame_id`'s sequence orders the
+    /// two together.
+    pub const LANE: &str = "lane";
+    /// The value of [`LANE`] on backlog records.
+    pub const BACKFILL: &str = "backfill";
 }
 
 /// Version of the [`FrameAnnotation`] JSON schema.

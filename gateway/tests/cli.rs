@@ -150,7 +150,10 @@ fn bench_detect_measures_the_stage_and_the_bare_loop_on_the_same_frames() {
 }
 
 /// `bench drain`: every backlog frame and every live frame reached Kafka
-/// (the command fails otherwise), and the live latencies were measured.
+/// (the command fails otherwise), the live latencies were measured, and
+/// the backlog went behind the live lane (more of it waited than
+/// `--live-lane-after` once the 8 batches in flight during the outage were
+/// delivered).
 #[test]
 fn bench_drain_delivers_the_backlog_and_the_live_frames() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,19 +161,23 @@ fn bench_drain_delivers_the_backlog_and_the_live_frames() {
         "bench",
         "drain",
         "--backlog",
-        "300",
+        "2000",
         "--live-fps",
         "20",
         "--seconds",
         "3",
+        "--live-lane-after",
+        "100",
         "--json",
         "--dir",
         dir.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["backlog"], 300);
+    assert_eq!(v["backlog"], 2000);
     assert_eq!(v["live_frames"], 60);
+    let backfilled = v["backfilled"].as_u64().unwrap();
+    assert!(backfilled > 0 && backfilled <= 2000, "{v}");
     assert!(v["drain_per_s"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["idle_p99_ms"].as_f64().unwrap() >= v["idle_p50_ms"].as_f64().unwrap(), "{v}");
 }

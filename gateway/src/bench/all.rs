@@ -92,9 +92,9 @@ impl Default for AllOptions {
             detect_frames: 46,
             workers: 2,
             intra_threads: 1,
-            backlog: 50_000,
+            backlog: 100_000,
             live_fps: 20.0,
-            live_seconds: 15.0,
+            live_seconds: 20.0,
             tansu: tansu.filter(|p| p.is_file()),
         }
     }
@@ -354,7 +354,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         "backlog drain rate / live ingest rate, live frames flowing",
         "p99 capture->Kafka of live frames during a drain / no backlog",
     ];
-    match super::drain(&sub(dir, "drain")?, o.backlog, o.live_fps, o.live_seconds).await {
+    match super::drain(&sub(dir, "drain")?, o.backlog, o.live_fps, o.live_seconds, 1000).await {
         Ok(d) => {
             rows.push(row(
                 figs[0],

@@ -103,7 +103,7 @@ impl Service {
         let child = tokio::process::Command::new(exe)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("VG_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()?;

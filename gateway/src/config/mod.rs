@@ -267,6 +267,11 @@ pub struct RawReplicate {
     /// librdkafka options whose values are read from files (secrets), e.g.
     /// `{ "sasl.password" = "kafka-password" }` with a systemd credential.
     pub librdkafka_secret_files: Option<BTreeMap<String, PathBuf>>,
+    /// A backlog of more than this many records when the uplink (re)starts
+    /// is sent behind a live lane: new records go first, the backlog
+    /// follows with header `lane = backfill`. Default 1000; 0 keeps one
+    /// lane (strict order per camera, live records wait for the backlog).
+    pub live_lane_after: Option<u64>,
 }
 
 /// `[telemetry]`.
@@ -448,6 +453,8 @@ pub struct ReplicateConfig {
     pub librdkafka: BTreeMap<String, String>,
     /// Pass-through librdkafka options holding secrets.
     pub librdkafka_secrets: BTreeMap<String, Secret>,
+    /// Backlog (records) above which a live lane opens; 0: never.
+    pub live_lane_after: u64,
 }
 
 /// Log output format.
@@ -864,6 +871,7 @@ impl Config {
             chunk_bytes,
             librdkafka,
             librdkafka_secrets,
+            live_lane_after: r.live_lane_after.unwrap_or(1000),
         };
 
         let t = raw.telemetry;

@@ -145,11 +145,17 @@ pub enum Cursor {
     Replicate,
     /// Gap records below it are in Kafka.
     ReplicateGaps,
+    /// The replicate stage's live lane: while a backlog drains behind it
+    /// (this cursor above [`Cursor::Replicate`]), records from here on go
+    /// first, and each is deleted as soon as Kafka has it; the records
+    /// left between the two cursors are the backlog. At or below
+    /// `replicate`: no backlog lane. Never passes [`Cursor::Detect`].
+    ReplicateLive,
 }
 
 impl Cursor {
     /// Every cursor.
-    pub const ALL: [Cursor; 3] = [Cursor::Detect, Cursor::Replicate, Cursor::ReplicateGaps];
+    pub const ALL: [Cursor; 4] = [Cursor::Detect, Cursor::Replicate, Cursor::ReplicateGaps, Cursor::ReplicateLive];
 
     /// Stable name (the key in the index, and in `log stats`).
     pub fn name(self) -> &'static str {
@@ -157,6 +163,7 @@ impl Cursor {
             Cursor::Detect => "detect",
             Cursor::Replicate => "replicate",
             Cursor::ReplicateGaps => "replicate_gaps",
+            Cursor::ReplicateLive => "replicate_live",
         }
     }
 }
@@ -889,7 +896,7 @@ impl DurableLog {
         let (seq, gap) = *self.inner.durable.borrow();
         Ok(match c {
             Cursor::Detect => seq,
-            Cursor::Replicate => seq.min(self.cursor(Cursor::Detect)?),
+            Cursor::Replicate | Cursor::ReplicateLive => seq.min(self.cursor(Cursor::Detect)?),
             Cursor::ReplicateGaps => gap,
         })
     }

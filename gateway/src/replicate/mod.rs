@@ -2,9 +2,9 @@
 //! Kafka, store-and-forward.
 //!
 //! Owns cursors `replicate` (annotations, dead letters and sampled images,
-//! all in the frame sequence) and `replicate_gaps` (gap records), and the
-//! Kafka producer (librdkafka through `rdkafka`, `acks=all`,
-//! `enable.idempotence=true`, zstd).
+//! all in the frame sequence), `replicate_live` (the live lane, below) and
+//! `replicate_gaps` (gap records), and the Kafka producer (librdkafka
+//! through `rdkafka`, `acks=all`, `enable.idempotence=true`, zstd).
 //!
 //! # Promises
 //!
@@ -15,11 +15,27 @@
 //!   successful delivery report: it is the highest sequence below which
 //!   every report has arrived, to a batch's granularity. A failed or
 //!   timed-out delivery keeps the records on disk; the batches behind it
-//!   are awaited, and everything from the cursor on is sent again after a
+//!   are awaited, and everything from the cursors on is sent again after a
 //!   capped backoff. So a crash or an outage re-sends at most what was in
 //!   flight (consumers de-duplicate by `frame_id` and `chunk_index`).
 //! - **Order per camera**: records are produced in sequence order with the
-//!   camera id as key, through one idempotent producer.
+//!   camera id as key, through one idempotent producer, within each lane.
+//! - **Live frames do not wait behind a backlog** (the live lane). When the
+//!   uplink is (re)tried (start-up, after a failed round) with more than
+//!   `replicate.live_lane_after` records waiting, the stage opens a live
+//!   lane at the end of what it can read: `replicate_live` is set there,
+//!   and every record from there on goes first, as it comes. The records
+//!   below are the backlog; they follow, in sequence order, with header
+//!   `lane = backfill`, at most [`BACKFILL_IN_FLIGHT`] batches at a time,
+//!   so a live record shares its partition queue with few of them. A live
+//!   record is deleted as soon as it is acknowledged (retention follows
+//!   `replicate`, which waits for the backlog), and `replicate_live` moves
+//!   past it; when the backlog lane has sent everything below
+//!   `replicate_live`, `replicate` jumps there and there is one lane again.
+//!   So a camera's records are in sequence order within each lane, and the
+//!   backfill header says which lane a record came by; `frame_id`'s
+//!   sequence orders the two. `live_lane_after = 0` keeps one lane (strict
+//!   order, live records wait for the backlog).
 //! - **Large images are chunked** at `replicate.chunk_bytes` with headers
 //!   `frame_id`, `camera`, `content_type`, `sha256` (of the whole image),
 //!   `chunk_index`, `chunk_count`; [`reassemble`] puts them back together.
@@ -32,8 +48,7 @@
 //! - **Never blocks the runtime**: when librdkafka's queue is full the
 //!   stage yields and tries again; it never parks a tokio worker.
 //! - **Offline for days**: the backlog is on disk; when Kafka returns the
-//!   stage drains it at full speed, batches in flight back to back, while
-//!   detect keeps appending behind it.
+//!   stage drains it behind the live lane, while detect keeps appending.
 
 mod producer;
 pub mod reassemble;
@@ -49,7 +64,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +75,10 @@ use tokio_util::sync::CancellationToken;
 pub const BATCH: usize = 128;
 /// Batches produced and not yet wholly acknowledged, at most.
 pub const IN_FLIGHT: usize = 8;
+/// Backfill batches in flight, at most, while a backlog drains behind the
+/// live lane: a live record shares its camera's partition queue with them,
+/// so this bounds what it can wait behind.
+pub const BACKFILL_IN_FLIGHT: usize = 2;
 /// Sampled image bytes read and not yet acknowledged, at most (see the
 /// module's promise): with 16 MiB frames, a batch of sampled images would
 /// otherwise be 2 GiB in RAM.
@@ -118,6 +137,13 @@ pub struct ReplicateStats {
     pub topic_refusals: AtomicU64,
     /// The last batch was delivered (Kafka reachable).
     pub connected: AtomicBool,
+    /// Records acknowledged in the backfill lane (a backlog sent behind
+    /// the live lane).
+    pub backfilled: AtomicU64,
+    /// Times a live lane was opened in front of a backlog.
+    pub lanes_opened: AtomicU64,
+    /// A backlog is draining behind the live lane now.
+    pub live_lane: AtomicBool,
 }
 
 /// Creates the idempotent producer from the config (pass-through options
@@ -402,14 +428,45 @@ impl Out {
     }
 }
 
+/// Which lane a batch belongs to (see the module's promise on the live
+/// lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// No backlog lane: the only one.
+    Main,
+    /// New records, first, while a backlog drains behind them.
+    Live,
+    /// The backlog behind the live lane (header `lane = backfill`).
+    Backfill,
+}
+
+/// Where each lane reads next.
+#[derive(Debug, Clone, Copy)]
+struct Lanes {
+    /// The main lane, or the live lane while a backlog drains.
+    next: u64,
+    /// Gap records (they always travel in the main or live lane).
+    next_gap: u64,
+    /// The backfill lane's next record, while a backlog drains behind the
+    /// live lane; it reads up to the `replicate_live` cursor.
+    backfill: Option<u64>,
+}
+
 /// A batch handed to librdkafka: its delivery reports to await, and where
 /// the cursors go once they are all successes.
 struct Pending {
-    /// (report, record, topic, counter kind, payload bytes), in send order.
-    reports: Vec<(DeliveryFuture, Part, &'static str, u64)>,
-    /// Records librdkafka would not even take.
+    lane: Lane,
+    /// (report, record, counter kind, payload bytes), in send order; taken
+    /// from the front as they resolve, so waiting can be interrupted.
+    reports: std::collections::VecDeque<(DeliveryFuture, Part, &'static str, u64)>,
+    /// Successful reports seen so far (counter kind, payload bytes).
+    counted: Vec<(&'static str, u64)>,
+    /// Failed deliveries, and records librdkafka would not even take.
     failures: Vec<Failure>,
-    /// `replicate` cursor after this batch, if it holds records.
+    /// Every record of the batch (an annotation with its image as two).
+    parts: Vec<Part>,
+    /// `replicate` (or `replicate_live`) cursor after this batch, if it
+    /// holds records.
     records_end: Option<u64>,
     /// `replicate_gaps` cursor after this batch, if it holds gap records.
     gaps_end: Option<u64>,
@@ -460,10 +517,10 @@ impl Replicate {
         }
         let mut failures: u32 = 0;
         let mut strikes: HashMap<Part, u32> = HashMap::new();
-        let mut inflight: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
-        // Where the next batch is read from: ahead of the durable cursors by
-        // what is in flight.
-        let mut next = (self.log.cursor(Cursor::Replicate)?, self.log.cursor(Cursor::ReplicateGaps)?);
+        let mut inflight: VecDeque<Pending> = VecDeque::new();
+        // Where each lane reads next: ahead of the durable cursors by what
+        // is in flight.
+        let mut lanes = self.lanes()?;
         let grace = async {
             stop.cancelled().await;
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -471,26 +528,9 @@ impl Replicate {
         tokio::pin!(grace);
         loop {
             let seen = self.log.generation();
-            // Fill: batches back to back while there is room.
-            while !stop.is_cancelled() && inflight.len() < IN_FLIGHT {
-                let held: usize = inflight.iter().map(|p| p.image_bytes).sum();
-                if held >= IN_FLIGHT_IMAGE_BYTES {
-                    break;
-                }
-                let records = self.next_records(next.0, IN_FLIGHT_IMAGE_BYTES - held)?;
-                let gaps = self.log.read_gaps(next.1, self.log.bound(Cursor::ReplicateGaps)?, BATCH)?;
-                if records.is_empty() && gaps.is_empty() {
-                    break;
-                }
-                let p = self.produce(records, gaps).await;
-                next = (p.records_end.unwrap_or(next.0), p.gaps_end.unwrap_or(next.1));
-                let refused = !p.failures.is_empty();
-                inflight.push_back(p);
-                if refused {
-                    break; // settle what is in flight, then retry from the cursor
-                }
-            }
-            let Some(front) = inflight.pop_front() else {
+            self.fill(&mut lanes, &mut inflight, &stop).await?;
+            let room = !stop.is_cancelled() && inflight.len() < IN_FLIGHT;
+            let Some(front) = inflight.front_mut() else {
                 if stop.is_cancelled() {
                     break;
                 }
@@ -500,41 +540,38 @@ impl Replicate {
                 }
                 continue;
             };
-            let failed_records = front.records;
+            // Waiting for the oldest batch gives way to new records (the
+            // wait resumes where it was): a live record is produced at once,
+            // not after the batch ahead of it is acknowledged.
             let settled = tokio::select! {
                 r = self.settle(front) => r,
                 _ = &mut grace => break,
+                _ = self.log.changed_since(seen), if room => continue,
             };
+            let Some(front) = inflight.pop_front() else { continue };
             let failed = match settled {
-                Ok(p) => {
+                Ok(()) => {
                     failures = 0;
                     self.stats.connected.store(true, Ordering::Relaxed);
-                    let mut b = self.log.batch();
-                    if let Some(end) = p.records_end {
-                        b.set_cursor(Cursor::Replicate, end);
-                        strikes.retain(|k, _| matches!(k, Part::Gap(_)) || k.seq() >= end);
-                    }
-                    if let Some(end) = p.gaps_end {
-                        b.set_cursor(Cursor::ReplicateGaps, end);
-                        strikes.retain(|k, _| !matches!(k, Part::Gap(_)) || k.seq() >= end);
-                    }
-                    self.log.apply(b)?;
+                    self.commit(&lanes, &front, &mut strikes)?;
                     continue;
                 }
                 Err(f) => f,
             };
             // A batch failed: the ones behind it are awaited (their records
-            // are sent again from the cursor; librdkafka must be done with
+            // are sent again from the cursors; librdkafka must be done with
             // them first), and their refusals count too.
             let mut failed = failed;
-            let in_flight = inflight.iter().map(|p| p.records).sum::<usize>() + failed_records;
-            while let Some(p) = inflight.pop_front() {
-                if let Err(more) = self.settle(p).await {
+            let in_flight = inflight.iter().map(|p| p.records).sum::<usize>() + front.records;
+            while let Some(mut p) = inflight.pop_front() {
+                if let Err(more) = self.settle(&mut p).await {
                     failed.extend(more);
                 }
             }
-            next = (self.log.cursor(Cursor::Replicate)?, self.log.cursor(Cursor::ReplicateGaps)?);
             let (gave_up, transient) = self.give_up_poison(&failed, &mut strikes).await?;
+            // Again from the durable cursors (a live lane may open now: the
+            // uplink is about to be tried again).
+            lanes = self.lanes()?;
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             if gave_up {
                 continue; // again from the cursor, without what was given up
@@ -559,18 +596,165 @@ impl Replicate {
         Ok(())
     }
 
-    /// The next annotations and dead letters from `from`, merged in
-    /// sequence order, never past the detect cursor: a dead letter written
-    /// at intake waits for the frames before it to be annotated, so the
-    /// cursor cannot jump over them. Sampled images are read while their
-    /// bytes stay under `image_budget` (at least one record is returned).
-    fn next_records(&self, from: u64, image_budget: usize) -> Result<Vec<Out>, ReplicateError> {
-        let to = if self.unbounded {
+    /// How far the stage may read (exclusive): never past detect.
+    fn read_bound(&self) -> Result<u64, ReplicateError> {
+        Ok(if self.unbounded {
             // Injected fault (tests only): the pre-fix bound.
             self.log.bound(Cursor::Detect)?
         } else {
             self.log.bound(Cursor::Replicate)?
+        })
+    }
+
+    /// The lanes from the durable cursors, with nothing in flight (start-up,
+    /// after a failed round), opening the live lane if a backlog waits.
+    /// Called again during an outage, it moves the live lane's start up to
+    /// the end again, so what waits in the live lane stays near the bound.
+    fn lanes(&self) -> Result<Lanes, ReplicateError> {
+        let done = self.log.cursor(Cursor::Replicate)?;
+        let live = self.log.cursor(Cursor::ReplicateLive)?;
+        let mut lanes = Lanes {
+            next: done.max(live),
+            next_gap: self.log.cursor(Cursor::ReplicateGaps)?,
+            backfill: (live > done).then_some(done),
         };
+        self.open_live_lane(&mut lanes)?;
+        self.stats.live_lane.store(lanes.backfill.is_some(), Ordering::Relaxed);
+        Ok(lanes)
+    }
+
+    /// Opens a live lane when more than `replicate.live_lane_after` records
+    /// wait to be read: `replicate_live` is set at the end of what can be
+    /// read now, new records go first from there, and everything below
+    /// (from where the backfill lane already was, or else from where the
+    /// main lane was reading) is the backlog. No live-lane batch may be in
+    /// flight (its cursor would move back).
+    fn open_live_lane(&self, lanes: &mut Lanes) -> Result<(), ReplicateError> {
+        let after = self.cfg.live_lane_after;
+        let bound = self.read_bound()?;
+        if after == 0 || bound.saturating_sub(lanes.next) <= after {
+            return Ok(());
+        }
+        let mut b = self.log.batch();
+        b.set_cursor(Cursor::ReplicateLive, bound);
+        self.log.apply(b)?;
+        let from = lanes.backfill.unwrap_or(lanes.next);
+        tracing::info!(
+            backlog = bound - from,
+            live_from = bound,
+            "a backlog waits: new records go first, the backlog follows in order behind them (header lane=backfill)"
+        );
+        self.stats.lanes_opened.fetch_add(1, Ordering::Relaxed);
+        self.stats.live_lane.store(true, Ordering::Relaxed);
+        lanes.backfill = Some(from);
+        lanes.next = bound;
+        Ok(())
+    }
+
+    /// Produces batches while there is room: the main or live lane first,
+    /// then the backfill lane, with at most [`BACKFILL_IN_FLIGHT`] of its
+    /// batches in flight. A main lane that has fallen behind (the broker
+    /// came back before any delivery timed out, or Kafka is slower than the
+    /// cameras) opens the live lane here: its batches in flight stay below
+    /// the backlog. When the backfill lane has nothing left and nothing
+    /// below the live lane is in flight, the lanes merge.
+    async fn fill(
+        &self,
+        lanes: &mut Lanes,
+        inflight: &mut VecDeque<Pending>,
+        stop: &CancellationToken,
+    ) -> Result<(), ReplicateError> {
+        if lanes.backfill.is_none() {
+            self.open_live_lane(lanes)?;
+        }
+        while !stop.is_cancelled() && inflight.len() < IN_FLIGHT {
+            let held: usize = inflight.iter().map(|p| p.image_bytes).sum();
+            if held >= IN_FLIGHT_IMAGE_BYTES {
+                break;
+            }
+            let budget = IN_FLIGHT_IMAGE_BYTES - held;
+            let records = self.next_records(lanes.next, self.read_bound()?, budget)?;
+            let gaps = self.log.read_gaps(lanes.next_gap, self.log.bound(Cursor::ReplicateGaps)?, BATCH)?;
+            if !records.is_empty() || !gaps.is_empty() {
+                let lane = if lanes.backfill.is_some() { Lane::Live } else { Lane::Main };
+                let p = self.produce(lane, records, gaps).await;
+                lanes.next = p.records_end.unwrap_or(lanes.next);
+                lanes.next_gap = p.gaps_end.unwrap_or(lanes.next_gap);
+                let refused = !p.failures.is_empty();
+                inflight.push_back(p);
+                if refused {
+                    break; // settle what is in flight, then retry from the cursors
+                }
+                continue;
+            }
+            let Some(from) = lanes.backfill else { break };
+            let waiting = inflight.iter().filter(|p| p.lane == Lane::Backfill).count();
+            if waiting >= BACKFILL_IN_FLIGHT {
+                break;
+            }
+            let live = self.log.cursor(Cursor::ReplicateLive)?;
+            let records = self.next_records(from, live, budget)?;
+            if records.is_empty() {
+                if inflight.iter().any(|p| p.lane != Lane::Live) {
+                    break;
+                }
+                // Every record below the live lane's cursor is in Kafka:
+                // the backlog lane's or acknowledged (and deleted) live.
+                let mut b = self.log.batch();
+                b.set_cursor(Cursor::Replicate, live);
+                self.log.apply(b)?;
+                lanes.backfill = None;
+                self.stats.live_lane.store(false, Ordering::Relaxed);
+                tracing::info!(at = live, "backlog drained: one lane again");
+                continue;
+            }
+            let p = self.produce(Lane::Backfill, records, Vec::new()).await;
+            lanes.backfill = Some(p.records_end.unwrap_or(from));
+            let refused = !p.failures.is_empty();
+            inflight.push_back(p);
+            if refused {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the cursors past a wholly acknowledged batch, in one log
+    /// batch. A live-lane batch above a backlog moves `replicate_live` and
+    /// deletes its records itself (retention follows `replicate`, which
+    /// waits for the backlog); every other batch moves `replicate`.
+    fn commit(&self, lanes: &Lanes, p: &Pending, strikes: &mut HashMap<Part, u32>) -> Result<(), ReplicateError> {
+        let mut b = self.log.batch();
+        for part in &p.parts {
+            strikes.remove(part);
+        }
+        if let Some(end) = p.records_end {
+            if p.lane == Lane::Live && lanes.backfill.is_some() {
+                b.set_cursor(Cursor::ReplicateLive, end);
+                for part in p.parts.iter().filter(|k| !matches!(k, Part::Gap(_))) {
+                    b.remove(part.area(), part.seq());
+                }
+            } else {
+                b.set_cursor(Cursor::Replicate, end);
+            }
+        }
+        if let Some(end) = p.gaps_end {
+            b.set_cursor(Cursor::ReplicateGaps, end);
+        }
+        if p.lane == Lane::Backfill {
+            self.stats.backfilled.fetch_add(p.records as u64, Ordering::Relaxed);
+        }
+        self.log.apply(b)?;
+        Ok(())
+    }
+
+    /// The next annotations and dead letters in `[from, to)`, merged in
+    /// sequence order; `to` never passes the detect cursor: a dead letter
+    /// written at intake waits for the frames before it to be annotated, so
+    /// the cursor cannot jump over them. Sampled images are read while
+    /// their bytes stay under `image_budget` (at least one record is
+    /// returned).
+    fn next_records(&self, from: u64, to: u64, image_budget: usize) -> Result<Vec<Out>, ReplicateError> {
         if from >= to {
             return Ok(Vec::new());
         }
@@ -635,38 +819,51 @@ impl Replicate {
 
     /// Hands a batch to librdkafka, in sequence order, and returns what to
     /// await. Each record's payload is copied by librdkafka, so the batch's
-    /// memory is freed here.
-    async fn produce(&self, records: Vec<Out>, gaps: Vec<(u64, GapRecord)>) -> Pending {
+    /// memory is freed here. Backfill records carry header `lane =
+    /// backfill`.
+    async fn produce(&self, lane: Lane, records: Vec<Out>, gaps: Vec<(u64, GapRecord)>) -> Pending {
         let mut p = Pending {
-            reports: Vec::new(),
+            lane,
+            reports: VecDeque::new(),
+            counted: Vec::new(),
             failures: Vec::new(),
+            parts: Vec::with_capacity(records.len() + gaps.len()),
             records_end: records.last().map(|r| r.seq() + 1),
             gaps_end: gaps.last().map(|(id, _)| id + 1),
             image_bytes: 0,
             records: records.len() + gaps.len(),
         };
         let h = |k: &'static str, v: &str, hs: OwnedHeaders| hs.insert(Header { key: k, value: Some(v) });
+        let lane_of = |hs: OwnedHeaders| {
+            if lane == Lane::Backfill {
+                with_header(header::LANE, header::BACKFILL, hs)
+            } else {
+                hs
+            }
+        };
         let cfg = &self.cfg;
         for r in &records {
             match r {
                 Out::Annotation { seq, camera, frame_id, model, json, image } => {
                     let part = Part::Annotation(*seq);
-                    let headers = annotation_headers(frame_id, model);
+                    p.parts.push(part);
+                    let headers = lane_of(annotation_headers(frame_id, model));
                     match enqueue_yielding(&self.producer, &cfg.annotations_topic, camera, json, headers).await {
-                        Ok(f) => p.reports.push((f, part, "annotation", json.len() as u64)),
+                        Ok(f) => p.reports.push_back((f, part, "annotation", json.len() as u64)),
                         Err(e) => p.failures.push(Failure::new(part, &cfg.annotations_topic, &e)),
                     }
                     if let Some(img) = image {
                         let part = Part::Image(*seq);
+                        p.parts.push(part);
                         p.image_bytes += img.payload.len();
                         let sha = hex::encode(Sha256::digest(&img.payload));
                         let parts = chunks(&img.payload, cfg.chunk_bytes as usize);
                         let count = parts.len().to_string();
                         for (i, chunk) in parts.iter().enumerate() {
-                            let headers = chunk_headers(frame_id, camera, &img.content_type, &sha, i, &count);
+                            let headers = lane_of(chunk_headers(frame_id, camera, &img.content_type, &sha, i, &count));
                             let kind = if i + 1 == parts.len() { "image" } else { "chunk" };
                             match enqueue_yielding(&self.producer, &cfg.images_topic, camera, chunk, headers).await {
-                                Ok(f) => p.reports.push((f, part, kind, chunk.len() as u64)),
+                                Ok(f) => p.reports.push_back((f, part, kind, chunk.len() as u64)),
                                 Err(e) => {
                                     p.failures.push(Failure::new(part, &cfg.images_topic, &e));
                                     break;
@@ -677,9 +874,10 @@ impl Replicate {
                 }
                 Out::DeadLetter { seq, camera, frame_id, json } => {
                     let part = Part::DeadLetter(*seq);
-                    let headers = h(header::FRAME_ID, frame_id, OwnedHeaders::new());
+                    p.parts.push(part);
+                    let headers = lane_of(h(header::FRAME_ID, frame_id, OwnedHeaders::new()));
                     match enqueue_yielding(&self.producer, &cfg.dead_letters_topic, camera, json, headers).await {
-                        Ok(f) => p.reports.push((f, part, "dead_letter", json.len() as u64)),
+                        Ok(f) => p.reports.push_back((f, part, "dead_letter", json.len() as u64)),
                         Err(e) => p.failures.push(Failure::new(part, &cfg.dead_letters_topic, &e)),
                     }
                 }
@@ -687,10 +885,11 @@ impl Replicate {
         }
         for (id, g) in &gaps {
             let part = Part::Gap(*id);
+            p.parts.push(part);
             let json = serde_json::to_vec(g).unwrap_or_default();
             let headers = h(header::REASON, g.reason.name(), OwnedHeaders::new());
             match enqueue_yielding(&self.producer, &cfg.gaps_topic, &g.gateway_id, &json, headers).await {
-                Ok(f) => p.reports.push((f, part, "gap", json.len() as u64)),
+                Ok(f) => p.reports.push_back((f, part, "gap", json.len() as u64)),
                 Err(e) => p.failures.push(Failure::new(part, &cfg.gaps_topic, &e)),
             }
         }
@@ -707,16 +906,17 @@ impl Replicate {
         }
     }
 
-    /// Waits for every delivery report of a batch. On success counts it and
-    /// returns it (for its cursor ends); otherwise returns every failed
-    /// delivery (an image counts once, for all its chunks).
-    async fn settle(&self, mut p: Pending) -> Result<Pending, Vec<Failure>> {
-        let mut failures = std::mem::take(&mut p.failures);
-        let mut counted: Vec<(&'static str, u64)> = Vec::with_capacity(p.reports.len());
-        for (f, part, kind, bytes) in std::mem::take(&mut p.reports) {
-            let error = match f.await {
+    /// Waits for every delivery report of a batch. On success counts it;
+    /// otherwise returns every failed delivery (an image counts once, for
+    /// all its chunks). Cancel-safe: reports are taken from the batch as
+    /// they resolve, so a wait given up is resumed by the next call.
+    async fn settle(&self, p: &mut Pending) -> Result<(), Vec<Failure>> {
+        while let Some(front) = p.reports.front_mut() {
+            let result = (&mut front.0).await;
+            let Some((_, part, kind, bytes)) = p.reports.pop_front() else { break };
+            let error = match result {
                 Ok(()) => {
-                    counted.push((kind, bytes));
+                    p.counted.push((kind, bytes));
                     continue;
                 }
                 Err(KafkaError::Canceled) => Failure {
@@ -727,14 +927,14 @@ impl Replicate {
                 },
                 Err(e) => Failure::new(part, self.topic(part), &e),
             };
-            if !failures.iter().any(|x| x.part == part) {
-                failures.push(error);
+            if !p.failures.iter().any(|x| x.part == part) {
+                p.failures.push(error);
             }
         }
-        if !failures.is_empty() {
-            return Err(failures);
+        if !p.failures.is_empty() {
+            return Err(std::mem::take(&mut p.failures));
         }
-        for (kind, bytes) in counted {
+        for (kind, bytes) in p.counted.drain(..) {
             self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
             let c = match kind {
                 "annotation" => &self.stats.annotations,
@@ -748,7 +948,7 @@ impl Replicate {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(p)
+        Ok(())
     }
 
     /// Counts the refusals of a failed batch and gives up the records

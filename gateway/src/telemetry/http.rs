@@ -272,6 +272,27 @@ pub fn render(t: &Telemetry) -> String {
     );
     metric(
         &mut o,
+        "vision_gateway_replicate_backfilled_total",
+        "counter",
+        "Records acknowledged in the backfill lane (a backlog sent behind the live lane, header lane=backfill).",
+        &one(ld(&r.backfilled)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_replicate_live_lanes_total",
+        "counter",
+        "Times a live lane was opened in front of a backlog (replicate.live_lane_after).",
+        &one(ld(&r.lanes_opened)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_replicate_backfilling",
+        "gauge",
+        "1 while a backlog drains behind the live lane.",
+        &one(lb(&r.live_lane)),
+    );
+    metric(
+        &mut o,
         "vision_gateway_kafka_connected",
         "gauge",
         "1 while the last batch was acknowledged.",
@@ -587,6 +608,8 @@ mod tests {
             "vision_gateway_fields_total{field=\"lot\",outcome=\"missing\"}",
             "vision_gateway_replicated_total{kind=\"image\"}",
             "vision_gateway_replicate_retries_total",
+            "vision_gateway_replicate_backfilling",
+            "vision_gateway_replicate_backfilled_total",
             "vision_gateway_kafka_connected",
             "vision_gateway_log_records{area=\"frames\"}",
             "vision_gateway_log_used_bytes",
