@@ -168,7 +168,10 @@ struct Running {
 
 impl Running {
     fn start(log: &DurableLog, brokers: &str) -> Self {
-        let cfg = config(brokers);
+        Self::start_with(log, &config(brokers))
+    }
+
+    fn start_with(log: &DurableLog, cfg: &Config) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let _guard = rt.enter();
         let stop = CancellationToken::new();
@@ -298,4 +301,108 @@ fn while_the_broker_is_down_nothing_is_lost_and_the_backlog_drains_when_it_retur
     let anns = consume(&brokers, "vision.annotations", 6);
     let ids: std::collections::BTreeSet<String> = anns.iter().map(|m| header(m, "frame_id")).collect();
     assert_eq!(ids.len(), 6);
+}
+
+/// Appends `n` frames with their annotations, as detect leaves them
+/// (camera `cam-{i % 3}`, camera_seq `first + i / 3`), moves the detect
+/// cursor past them and makes them durable.
+fn annotate(log: &DurableLog, first: u64, n: u64) {
+    let mut b = log.batch();
+    for i in first..first + n {
+        let camera = format!("cam-{}", i % 3);
+        let f = frame(&camera, i / 3, noise(2_000, i));
+        let seq = log.append_frame(&f).unwrap().seq;
+        let fa = FrameAnnotation {
+            schema: SCHEMA_VERSION,
+            frame_id: log.frame_id(seq),
+            gateway_id: "mock-gw".into(),
+            seq,
+            camera,
+            camera_seq: Some(i / 3),
+            captured_at_ms: None,
+            received_at_ms: i,
+            content_type: "image/jpeg".into(),
+            frame_bytes: f.payload.len() as u64,
+            sampled: None,
+            annotation: Annotation {
+                model: ModelInfo::new("m", "1", "abc"),
+                width: 640,
+                height: 480,
+                items: Vec::new(),
+                timings: Timings::default(),
+                error: None,
+                fields: Default::default(),
+                missing: Vec::new(),
+            },
+        };
+        b.put_blob(Area::Annotations, seq, &serde_json::to_vec(&fa).unwrap());
+    }
+    b.set_cursor(Cursor::Detect, log.counts().next_seq);
+    log.apply(b).unwrap();
+    log.flush_blocking().unwrap();
+}
+
+/// A backlog is sent behind a live lane: records that arrive while it
+/// drains overtake it, every record arrives, each lane keeps order per
+/// camera, the backlog carries `lane = backfill`, and when it is sent the
+/// lanes merge and the log is empty. The broker is held down while the
+/// live records arrive, so the interleaving is the same on every run.
+#[test]
+fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = LogOptions::new(dir.path(), "mock-gw");
+    o.max_bytes = 256 << 20;
+    let log = DurableLog::open(o).unwrap();
+    annotate(&log, 0, 600);
+    cluster.broker_down(1).unwrap();
+    let text = format!(
+        "gateway_id = \"mock-gw\"\n[mqtt]\nbroker = \"127.0.0.1:1\"\n[replicate]\nbrokers = \"{brokers}\"\n\
+         live_lane_after = 50\n"
+    );
+    let cfg = Config::parse(Path::new("mock.toml"), &text, &ProcessEnv).unwrap();
+    let running = Running::start_with(&log, &cfg);
+    let stats = running.stats.clone();
+    wait_until(&running.rt, "the live lane opened", || stats.lanes_opened.load(Ordering::Relaxed) == 1);
+    assert_eq!(log.cursor(Cursor::ReplicateLive).unwrap(), 600, "the live lane starts at the end of the backlog");
+    // Live records arrive while the uplink is still out.
+    annotate(&log, 600, 90);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.broker_up(1).unwrap();
+    let end = log.counts().next_seq;
+    wait_until(&running.rt, "everything sent and the lanes merged", || {
+        log.cursor(Cursor::Replicate).unwrap() == end && !stats.live_lane.load(Ordering::Relaxed)
+    });
+    running.stop();
+    assert!(log.cursor(Cursor::ReplicateLive).unwrap() <= end);
+    assert_eq!(log.area_stats(Area::Annotations).records, 0, "every annotation freed");
+    assert_eq!(stats.backfilled.load(Ordering::Relaxed), 600, "the backlog went behind the live lane");
+
+    let msgs = consume(&brokers, "vision.annotations", 690);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last: std::collections::BTreeMap<(String, bool), u64> = Default::default();
+    let (mut first_live_at, mut last_backfill_at) = (usize::MAX, 0);
+    for (offset, m) in msgs.iter().enumerate() {
+        let fa: FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let backfill = m.headers().is_some_and(|h| h.iter().any(|x| x.key == "lane" && x.value == Some(b"backfill")));
+        assert_eq!(backfill, fa.seq < 600, "seq {}: the backlog and only the backlog is backfill", fa.seq);
+        if backfill {
+            last_backfill_at = offset;
+        } else {
+            first_live_at = first_live_at.min(offset);
+        }
+        if !seen.insert(fa.frame_id.clone()) {
+            continue;
+        }
+        let cseq = fa.camera_seq.unwrap();
+        if let Some(prev) = last.insert((fa.camera.clone(), backfill), cseq) {
+            assert!(cseq > prev, "{} {}: {prev} then {cseq}", fa.camera, if backfill { "backfill" } else { "live" });
+        }
+    }
+    assert_eq!(seen.len(), 690, "every record, once or more");
+    assert!(first_live_at < last_backfill_at, "live records went ahead of the backlog's end");
+    println!(
+        "live lane: 690 records, the first live one at offset {first_live_at}, the last backfill one at {last_backfill_at}"
+    );
 }

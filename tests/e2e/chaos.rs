@@ -309,6 +309,9 @@ impl World {
         s.max_bytes = ["8MiB", "12MiB", "32MiB"][rng.below(3) as usize];
         s.when_full = if rng.chance(0.5) { "block" } else { "drop_oldest" };
         s.extra = "[sample]\nevery_nth = 3\n".into();
+        // A backlog of a few bursts opens the live lane: kills, power cuts
+        // and outages then also hit the lanes, their cursors and merge.
+        s.replicate_extra = "live_lane_after = 8".into();
         let mode = [Mode::Enabled, Mode::Slow, Mode::Forward, Mode::Hold][rng.below(4) as usize];
         let trace = vec![format!(
             "seed {seed}: log.max_bytes {} when_full {}, power cuts {}",
@@ -514,8 +517,9 @@ impl World {
 
 /// An image from its chunks: (chunk_count, sha256 header, chunk_index -> bytes).
 type Chunks = (usize, String, BTreeMap<usize, Vec<u8>>);
-/// A record upstream: (topic, frame_id, gateway seq, camera, camera_seq, size).
-type Rec<'a> = (&'a str, String, u64, String, Option<u64>, u64);
+/// A record upstream: (topic, frame_id, gateway seq, camera, camera_seq,
+/// size, came by the backfill lane).
+type Rec<'a> = (&'a str, String, u64, String, Option<u64>, u64, bool);
 
 /// What Kafka holds.
 struct Upstream {
@@ -523,6 +527,10 @@ struct Upstream {
     anns: Vec<FrameAnnotation>,
     /// Dead letters in offset order.
     dead: Vec<serde_json::Value>,
+    /// Whether each annotation, then each dead letter, came by the backfill
+    /// lane (header `lane = backfill`).
+    ann_backfill: Vec<bool>,
+    dead_backfill: Vec<bool>,
     gaps: Vec<GapRecord>,
     /// By frame_id.
     images: BTreeMap<String, Chunks>,
@@ -530,16 +538,19 @@ struct Upstream {
 
 impl Upstream {
     fn read(t: &Tansu) -> Self {
-        let anns = t
-            .consume_to_end("vision.annotations")
+        let backfill = |m: &rdkafka::message::OwnedMessage| header(m, "lane").as_deref() == Some("backfill");
+        let ann_msgs = t.consume_to_end("vision.annotations");
+        let anns = ann_msgs
             .iter()
             .map(|m| serde_json::from_slice(m.payload().unwrap_or_default()).expect("annotation JSON"))
             .collect();
-        let dead = t
-            .consume_to_end("vision.dead-letters")
+        let dead_msgs = t.consume_to_end("vision.dead-letters");
+        let dead = dead_msgs
             .iter()
             .map(|m| serde_json::from_slice(m.payload().unwrap_or_default()).expect("dead-letter JSON"))
             .collect();
+        let ann_backfill = ann_msgs.iter().map(backfill).collect();
+        let dead_backfill = dead_msgs.iter().map(backfill).collect();
         let gaps = t
             .consume_to_end("vision.gaps")
             .iter()
@@ -554,7 +565,7 @@ impl Upstream {
             let e = images.entry(id).or_insert_with(|| (count, sha, BTreeMap::new()));
             e.2.entry(index).or_insert_with(|| m.payload().unwrap_or_default().to_vec());
         }
-        Self { anns, dead, gaps, images }
+        Self { anns, dead, ann_backfill, dead_backfill, gaps, images }
     }
 }
 
@@ -579,6 +590,8 @@ struct Verdict {
     gap_records: usize,
     images_ok: usize,
     images_in_gaps: usize,
+    /// Records (distinct frame ids) first seen with `lane = backfill`.
+    backfilled: usize,
 }
 
 impl Verdict {
@@ -622,10 +635,10 @@ fn check(sent: &BTreeMap<(String, u64), Sent>, up: &Upstream) -> Verdict {
     let mut v = Verdict { records: up.anns.len() + up.dead.len() + up.gaps.len(), ..Verdict::default() };
     // Every record upstream, as (topic, frame_id, gateway seq, camera, camera_seq, size).
     let mut recs: Vec<Rec> = Vec::new();
-    for a in &up.anns {
-        recs.push(("annotations", a.frame_id.clone(), a.seq, a.camera.clone(), a.camera_seq, a.frame_bytes));
+    for (a, bf) in up.anns.iter().zip(&up.ann_backfill) {
+        recs.push(("annotations", a.frame_id.clone(), a.seq, a.camera.clone(), a.camera_seq, a.frame_bytes, *bf));
     }
-    for d in &up.dead {
+    for (d, bf) in up.dead.iter().zip(&up.dead_backfill) {
         let id = d["frame_id"].as_str().unwrap_or_default().to_owned();
         recs.push((
             "dead-letters",
@@ -634,13 +647,14 @@ fn check(sent: &BTreeMap<(String, u64), Sent>, up: &Upstream) -> Verdict {
             d["camera"].as_str().unwrap_or_default().to_owned(),
             d["camera_seq"].as_u64(),
             d["size"].as_u64().unwrap_or(u64::MAX),
+            *bf,
         ));
     }
     // Identity: a frame_id names one frame, and a frame that was sent.
     let mut names: BTreeMap<String, (String, Option<u64>, u64)> = BTreeMap::new();
     let mut ids_of: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
     let mut seq_at: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    for (topic, id, seq, camera, cseq, size) in &recs {
+    for (topic, id, seq, camera, cseq, size, _) in &recs {
         let me = (camera.clone(), *cseq, *size);
         match names.get(id) {
             Some(other) if *other != me => v.misnamed.push(format!("{id} names {other:?} and {me:?}")),
@@ -667,23 +681,27 @@ fn check(sent: &BTreeMap<(String, u64), Sent>, up: &Upstream) -> Verdict {
     v.annotations = up.anns.iter().map(|a| &a.frame_id).collect::<BTreeSet<_>>().len();
     v.dead_letters = recs.iter().filter(|r| r.0 == "dead-letters").map(|r| &r.1).collect::<BTreeSet<_>>().len();
     v.gap_records = up.gaps.len();
-    // Order per camera in each topic (first occurrence of each frame_id).
+    // Order per camera in each topic and lane (first occurrence of each
+    // frame_id): live records may overtake a backlog sent behind them, each
+    // lane keeps the camera's order.
+    v.backfilled = recs.iter().filter(|r| r.6).map(|r| &r.1).collect::<BTreeSet<_>>().len();
     for topic in ["annotations", "dead-letters"] {
         let mut seen = BTreeSet::new();
-        let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for (t, id, seq, camera, cseq, _) in &recs {
+        let mut last: BTreeMap<(&str, bool), (u64, u64)> = BTreeMap::new();
+        for (t, id, seq, camera, cseq, _, backfill) in &recs {
             if *t != topic || !seen.insert(id.clone()) {
                 continue;
             }
             let now = (*seq, cseq.unwrap_or(0));
-            if let Some(prev) = last.get(camera.as_str()) {
+            let lane = if *backfill { "backfill" } else { "live" };
+            if let Some(prev) = last.get(&(camera.as_str(), *backfill)) {
                 if now.0 <= prev.0 {
-                    v.order.push(format!("{topic}: {camera} (seq, camera_seq) {prev:?} then {now:?}"));
+                    v.order.push(format!("{topic} {lane}: {camera} (seq, camera_seq) {prev:?} then {now:?}"));
                 } else if now.1 <= prev.1 {
                     v.broker_reorders.push(format!("{topic}: {camera} (seq, camera_seq) {prev:?} then {now:?}"));
                 }
             }
-            last.insert(camera, now);
+            last.insert((camera, *backfill), now);
         }
     }
     // Exactly once, or inside a gap.
@@ -774,13 +792,14 @@ fn run_seed(seed: u64, steps: usize, power: bool) -> Verdict {
     let faults: Vec<String> = w.faults.iter().map(|(k, n)| format!("{k} x{n}")).collect();
     println!(
         "chaos seed {seed}: {} s, {} frames sent {kinds:?}, {acked} acknowledged; faults: {}; upstream: {} annotations, \
-         {} dead letters, {} gap records ({} acked frames inside gaps), images {} identical + {} in gaps; \
+         {} dead letters ({} records by the backfill lane), {} gap records ({} acked frames inside gaps), images {} identical + {} in gaps; \
          lost {}, duplicates {}, misnamed {}, order {}, images bad {}; broker reorderings {} [{}]",
         t0.elapsed().as_secs(),
         w.sent.len(),
         faults.join(", "),
         v.annotations,
         v.dead_letters,
+        v.backfilled,
         v.gap_records,
         v.in_gaps,
         v.images_ok,

@@ -148,6 +148,8 @@ pub struct Settings {
     pub kafka: String,
     /// Extra TOML appended to the config (e.g. a [sample] table).
     pub extra: String,
+    /// Extra keys of the `[replicate]` table (e.g. `live_lane_after = 8`).
+    pub replicate_extra: String,
     /// Run the bundled model (the intake tests keep raw frames instead).
     pub detect: bool,
     /// `detect.when_disabled` ("hold" keeps raw frames for the intake tests).
@@ -174,6 +176,7 @@ impl Settings {
             onnxruntime: onnxruntime(),
             kafka: "127.0.0.1:9".into(),
             extra: String::new(),
+            replicate_extra: String::new(),
         }
     }
 
@@ -182,7 +185,7 @@ impl Settings {
             "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
              [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
              [detect]\nenabled = {}\nwhen_disabled = \"{}\"\nmodel = \"{}\"\nonnxruntime = \"{}\"\nbackend = \"{}\"\n\
-             [replicate]\nbrokers = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
+             [replicate]\nbrokers = \"{}\"\n{}\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
             self.gateway_id,
             self.log_dir.display(),
             self.max_bytes,
@@ -195,6 +198,7 @@ impl Settings {
             self.onnxruntime.display(),
             self.backend,
             self.kafka,
+            self.replicate_extra,
             self.http_port,
             self.extra
         )
