@@ -346,7 +346,9 @@ fn annotate(log: &DurableLog, first: u64, n: u64) {
 /// drains overtake it, every record arrives, each lane keeps order per
 /// camera, the backlog carries `lane = backfill`, and when it is sent the
 /// lanes merge and the log is empty. The broker is held down while the
-/// live records arrive, so the interleaving is the same on every run.
+/// live records arrive, so the interleaving is the same on every run: the
+/// 8 backlog batches in flight go first, then the live records, then the
+/// rest of the backlog.
 #[test]
 fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
     let cluster = cluster();
@@ -355,7 +357,7 @@ fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
     let mut o = LogOptions::new(dir.path(), "mock-gw");
     o.max_bytes = 256 << 20;
     let log = DurableLog::open(o).unwrap();
-    annotate(&log, 0, 600);
+    annotate(&log, 0, 3000);
     cluster.broker_down(1).unwrap();
     let text = format!(
         "gateway_id = \"mock-gw\"\n[mqtt]\nbroker = \"127.0.0.1:1\"\n[replicate]\nbrokers = \"{brokers}\"\n\
@@ -365,9 +367,10 @@ fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
     let running = Running::start_with(&log, &cfg);
     let stats = running.stats.clone();
     wait_until(&running.rt, "the live lane opened", || stats.lanes_opened.load(Ordering::Relaxed) == 1);
-    assert_eq!(log.cursor(Cursor::ReplicateLive).unwrap(), 600, "the live lane starts at the end of the backlog");
-    // Live records arrive while the uplink is still out.
-    annotate(&log, 600, 90);
+    assert_eq!(log.cursor(Cursor::ReplicateLive).unwrap(), 3000, "the live lane starts at the end of the backlog");
+    // Live records arrive while the uplink is still out (the backlog has
+    // taken every slot in flight: no live record was coming).
+    annotate(&log, 3000, 90);
     std::thread::sleep(Duration::from_millis(300));
     cluster.broker_up(1).unwrap();
     let end = log.counts().next_seq;
@@ -377,16 +380,16 @@ fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
     running.stop();
     assert!(log.cursor(Cursor::ReplicateLive).unwrap() <= end);
     assert_eq!(log.area_stats(Area::Annotations).records, 0, "every annotation freed");
-    assert_eq!(stats.backfilled.load(Ordering::Relaxed), 600, "the backlog went behind the live lane");
+    assert_eq!(stats.backfilled.load(Ordering::Relaxed), 3000, "the backlog went behind the live lane");
 
-    let msgs = consume(&brokers, "vision.annotations", 690);
+    let msgs = consume(&brokers, "vision.annotations", 3090);
     let mut seen = std::collections::BTreeSet::new();
     let mut last: std::collections::BTreeMap<(String, bool), u64> = Default::default();
     let (mut first_live_at, mut last_backfill_at) = (usize::MAX, 0);
     for (offset, m) in msgs.iter().enumerate() {
         let fa: FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
         let backfill = m.headers().is_some_and(|h| h.iter().any(|x| x.key == "lane" && x.value == Some(b"backfill")));
-        assert_eq!(backfill, fa.seq < 600, "seq {}: the backlog and only the backlog is backfill", fa.seq);
+        assert_eq!(backfill, fa.seq < 3000, "seq {}: the backlog and only the backlog is backfill", fa.seq);
         if backfill {
             last_backfill_at = offset;
         } else {
@@ -400,9 +403,9 @@ fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
             assert!(cseq > prev, "{} {}: {prev} then {cseq}", fa.camera, if backfill { "backfill" } else { "live" });
         }
     }
-    assert_eq!(seen.len(), 690, "every record, once or more");
+    assert_eq!(seen.len(), 3090, "every record, once or more");
     assert!(first_live_at < last_backfill_at, "live records went ahead of the backlog's end");
     println!(
-        "live lane: 690 records, the first live one at offset {first_live_at}, the last backfill one at {last_backfill_at}"
+        "live lane: 3090 records, the first live one at offset {first_live_at}, the last backfill one at {last_backfill_at}"
     );
 }

@@ -26,8 +26,10 @@
 //!   lane at the end of what it can read: `replicate_live` is set there,
 //!   and every record from there on goes first, as it comes. The records
 //!   below are the backlog; they follow, in sequence order, with header
-//!   `lane = backfill`, at most [`BACKFILL_IN_FLIGHT`] batches at a time,
-//!   so a live record shares its partition queue with few of them. A live
+//!   `lane = backfill`, at most [`BACKFILL_IN_FLIGHT`] batches at a time
+//!   while live records are coming (every free slot of [`IN_FLIGHT`] after
+//!   [`LIVE_QUIET`] without one), so a live record shares its partition
+//!   queue with few of them. A live
 //!   record is deleted as soon as it is acknowledged (retention follows
 //!   `replicate`, which waits for the backlog), and `replicate_live` moves
 //!   past it; when the backlog lane has sent everything below
@@ -76,9 +78,13 @@ pub const BATCH: usize = 128;
 /// Batches produced and not yet wholly acknowledged, at most.
 pub const IN_FLIGHT: usize = 8;
 /// Backfill batches in flight, at most, while a backlog drains behind the
-/// live lane: a live record shares its camera's partition queue with them,
-/// so this bounds what it can wait behind.
+/// live lane and live records are coming (one produced within
+/// [`LIVE_QUIET`]): a live record shares its camera's partition queue with
+/// them, so this bounds what it can wait behind. With no live record for
+/// longer, the backlog may take every free slot.
 pub const BACKFILL_IN_FLIGHT: usize = 2;
+/// How long after its last record the live lane counts as quiet.
+pub const LIVE_QUIET: Duration = Duration::from_secs(1);
 /// Sampled image bytes read and not yet acknowledged, at most (see the
 /// module's promise): with 16 MiB frames, a batch of sampled images would
 /// otherwise be 2 GiB in RAM.
@@ -450,6 +456,8 @@ struct Lanes {
     /// The backfill lane's next record, while a backlog drains behind the
     /// live lane; it reads up to the `replicate_live` cursor.
     backfill: Option<u64>,
+    /// When the live lane last produced a batch.
+    live_at: Option<std::time::Instant>,
 }
 
 /// A batch handed to librdkafka: its delivery reports to await, and where
@@ -617,6 +625,7 @@ impl Replicate {
             next: done.max(live),
             next_gap: self.log.cursor(Cursor::ReplicateGaps)?,
             backfill: (live > done).then_some(done),
+            live_at: None,
         };
         self.open_live_lane(&mut lanes)?;
         self.stats.live_lane.store(lanes.backfill.is_some(), Ordering::Relaxed);
@@ -653,7 +662,7 @@ impl Replicate {
 
     /// Produces batches while there is room: the main or live lane first,
     /// then the backfill lane, with at most [`BACKFILL_IN_FLIGHT`] of its
-    /// batches in flight. A main lane that has fallen behind (the broker
+    /// batches in flight while live records are coming. A main lane that has fallen behind (the broker
     /// came back before any delivery timed out, or Kafka is slower than the
     /// cameras) opens the live lane here: its batches in flight stay below
     /// the backlog. When the backfill lane has nothing left and nothing
@@ -677,6 +686,9 @@ impl Replicate {
             let gaps = self.log.read_gaps(lanes.next_gap, self.log.bound(Cursor::ReplicateGaps)?, BATCH)?;
             if !records.is_empty() || !gaps.is_empty() {
                 let lane = if lanes.backfill.is_some() { Lane::Live } else { Lane::Main };
+                if lane == Lane::Live {
+                    lanes.live_at = Some(std::time::Instant::now());
+                }
                 let p = self.produce(lane, records, gaps).await;
                 lanes.next = p.records_end.unwrap_or(lanes.next);
                 lanes.next_gap = p.gaps_end.unwrap_or(lanes.next_gap);
@@ -689,7 +701,8 @@ impl Replicate {
             }
             let Some(from) = lanes.backfill else { break };
             let waiting = inflight.iter().filter(|p| p.lane == Lane::Backfill).count();
-            if waiting >= BACKFILL_IN_FLIGHT {
+            let live_coming = lanes.live_at.is_some_and(|t| t.elapsed() < LIVE_QUIET);
+            if live_coming && waiting >= BACKFILL_IN_FLIGHT {
                 break;
             }
             let live = self.log.cursor(Cursor::ReplicateLive)?;
