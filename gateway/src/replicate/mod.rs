@@ -673,7 +673,9 @@ impl Replicate {
         inflight: &mut VecDeque<Pending>,
         stop: &CancellationToken,
     ) -> Result<(), ReplicateError> {
-        if lanes.backfill.is_none() {
+        // Not while live-lane batches of a lane just merged are in flight:
+        // their commits would move `replicate_live` back.
+        if lanes.backfill.is_none() && !inflight.iter().any(|p| p.lane == Lane::Live) {
             self.open_live_lane(lanes)?;
         }
         while !stop.is_cancelled() && inflight.len() < IN_FLIGHT {
