@@ -67,16 +67,99 @@ pub fn open_log(config: &config::Config) -> Result<log::DurableLog, log::LogErro
     o.max_bytes = config.log.max_bytes;
     o.when_full = config.log.when_full;
     o.cache_bytes = config.log.cache_bytes;
+    o.reserve_bytes = config.log.reserve_bytes;
     log::DurableLog::open(o)
 }
 
-/// Runs the service until `shutdown` is cancelled: opens the log, runs the
-/// stages, and on shutdown stops intake first, then flushes the log.
+impl GatewayError {
+    /// True when the log's file system had no room (see `log/space.rs`):
+    /// the supervisor waits and reopens the log instead of exiting.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            GatewayError::Log(e)
+            | GatewayError::Intake(intake::IntakeError::Log(e))
+            | GatewayError::Detect(detect::DetectError::Log(e))
+            | GatewayError::Replicate(replicate::ReplicateError::Log(e)) => e.is_no_space(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs the service until `shutdown` is cancelled: binds the telemetry
+/// endpoint, then opens the log and runs the stages; on shutdown intake
+/// stops first, then the log is flushed.
+///
+/// A full disk is a state, not an exit: when the log cannot be opened or
+/// written for lack of space (ENOSPC, EDQUOT, EIO on a write), the
+/// pipeline stops in order, the telemetry endpoint stays up and says why
+/// (`/healthz` answers, `/readyz` gives `disk full at <path>: N bytes
+/// free`), and the log is reopened with backoff, in the same process. Once
+/// open, the stages that free space (replicate, retention) run while intake
+/// waits for the free-space floor (`log.reserve`).
 ///
 /// # Errors
 /// A [`GatewayError`] when a stage fails for good.
 pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
-    let log = open_log(&config)?;
+    let endpoint = telemetry::http::Endpoint::default();
+    let http_stop = CancellationToken::new();
+    let listener = telemetry::http::bind(config.telemetry.listen)
+        .await
+        .map_err(|e| GatewayError::Telemetry(format!("cannot listen on {}: {e}", config.telemetry.listen)))?;
+    let http = tokio::spawn(telemetry::http::serve(listener, endpoint.clone(), http_stop.clone()));
+    let result = ride_out_full_disks(&config, &endpoint, &shutdown).await;
+    http_stop.cancel();
+    match http.await {
+        Ok(Err(e)) => tracing::error!(error = %e, listen = %config.telemetry.listen, "telemetry endpoint failed"),
+        Err(e) => tracing::error!(error = %e, "telemetry task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Runs the pipeline, and again after every stop for lack of disk space.
+async fn ride_out_full_disks(
+    config: &config::Config,
+    endpoint: &telemetry::http::Endpoint,
+    shutdown: &CancellationToken,
+) -> Result<(), GatewayError> {
+    let mut failures: u32 = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = match open_log(config) {
+            Ok(log) => {
+                endpoint.set_down(None);
+                pipeline(config, log, endpoint, shutdown).await
+            }
+            Err(e) => Err(GatewayError::Log(e)),
+        };
+        endpoint.set(None);
+        let e = match outcome {
+            Err(e) if e.is_no_space() && !shutdown.is_cancelled() => e,
+            other => return other,
+        };
+        failures = if started.elapsed() > std::time::Duration::from_secs(60) { 1 } else { failures.saturating_add(1) };
+        let wait = std::time::Duration::from_secs(1 << failures.saturating_sub(1).min(5));
+        let free = log::space::free_bytes(&config.log.path).unwrap_or(0);
+        let why = format!("disk full at {}: {free} bytes free", config.log.path.display());
+        tracing::warn!(error = %e, retry_in = ?wait, "{why}: the pipeline stopped; the log is opened again (nothing acknowledged is lost, the broker keeps the rest)");
+        endpoint.set_down(Some(why.clone()));
+        telemetry::systemd::waiting(&why);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One run of the pipeline on an open log, until `shutdown` or a stage
+/// fails for good.
+async fn pipeline(
+    config: &config::Config,
+    log: log::DurableLog,
+    endpoint: &telemetry::http::Endpoint,
+    shutdown: &CancellationToken,
+) -> Result<(), GatewayError> {
+    let config = config.clone();
     let s = log.stats()?;
     tracing::info!(
         path = %log.path().display(),
@@ -129,13 +212,9 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         replicate: replicate.stats(),
         started: std::time::Instant::now(),
     };
-    let http_stop = CancellationToken::new();
-    let listener = telemetry::http::bind(config.telemetry.listen)
-        .await
-        .map_err(|e| GatewayError::Telemetry(format!("cannot listen on {}: {e}", config.telemetry.listen)))?;
     let supervise_stop = shutdown.child_token();
     let supervise = tokio::spawn(telemetry::systemd::supervise(telemetry.clone(), supervise_stop.clone()));
-    let http = tokio::spawn(telemetry::http::serve(listener, telemetry, http_stop.clone()));
+    endpoint.set(Some(telemetry));
 
     // Shutdown order: intake stops reading first, then detect finishes the
     // frames in flight, then replicate gets its batch acknowledged (or
@@ -184,13 +263,10 @@ pub async fn run(config: config::Config, shutdown: CancellationToken) -> Result<
         .map_err(GatewayError::from)
         .and(detect_result.map_err(GatewayError::from))
         .and(replicate_result.map_err(GatewayError::from));
-    log.flush().await?;
-    http_stop.cancel();
-    match http.await {
-        Ok(Err(e)) => tracing::error!(error = %e, listen = %config.telemetry.listen, "telemetry endpoint failed"),
-        Err(e) => tracing::error!(error = %e, "telemetry task failed"),
-        Ok(Ok(())) => {}
+    endpoint.set(None);
+    let flushed = log.flush().await;
+    if flushed.is_ok() {
+        tracing::info!("log flushed; stopped");
     }
-    tracing::info!("log flushed; stopped");
-    result
+    result.and(flushed.map_err(GatewayError::from))
 }

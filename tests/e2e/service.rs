@@ -172,3 +172,152 @@ fn a_panicking_model_run_becomes_an_error_annotation_and_the_rest_goes_on() {
     }
     println!("panicking model run: 1 error annotation, 4 frames read before and after it by the same process");
 }
+
+/// The disk-full tests need a small file system of their own (a tmpfs,
+/// mounted as root); elsewhere they say why and do not run.
+fn small_fs(mib: u64) -> Option<harness::TmpFs> {
+    match harness::TmpFs::mount(mib) {
+        Ok(fs) => Some(fs),
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(why) => panic!("CI must run the disk-full tests: {why}"),
+    }
+}
+
+fn numbered(camera: &str, range: std::ops::Range<u64>, side: u32) -> Vec<(String, u64, Vec<u8>)> {
+    range.map(|i| (camera.to_owned(), i, harness::small_jpeg(side, side, i))).collect()
+}
+
+/// Every `(camera, camera_seq)` in Kafka's annotations, with how many
+/// frame ids each got.
+fn upstream_ids(t: &harness::Tansu) -> std::collections::BTreeMap<(String, u64), std::collections::BTreeSet<String>> {
+    use rdkafka::Message;
+    let mut ids: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> = Default::default();
+    for m in t.consume_to_end("vision.annotations") {
+        let a: gateway::detect::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        ids.entry((a.camera.clone(), a.camera_seq.unwrap())).or_default().insert(a.frame_id);
+    }
+    ids
+}
+
+const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
+
+/// Another file fills the log's file system while frames arrive, then goes
+/// away: same process throughout, `/healthz` answering and `/readyz` saying
+/// why, and every acknowledged frame upstream exactly once.
+#[test]
+fn a_disk_filled_by_another_file_pauses_intake_and_it_resumes_when_freed() {
+    let Some(fs) = small_fs(48) else { return };
+    let mq = Mosquitto::start();
+    let tansu = harness::Tansu::start();
+    tansu.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.log_dir = fs.path().join("log");
+    s.max_bytes = "40MiB";
+    s.when_disabled = "forward";
+    s.kafka = tansu.brokers();
+    s.extra = "[sample]\nevery_nth = 0\nerrors = false\n".into();
+    let cfg = s.write(&dir.path().join("g.toml"));
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[log]\n", "[log]\nreserve = \"4MiB\"\n"))
+        .unwrap();
+    let gw = Gateway::start(&cfg, s.http_port);
+    let pid = gw.pid();
+    assert_eq!(harness::publish_numbered(mq.port, numbered("full-cam", 0..100, 96)), 100);
+    gw.wait_for("the first frames upstream", Duration::from_secs(120), |m| {
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 100.0
+    });
+
+    let filler = fs.fill("other-program.dat");
+    assert_eq!(harness::publish_numbered(mq.port, numbered("full-cam", 100..200, 96)), 100);
+    wait_until("/readyz says the disk is full", Duration::from_secs(60), || {
+        let (code, body) = gw.get("/readyz");
+        code == 503 && body.contains("disk full at")
+    });
+    let (_, why) = gw.get("/readyz");
+    assert!(why.contains(&s.log_dir.display().to_string()) && why.contains("bytes free"), "{why}");
+    assert_eq!(gw.get("/healthz").0, 200);
+    let (_, page) = gw.get("/?refresh=0");
+    assert!(page.contains("disk full at"), "the status page says why");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(gw.running(), "the service rides out a full disk:\n{}", gw.log());
+    assert_eq!(gw.get("/healthz").0, 200);
+    let stored_while_full = gw.metric("vision_gateway_frames_stored_total");
+
+    std::fs::remove_file(&filler).unwrap();
+    gw.wait_for("every frame upstream after space returned", Duration::from_secs(180), |m| {
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 200.0
+            && m.get("vision_gateway_disk_full").copied() == Some(0.0)
+    });
+    assert_eq!(gw.get("/readyz").0, 200);
+    assert_eq!(gw.pid(), pid);
+    let glog = gw.log();
+    let (ok, _) = gw.terminate();
+    assert!(ok, "{glog}");
+    let ids = upstream_ids(&tansu);
+    assert_eq!(ids.len(), 200, "every acknowledged frame upstream");
+    assert!(ids.values().all(|v| v.len() == 1), "each under one frame id");
+    println!(
+        "disk full while frames arrive: pid {pid} throughout, {stored_while_full} frames stored by the time the disk \
+         was full for 3 s, 200/200 upstream once after it was freed; restarts of the pipeline in the process: {}",
+        glog.matches("the pipeline stopped; the log is opened again").count()
+    );
+}
+
+/// The service starts on a full disk (a backlog of its own waiting for
+/// Kafka, the rest taken by another file): it comes up, says why, drains
+/// the backlog once Kafka is back and so frees space.
+#[test]
+fn the_service_starts_on_a_full_disk_and_drains_its_backlog() {
+    let Some(fs) = small_fs(48) else { return };
+    let mq = Mosquitto::start();
+    let mut tansu = harness::Tansu::start();
+    tansu.create_topics(&TOPICS);
+    tansu.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.log_dir = fs.path().join("log");
+    s.max_bytes = "40MiB";
+    s.when_disabled = "forward";
+    s.kafka = tansu.brokers();
+    // Every image sampled: the backlog is images on disk waiting for Kafka.
+    s.extra = "[sample]\nevery_nth = 1\nerrors = false\n".into();
+    let cfg = s.write(&dir.path().join("g.toml"));
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[log]\n", "[log]\nreserve = \"4MiB\"\n"))
+        .unwrap();
+    let gw = Gateway::start(&cfg, s.http_port);
+    assert_eq!(harness::publish_numbered(mq.port, numbered("boot-cam", 0..120, 160)), 120);
+    gw.wait_for("the backlog stored", Duration::from_secs(60), |m| {
+        m.get("vision_gateway_frames_stored_total").copied().unwrap_or(0.0) >= 120.0
+    });
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    let _filler = fs.fill("other-program.dat");
+    let free_full = fs.free();
+
+    let gw = Gateway::start_alive(&cfg, s.http_port);
+    wait_until("/readyz says why", Duration::from_secs(60), || {
+        let (code, body) = gw.get("/readyz");
+        code == 503 && body.contains("disk full at")
+    });
+    assert!(gw.running());
+    tansu.restart();
+    gw.wait_for("the backlog drained upstream", Duration::from_secs(180), |m| {
+        m.get("vision_gateway_log_records{area=\"annotations\"}").copied() == Some(0.0)
+            && m.get("vision_gateway_log_records{area=\"images\"}").copied() == Some(0.0)
+            && m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 120.0
+    });
+    wait_until("draining freed space", Duration::from_secs(60), || fs.free() > free_full + (3 << 20));
+    let free_after = fs.free();
+    assert!(gw.running(), "{}", gw.log());
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    let ids = upstream_ids(&tansu);
+    assert_eq!(ids.len(), 120, "the whole backlog upstream");
+    assert!(ids.values().all(|v| v.len() == 1), "each under one frame id");
+    println!(
+        "start on a full disk: {free_full} bytes free at start, {free_after} after the drain; 120/120 upstream once"
+    );
+}

@@ -117,6 +117,12 @@ pub struct RawLog {
     pub when_full: Option<String>,
     /// Memory the storage engine may use as page cache, e.g. `"64MiB"`.
     pub cache: Option<toml::Value>,
+    /// Free space kept on the log's file system, e.g. `"16MiB"` (default):
+    /// intake stops acknowledging while less is free (the broker keeps the
+    /// frames), and the log keeps a reserve file of this size that it
+    /// releases when the disk fills up, so it can always open and drain.
+    /// `"0"` turns both off.
+    pub reserve: Option<toml::Value>,
 }
 
 /// `[mqtt]`: intake.
@@ -318,6 +324,8 @@ pub struct LogConfig {
     pub when_full: WhenFull,
     /// Page cache bytes.
     pub cache_bytes: u64,
+    /// Free-space floor and reserve file size (`log.reserve`).
+    pub reserve_bytes: u64,
 }
 
 /// A broker address.
@@ -595,6 +603,7 @@ impl Config {
                 }
             },
             cache_bytes: v.size("log.cache", raw.log.cache.as_ref(), 64 << 20),
+            reserve_bytes: v.size("log.reserve", raw.log.reserve.as_ref(), 16 << 20),
         };
         if log.max_bytes < 4 << 20 {
             v.problem(

@@ -9,7 +9,9 @@
 //! - **A frame acknowledged is a frame on disk.** Acknowledgements are
 //!   manual: a batch of frames is appended, the log is flushed (one fsync,
 //!   group commit), and only then are their PUBACKs queued, in the order the
-//!   frames arrived. Frames received on a connection that has since dropped
+//!   frames arrived (see [`acks`]: never dropped while their connection
+//!   lives, so a redelivery always falls inside the log's fingerprint
+//!   window). Frames received on a connection that has since dropped
 //!   are stored but not acknowledged: the broker redelivers them on the new
 //!   connection. A redelivered frame that was already stored is recognised
 //!   by its fingerprint and acknowledged without being stored again, so
@@ -32,6 +34,7 @@
 //!   appender stores and flushes what was already received, the
 //!   acknowledgements are sent and the session is disconnected cleanly.
 
+mod acks;
 pub mod dead_letter;
 mod tls;
 pub mod validate;
@@ -57,7 +60,8 @@ const MAX_BATCH: usize = 64;
 /// Payload bytes per group commit at most: frames held in memory between
 /// their arrival and their flush stay bounded whatever their size.
 const MAX_BATCH_BYTES: usize = 32 << 20;
-/// Capacity of rumqttc's request channel (acks, subscribes).
+/// Capacity of rumqttc's request channel (acks, subscribes); PUBACKs
+/// beyond it wait in order in [`acks::AckQueue`].
 const ACK_QUEUE: usize = 8192;
 
 /// What stops intake.
@@ -93,8 +97,14 @@ pub struct IntakeStats {
     pub stored: AtomicU64,
     /// Payload bytes of stored frames.
     pub stored_bytes: AtomicU64,
-    /// PUBACKs queued after durability.
+    /// PUBACKs handed to the MQTT client after durability, in order.
     pub acked: AtomicU64,
+    /// PUBACKs of durable frames waiting for room in the MQTT client's
+    /// request channel (in order; see [`acks`]).
+    pub acks_pending: AtomicU64,
+    /// PUBACKs discarded because their connection was lost before they
+    /// could be sent (the broker delivers those frames again).
+    pub acks_discarded: AtomicU64,
     /// Quarantined frames, by reason (index of [`Reason::ALL`]).
     pub quarantined: [AtomicU64; Reason::COUNT],
     /// Successful connections (first one included).
@@ -105,6 +115,11 @@ pub struct IntakeStats {
     pub subscribed: AtomicBool,
     /// Waiting for log space now (`block` policy).
     pub blocked: AtomicBool,
+    /// Waiting for free space on the log's file system now (below
+    /// `log.reserve` free; see `log/space.rs`).
+    pub disk_full: AtomicBool,
+    /// Bytes free on the log's file system when intake last found it full.
+    pub disk_free: AtomicU64,
     /// Events the MQTT event loop returned (keep-alives and reconnect
     /// attempts included): the loop's heartbeat, for the watchdog.
     pub polls: AtomicU64,
@@ -187,11 +202,12 @@ impl Intake {
         let (client, eventloop) = AsyncClient::new(opts, ACK_QUEUE);
         let (tx, rx) = mpsc::channel::<Incoming>(usize::from(self.cfg.receive_maximum) * 2 + 8);
         let connection = Arc::new(AtomicU64::new(0));
+        let acks = Arc::new(acks::AckQueue::default());
+        let mut sender = tokio::spawn(acks::send(acks.clone(), client.clone(), connection.clone(), self.stats.clone()));
         let appender = Appender {
             log: self.log.clone(),
-            client: client.clone(),
+            acks: acks.clone(),
             stats: self.stats.clone(),
-            connection: connection.clone(),
             limits: Limits { max_bytes: self.cfg.max_frame_bytes, max_pixels: self.cfg.max_pixels },
             topics: self.cfg.topics.clone(),
             quarantine_max: self.cfg.quarantine_max_bytes,
@@ -202,6 +218,7 @@ impl Intake {
         let mut events = EventTask {
             eventloop,
             client: client.clone(),
+            acks: acks.clone(),
             stats: self.stats.clone(),
             connection,
             topics: self.cfg.topics.clone(),
@@ -213,6 +230,7 @@ impl Intake {
         let outcome = tokio::select! {
             r = events.read(tx, &stop) => r,
             r = &mut appender => {
+                sender.abort();
                 return match r {
                     Ok(r) => r,
                     Err(e) => Err(IntakeError::Appender(e.to_string())),
@@ -227,6 +245,10 @@ impl Intake {
             Ok(r) => r,
             Err(e) => Err(IntakeError::Appender(e.to_string())),
         };
+        // The PUBACKs still queued go out before the DISCONNECT.
+        acks.close();
+        events.send_acks(&mut sender).await;
+        sender.abort();
         events.disconnect().await;
         self.stats.connected.store(false, Ordering::Relaxed);
         self.stats.subscribed.store(false, Ordering::Relaxed);
@@ -237,6 +259,7 @@ impl Intake {
 struct EventTask {
     eventloop: EventLoop,
     client: AsyncClient,
+    acks: Arc<acks::AckQueue>,
     stats: Arc<IntakeStats>,
     connection: Arc<AtomicU64>,
     topics: Vec<String>,
@@ -257,7 +280,11 @@ impl EventTask {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
-                    let n = self.connection.fetch_add(1, Ordering::SeqCst) + 1;
+                    {
+                        let _gate = self.acks.gate();
+                        self.connection.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let n = self.stats.connects.load(Ordering::Relaxed) + 1;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     tracing::info!(
@@ -299,8 +326,10 @@ impl EventTask {
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     tracing::warn!(reason = ?d.reason_code, "the broker closed the session");
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acks.written(),
                 Ok(_) => {}
                 Err(e) => {
+                    self.retire_connection();
                     self.stats.connected.store(false, Ordering::Relaxed);
                     self.stats.subscribed.store(false, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
@@ -311,6 +340,43 @@ impl EventTask {
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection is lost: PUBACKs of its frames must not reach the
+    /// next one (a packet id names another publish there). rumqttc dropped
+    /// the PUBACKs in its channel when the connection failed; under the
+    /// gate, the connection number moves on (the sender discards what is
+    /// still queued for the old one) and the channel is purged again of
+    /// anything the sender handed over in between.
+    fn retire_connection(&mut self) {
+        let _gate = self.acks.gate();
+        self.connection.fetch_add(1, Ordering::SeqCst);
+        self.eventloop.clean();
+    }
+
+    /// At shutdown: keeps the event loop turning until the sender has
+    /// handed over every queued PUBACK (bounded time). Publishes read
+    /// meanwhile are not stored and not acknowledged: the broker keeps them.
+    async fn send_acks(&mut self, sender: &mut tokio::task::JoinHandle<()>) {
+        if !self.stats.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = &mut *sender => return,
+                ev = self.eventloop.poll() => match ev {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => self.acks.written(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.retire_connection();
+                        return;
                     }
                 }
             }
@@ -355,9 +421,8 @@ fn now_ms() -> u64 {
 
 struct Appender {
     log: DurableLog,
-    client: AsyncClient,
+    acks: Arc<acks::AckQueue>,
     stats: Arc<IntakeStats>,
-    connection: Arc<AtomicU64>,
     limits: Limits,
     topics: Vec<String>,
     quarantine_max: u64,
@@ -395,27 +460,19 @@ impl Appender {
             if stored > 0 {
                 self.log.flush().await?;
             }
-            // Durable now: acknowledge, in arrival order, what came on the
-            // current connection. Never wait here: the event loop may itself
-            // be waiting for this task to take the next frame, and waiting
-            // on each other would stop both (seen with a broker that sends
-            // beyond the receive maximum). A failed ack only means the
-            // broker redelivers a frame that is already stored.
-            let current = self.connection.load(Ordering::SeqCst);
-            for m in batch.drain(..).take(stored) {
-                if m.publish.qos == QoS::AtLeastOnce && m.connection == current {
-                    match self.client.try_ack(&m.publish) {
-                        Ok(()) => {
-                            self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            if let Some(held) = self.warn.check("ack") {
-                                tracing::warn!(error = %e, suppressed = held, "PUBACK not queued; the broker will redeliver a stored frame");
-                            }
-                        }
-                    }
-                }
-            }
+            // Durable now: acknowledge, in arrival order. Never wait here:
+            // the event loop may itself be waiting for this task to take the
+            // next frame. The queue keeps every PUBACK, in order, until
+            // rumqttc has room (see `acks`); those of a connection lost
+            // meanwhile are discarded there (the broker redelivers).
+            self.acks.push(
+                batch
+                    .drain(..)
+                    .take(stored)
+                    .filter(|m| m.publish.qos == QoS::AtLeastOnce)
+                    .map(|m| acks::PendingAck { pkid: m.publish.pkid, connection: m.connection }),
+                &self.stats,
+            );
             if stored == 0 && stop.is_cancelled() {
                 return Ok(());
             }
@@ -488,6 +545,9 @@ impl Appender {
             match result {
                 Ok(once) => {
                     self.stats.blocked.store(false, Ordering::Relaxed);
+                    if self.stats.disk_full.swap(false, Ordering::Relaxed) {
+                        tracing::info!("disk space is back: intake resumes");
+                    }
                     if let Once::Duplicate(seq) = once {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         if let Some(held) = self.warn.check("duplicate") {
@@ -505,6 +565,24 @@ impl Appender {
                         _ = self.log.wait_for_space(needed) => {}
                     }
                     tracing::info!("log space freed: intake resumes");
+                }
+                Err(LogError::NoSpace { path, free }) => {
+                    self.stats.disk_free.store(free, Ordering::Relaxed);
+                    self.stats.disk_full.store(true, Ordering::Relaxed);
+                    if let Some(held) = self.warn.check("disk_full") {
+                        tracing::warn!(
+                            path = %path.display(),
+                            free,
+                            suppressed = held,
+                            "disk full: intake paused, frames stay on the broker; the backlog keeps draining"
+                        );
+                    }
+                    // Space freed by another program comes with no signal:
+                    // look again in a second.
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

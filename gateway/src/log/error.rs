@@ -60,6 +60,16 @@ pub enum LogError {
         /// The budget (`log.max_bytes`).
         max: u64,
     },
+    /// The log's file system is (nearly) full: something other than the
+    /// budget leaves no room. Intake waits, like [`LogError::Full`]; see
+    /// `space.rs`.
+    #[error("disk full at {path}: {free} bytes free")]
+    NoSpace {
+        /// The log directory.
+        path: PathBuf,
+        /// Bytes free on its file system when the write was refused.
+        free: u64,
+    },
     /// One record is larger than the whole budget; it can never fit.
     #[error("record of {size} bytes can never fit a log budget of {max} bytes")]
     TooLarge {
@@ -84,6 +94,17 @@ impl LogError {
     /// True when retrying later can succeed without anyone changing anything
     /// (space being freed, a passing I/O error).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Full { .. } | Self::Io { .. } | Self::Storage(sled::Error::Io(_)))
+        matches!(self, Self::Full { .. } | Self::NoSpace { .. } | Self::Io { .. } | Self::Storage(sled::Error::Io(_)))
+    }
+
+    /// True when the file system had no room (ENOSPC, EDQUOT, EIO on a
+    /// write): a state to wait out, not a failure (see `space.rs`).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::NoSpace { .. } => true,
+            Self::Io { source, .. } => super::space::is_no_space_io(source),
+            Self::Open { source, .. } | Self::Storage(source) => super::space::is_no_space_sled(source),
+            _ => false,
+        }
     }
 }

@@ -60,6 +60,7 @@ mod error;
 mod index;
 pub mod reader;
 mod segments;
+pub mod space;
 mod txn;
 
 pub use crate::records::{GapReason, GapRecord};
@@ -206,6 +207,10 @@ pub struct LogOptions {
     /// Which cursors must pass a record before retention may delete it.
     /// An area without consumers is never deleted by retention.
     pub retention: Vec<(Area, Cursor)>,
+    /// Size of the space reserve file, and the free space on the file
+    /// system below which intake's appends wait ([`LogError::NoSpace`]);
+    /// see `space.rs`. 0 turns both off.
+    pub reserve_bytes: u64,
 }
 
 impl LogOptions {
@@ -229,6 +234,7 @@ impl LogOptions {
                 (Area::DeadLetters, Cursor::Replicate),
                 (Area::Gaps, Cursor::ReplicateGaps),
             ],
+            reserve_bytes: 16 << 20,
         }
     }
 
@@ -352,10 +358,19 @@ struct Core {
     recent: HashMap<u64, u64>,
 }
 
-/// How many appends' fingerprints are remembered for de-duplication: far
-/// more than a broker can redeliver after a crash (`mqtt.receive_maximum`
-/// frames in flight, plus a group commit).
-pub const RECENT: u64 = 8192;
+/// How many appends' fingerprints are remembered for de-duplication.
+///
+/// It must cover every frame stored but not yet acknowledged to the broker,
+/// whatever the broker does. Intake acknowledges in arrival order and never
+/// drops an acknowledgement on a live connection, so while a frame is
+/// unacknowledged every frame stored after it is unacknowledged too, and
+/// all of them are in flight at the broker under distinct MQTT packet ids:
+/// at most 65,535, even from a broker that ignores `receive_maximum`
+/// (mosquitto does, on a queued session). The window is that packet-id
+/// space plus a margin for the frames of a dropped connection still being
+/// stored (the appender's queue and one group commit). About 2 MiB of
+/// memory and 1.5 MiB in the index at most.
+pub const RECENT: u64 = 65_536 + 8192;
 
 struct Inner {
     opts: LogOptions,
@@ -371,6 +386,8 @@ struct Inner {
     durable: watch::Sender<(u64, u64)>,
     index_bytes: AtomicU64,
     flushes: AtomicU64,
+    /// The reserve file is in place (see `space.rs`).
+    reserve: std::sync::atomic::AtomicBool,
     /// Records dropped or set aside since open, by [`GapReason::index`].
     dropped: [AtomicU64; GapReason::COUNT],
 }
@@ -416,6 +433,42 @@ impl Inner {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    fn release_reserve(&self) {
+        if space::release_reserve(&self.opts.path) {
+            self.reserve.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The free-space floor for intake's appends (see `space.rs`): below
+    /// it, [`LogError::NoSpace`]; below half of it, the reserve (half the
+    /// floor) goes, which leaves intake paused and gives the stages that
+    /// free space room for their writes. With twice the floor free, the
+    /// reserve comes back.
+    fn check_floor(&self) -> Result<(), LogError> {
+        let floor = self.opts.reserve_bytes;
+        if floor == 0 {
+            return Ok(());
+        }
+        let free = space::free_bytes(&self.opts.path)
+            .map_err(|source| LogError::Io { path: self.opts.path.clone(), source })?;
+        if free < floor {
+            if free < floor / 2 && self.reserve.load(Ordering::Relaxed) {
+                self.release_reserve();
+            }
+            return Err(LogError::NoSpace { path: self.opts.path.clone(), free });
+        }
+        if !self.reserve.load(Ordering::Relaxed) && free >= floor.saturating_mul(2) {
+            self.make_reserve();
+        }
+        Ok(())
+    }
+
+    fn make_reserve(&self) {
+        let floor = self.opts.reserve_bytes;
+        let made = space::ensure_reserve(&self.opts.path, floor / 2, floor + floor / 2);
+        self.reserve.store(made, Ordering::Relaxed);
+    }
+
     /// The barrier: segments, then index, then deletion of emptied segments.
     fn flush(&self) -> Result<(), LogError> {
         let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -441,6 +494,10 @@ impl Inner {
                 let mut core = self.lock();
                 core.segs.sync_failed(plan);
                 core.pending_delete.extend(deletable);
+                drop(core);
+                if e.is_no_space() {
+                    self.release_reserve();
+                }
                 return Err(e);
             }
         };
@@ -494,6 +551,16 @@ impl DurableLog {
     /// opened, [`LogError::GatewayIdMismatch`] if the log belongs to another
     /// gateway id, [`LogError::OldLayout`] for a log of an earlier version.
     pub fn open(opts: LogOptions) -> Result<Self, LogError> {
+        let log = match Self::open_once(opts.clone()) {
+            // A full file system: the reserve is there for this moment.
+            Err(e) if e.is_no_space() && space::release_reserve(&opts.path) => Self::open_once(opts)?,
+            r => r?,
+        };
+        log.inner.make_reserve();
+        Ok(log)
+    }
+
+    fn open_once(opts: LogOptions) -> Result<Self, LogError> {
         let io = |source| LogError::Io { path: opts.path.clone(), source };
         if opts.path.join("conf").exists() && !opts.path.join("index").exists() {
             return Err(LogError::OldLayout { path: opts.path.clone() });
@@ -555,6 +622,7 @@ impl DurableLog {
             durable: watch::channel(durable).0,
             index_bytes: AtomicU64::new(index_bytes),
             flushes: AtomicU64::new(0),
+            reserve: std::sync::atomic::AtomicBool::new(false),
             dropped: Default::default(),
         };
         let log = Self { inner: Arc::new(inner) };
@@ -666,6 +734,13 @@ impl DurableLog {
         *self.inner.used.borrow()
     }
 
+    /// True when the log's file system has less than the free-space floor
+    /// (`log.reserve`) free: intake's appends wait (see `space.rs`).
+    pub fn below_floor(&self) -> bool {
+        let floor = self.inner.opts.reserve_bytes;
+        floor > 0 && space::free_bytes(&self.inner.opts.path).is_ok_and(|free| free < floor)
+    }
+
     /// Sequence numbers below this are durable.
     pub fn durable_seq(&self) -> u64 {
         self.inner.durable.borrow().0
@@ -750,6 +825,7 @@ impl DurableLog {
     /// Appends a record given in parts (written one after the other), and
     /// its fingerprint if it has one.
     fn append(&self, area: Area, value: &[&[u8]], fingerprint: Option<u64>) -> Result<Appended, LogError> {
+        self.inner.check_floor()?;
         let len: u64 = value.iter().map(|p| p.len() as u64).sum();
         let max = self.inner.opts.max_bytes;
         let worst = txn::worst_cost(len) + self.inner.opts.index_reserve;

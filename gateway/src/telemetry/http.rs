@@ -22,7 +22,7 @@ use axum::Router;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoint reports on.
@@ -49,11 +49,42 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     tokio::net::TcpListener::bind(listen).await
 }
 
+/// What the endpoint serves from: the running pipeline's [`Telemetry`], or,
+/// while there is none (the log cannot be opened for lack of disk space,
+/// see `crate::run`), why not. The endpoint outlives pipeline restarts, so
+/// `/healthz` answers and `/readyz` says why for as long as the process
+/// runs.
+#[derive(Clone, Default)]
+pub struct Endpoint {
+    current: Arc<RwLock<Option<Telemetry>>>,
+    down: Arc<RwLock<Option<String>>>,
+}
+
+impl Endpoint {
+    /// The pipeline now serving figures (`None`: none runs).
+    pub fn set(&self, t: Option<Telemetry>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// Why no pipeline runs (`None`: it runs, or is starting).
+    pub fn set_down(&self, why: Option<String>) {
+        *self.down.write().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    fn get(&self) -> Option<Telemetry> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn why_down(&self) -> String {
+        self.down.read().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "starting".into())
+    }
+}
+
 /// Serves until `stop` is cancelled.
 ///
 /// # Errors
 /// If serving fails.
-pub async fn serve(listener: tokio::net::TcpListener, t: Telemetry, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, t: Endpoint, stop: CancellationToken) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -66,20 +97,32 @@ pub async fn serve(listener: tokio::net::TcpListener, t: Telemetry, stop: Cancel
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
 }
 
-/// What `/readyz` waits for, empty when ready.
-pub fn not_ready(t: &Telemetry) -> Vec<&'static str> {
+/// What start-up still waits for (systemd's `READY=1` waits for it), empty
+/// once started.
+pub fn starting(t: &Telemetry) -> Vec<String> {
     let mut missing = Vec::new();
     if t.detect.as_ref().is_some_and(|d| !d.model_loaded.load(Ordering::Relaxed)) {
-        missing.push("model not loaded");
+        missing.push("model not loaded".to_owned());
     }
     if !t.intake.subscribed.load(Ordering::Relaxed) {
-        missing.push("mqtt not subscribed");
+        missing.push("mqtt not subscribed".to_owned());
     }
     missing
 }
 
-async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
-    let missing = not_ready(&t);
+/// What `/readyz` waits for, empty when ready: start-up, and a disk full
+/// of something else (intake paused, `disk full at <path>: N bytes free`).
+pub fn not_ready(t: &Telemetry) -> Vec<String> {
+    let mut missing = starting(t);
+    if t.intake.disk_full.load(Ordering::Relaxed) || t.log.below_floor() {
+        let free = crate::log::space::free_bytes(t.log.path()).unwrap_or(t.intake.disk_free.load(Ordering::Relaxed));
+        missing.push(format!("disk full at {}: {free} bytes free", t.log.path().display()));
+    }
+    missing
+}
+
+async fn readyz(State(e): State<Endpoint>) -> impl IntoResponse {
+    let missing = e.get().map_or_else(|| vec![e.why_down()], |t| not_ready(&t));
     if missing.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
@@ -87,8 +130,17 @@ async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(t): State<Telemetry>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&t))
+async fn metrics(State(e): State<Endpoint>) -> impl IntoResponse {
+    let text = match e.get() {
+        Some(t) => render(&t),
+        None => {
+            let mut o = String::new();
+            metric(&mut o, "vision_gateway_pipeline_up", "gauge", "The pipeline runs (log open).", &one(0));
+            metric(&mut o, "vision_gateway_disk_full", "gauge", "Intake waits for disk space.", &one(1));
+            o
+        }
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -132,6 +184,20 @@ pub fn render(t: &Telemetry) -> String {
     );
     metric(
         &mut o,
+        "vision_gateway_intake_acks_pending",
+        "gauge",
+        "PUBACKs of durable frames waiting, in order, for room in the MQTT client.",
+        &one(ld(&i.acks_pending)),
+    );
+    metric(
+        &mut o,
+        "vision_gateway_intake_acks_discarded_total",
+        "counter",
+        "PUBACKs discarded because their connection was lost first (the broker delivers those frames again).",
+        &one(ld(&i.acks_discarded)),
+    );
+    metric(
+        &mut o,
         "vision_gateway_frames_duplicate_total",
         "counter",
         "Publishes delivered again that were already stored (acknowledged, not stored twice).",
@@ -168,6 +234,17 @@ pub fn render(t: &Telemetry) -> String {
         "1 while intake waits for log space.",
         &one(lb(&i.blocked)),
     );
+    metric(&mut o, "vision_gateway_pipeline_up", "gauge", "The pipeline runs (log open).", &one(1));
+    metric(
+        &mut o,
+        "vision_gateway_disk_full",
+        "gauge",
+        "1 while intake waits for free space on the log's file system (log.reserve).",
+        &one(u64::from(i.disk_full.load(Ordering::Relaxed) || t.log.below_floor())),
+    );
+    if let Ok(free) = crate::log::space::free_bytes(t.log.path()) {
+        metric(&mut o, "vision_gateway_disk_free_bytes", "gauge", "Bytes free on the log's file system.", &one(free));
+    }
     let none = DetectStats::default();
     let d = t.detect.as_deref().unwrap_or(&none);
     metric(
@@ -372,7 +449,7 @@ pub struct Status {
     /// Seconds since start.
     pub uptime_s: u64,
     /// What `/readyz` still waits for.
-    pub not_ready: Vec<&'static str>,
+    pub not_ready: Vec<String>,
     /// MQTT connected.
     pub mqtt_connected: bool,
     /// MQTT subscriptions acknowledged.
@@ -460,12 +537,17 @@ pub fn status(t: &Telemetry) -> Status {
     }
 }
 
-async fn status_json(State(t): State<Telemetry>) -> impl IntoResponse {
+async fn status_json(State(e): State<Endpoint>) -> impl IntoResponse {
     // Serialising plain data cannot fail.
-    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&status(&t)).unwrap_or_default())
+    let body = match e.get() {
+        Some(t) => serde_json::to_string(&status(&t)).unwrap_or_default(),
+        None => serde_json::json!({ "not_ready": [e.why_down()] }).to_string(),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn latest_image(State(t): State<Telemetry>, Path(camera): Path<String>) -> axum::response::Response {
+async fn latest_image(State(e): State<Endpoint>, Path(camera): Path<String>) -> axum::response::Response {
+    let Some(t) = e.get() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
     match t.detect.as_ref().and_then(|d| d.latest.image(&camera)) {
         Some((ct, bytes)) => {
             ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-store".to_owned())], bytes.as_ref().clone())
@@ -560,7 +642,7 @@ pub fn render_page(s: &Status, refresh_s: u32) -> String {
 
 /// `/?refresh=0` turns the page's self-refresh off (for screenshots and
 /// printing); `refresh=N` sets it to N seconds.
-async fn status_page(State(t): State<Telemetry>, RawQuery(q): RawQuery) -> impl IntoResponse {
+async fn status_page(State(e): State<Endpoint>, RawQuery(q): RawQuery) -> impl IntoResponse {
     let refresh = q
         .as_deref()
         .unwrap_or("")
@@ -568,7 +650,15 @@ async fn status_page(State(t): State<Telemetry>, RawQuery(q): RawQuery) -> impl 
         .find_map(|kv| kv.strip_prefix("refresh="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    axum::response::Html(render_page(&status(&t), refresh))
+    match e.get() {
+        Some(t) => axum::response::Html(render_page(&status(&t), refresh)),
+        None => axum::response::Html(crate::telemetry::page::page(
+            "vision-gateway",
+            "the pipeline is not running",
+            &format!("<p class=\"warn\">Not ready: {}</p>", crate::telemetry::page::esc(&e.why_down())),
+            Some(refresh.max(1)),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -597,9 +687,15 @@ mod tests {
             "vision_gateway_frames_received_total",
             "vision_gateway_frames_stored_total",
             "vision_gateway_frames_acked_total",
+            "vision_gateway_intake_acks_pending",
+            "vision_gateway_intake_acks_discarded_total",
+            "vision_gateway_frames_duplicate_total",
             "vision_gateway_frames_quarantined_total{reason=\"oversize\"}",
             "vision_gateway_mqtt_connected",
             "vision_gateway_mqtt_subscribed",
+            "vision_gateway_disk_full",
+            "vision_gateway_disk_free_bytes",
+            "vision_gateway_pipeline_up",
             "vision_gateway_intake_blocked",
             "vision_gateway_frames_annotated_total",
             "vision_gateway_annotation_errors_total",

@@ -3,7 +3,9 @@
 //!
 //! Promises:
 //! - `READY=1` is sent once, when the log is open, the model is loaded and
-//!   the MQTT subscriptions are acknowledged (what `/readyz` checks).
+//!   the MQTT subscriptions are acknowledged (what `/readyz` checks), or
+//!   when the service waits for disk space it cannot start without (see
+//!   [`waiting`]): a full disk is a state, not a failed start.
 //! - `WATCHDOG=1` is sent only while every stage is alive: it made progress
 //!   within the watchdog timeout (at least [`STALL_AFTER`]), or it has
 //!   nothing to do, or (intake) it is connected and waiting for frames or
@@ -12,7 +14,7 @@
 //!   restarts the service; nothing is lost, the log is durable.
 //! - `STATUS=` carries a one-line summary (`systemctl status` shows it).
 
-use super::http::{not_ready, Backlog, Telemetry};
+use super::http::{starting, Backlog, Telemetry};
 use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,7 +88,9 @@ impl Liveness {
         // healthy: frames come when cameras send them, and the MQTT
         // keep-alive notices a dead link. Disconnected, its loop must keep
         // trying (each attempt is a poll).
-        let idle_ok = t.intake.blocked.load(Ordering::Relaxed) || t.intake.connected.load(Ordering::Relaxed);
+        let idle_ok = t.intake.blocked.load(Ordering::Relaxed)
+            || t.intake.disk_full.load(Ordering::Relaxed)
+            || t.intake.connected.load(Ordering::Relaxed);
         let stages = [
             ("intake", m.intake != self.last.intake, if idle_ok { 0 } else { 1 }),
             ("detect", m.detect != self.last.detect, if t.detect.is_some() { b.detect.records } else { 0 }),
@@ -110,7 +114,7 @@ pub fn status_line(t: &Telemetry) -> String {
     let s = super::http::status(t);
     let pct = (s.log_used_bytes * 100).checked_div(s.log_max_bytes).unwrap_or(0);
     format!(
-        "{} cameras, {} frames in, {} annotated, {} sent; backlog {} frames, {} uplink records; mqtt {}, kafka {}; disk {}%{}",
+        "{} cameras, {} frames in, {} annotated, {} sent; backlog {} frames, {} uplink records; mqtt {}, kafka {}; disk {}%{}{}",
         s.cameras.len(),
         s.frames_received,
         s.frames_annotated,
@@ -120,8 +124,16 @@ pub fn status_line(t: &Telemetry) -> String {
         if s.mqtt_subscribed { "up" } else { "down" },
         if s.kafka_connected { "up" } else { "down" },
         pct,
-        if s.intake_blocked { "; intake paused (log full)" } else { "" }
+        if s.intake_blocked { "; intake paused (log full)" } else { "" },
+        s.not_ready.iter().find(|w| w.starts_with("disk full")).map_or(String::new(), |w| format!("; {w}"))
     )
+}
+
+/// While no pipeline runs (the log cannot be opened for lack of disk
+/// space): the process is up and waiting on purpose, so it tells systemd
+/// it has started, says why in `STATUS=` and keeps the watchdog fed.
+pub fn waiting(why: &str) {
+    notify(&[NotifyState::Ready, NotifyState::Status(&format!("waiting: {why}")), NotifyState::Watchdog]);
 }
 
 fn notify(states: &[NotifyState]) {
@@ -149,7 +161,7 @@ pub async fn supervise(t: Telemetry, stop: CancellationToken) {
             _ = interval.tick() => {}
         }
         let status = status_line(&t);
-        if !ready && not_ready(&t).is_empty() {
+        if !ready && starting(&t).is_empty() {
             ready = true;
             tracing::info!(systemd = under_systemd, "ready: log open, model loaded, subscribed");
             notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

@@ -255,6 +255,35 @@ impl Gateway {
         g
     }
 
+    /// Starts the gateway and waits only until `/healthz` answers (for a
+    /// service that starts on a full disk and cannot be ready).
+    pub fn start_alive(config: &Path, http_port: u16) -> Self {
+        let stderr = config.with_extension("alive.log");
+        let err = std::fs::File::create(&stderr).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vision-gateway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let g = Self { child: Some(child), http_port, stderr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while g.get("/healthz").0 != 200 {
+            assert!(g.running(), "the gateway exited:\n{}", g.log());
+            assert!(Instant::now() < deadline, "no /healthz within 60 s:\n{}", g.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&self) -> bool {
+        // A process that exited and was not waited for is a zombie (Z).
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).is_ok_and(|st| !st.contains(") Z "))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
@@ -441,6 +470,32 @@ impl Tansu {
             .unwrap();
         self.child = Some(child);
         wait_for_port(self.port, "tansu");
+        self.index_headers();
+    }
+
+    /// tansu 0.6.0's sqlite store has no index on its `header` table, so a
+    /// fetch scans every header of the topic once per record: past about
+    /// 10,000 records with headers a consumer from offset 0 gets nothing
+    /// for minutes. Creates the index once tansu has made its tables
+    /// (Python's sqlite3 module: python3 is on every machine the suite runs
+    /// on).
+    fn index_headers(&self) {
+        let db = self.dir.path().join("tansu.db");
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+                      if c.execute(\"select 1 from sqlite_master where type = 'table' and name = 'header'\").fetchone() is None:\n\
+                      \x20   sys.exit(3)\n\
+                      c.execute('create index if not exists header_tp on header(topition, offset_id)')\n\
+                      c.commit()\n";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = Command::new("python3").arg("-c").arg(script).arg(&db).status().unwrap();
+            if st.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "tansu did not create its tables in {} ({st})", db.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn brokers(&self) -> String {
@@ -753,4 +808,118 @@ pub fn noise_camera(dir: &Path, camera: &str, n: usize, bytes: usize, seed: u64)
         std::fs::write(d.join(format!("{i:05}.jpg")), f).unwrap();
     }
     d
+}
+
+/// Publishes `frames` (camera, camera_seq, payload) with QoS 1 and the
+/// `camera_seq` user property, as fast as the broker takes them, from one
+/// client; returns how many the broker acknowledged.
+pub fn publish_numbered(port: u16, frames: Vec<(String, u64, Vec<u8>)>) -> usize {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut o = MqttOptions::new(format!("e2e-camera-{}", free_port()), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_start(true);
+        o.set_max_packet_size(Some(64 << 20));
+        let (client, mut ev) = AsyncClient::new(o, 64);
+        let n = frames.len();
+        let publisher = tokio::spawn(async move {
+            for (camera, seq, payload) in frames {
+                let props = PublishProperties {
+                    user_properties: vec![("camera_seq".into(), seq.to_string())],
+                    ..Default::default()
+                };
+                let topic = format!("cameras/{camera}/frames");
+                if client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < n {
+            match tokio::time::timeout(Duration::from_secs(20), ev.poll()).await {
+                Ok(Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publishing to 127.0.0.1:{port}: {e}"),
+                Err(_) => break,
+            }
+        }
+        let client = publisher.await.unwrap();
+        let _ = client.disconnect().await;
+        acked
+    })
+}
+
+/// A small valid JPEG (`w` x `h`, grey noise from `seed`).
+pub fn small_jpeg(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let raw: Vec<u8> = (0..w * h * 3)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+        .encode(&raw, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh folder (a small file system to
+/// fill), unmounted on drop; `None` with the reason when mounting is not
+/// allowed here (not root).
+pub struct TmpFs {
+    pub dir: tempfile::TempDir,
+}
+
+impl TmpFs {
+    pub fn mount(mib: u64) -> Result<Self, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cannot mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes free on it.
+    pub fn free(&self) -> u64 {
+        fs2::available_space(self.dir.path()).unwrap()
+    }
+
+    /// Another program's file takes every free byte: writes until ENOSPC.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0x5au8; 64 << 10];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(28), "filling {}: {e}", p.display());
+                break;
+            }
+        }
+        // The last partial chunk: byte by byte is too slow; smaller writes.
+        for size in [4096usize, 512, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+        p
+    }
+}
+
+impl Drop for TmpFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
 }
