@@ -12,7 +12,13 @@
 //!
 //! Faults: gateway `kill -9` (also in the middle of a burst), power cut
 //! (SIGSTOP, drop every unsynced write, kill; needs root and /dev/fuse,
-//! otherwise left out with a message), gateway down for a while, Kafka
+//! otherwise left out with a message), gateway down for a while, an
+//! outage (the gateway down for seconds while the cameras publish hundreds
+//! of frames the broker queues for its session, then up, killed -9 while it
+//! takes the queued burst, and up again), a full disk (another file takes
+//! every free byte of the log's file system while frames arrive, then goes;
+//! the gateway must not exit; only where the log is on a small tmpfs of its
+//! own, so not in runs with power cuts, whose log is on LazyFS), Kafka
 //! down, up and restarted, mosquitto restarted, a small log budget under
 //! `block` or `drop_oldest` (chosen by the seed), detect enabled, slow,
 //! disabled with `forward` or with `hold`.
@@ -36,7 +42,7 @@ mod harness;
 
 use gateway::detect::FrameAnnotation;
 use gateway::log::{Area, GapReason, GapRecord};
-use harness::{fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Settings, Tansu};
+use harness::{fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Settings, Tansu, TmpFs};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -270,6 +276,8 @@ enum Mode {
 struct World {
     // Dropped first: the gateway must be gone before LazyFS unmounts.
     gw: Option<Gateway>,
+    /// The log's own small file system (the disk-full fault), if any.
+    small: Option<TmpFs>,
     seed: u64,
     rng: Rng,
     pool: Pool,
@@ -290,8 +298,24 @@ struct World {
     rt: tokio::runtime::Runtime,
 }
 
+/// Where a run keeps the gateway's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    /// A temporary directory.
+    Plain,
+    /// LazyFS, for power cuts.
+    Power,
+    /// A tmpfs of its own, for the disk-full fault.
+    Small,
+}
+
 impl World {
     fn new(seed: u64, power: bool) -> Self {
+        Self::on(seed, if power { Disk::Power } else { Disk::Plain })
+    }
+
+    fn on(seed: u64, disk: Disk) -> Self {
+        let power = disk == Disk::Power;
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66);
         let pool = Pool::new(&mut rng);
         let fs = power.then(LazyFs::mount);
@@ -302,6 +326,10 @@ impl World {
         let mut s = Settings::new(work.path(), mq.port);
         if let Some(fs) = &fs {
             s.log_dir = fs.mnt.join("log");
+        }
+        let small = (disk == Disk::Small).then(|| TmpFs::mount(64).expect("a tmpfs for the disk-full fault"));
+        if let Some(fs) = &small {
+            s.log_dir = fs.path().join("log");
         }
         s.kafka = tansu.brokers();
         s.gateway_id = format!("chaos-{seed}");
@@ -330,6 +358,7 @@ impl World {
             kafka_up: true,
             settings: s,
             gw: None,
+            small,
             mode,
             base_faults: std::env::var("CHAOS_FAULTS").unwrap_or_default(),
             sent: BTreeMap::new(),
@@ -351,6 +380,11 @@ impl World {
         s.detect = matches!(self.mode, Mode::Enabled | Mode::Slow);
         s.when_disabled = if self.mode == Mode::Hold { "hold" } else { "forward" };
         let cfg = s.write(&self.work.path().join("g.toml"));
+        if self.small.is_some() {
+            // The free-space floor in proportion to a 64 MiB disk.
+            let toml = std::fs::read_to_string(&cfg).unwrap().replace("[log]\n", "[log]\nreserve = \"4MiB\"\n");
+            std::fs::write(&cfg, toml).unwrap();
+        }
         let mut faults = self.base_faults.clone();
         if self.mode == Mode::Slow {
             faults.push_str(",detect_delay_ms=700");
@@ -364,14 +398,19 @@ impl World {
     }
 
     fn burst(&mut self) -> Vec<Publish> {
-        let n = self.rng.range(1, 12);
+        let n = self.rng.range(1, 12) as usize;
+        self.frames(n, None)
+    }
+
+    /// `n` frames of random cameras, of random kinds or all of `kind`.
+    fn frames(&mut self, n: usize, kind: Option<Kind>) -> Vec<Publish> {
         let mut out = Vec::new();
         for _ in 0..n {
             let camera = CAMERAS[self.rng.below(CAMERAS.len() as u64) as usize].to_owned();
             let seq = self.next_seq.entry(camera.clone()).or_default();
             let camera_seq = *seq;
             *seq += 1;
-            let kind = pick_kind(&mut self.rng);
+            let kind = kind.unwrap_or_else(|| pick_kind(&mut self.rng));
             let payload = self.pool.payload(kind, &format!("{}/{camera}/{camera_seq}", self.seed), &mut self.rng);
             out.push(Publish { camera, camera_seq, kind, payload });
         }
@@ -422,9 +461,65 @@ impl World {
         self.record(frames, &acked);
     }
 
+    /// The outage of a site: the gateway is down for seconds while the
+    /// cameras keep publishing (the broker queues hundreds of frames for
+    /// its persistent session), comes back, takes the queued burst and is
+    /// killed -9 in the middle of it, and comes back again. A frame stored
+    /// before the kill and redelivered after it must keep its frame_id.
+    fn outage(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.kill9();
+        }
+        let secs = self.rng.range(2, 5);
+        let n = self.rng.range(150, 400) as usize;
+        let frames = self.frames(n, Some(Kind::Small));
+        let t0 = Instant::now();
+        let acked = publish(&self.rt, self.mq.port, &frames);
+        std::thread::sleep(Duration::from_secs(secs).saturating_sub(t0.elapsed()));
+        self.record(frames, &acked);
+        self.start_gateway();
+        let ms = self.rng.range(300, 2500);
+        std::thread::sleep(Duration::from_millis(ms));
+        if let Some(gw) = self.gw.take() {
+            gw.kill9();
+        }
+        self.start_gateway();
+        self.note(
+            "outage burst",
+            format!("gateway down {secs} s while cameras published {n} frames; up, kill -9 {ms} ms later, up"),
+        );
+    }
+
+    /// Another program fills the log's file system while frames arrive;
+    /// its file goes after a while. The gateway pauses intake and must not
+    /// exit (same process before and after).
+    fn disk_full(&mut self) {
+        let Some(fs) = &self.small else { return };
+        let filler = fs.fill("other-program.dat");
+        let pid = self.gw.as_ref().map(Gateway::pid);
+        let frames = self.burst();
+        let n = frames.len();
+        let acked = publish(&self.rt, self.mq.port, &frames);
+        let ms = self.rng.range(1000, 4000);
+        std::thread::sleep(Duration::from_millis(ms));
+        if let Some(gw) = &self.gw {
+            assert!(
+                gw.running() && Some(gw.pid()) == pid,
+                "seed {}: the gateway exited on a full disk:\n{}",
+                self.seed,
+                gw.log()
+            );
+        }
+        std::fs::remove_file(&filler).unwrap();
+        self.record(frames, &acked);
+        self.note("disk full", format!("disk full for {ms} ms while a burst of {n} arrived, then freed"));
+    }
+
     fn step(&mut self) {
         let power = self.fs.is_some();
-        match self.rng.below(100) {
+        match self.rng.below(108) {
+            100..=103 => self.outage(),
+            104..=107 if self.small.is_some() => self.disk_full(),
             0..=39 => self.send(None),
             40..=47 if self.gw.is_some() => self.send(Some("kill -9")),
             48..=55 if self.gw.is_some() && power => self.send(Some("power cut")),
@@ -898,6 +993,46 @@ fn mosquitto_restarts_right_after_bursts_lose_nothing() {
     println!("{}", v.summary());
     assert!(!v.failed(), "schedule:\n  {}\n{}", w.trace.join("\n  "), v.summary());
     assert!(v.annotations + v.dead_letters > 0);
+}
+
+/// The two site events of issue 23 in one seeded schedule, with the log on
+/// a small disk of its own: an outage while the cameras publish followed by
+/// a kill -9, and a disk filled by another file while frames arrive (each
+/// at least twice), among the other faults.
+#[test]
+fn outages_and_full_disks_lose_and_duplicate_nothing() {
+    let _one = serial();
+    if let Err(why) = TmpFs::mount(1) {
+        assert!(std::env::var("CI").is_err(), "CI must be able to mount a tmpfs: {why}");
+        println!("outages_and_full_disks: skipped ({why})");
+        return;
+    }
+    let seed = 23;
+    let mut w = World::on(seed, Disk::Small);
+    w.start_gateway();
+    for i in 0..10 {
+        match i {
+            2 | 6 => w.outage(),
+            4 | 8 => w.disk_full(),
+            _ => w.step(),
+        }
+    }
+    let v = w.settle();
+    let acked = w.sent.values().filter(|s| s.acked).count();
+    println!(
+        "chaos seed {seed} on a 64 MiB disk: {acked} acknowledged frames; faults {:?}; upstream {} annotations, {} dead letters; \
+         lost {}, duplicates {}, misnamed {}, order {}",
+        w.faults,
+        v.annotations,
+        v.dead_letters,
+        v.lost.len(),
+        v.duplicates.len(),
+        v.misnamed.len(),
+        v.order.len()
+    );
+    assert!(w.faults.get("outage burst").copied().unwrap_or(0) >= 2 && w.faults.get("disk full").copied().unwrap_or(0) >= 2);
+    assert!(!v.failed(), "schedule:\n  {}\n{}", w.trace.join("\n  "), v.summary());
+    assert!(acked > 0 && v.annotations + v.dead_letters > 0, "the run checked nothing");
 }
 
 /// The checker is not vacuous: with the bug of issue 12 put back (replicate

@@ -184,23 +184,46 @@ impl std::fmt::Display for LogBench {
 }
 
 /// Results of the intake benchmark: the gateway's durable intake next to
-/// `mosquitto_sub` draining the same queued stream to /dev/null.
+/// its two bounds, `mosquitto_sub` draining the same queued stream to
+/// /dev/null and a raw write+fdatasync loop of the same frames on the same
+/// disk.
 #[derive(Debug, Clone, Serialize)]
 pub struct IntakeBench {
     /// Frame payload size.
     pub frame_bytes: usize,
     /// mosquitto_sub, QoS 1, output to /dev/null.
     pub mosquitto_sub: Throughput,
+    /// The same frames written to one file, fdatasync every
+    /// [`RAW_SYNC_EVERY`] frames, in the log's directory.
+    pub raw_write: Throughput,
     /// The intake stage: checks, append, group-commit flush, then PUBACK.
     pub gateway: Throughput,
+}
+
+impl IntakeBench {
+    /// The lower of the two bounds (MQTT delivery, the disk).
+    pub fn bound(&self) -> &Throughput {
+        if self.raw_write.mb_per_s() < self.mosquitto_sub.mb_per_s() {
+            &self.raw_write
+        } else {
+            &self.mosquitto_sub
+        }
+    }
 }
 
 impl std::fmt::Display for IntakeBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "intake throughput, {} B frames queued on a local mosquitto (same run)", self.frame_bytes)?;
-        ratio_table(f, 44, "frames/s", std::iter::once((&self.mosquitto_sub, &self.gateway)))
+        let pairs = [(&self.mosquitto_sub, &self.gateway), (&self.raw_write, &self.gateway)];
+        ratio_table(f, 44, "frames/s", pairs.into_iter())?;
+        writeln!(f, "bound: {} (the lower of the two)", self.bound().what)
     }
 }
+
+/// The raw baseline's group commit: the most frames the bench's intake may
+/// hold unacknowledged (`mqtt.receive_maximum = 64`), so its fdatasyncs
+/// are no more frequent than the intake's can be at best.
+pub const RAW_SYNC_EVERY: usize = 64;
 
 /// A payload that passes intake's checks: SOI, a SOF0 header (640x480),
 /// comment segments of noise up to `size`, EOI.
@@ -289,6 +312,10 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     let n = frames.to_string();
     anyhow::ensure!(sub_args(&["-C", &n]).status().await?.success(), "mosquitto_sub failed");
     let m = Throughput::new("mosquitto_sub -q 1 > /dev/null".into(), frames, frames * size as u64, t.elapsed());
+    // The disk's bound: the same frames, written and fdatasynced in groups.
+    std::fs::create_dir_all(dir.join("raw"))?;
+    let mut raw = raw_write(&dir.join("raw"), &payload, frames, RAW_SYNC_EVERY, 0)?;
+    raw.what = format!("raw write+fdatasync every {RAW_SYNC_EVERY}");
 
     // The gateway's intake: same steps.
     let text = format!(
@@ -329,7 +356,7 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     stop.cancel();
     task.await??;
     let _ = broker.kill().await;
-    Ok(IntakeBench { frame_bytes: size, mosquitto_sub: m, gateway: g })
+    Ok(IntakeBench { frame_bytes: size, mosquitto_sub: m, raw_write: raw, gateway: g })
 }
 
 /// Results of the replicate benchmark: the stage next to a bare producer
