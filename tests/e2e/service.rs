@@ -321,3 +321,72 @@ fn the_service_starts_on_a_full_disk_and_drains_its_backlog() {
         "start on a full disk: {free_full} bytes free at start, {free_after} after the drain; 120/120 upstream once"
     );
 }
+
+/// An upgrade keeps the backlog: a log written by the last release of
+/// format 1 (`tests/fixtures/log-format1`, made by its `make` script with
+/// that release's binary: annotations and sampled images waiting for
+/// Kafka, frames not yet annotated, a dead letter) opens with this release
+/// and drains to Kafka, every record under the frame id it had.
+#[test]
+fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
+    use rdkafka::Message;
+    let fixture = repo().join("tests/fixtures/log-format1");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    let count = |area: &str| expected["areas"][area]["records"].as_u64().unwrap_or(0);
+    let (frames, anns, dead) = (count("frames"), count("annotations"), count("dead_letters"));
+    let next_seq = expected["next_seq"].as_u64().unwrap();
+    assert!(frames > 0 && anns > 0 && dead > 0, "the fixture holds a backlog in every area: {expected}");
+    let mq = Mosquitto::start();
+    let tansu = harness::Tansu::start();
+    tansu.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(fixture.join("log.tar.gz"))
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.gateway_id = expected["gateway_id"].as_str().unwrap().into();
+    s.detect = true;
+    s.kafka = tansu.brokers();
+    s.max_bytes = "64MiB";
+    let cfg = s.write(&dir.path().join("g.toml"));
+    let gw = Gateway::start(&cfg, s.http_port);
+    gw.wait_for("the upgraded backlog upstream", Duration::from_secs(300), |m| {
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= (frames + anns) as f64
+            && m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0) >= dead as f64
+    });
+    let (ok, glog) = gw.terminate();
+    assert!(ok, "{glog}");
+    assert!(glog.contains("log upgraded from format 1"), "{glog}");
+    assert!(!s.log_dir.join("conf").exists() && s.log_dir.join("index").is_dir(), "the log is of the new format");
+    let prefix = format!("{}:", s.gateway_id);
+    let mut seqs = std::collections::BTreeSet::new();
+    let mut cameras = std::collections::BTreeSet::new();
+    for m in tansu.consume_to_end("vision.annotations") {
+        let a: gateway::detect::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let seq: u64 = a.frame_id.strip_prefix(&prefix).and_then(|s| s.parse().ok()).unwrap();
+        assert!(seq < next_seq, "{} was not in the old log (next seq {next_seq})", a.frame_id);
+        assert!(!a.camera.is_empty() && m.key() == Some(a.camera.as_bytes()), "keyed by camera");
+        cameras.insert(a.camera);
+        seqs.insert(seq);
+    }
+    assert_eq!(seqs.len() as u64, frames + anns, "every annotation and every frame of the old log, once");
+    let dead_ids: std::collections::BTreeSet<String> = tansu
+        .consume_to_end("vision.dead-letters")
+        .iter()
+        .filter_map(|m| harness::header(m, "frame_id"))
+        .collect();
+    assert_eq!(dead_ids.len() as u64, dead);
+    println!(
+        "upgrade from format 1: {anns} annotations + {frames} frames not yet annotated + {dead} dead letters in the old log; \
+         upstream {} frame ids below {next_seq} from {} cameras, {} dead letters",
+        seqs.len(),
+        cameras.len(),
+        dead_ids.len()
+    );
+}

@@ -38,14 +38,28 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// The directory holds a log of an earlier layout (everything in sled).
+    /// The log was written by a later release (a downgrade): this one
+    /// cannot know its format and writes nothing to it.
     #[error(
-        "the log at {path} has the layout of an earlier version (payloads inside sled); \
-             let that version drain it, or move the directory away and start a new log"
+        "the log at {path} has format {found}, written by a later release; this release reads formats 1 to {known}: \
+             run the later release again (logs are upgraded, never downgraded), or move the directory away"
     )]
-    OldLayout {
+    NewerFormat {
         /// The log directory.
         path: PathBuf,
+        /// The format stored in the log.
+        found: String,
+        /// The newest format this release knows.
+        known: u32,
+    },
+    /// Upgrading a log of an earlier format produced a copy that does not
+    /// match the original; the original is left as it was.
+    #[error("upgrading the log at {path} failed its check ({detail}); the old log is unchanged")]
+    UpgradeMismatch {
+        /// The staging directory of the copy.
+        path: PathBuf,
+        /// What differed.
+        detail: String,
     },
     /// A read or write failed in the storage engine.
     #[error("log storage error: {0}")]

@@ -129,6 +129,7 @@ impl Index {
     /// # Errors
     /// [`LogError::Open`] if sled cannot open it.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, LogError> {
+        remove_unfinished_snapshots(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let db = loop {
             match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
@@ -206,6 +207,47 @@ fn scan(dir: &Path) -> std::io::Result<(Vec<(std::ffi::OsString, u64)>, u64)> {
     }
     listing.sort();
     Ok((listing, bytes))
+}
+
+/// Removes the snapshot files sled did not finish writing, while no
+/// process holds the database. Returns how many.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and
+/// renames it to `snap.<lsn>`; but at open it reads the newest `snap.*`
+/// file, an unfinished one included, and refuses a torn one ("Read
+/// corrupted data"). A snapshot write cut short (a full disk, a kill -9 or
+/// a power cut while it is written) would otherwise keep the log from
+/// opening until someone deletes the file by hand: the crash loop of a
+/// full disk that outlives the full disk. Such a file is never needed:
+/// sled removes the previous snapshot only after the rename. Found by the
+/// chaos checker's disk-full fault.
+pub fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<usize> {
+    use fs2::FileExt;
+    let db = match File::open(dir.join("db")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    // sled holds an exclusive flock on `db` while the database is open
+    // (in this process or another): then nothing is touched.
+    if db.try_lock_exclusive().is_err() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(dir.join(&*name))?;
+            tracing::warn!(file = %dir.join(&*name).display(), "removed a snapshot sled did not finish writing");
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    drop(db);
+    Ok(removed)
 }
 
 /// Key of a cursor.

@@ -5,7 +5,7 @@
 //! letters (quarantined input), gap records (what was dropped and why), the
 //! per-stage cursors and the accounting of all of it.
 //!
-//! # Layout (format 2)
+//! # Layout (format 2; earlier formats are upgraded on open, `upgrade.rs`)
 //!
 //! ```text
 //! <log.path>/segments/<id>.seg   payload segments: frame and image bytes (segments.rs)
@@ -62,6 +62,7 @@ pub mod reader;
 mod segments;
 pub mod space;
 mod txn;
+pub mod upgrade;
 
 pub use crate::records::{GapReason, GapRecord};
 pub use codec::{CodecError, FrameRecord, RecordKind};
@@ -549,8 +550,11 @@ impl DurableLog {
     /// # Errors
     /// [`LogError::Open`]/[`LogError::Io`] if the directory cannot be
     /// opened, [`LogError::GatewayIdMismatch`] if the log belongs to another
-    /// gateway id, [`LogError::OldLayout`] for a log of an earlier version.
+    /// gateway id, [`LogError::NewerFormat`] for a log of a later release.
+    /// A log of an earlier format is upgraded first, keeping its backlog
+    /// (see `upgrade.rs`).
     pub fn open(opts: LogOptions) -> Result<Self, LogError> {
+        upgrade::prepare(&opts)?;
         let log = match Self::open_once(opts.clone()) {
             // A full file system: the reserve is there for this moment.
             Err(e) if e.is_no_space() && space::release_reserve(&opts.path) => Self::open_once(opts)?,
@@ -562,9 +566,6 @@ impl DurableLog {
 
     fn open_once(opts: LogOptions) -> Result<Self, LogError> {
         let io = |source| LogError::Io { path: opts.path.clone(), source };
-        if opts.path.join("conf").exists() && !opts.path.join("index").exists() {
-            return Err(LogError::OldLayout { path: opts.path.clone() });
-        }
         if !opts.path.exists() {
             std::fs::create_dir_all(&opts.path).map_err(io)?;
             if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -1262,8 +1263,18 @@ fn check_identity(index: &Index, opts: &LogOptions) -> Result<(), LogError> {
             index.tree.insert(META_GATEWAY, opts.gateway_id.as_bytes())?;
         }
     }
-    if index.tree.get(META_FORMAT)?.is_none() {
-        index.tree.insert(META_FORMAT, index::FORMAT)?;
+    match index.tree.get(META_FORMAT)? {
+        None => {
+            index.tree.insert(META_FORMAT, index::FORMAT)?;
+        }
+        Some(f) if f.as_ref() == index::FORMAT => {}
+        Some(f) => {
+            return Err(LogError::NewerFormat {
+                path: opts.path.clone(),
+                found: String::from_utf8_lossy(&f).into_owned(),
+                known: upgrade::CURRENT,
+            })
+        }
     }
     Ok(())
 }

@@ -43,15 +43,18 @@ fn seq_survives_reopen_and_frame_ids_are_prefixed() {
 }
 
 #[test]
-fn other_gateway_id_and_old_layout_are_refused() {
+fn other_gateway_id_and_a_later_format_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     let err = DurableLog::open(LogOptions::new(dir.path(), "other")).unwrap_err();
     assert!(matches!(err, LogError::GatewayIdMismatch { .. }), "{err}");
-    let old = tempfile::tempdir().unwrap();
-    std::fs::write(old.path().join("conf"), b"segment_size: 524288").unwrap();
-    let err = DurableLog::open(LogOptions::new(old.path(), "gw")).unwrap_err();
-    assert!(matches!(err, LogError::OldLayout { .. }), "{err}");
+    let log = open(dir.path());
+    log.append_frame(&frame("a", 10)).unwrap();
+    log.inner.index.tree.insert(index::META_FORMAT, b"3").unwrap();
+    drop(log);
+    let err = DurableLog::open(opts(dir.path())).unwrap_err();
+    assert!(matches!(err, LogError::NewerFormat { .. }), "{err}");
+    assert!(err.to_string().contains("format 3, written by a later release"), "{err}");
 }
 
 #[test]
@@ -422,4 +425,24 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
         Once::Stored(a) => assert_eq!(a.seq, 6),
         other => panic!("{other:?}"),
     }
+}
+
+/// A snapshot sled did not finish writing (ENOSPC, kill -9 or a power cut
+/// while it wrote it) would stop sled from opening; the log removes it.
+#[test]
+fn an_unfinished_sled_snapshot_does_not_stop_the_log_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_frame(&frame("a", 10)).unwrap();
+    log.flush_blocking().unwrap();
+    drop(log);
+    let torn = dir.path().join("index").join("snap.7FFFFFFFFFFFFFFF.generating");
+    std::fs::write(&torn, b"").unwrap();
+    // sled alone refuses it: the case is real.
+    let refused = sled::Config::new().path(dir.path().join("index")).open();
+    assert!(refused.is_err(), "sled opened a log with a torn snapshot");
+    drop(refused);
+    let log = open(dir.path());
+    assert_eq!(log.read_frames(0, 10).unwrap().len(), 1);
+    assert!(!torn.exists());
 }
