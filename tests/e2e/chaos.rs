@@ -1020,11 +1020,14 @@ fn outages_and_full_disks_lose_and_duplicate_nothing() {
     let v = w.settle();
     let acked = w.sent.values().filter(|s| s.acked).count();
     println!(
-        "chaos seed {seed} on a 64 MiB disk: {acked} acknowledged frames; faults {:?}; upstream {} annotations, {} dead letters; \
+        "chaos seed {seed} on a 64 MiB disk: {acked} acknowledged frames; faults {:?}; upstream {} annotations, {} dead letters, {} acknowledged frames inside gap records ({} log.max_bytes, {}); \
          lost {}, duplicates {}, misnamed {}, order {}",
         w.faults,
         v.annotations,
         v.dead_letters,
+        v.in_gaps,
+        w.settings.max_bytes,
+        w.settings.when_full,
         v.lost.len(),
         v.duplicates.len(),
         v.misnamed.len(),
