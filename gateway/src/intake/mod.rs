@@ -40,7 +40,7 @@ mod tls;
 pub mod validate;
 
 use crate::config::MqttConfig;
-use crate::log::{Area, DurableLog, FrameRecord, LogError, Once};
+use crate::log::{Area, DurableLog, FrameHead, LogError, Once};
 use crate::telemetry::RateLimiter;
 use dead_letter::DeadLetter;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -495,15 +495,14 @@ impl Appender {
         loop {
             let result = match (&camera, checked) {
                 (Some(camera), Ok(c)) => {
-                    let f = FrameRecord {
-                        camera: camera.clone(),
-                        content_type: c.format.content_type().to_owned(),
+                    let head = FrameHead {
+                        camera,
+                        content_type: c.format.content_type(),
                         received_at_ms,
                         captured_at_ms,
                         camera_seq,
-                        payload: p.payload.to_vec(),
                     };
-                    self.log.append_frame_once(&f, fingerprint, check).inspect(|o| {
+                    self.log.append_payload_once(head, &p.payload, fingerprint, check).inspect(|o| {
                         if matches!(o, Once::Stored(_)) {
                             self.stats.stored.fetch_add(1, Ordering::Relaxed);
                             self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);

@@ -132,6 +132,44 @@ pub struct FrameRecord {
     pub payload: Vec<u8>,
 }
 
+/// A frame's fields without its payload, borrowed: intake writes a frame
+/// from the network buffer it arrived in, without a copy of its bytes
+/// (a 200 KB copy is a fresh allocation, its pages faulted in and zeroed).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHead<'a> {
+    /// As [`FrameRecord::camera`].
+    pub camera: &'a str,
+    /// As [`FrameRecord::content_type`].
+    pub content_type: &'a str,
+    /// As [`FrameRecord::received_at_ms`].
+    pub received_at_ms: u64,
+    /// As [`FrameRecord::captured_at_ms`].
+    pub captured_at_ms: Option<u64>,
+    /// As [`FrameRecord::camera_seq`].
+    pub camera_seq: Option<u64>,
+}
+
+impl FrameHead<'_> {
+    /// The record's bytes before `payload`, checksum included:
+    /// `[head.encode(p), p].concat()` is the whole frame record.
+    pub fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let mut head = Vec::with_capacity(HEADER_LEN + self.camera.len() + self.content_type.len() + 48);
+        head.extend_from_slice(&[FORMAT_VERSION, RecordKind::Frame as u8, 0, 0, 0, 0]);
+        put_str(&mut head, self.camera);
+        put_str(&mut head, self.content_type);
+        head.extend_from_slice(&self.received_at_ms.to_le_bytes());
+        put_opt(&mut head, self.captured_at_ms);
+        put_opt(&mut head, self.camera_seq);
+        head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[RecordKind::Frame as u8]);
+        h.update(&head[HEADER_LEN..]);
+        h.update(payload);
+        head[2..HEADER_LEN].copy_from_slice(&h.finalize().to_le_bytes());
+        head
+    }
+}
+
 impl FrameRecord {
     /// Serialises the frame into a checksummed record.
     pub fn encode(&self) -> Vec<u8> {
@@ -151,20 +189,18 @@ impl FrameRecord {
     /// payload itself, so a frame is written without copying its bytes:
     /// `[head, payload].concat() == self.encode()`.
     pub fn encode_parts(&self) -> (Vec<u8>, &[u8]) {
-        let mut head = Vec::with_capacity(HEADER_LEN + self.camera.len() + self.content_type.len() + 48);
-        head.extend_from_slice(&[FORMAT_VERSION, RecordKind::Frame as u8, 0, 0, 0, 0]);
-        put_str(&mut head, &self.camera);
-        put_str(&mut head, &self.content_type);
-        head.extend_from_slice(&self.received_at_ms.to_le_bytes());
-        put_opt(&mut head, self.captured_at_ms);
-        put_opt(&mut head, self.camera_seq);
-        head.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
-        let mut h = crc32fast::Hasher::new();
-        h.update(&[RecordKind::Frame as u8]);
-        h.update(&head[HEADER_LEN..]);
-        h.update(&self.payload);
-        head[2..HEADER_LEN].copy_from_slice(&h.finalize().to_le_bytes());
-        (head, &self.payload)
+        (self.head().encode(&self.payload), &self.payload)
+    }
+
+    /// The frame's fields without its payload.
+    pub fn head(&self) -> FrameHead<'_> {
+        FrameHead {
+            camera: &self.camera,
+            content_type: &self.content_type,
+            received_at_ms: self.received_at_ms,
+            captured_at_ms: self.captured_at_ms,
+            camera_seq: self.camera_seq,
+        }
     }
 
     /// Parses a stored frame record.

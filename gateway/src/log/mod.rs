@@ -65,7 +65,7 @@ mod txn;
 pub mod upgrade;
 
 pub use crate::records::{GapReason, GapRecord};
-pub use codec::{CodecError, FrameRecord, RecordKind};
+pub use codec::{CodecError, FrameHead, FrameRecord, RecordKind};
 pub use error::LogError;
 pub use reader::{LogReader, ReadBatch};
 
@@ -789,8 +789,23 @@ impl DurableLog {
     /// # Errors
     /// As [`append_frame`](Self::append_frame).
     pub fn append_frame_once(&self, frame: &FrameRecord, fingerprint: u64, check: bool) -> Result<Once, LogError> {
-        let (head, payload) = frame.encode_parts();
-        self.append_once(Area::Frames, &[&head, payload], fingerprint, check)
+        self.append_payload_once(frame.head(), &frame.payload, fingerprint, check)
+    }
+
+    /// [`append_frame_once`](Self::append_frame_once) of a frame whose
+    /// payload is held elsewhere (intake's network buffer): written from
+    /// there, never copied.
+    ///
+    /// # Errors
+    /// As [`append_frame`](Self::append_frame).
+    pub fn append_payload_once(
+        &self,
+        head: codec::FrameHead<'_>,
+        payload: &[u8],
+        fingerprint: u64,
+        check: bool,
+    ) -> Result<Once, LogError> {
+        self.append_once(Area::Frames, &[&head.encode(payload), payload], fingerprint, check)
     }
 
     /// [`append_dead_letter`](Self::append_dead_letter) with the
