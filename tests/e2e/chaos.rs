@@ -1009,6 +1009,9 @@ fn outages_and_full_disks_lose_and_duplicate_nothing() {
     }
     let seed = 23;
     let mut w = World::on(seed, Disk::Small);
+    // Nothing dropped by the budget: every frame must be upstream once.
+    w.settings.max_bytes = "32MiB";
+    w.settings.when_full = "block";
     w.start_gateway();
     for i in 0..10 {
         match i {

@@ -8,8 +8,8 @@
 //!
 //! - **A frame acknowledged is a frame on disk.** Acknowledgements are
 //!   manual: a batch of frames is appended, the log is flushed (one fsync,
-//!   group commit), and only then are their PUBACKs queued, in the order the
-//!   frames arrived (see [`acks`]: never dropped while their connection
+//!   group commit, overlapped with writing the next batch), and only then
+//!   are their PUBACKs queued, in the order the frames arrived (see [`acks`]: never dropped while their connection
 //!   lives, so a redelivery always falls inside the log's fingerprint
 //!   window). Frames received on a connection that has since dropped
 //!   are stored but not acknowledged: the broker redelivers them on the new
@@ -429,16 +429,56 @@ struct Appender {
     warn: RateLimiter,
 }
 
+/// A batch whose flush (the fdatasync of its group commit) is running, with
+/// the PUBACKs it releases.
+struct Syncing {
+    flush: tokio::task::JoinHandle<Result<(), LogError>>,
+    acks: Vec<acks::PendingAck>,
+}
+
 impl Appender {
+    /// Group commit, pipelined: while one batch's flush runs on a blocking
+    /// thread, the next batch is received, checked and written; then the
+    /// first flush is awaited, its PUBACKs queued, and the second batch's
+    /// flush starts. One flush in flight at a time, so PUBACKs stay in
+    /// arrival order and each is queued only after a flush that started
+    /// after its frame was written returned.
     async fn run(self, mut rx: mpsc::Receiver<Incoming>, stop: CancellationToken) -> Result<(), IntakeError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut syncing: Option<Syncing> = None;
         loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                // After stop, drain what was already received, then end.
-                _ = stop.cancelled() => rx.try_recv().ok(),
+            let mut first = None;
+            if let Some(s) = syncing.as_mut() {
+                tokio::select! {
+                    r = &mut s.flush => {
+                        let acks = syncing.take().map(|s| s.acks).unwrap_or_default();
+                        self.synced(r, acks)?;
+                        continue;
+                    }
+                    m = rx.recv(), if !stop.is_cancelled() => match m {
+                        Some(m) => first = Some(m),
+                        None => {
+                            self.settle(&mut syncing).await?;
+                            return Ok(());
+                        }
+                    },
+                    // From now on only the flush is awaited (above), then
+                    // what was received is drained (below).
+                    _ = stop.cancelled(), if !stop.is_cancelled() => continue,
+                }
+            }
+            let first = match first {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    m = rx.recv() => m,
+                    // After stop, drain what was already received, then end.
+                    _ = stop.cancelled() => rx.try_recv().ok(),
+                },
             };
-            let Some(first) = first else { return Ok(()) };
+            let Some(first) = first else {
+                self.settle(&mut syncing).await?;
+                return Ok(());
+            };
             let mut bytes = first.publish.payload.len();
             batch.push(first);
             while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -452,37 +492,72 @@ impl Appender {
             }
             let mut stored = 0;
             for m in &batch {
-                if !self.store(&m.publish, &stop).await? {
+                if syncing.as_ref().is_some_and(|s| s.flush.is_finished()) {
+                    self.settle(&mut syncing).await?;
+                }
+                if !self.store(&m.publish, &stop, &mut syncing).await? {
                     break; // stopped while waiting for space
                 }
                 stored += 1;
             }
+            // Durable after this batch's flush: acknowledge then, in
+            // arrival order. Never wait on rumqttc here: the event loop may
+            // itself be waiting for this task to take the next frame. The
+            // queue keeps every PUBACK, in order, until rumqttc has room
+            // (see `acks`); those of a connection lost meanwhile are
+            // discarded there (the broker redelivers).
+            let acks: Vec<acks::PendingAck> = batch
+                .drain(..)
+                .take(stored)
+                .filter(|m| m.publish.qos == QoS::AtLeastOnce)
+                .map(|m| acks::PendingAck { pkid: m.publish.pkid, connection: m.connection })
+                .collect();
+            batch.clear();
+            self.settle(&mut syncing).await?;
             if stored > 0 {
-                self.log.flush().await?;
+                let log = self.log.clone();
+                let flush = tokio::task::spawn_blocking(move || log.flush_blocking());
+                syncing = Some(Syncing { flush, acks });
             }
-            // Durable now: acknowledge, in arrival order. Never wait here:
-            // the event loop may itself be waiting for this task to take the
-            // next frame. The queue keeps every PUBACK, in order, until
-            // rumqttc has room (see `acks`); those of a connection lost
-            // meanwhile are discarded there (the broker redelivers).
-            self.acks.push(
-                batch
-                    .drain(..)
-                    .take(stored)
-                    .filter(|m| m.publish.qos == QoS::AtLeastOnce)
-                    .map(|m| acks::PendingAck { pkid: m.publish.pkid, connection: m.connection }),
-                &self.stats,
-            );
             if stored == 0 && stop.is_cancelled() {
+                self.settle(&mut syncing).await?;
                 return Ok(());
             }
-            batch.clear();
         }
+    }
+
+    /// Waits for the flush in flight, if any, and queues its PUBACKs.
+    async fn settle(&self, syncing: &mut Option<Syncing>) -> Result<(), IntakeError> {
+        if let Some(s) = syncing.take() {
+            let r = s.flush.await;
+            self.synced(r, s.acks)?;
+        }
+        Ok(())
+    }
+
+    /// A flush returned: on success its PUBACKs are queued; on failure none
+    /// is (the broker redelivers those frames) and intake stops.
+    fn synced(
+        &self,
+        r: Result<Result<(), LogError>, tokio::task::JoinError>,
+        acks: Vec<acks::PendingAck>,
+    ) -> Result<(), IntakeError> {
+        let flushed = r.map_err(|e| LogError::Io { path: self.log.path().to_path_buf(), source: std::io::Error::other(e) })?;
+        flushed?;
+        self.acks.push(acks, &self.stats);
+        Ok(())
     }
 
     /// Stores one publish as a frame or a dead letter. Returns false if
     /// `stop` came while waiting for log space (nothing stored).
-    async fn store(&self, p: &Publish, stop: &CancellationToken) -> Result<bool, IntakeError> {
+    /// While it waits for space, the batch flushing before it is settled
+    /// first, so its PUBACKs do not wait with it.
+    async fn store(
+        &self,
+        p: &Publish,
+        stop: &CancellationToken,
+        syncing: &mut Option<Syncing>,
+    ) -> Result<bool, IntakeError> {
         let received_at_ms = now_ms();
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let (camera, checked) = match validate::camera_id(&self.topics, &topic) {
@@ -556,6 +631,7 @@ impl Appender {
                     return Ok(true);
                 }
                 Err(LogError::Full { needed, used, max }) => {
+                    self.settle(syncing).await?;
                     if !self.stats.blocked.swap(true, Ordering::Relaxed) {
                         tracing::warn!(used, max, needed, "log full: intake paused, frames stay on the broker");
                     }
@@ -566,6 +642,7 @@ impl Appender {
                     tracing::info!("log space freed: intake resumes");
                 }
                 Err(LogError::NoSpace { path, free }) => {
+                    self.settle(syncing).await?;
                     self.stats.disk_free.store(free, Ordering::Relaxed);
                     self.stats.disk_full.store(true, Ordering::Relaxed);
                     if let Some(held) = self.warn.check("disk_full") {
