@@ -1036,7 +1036,9 @@ fn outages_and_full_disks_lose_and_duplicate_nothing() {
         v.misnamed.len(),
         v.order.len()
     );
-    assert!(w.faults.get("outage burst").copied().unwrap_or(0) >= 2 && w.faults.get("disk full").copied().unwrap_or(0) >= 2);
+    assert!(
+        w.faults.get("outage burst").copied().unwrap_or(0) >= 2 && w.faults.get("disk full").copied().unwrap_or(0) >= 2
+    );
     assert!(!v.failed(), "schedule:\n  {}\n{}", w.trace.join("\n  "), v.summary());
     assert!(acked > 0 && v.annotations + v.dead_letters > 0, "the run checked nothing");
 }

@@ -376,11 +376,8 @@ fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
         seqs.insert(seq);
     }
     assert_eq!(seqs.len() as u64, frames + anns, "every annotation and every frame of the old log, once");
-    let dead_ids: std::collections::BTreeSet<String> = tansu
-        .consume_to_end("vision.dead-letters")
-        .iter()
-        .filter_map(|m| harness::header(m, "frame_id"))
-        .collect();
+    let dead_ids: std::collections::BTreeSet<String> =
+        tansu.consume_to_end("vision.dead-letters").iter().filter_map(|m| harness::header(m, "frame_id")).collect();
     assert_eq!(dead_ids.len() as u64, dead);
     println!(
         "upgrade from format 1: {anns} annotations + {frames} frames not yet annotated + {dead} dead letters in the old log; \

@@ -542,7 +542,8 @@ impl Appender {
         r: Result<Result<(), LogError>, tokio::task::JoinError>,
         acks: Vec<acks::PendingAck>,
     ) -> Result<(), IntakeError> {
-        let flushed = r.map_err(|e| LogError::Io { path: self.log.path().to_path_buf(), source: std::io::Error::other(e) })?;
+        let flushed =
+            r.map_err(|e| LogError::Io { path: self.log.path().to_path_buf(), source: std::io::Error::other(e) })?;
         flushed?;
         self.acks.push(acks, &self.stats);
         Ok(())

@@ -211,7 +211,9 @@ fn copy_format1(opts: &LogOptions, staging: &Path) -> Result<Upgraded, LogError>
                             next_seq = next_seq.max(at);
                         }
                     }
-                    None => tracing::warn!(key = %String::from_utf8_lossy(&k), "unknown cursor in the old log; left out"),
+                    None => {
+                        tracing::warn!(key = %String::from_utf8_lossy(&k), "unknown cursor in the old log; left out")
+                    }
                 },
                 (Some(ASIDE_PREFIX), _) => aside.push((k.to_vec(), v.to_vec())),
                 (Some(b'M'), _) => {}
