@@ -9,7 +9,8 @@
 //! stage, a restart, and the byte budget under both policies.
 
 use crate::config::units::format_size;
-use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogError, LogOptions, WhenFull};
+use crate::log::{Cursor, DurableLog, LogError, LogOptions, WhenFull};
+use crate::records::{Area, FrameRecord};
 use std::path::Path;
 use std::time::Instant;
 
@@ -285,7 +286,7 @@ pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
 /// Any part failing to start; a pipeline that does not deliver everything
 /// within ten minutes.
 pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>) -> anyhow::Result<PipelineSummary> {
-    use crate::detect::FrameAnnotation;
+    use crate::records::FrameAnnotation;
     use rdkafka::Message;
     use std::collections::BTreeSet;
     use std::time::Duration;
@@ -432,7 +433,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn write_report(
     out: &Path,
     cameras: &[crate::replay::Camera],
-    anns: &[crate::detect::FrameAnnotation],
+    anns: &[crate::records::FrameAnnotation],
     s: &PipelineSummary,
 ) -> anyhow::Result<()> {
     use crate::telemetry::page::{base64, camera_card, esc, page, tiles, Tile};
@@ -442,7 +443,7 @@ fn write_report(
     let _ = std::fs::remove_dir_all(&frames_dir);
     let _ = std::fs::remove_dir_all(&annotated);
     std::fs::create_dir_all(&annotated)?;
-    let mut by_camera: std::collections::BTreeMap<&str, Vec<&crate::detect::FrameAnnotation>> = Default::default();
+    let mut by_camera: std::collections::BTreeMap<&str, Vec<&crate::records::FrameAnnotation>> = Default::default();
     for a in anns {
         by_camera.entry(a.camera.as_str()).or_default().push(a);
     }

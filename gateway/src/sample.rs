@@ -19,66 +19,11 @@
 //! forgotten, and at most [`MAX_CAMERAS`] are tracked (the least recently
 //! seen goes first). A forgotten camera starts counting afresh.
 
+use crate::config::SampleConfig;
+use crate::records::SampleReason;
 use inference::Annotation;
-use regex::Regex;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// Why a frame's image was kept for upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SampleReason {
-    /// Every Nth frame of its camera.
-    EveryNth,
-    /// A chosen label or text above the score.
-    Match,
-    /// Best score below the low-confidence threshold.
-    LowConfidence,
-    /// The frame could not be decoded.
-    Error,
-    /// A required label field is missing or a field is uncertain.
-    Review,
-}
-
-/// Sampling rules and limits (`[sample]`).
-#[derive(Debug, Clone)]
-pub struct SampleConfig {
-    /// Every Nth frame per camera (0 = off).
-    pub every_nth: u64,
-    /// Labels (detectors, classifiers) that select a frame.
-    pub labels: Vec<String>,
-    /// Texts (OCR) that select a frame.
-    pub text_pattern: Option<Regex>,
-    /// Minimum score of a selecting item.
-    pub min_score: f32,
-    /// Frames whose best item scores below this are sampled (None = off).
-    pub low_confidence_below: Option<f32>,
-    /// Sample frames that could not be decoded.
-    pub errors: bool,
-    /// Sample frames with a missing or uncertain label field.
-    pub review: bool,
-    /// Minimum time between two sampled frames of one camera.
-    pub min_interval: Duration,
-    /// Upload budget per camera, bytes per second (0 = unlimited).
-    pub max_bytes_per_second: u64,
-}
-
-impl Default for SampleConfig {
-    fn default() -> Self {
-        Self {
-            every_nth: 100,
-            labels: Vec::new(),
-            text_pattern: None,
-            min_score: 0.5,
-            low_confidence_below: None,
-            errors: true,
-            review: true,
-            min_interval: Duration::ZERO,
-            max_bytes_per_second: 0,
-        }
-    }
-}
 
 /// A camera not seen for this long is forgotten.
 pub const IDLE_EVICT: Duration = Duration::from_secs(3600);
@@ -222,7 +167,7 @@ mod tests {
     fn text_pattern_low_confidence_and_errors() {
         let cfg = SampleConfig {
             every_nth: 0,
-            text_pattern: Some(Regex::new("^SN").unwrap()),
+            text_pattern: Some(regex::Regex::new("^SN").unwrap()),
             low_confidence_below: Some(0.6),
             ..SampleConfig::default()
         };

@@ -7,10 +7,11 @@
 //! commits the frames in flight, replicate gives its batch a few seconds)
 //! or when it fails for good. Transient failures (broker down, log full)
 //! are retried inside the stage, with backoff; an error returned is
-//! permanent, and the supervisor in [`crate::run`] then stops the other
+//! permanent, and the supervisor ([`crate::supervisor`]) then stops the other
 //! stages in order and the process exits non-zero. A stage reads the log
 //! only through readers bounded by its upstream's position and the log's
-//! durable watermark (see [`crate::log::DurableLog::bound`]).
+//! durable watermark (see [`crate::log::DurableLog::bound`]). Each stage
+//! implements the trait in its own module.
 
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
@@ -38,52 +39,4 @@ pub fn spawn<S: Stage>(stage: S, stop: CancellationToken) -> tokio::task::JoinHa
 /// The result of a joined stage task.
 pub fn joined<S: Stage>(r: Result<Result<(), S::Error>, tokio::task::JoinError>) -> Result<(), S::Error> {
     r.unwrap_or_else(|e| Err(S::task_failed(format!("{} task failed: {e}", S::NAME))))
-}
-
-impl Stage for crate::intake::Intake {
-    const NAME: &'static str = "intake";
-    type Error = crate::intake::IntakeError;
-
-    fn run(self, stop: CancellationToken) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        crate::intake::Intake::run(self, stop)
-    }
-
-    fn task_failed(why: String) -> Self::Error {
-        crate::intake::IntakeError::Appender(why)
-    }
-}
-
-/// Detect, or its stand-in when `detect.enabled = false` with
-/// `when_disabled = "hold"` (frames stay in the log: the stage only waits
-/// for `stop`).
-impl Stage for Option<crate::detect::Detect> {
-    const NAME: &'static str = "detect";
-    type Error = crate::detect::DetectError;
-
-    async fn run(self, stop: CancellationToken) -> Result<(), Self::Error> {
-        match self {
-            Some(d) => d.run(stop).await,
-            None => {
-                stop.cancelled().await;
-                Ok(())
-            }
-        }
-    }
-
-    fn task_failed(why: String) -> Self::Error {
-        crate::detect::DetectError::Worker(why)
-    }
-}
-
-impl Stage for crate::replicate::Replicate {
-    const NAME: &'static str = "replicate";
-    type Error = crate::replicate::ReplicateError;
-
-    fn run(self, stop: CancellationToken) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        crate::replicate::Replicate::run(self, stop)
-    }
-
-    fn task_failed(why: String) -> Self::Error {
-        crate::replicate::ReplicateError::Task(why)
-    }
 }

@@ -1,7 +1,8 @@
 //! The `vision-gateway` binary as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::log::{DurableLog, FrameRecord, LogOptions};
+use gateway::log::{DurableLog, LogOptions};
+use gateway::records::FrameRecord;
 use std::path::Path;
 use std::process::{Command, Output};
 

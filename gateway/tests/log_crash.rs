@@ -5,7 +5,8 @@
 //! many rounds on the same log, so recovery after recovery is tested too.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::log::{DurableLog, FrameRecord, LogOptions};
+use gateway::log::{DurableLog, LogOptions};
+use gateway::records::FrameRecord;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -106,13 +107,13 @@ fn kill_9_loses_no_flushed_record() {
         let stats = log.stats().unwrap();
         assert_eq!(stats.set_aside, 0, "round {round}: unreadable records after a crash");
         assert_eq!(
-            stats.areas[&gateway::log::Area::Frames].records,
+            stats.areas[&gateway::records::Area::Frames].records,
             frames.len() as u64,
             "accounting exact after crash"
         );
         assert_eq!(stats.next_seq, frames.len() as u64, "sequence continues after the last record");
         let logical: u64 = frames.iter().map(|(_, f)| f.encode().len() as u64).sum();
-        assert_eq!(stats.areas[&gateway::log::Area::Frames].bytes, logical, "byte accounting exact after crash");
+        assert_eq!(stats.areas[&gateway::records::Area::Frames].bytes, logical, "byte accounting exact after crash");
         checked_total += max + 1;
         unreported_found = frames.len() as u64 - (max + 1);
     }

@@ -3,7 +3,8 @@
 //! and the byte budget, in random interleavings.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::log::{Area, Cursor, DurableLog, FrameRecord, GapReason, LogError, LogOptions, WhenFull};
+use gateway::log::{Cursor, DurableLog, LogError, LogOptions, WhenFull};
+use gateway::records::{Area, FrameRecord, GapReason};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;

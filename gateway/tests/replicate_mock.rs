@@ -6,10 +6,11 @@
 
 use gateway::bench::noise;
 use gateway::config::{Config, ProcessEnv};
-use gateway::detect::{FrameAnnotation, SCHEMA_VERSION};
-use gateway::log::{Area, Cursor, DurableLog, FrameRecord, LogOptions, WhenFull};
+use gateway::log::{Cursor, DurableLog, LogOptions, WhenFull};
+use gateway::records::SampleReason;
+use gateway::records::{Area, FrameRecord};
+use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
 use gateway::replicate::{producer, Replicate};
-use gateway::sample::SampleReason;
 use inference::{Annotation, Item, ModelInfo, Timings};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -72,10 +73,10 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
         let seq = log.append_frame(&f).unwrap().seq;
         if i == 2 {
             log.append_dead_letter(
-                &gateway::intake::dead_letter::DeadLetter {
+                &gateway::records::DeadLetter {
                     topic: "cameras/cam-a/frames".into(),
                     camera: Some("cam-a".into()),
-                    reason: gateway::intake::validate::Reason::NotAnImage,
+                    reason: gateway::records::QuarantineReason::NotAnImage,
                     size: 3,
                     received_at_ms: 0,
                     payload_kept: true,

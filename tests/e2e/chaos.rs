@@ -40,8 +40,8 @@
 
 mod harness;
 
-use gateway::detect::FrameAnnotation;
-use gateway::log::{Area, GapReason, GapRecord};
+use gateway::records::FrameAnnotation;
+use gateway::records::{Area, GapReason, GapRecord};
 use harness::{fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Settings, Tansu, TmpFs};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};

@@ -5,8 +5,8 @@
 
 mod harness;
 
-use gateway::detect::{FrameAnnotation, SCHEMA_VERSION};
-use gateway::log::Area;
+use gateway::records::Area;
+use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
 use gateway::replay::{load_cameras, replay};
 use harness::{annotations, fixtures, repo, Gateway, Mosquitto, Settings};
 use std::collections::BTreeMap;
@@ -201,7 +201,7 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
             }
             if cam.id == "line1-cam2" {
                 assert_eq!(an.missing, vec!["batch".to_string()], "{a:?}");
-                assert_eq!(a.sampled, Some(gateway::sample::SampleReason::Review), "{a:?}");
+                assert_eq!(a.sampled, Some(gateway::records::SampleReason::Review), "{a:?}");
                 reviewed += 1;
             } else {
                 assert!(an.missing.is_empty(), "{a:?}");

@@ -5,8 +5,9 @@
 
 mod harness;
 
-use gateway::intake::dead_letter::DeadLetter;
-use gateway::log::{Area, Cursor, FrameRecord};
+use gateway::log::Cursor;
+use gateway::records::DeadLetter;
+use gateway::records::{Area, FrameRecord};
 use gateway::replay::{load_cameras, replay};
 use harness::{fixtures, frames, long_camera, Gateway, Mosquitto, Settings};
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use gateway::detect::FrameAnnotation;
+use gateway::records::FrameAnnotation;
 use gateway::replay::{load_cameras, replay};
 use harness::{fixtures, header, long_camera, Gateway, Mosquitto, Settings, Tansu};
 use rdkafka::Message;
@@ -287,14 +287,14 @@ fn a_missing_images_topic_does_not_stop_annotations() {
     }
     assert_eq!(first, (0..n as u64).collect::<Vec<_>>(), "every annotation, in order");
     let sampled: Vec<u64> = anns.iter().filter(|a| a.sampled.is_some()).map(|a| a.seq).collect();
-    let gaps: Vec<gateway::log::GapRecord> = tansu
+    let gaps: Vec<gateway::records::GapRecord> = tansu
         .consume_all("vision.gaps", Duration::from_secs(3))
         .iter()
         .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
         .collect();
     let given_up: BTreeSet<u64> = gaps
         .iter()
-        .filter(|g| g.reason == gateway::log::GapReason::Undeliverable && g.area == gateway::log::Area::Images)
+        .filter(|g| g.reason == gateway::records::GapReason::Undeliverable && g.area == gateway::records::Area::Images)
         .map(|g| {
             assert!(g.detail.as_deref().unwrap_or("").contains("vision.images"), "{g:?}");
             g.from_seq

@@ -7,7 +7,7 @@
 
 mod harness;
 
-use gateway::log::Area;
+use gateway::records::Area;
 use gateway::replay::{load_cameras, replay};
 use harness::{annotations, long_camera, repo, Gateway, Mosquitto, Settings};
 use std::os::unix::net::UnixDatagram;
@@ -196,7 +196,7 @@ fn upstream_ids(t: &harness::Tansu) -> std::collections::BTreeMap<(String, u64),
     use rdkafka::Message;
     let mut ids: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> = Default::default();
     for m in t.consume_to_end("vision.annotations") {
-        let a: gateway::detect::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let a: gateway::records::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
         ids.entry((a.camera.clone(), a.camera_seq.unwrap())).or_default().insert(a.frame_id);
     }
     ids
@@ -368,7 +368,7 @@ fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
     let mut seqs = std::collections::BTreeSet::new();
     let mut cameras = std::collections::BTreeSet::new();
     for m in tansu.consume_to_end("vision.annotations") {
-        let a: gateway::detect::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let a: gateway::records::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
         let seq: u64 = a.frame_id.strip_prefix(&prefix).and_then(|s| s.parse().ok()).unwrap();
         assert!(seq < next_seq, "{} was not in the old log (next seq {next_seq})", a.frame_id);
         assert!(!a.camera.is_empty() && m.key() == Some(a.camera.as_bytes()), "keyed by camera");
@@ -405,7 +405,8 @@ fn a_write_cut_short_by_a_full_disk_leaves_nothing_a_later_open_takes_for_data()
 }
 
 fn cut_short_at(base: usize) {
-    use gateway::log::{DurableLog, FrameRecord, LogOptions};
+    use gateway::log::{DurableLog, LogOptions};
+    use gateway::records::FrameRecord;
     let Some(fs) = small_fs(12) else { return };
     let room = fs.path().join("room-for-the-reopen");
     std::fs::write(&room, vec![0u8; 1 << 20]).unwrap();

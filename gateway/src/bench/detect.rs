@@ -12,8 +12,9 @@
 
 use super::Throughput;
 use crate::detect::{Detect, DetectOptions};
-use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogOptions};
+use crate::log::{Cursor, DurableLog, LogOptions};
 use crate::records::FrameAnnotation;
+use crate::records::{Area, FrameRecord};
 use inference::{LoadOptions, Model};
 use serde::Serialize;
 use std::path::Path;
@@ -251,7 +252,7 @@ async fn stage_pass(
         backend: inference::engine::Backend::Onnxruntime,
         text: inference::ocr::TextFilter::default(),
         fields: Vec::new(),
-        sample: crate::sample::SampleConfig::default(),
+        sample: crate::config::SampleConfig::default(),
     };
     let stage = Detect::start(log.clone(), &opts)?;
     let stop = tokio_util::sync::CancellationToken::new();

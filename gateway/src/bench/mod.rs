@@ -16,7 +16,8 @@ pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, SideBench, SideRow};
 pub use live::{drain, idle, DrainBench, IdleBench};
 
-use crate::log::{DurableLog, FrameRecord, LogOptions, WhenFull};
+use crate::log::{DurableLog, LogOptions, WhenFull};
+use crate::records::FrameRecord;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -389,8 +390,9 @@ pub async fn replicate_throughput(
     records: u64,
     image_bytes: usize,
 ) -> anyhow::Result<ReplicateBench> {
-    use crate::detect::{FrameAnnotation, SCHEMA_VERSION};
-    use crate::log::{Area, Cursor, FrameRecord};
+    use crate::log::Cursor;
+    use crate::records::{Area, FrameRecord};
+    use crate::records::{FrameAnnotation, SCHEMA_VERSION};
     use sha2::Digest;
     use tokio_util::sync::CancellationToken;
 
@@ -430,7 +432,7 @@ pub async fn replicate_throughput(
                 received_at_ms: i,
                 content_type: f.content_type.clone(),
                 frame_bytes: f.payload.len() as u64,
-                sampled: (img > 0).then_some(crate::sample::SampleReason::EveryNth),
+                sampled: (img > 0).then_some(crate::records::SampleReason::EveryNth),
                 annotation: inference::Annotation {
                     model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
                     width: 640,

@@ -18,8 +18,11 @@
 //! and is counted; the stage goes on. Dead letters and gaps are not frames:
 //! they keep their own records and are not annotated.
 
-use crate::log::{Area, Cursor, DurableLog, FrameRecord, LogError};
-use crate::telemetry::RateLimiter;
+pub mod latest;
+
+use crate::log::{Cursor, DurableLog, LogError};
+use crate::records::{Area, FrameAnnotation, FrameRecord, SCHEMA_VERSION};
+use crate::util::RateLimiter;
 use inference::{Annotation, LoadOptions, Model};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,8 +32,6 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-pub use crate::records::{FrameAnnotation, SCHEMA_VERSION};
 
 /// What stops the detect stage.
 #[derive(Debug, Error)]
@@ -79,7 +80,7 @@ pub struct DetectStats {
     /// [`LATENCY_BUCKETS_MS`] (last = +Inf).
     pub latency: [AtomicU64; 12],
     /// The newest annotated frame per camera (for the status page).
-    pub latest: crate::telemetry::view::LatestFrames,
+    pub latest: latest::LatestFrames,
     /// Per declared label field: frames it was read on, read uncertain on,
     /// and missing from (names come from the config, so this is bounded).
     pub fields: std::sync::Mutex<BTreeMap<String, FieldCounts>>,
@@ -136,7 +137,7 @@ pub struct DetectOptions {
     /// Label fields (`[[fields]]`), compiled by each worker for its model.
     pub fields: Vec<crate::config::FieldConfig>,
     /// Which images are kept for upload.
-    pub sample: crate::sample::SampleConfig,
+    pub sample: crate::config::SampleConfig,
 }
 
 struct Job {
@@ -314,8 +315,7 @@ impl Detect {
             }
             let (seq, done) = entry.remove_entry();
             let Some(mut done) = done else { break };
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let now_ms = crate::util::now_ms();
             let sampled = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).decide(
                 &done.frame.camera,
                 &done.annotation,
@@ -508,6 +508,44 @@ fn worker(
         if results.send(Ok(Done { seq, frame, annotation })).is_err() {
             return;
         }
+    }
+}
+
+/// The detect stage as the supervisor runs it.
+pub enum DetectStage {
+    /// The model on its worker threads.
+    Model(Detect),
+    /// `detect.enabled = false` with `when_disabled = "hold"`: frames stay
+    /// in the log unannotated; the stage only waits for `stop`.
+    Hold,
+}
+
+impl DetectStage {
+    /// The model's counters (none while holding).
+    pub fn stats(&self) -> Option<Arc<DetectStats>> {
+        match self {
+            DetectStage::Model(d) => Some(d.stats()),
+            DetectStage::Hold => None,
+        }
+    }
+}
+
+impl crate::stage::Stage for DetectStage {
+    const NAME: &'static str = "detect";
+    type Error = DetectError;
+
+    async fn run(self, stop: CancellationToken) -> Result<(), Self::Error> {
+        match self {
+            DetectStage::Model(d) => d.run(stop).await,
+            DetectStage::Hold => {
+                stop.cancelled().await;
+                Ok(())
+            }
+        }
+    }
+
+    fn task_failed(why: String) -> Self::Error {
+        DetectError::Worker(why)
     }
 }
 

@@ -35,14 +35,15 @@
 //!   acknowledgements are sent and the session is disconnected cleanly.
 
 mod acks;
-pub mod dead_letter;
 mod tls;
 pub mod validate;
 
 use crate::config::MqttConfig;
-use crate::log::{Area, DurableLog, FrameHead, LogError, Once};
-use crate::telemetry::RateLimiter;
-use dead_letter::DeadLetter;
+use crate::log::{DurableLog, FrameHead, LogError, Once};
+use crate::records::Area;
+use crate::records::DeadLetter;
+use crate::records::QuarantineReason;
+use crate::util::{now_ms, RateLimiter};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -53,7 +54,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use validate::{Limits, Reason};
+use validate::Limits;
 
 /// Frames appended per group commit at most.
 const MAX_BATCH: usize = 64;
@@ -105,8 +106,8 @@ pub struct IntakeStats {
     /// PUBACKs discarded because their connection was lost before they
     /// could be sent (the broker delivers those frames again).
     pub acks_discarded: AtomicU64,
-    /// Quarantined frames, by reason (index of [`Reason::ALL`]).
-    pub quarantined: [AtomicU64; Reason::COUNT],
+    /// Quarantined frames, by reason (index of [`QuarantineReason::ALL`]).
+    pub quarantined: [AtomicU64; QuarantineReason::COUNT],
     /// Successful connections (first one included).
     pub connects: AtomicU64,
     /// Connected to the broker now.
@@ -131,7 +132,10 @@ pub struct IntakeStats {
 impl IntakeStats {
     /// Quarantine counts by reason name.
     pub fn quarantined_by_reason(&self) -> BTreeMap<&'static str, u64> {
-        Reason::ALL.iter().map(|r| (r.name(), self.quarantined[*r as usize].load(Ordering::Relaxed))).collect()
+        QuarantineReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.quarantined[*r as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -415,10 +419,6 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
     d.mul_f64(jitter)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 struct Appender {
     log: DurableLog,
     acks: Arc<acks::AckQueue>,
@@ -586,7 +586,7 @@ impl Appender {
                     })
                 }
                 _ => {
-                    let reason = checked.err().unwrap_or(Reason::UnknownTopic);
+                    let reason = checked.err().unwrap_or(QuarantineReason::UnknownTopic);
                     let used = self.log.area_stats(Area::DeadLetters).bytes;
                     let keep = used + p.payload.len() as u64 <= self.quarantine_max;
                     let d = DeadLetter {
@@ -708,6 +708,19 @@ fn metadata(p: &Publish) -> (Option<u64>, Option<u64>) {
         }
     }
     (captured, seq)
+}
+
+impl crate::stage::Stage for Intake {
+    const NAME: &'static str = "intake";
+    type Error = IntakeError;
+
+    fn run(self, stop: CancellationToken) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        Intake::run(self, stop)
+    }
+
+    fn task_failed(why: String) -> Self::Error {
+        IntakeError::Appender(why)
+    }
 }
 
 #[cfg(test)]

@@ -7,58 +7,7 @@
 //! fail to decode later; the detect stage turns that into an error
 //! annotation.
 
-use serde::{Deserialize, Serialize};
-
-/// Why a frame was quarantined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The topic matches no configured filter, or its camera id is invalid.
-    UnknownTopic,
-    /// Zero-byte payload.
-    Empty,
-    /// Larger than `mqtt.max_frame_bytes`.
-    Oversize,
-    /// Neither JPEG nor PNG magic bytes.
-    NotAnImage,
-    /// The header is cut short or inconsistent, or a JPEG has no end marker.
-    Truncated,
-    /// The header claims more than `mqtt.max_pixels` pixels.
-    TooManyPixels,
-    /// The topic matches a filter but its camera level is not a valid
-    /// camera id (empty, over 64 characters, characters other than
-    /// `A-Z a-z 0-9 . _ -`, or starting with a dot such as `.` and `..`:
-    /// camera ids become file and folder names downstream).
-    BadCameraId,
-}
-
-impl Reason {
-    /// Every reason, for metrics.
-    pub const ALL: [Reason; Reason::COUNT] = [
-        Reason::UnknownTopic,
-        Reason::Empty,
-        Reason::Oversize,
-        Reason::NotAnImage,
-        Reason::Truncated,
-        Reason::TooManyPixels,
-        Reason::BadCameraId,
-    ];
-    /// How many reasons there are.
-    pub const COUNT: usize = 7;
-
-    /// Stable snake_case name (metrics label, dead-letter field).
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::UnknownTopic => "unknown_topic",
-            Reason::Empty => "empty",
-            Reason::Oversize => "oversize",
-            Reason::NotAnImage => "not_an_image",
-            Reason::Truncated => "truncated",
-            Reason::TooManyPixels => "too_many_pixels",
-            Reason::BadCameraId => "bad_camera_id",
-        }
-    }
-}
+use crate::records::QuarantineReason;
 
 /// Image container recognised from magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +52,10 @@ pub struct Checked {
 /// one `+` level, which is the camera id).
 ///
 /// # Errors
-/// [`Reason::UnknownTopic`] if no filter matches; [`Reason::BadCameraId`]
+/// [`QuarantineReason::UnknownTopic`] if no filter matches; [`QuarantineReason::BadCameraId`]
 /// if one matches but the camera level is not a valid id: 1 to 64 of
 /// `A-Z a-z 0-9 . _ -`, not starting with a dot.
-pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Result<&'t str, Reason> {
+pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Result<&'t str, QuarantineReason> {
     let levels: Vec<&str> = topic.split('/').collect();
     let mut bad = false;
     for f in filters {
@@ -130,7 +79,7 @@ pub fn camera_id<'t>(filters: &[String], topic: &'t str) -> Result<&'t str, Reas
             bad = true;
         }
     }
-    Err(if bad { Reason::BadCameraId } else { Reason::UnknownTopic })
+    Err(if bad { QuarantineReason::BadCameraId } else { QuarantineReason::UnknownTopic })
 }
 
 /// 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
@@ -144,34 +93,34 @@ pub fn valid_camera_id(c: &str) -> bool {
 /// Checks a payload against the limits without decoding it.
 ///
 /// # Errors
-/// The [`Reason`] it must be quarantined for.
-pub fn check_payload(p: &[u8], limits: Limits) -> Result<Checked, Reason> {
+/// The [`QuarantineReason`] it must be quarantined for.
+pub fn check_payload(p: &[u8], limits: Limits) -> Result<Checked, QuarantineReason> {
     if p.is_empty() {
-        return Err(Reason::Empty);
+        return Err(QuarantineReason::Empty);
     }
     if p.len() as u64 > limits.max_bytes {
-        return Err(Reason::Oversize);
+        return Err(QuarantineReason::Oversize);
     }
     let (format, (width, height)) = if p.starts_with(&[0xFF, 0xD8, 0xFF]) {
         (Format::Jpeg, jpeg_size(p)?)
     } else if p.starts_with(b"\x89PNG\r\n\x1a\n") {
         (Format::Png, png_size(p)?)
     } else {
-        return Err(Reason::NotAnImage);
+        return Err(QuarantineReason::NotAnImage);
     };
     if width == 0 || height == 0 {
-        return Err(Reason::Truncated);
+        return Err(QuarantineReason::Truncated);
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(Reason::TooManyPixels);
+        return Err(QuarantineReason::TooManyPixels);
     }
     Ok(Checked { format, width, height })
 }
 
-fn png_size(p: &[u8]) -> Result<(u32, u32), Reason> {
+fn png_size(p: &[u8]) -> Result<(u32, u32), QuarantineReason> {
     // signature(8) len(4) "IHDR"(4) width(4) height(4)
     if p.len() < 33 || &p[12..16] != b"IHDR" {
-        return Err(Reason::Truncated);
+        return Err(QuarantineReason::Truncated);
     }
     let w = u32::from_be_bytes([p[16], p[17], p[18], p[19]]);
     let h = u32::from_be_bytes([p[20], p[21], p[22], p[23]]);
@@ -180,15 +129,15 @@ fn png_size(p: &[u8]) -> Result<(u32, u32), Reason> {
 
 /// Walks JPEG marker segments up to the first SOF for the size, and checks
 /// that the stream ends with EOI (`FF D9`), allowing trailing padding.
-fn jpeg_size(p: &[u8]) -> Result<(u32, u32), Reason> {
+fn jpeg_size(p: &[u8]) -> Result<(u32, u32), QuarantineReason> {
     let tail = &p[p.len().saturating_sub(64)..];
     if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
-        return Err(Reason::Truncated);
+        return Err(QuarantineReason::Truncated);
     }
     let mut i = 2;
     while i + 4 <= p.len() {
         if p[i] != 0xFF {
-            return Err(Reason::Truncated);
+            return Err(QuarantineReason::Truncated);
         }
         let marker = p[i + 1];
         if marker == 0xFF {
@@ -201,12 +150,12 @@ fn jpeg_size(p: &[u8]) -> Result<(u32, u32), Reason> {
         }
         let len = usize::from(u16::from_be_bytes([p[i + 2], p[i + 3]]));
         if len < 2 || i + 2 + len > p.len() {
-            return Err(Reason::Truncated);
+            return Err(QuarantineReason::Truncated);
         }
         let is_sof = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
         if is_sof {
             if len < 7 {
-                return Err(Reason::Truncated);
+                return Err(QuarantineReason::Truncated);
             }
             let h = u32::from(u16::from_be_bytes([p[i + 5], p[i + 6]]));
             let w = u32::from(u16::from_be_bytes([p[i + 7], p[i + 8]]));
@@ -217,7 +166,7 @@ fn jpeg_size(p: &[u8]) -> Result<(u32, u32), Reason> {
         }
         i += 2 + len;
     }
-    Err(Reason::Truncated)
+    Err(QuarantineReason::Truncated)
 }
 
 #[cfg(test)]
@@ -254,11 +203,11 @@ mod tests {
         assert_eq!(camera_id(&filters(), "cameras/line1-cam2/frames"), Ok("line1-cam2"));
         assert_eq!(camera_id(&filters(), "site/a/c9/img"), Ok("c9"));
         assert_eq!(camera_id(&filters(), "cameras/cam.v2/frames"), Ok("cam.v2"));
-        assert_eq!(camera_id(&filters(), "cameras/x/other"), Err(Reason::UnknownTopic));
-        assert_eq!(camera_id(&filters(), "cameras/a/b/frames"), Err(Reason::UnknownTopic));
+        assert_eq!(camera_id(&filters(), "cameras/x/other"), Err(QuarantineReason::UnknownTopic));
+        assert_eq!(camera_id(&filters(), "cameras/a/b/frames"), Err(QuarantineReason::UnknownTopic));
         for bad in ["", "bad id", "..", ".", ".hidden", "a/b", &"x".repeat(65)] {
             let topic = format!("cameras/{bad}/frames");
-            let want = if bad.contains('/') { Reason::UnknownTopic } else { Reason::BadCameraId };
+            let want = if bad.contains('/') { QuarantineReason::UnknownTopic } else { QuarantineReason::BadCameraId };
             assert_eq!(camera_id(&filters(), &topic), Err(want), "{topic:?}");
         }
     }
@@ -274,15 +223,15 @@ mod tests {
 
     #[test]
     fn bad_payloads_get_their_reason() {
-        assert_eq!(check_payload(&[], LIMITS), Err(Reason::Empty));
-        assert_eq!(check_payload(&vec![0xFF; 2 << 20], LIMITS), Err(Reason::Oversize));
-        assert_eq!(check_payload(b"GIF89a....", LIMITS), Err(Reason::NotAnImage));
+        assert_eq!(check_payload(&[], LIMITS), Err(QuarantineReason::Empty));
+        assert_eq!(check_payload(&vec![0xFF; 2 << 20], LIMITS), Err(QuarantineReason::Oversize));
+        assert_eq!(check_payload(b"GIF89a....", LIMITS), Err(QuarantineReason::NotAnImage));
         let j = jpeg(640, 480);
-        assert_eq!(check_payload(&j[..j.len() - 4], LIMITS), Err(Reason::Truncated));
-        assert_eq!(check_payload(&j[..12], LIMITS), Err(Reason::Truncated));
-        assert_eq!(check_payload(&png(100_000, 100_000), LIMITS), Err(Reason::TooManyPixels));
-        assert_eq!(check_payload(&jpeg(60_000, 60_000), LIMITS), Err(Reason::TooManyPixels));
-        assert_eq!(check_payload(&png(100, 100)[..20], LIMITS), Err(Reason::Truncated));
-        assert_eq!(check_payload(&png(0, 100), LIMITS), Err(Reason::Truncated));
+        assert_eq!(check_payload(&j[..j.len() - 4], LIMITS), Err(QuarantineReason::Truncated));
+        assert_eq!(check_payload(&j[..12], LIMITS), Err(QuarantineReason::Truncated));
+        assert_eq!(check_payload(&png(100_000, 100_000), LIMITS), Err(QuarantineReason::TooManyPixels));
+        assert_eq!(check_payload(&jpeg(60_000, 60_000), LIMITS), Err(QuarantineReason::TooManyPixels));
+        assert_eq!(check_payload(&png(100, 100)[..20], LIMITS), Err(QuarantineReason::Truncated));
+        assert_eq!(check_payload(&png(0, 100), LIMITS), Err(QuarantineReason::Truncated));
     }
 }

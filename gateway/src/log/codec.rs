@@ -15,6 +15,7 @@
 //! Frame bodies use a small hand-written binary layout (no serde) because
 //! they carry image bytes that must not be copied through a text format.
 
+use crate::records::FrameRecord;
 use thiserror::Error;
 
 /// Version byte written in front of every record.
@@ -113,23 +114,6 @@ pub fn decode(value: &[u8]) -> Result<(RecordKind, &[u8]), CodecError> {
     }
     let kind = RecordKind::from_u8(value[1]).ok_or(CodecError::UnknownKind(value[1]))?;
     Ok((kind, body))
-}
-
-/// A camera frame as stored in the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameRecord {
-    /// Camera id (from the MQTT topic).
-    pub camera: String,
-    /// MIME type of `payload` (`image/jpeg`, `image/png`).
-    pub content_type: String,
-    /// When the gateway received the frame, ms since the Unix epoch.
-    pub received_at_ms: u64,
-    /// When the camera captured it, if the camera said so.
-    pub captured_at_ms: Option<u64>,
-    /// The camera's own sequence number, if it sends one.
-    pub camera_seq: Option<u64>,
-    /// The encoded image bytes, unchanged.
-    pub payload: Vec<u8>,
 }
 
 /// A frame's fields without its payload, borrowed: intake writes a frame

@@ -64,11 +64,12 @@ pub mod space;
 mod txn;
 pub mod upgrade;
 
-pub use crate::records::{GapReason, GapRecord};
-pub use codec::{CodecError, FrameHead, FrameRecord, RecordKind};
+pub use codec::{CodecError, FrameHead, RecordKind};
 pub use error::LogError;
 pub use reader::{LogReader, ReadBatch};
 
+use crate::records::{Area, FrameRecord, GapReason, GapRecord};
+use crate::util::now_ms;
 use accounting::{SegLive, State};
 use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_DURABLE, META_FORMAT, META_GATEWAY, META_STATE};
 use segments::{read_record, Lane, SegmentStore};
@@ -77,30 +78,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use txn::{Txn, RETAIN_PER_BATCH};
 
-/// One area of the log: a kind of record with its own key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Area {
-    /// Frames as received, waiting for the detect stage.
-    Frames,
-    /// Sampled images waiting for upload.
-    Images,
-    /// Annotations waiting for replication.
-    Annotations,
-    /// Quarantined input (bad frames), waiting for replication.
-    DeadLetters,
-    /// Gap records (keyed by gap id, not frame seq).
-    Gaps,
-}
-
 impl Area {
-    /// Every area, in prefix order.
-    pub const ALL: [Area; 5] = [Area::Frames, Area::Images, Area::Annotations, Area::DeadLetters, Area::Gaps];
-
     fn prefix(self) -> u8 {
         match self {
             Area::Frames => b'F',
@@ -111,26 +92,11 @@ impl Area {
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
-    }
-
     /// Which segment lane its large records go to.
     fn lane(self) -> Lane {
         match self {
             Area::Frames | Area::DeadLetters => Lane::Intake,
             Area::Images | Area::Annotations | Area::Gaps => Lane::Stage,
-        }
-    }
-
-    /// Stable lower-case name (used in stats and gap records).
-    pub fn name(self) -> &'static str {
-        match self {
-            Area::Frames => "frames",
-            Area::Images => "images",
-            Area::Annotations => "annotations",
-            Area::DeadLetters => "dead_letters",
-            Area::Gaps => "gaps",
         }
     }
 }
@@ -341,10 +307,6 @@ pub struct LogStats {
     pub areas: BTreeMap<Area, AreaStats>,
     /// Per cursor, by name.
     pub cursors: BTreeMap<String, CursorStats>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// What the log's lock guards.

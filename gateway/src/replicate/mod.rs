@@ -58,9 +58,10 @@ pub mod reassemble;
 pub use producer::{DeliveryFuture, KafkaProducer};
 
 use crate::config::ReplicateConfig;
-use crate::log::{Area, Cursor, DurableLog, LogError};
+use crate::log::{Cursor, DurableLog, LogError};
+use crate::records::Area;
 use crate::records::{header, DeadLetter, FrameRecord, GapRecord, SCHEMA_VERSION};
-use crate::telemetry::RateLimiter;
+use crate::util::RateLimiter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -174,43 +175,6 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> 
     // Not overridable: the at-least-once design depends on them.
     c.set("enable.idempotence", "true").set("acks", "all");
     KafkaProducer::create(&c).map_err(ReplicateError::Config)
-}
-
-/// Why a pass-through librdkafka option cannot be allowed, if it cannot:
-/// the options that would break order per camera, delivery reports or
-/// idempotence, and the ones the gateway sets itself. The forced settings
-/// (`enable.idempotence`, `acks`) are then applied over an option map
-/// without any alias of them, so they win deterministically.
-pub fn forbidden_option(key: &str, value: &str) -> Option<String> {
-    let v = value.trim().to_ascii_lowercase();
-    let num = v.parse::<i64>().ok();
-    match key.trim() {
-        "enable.idempotence" | "acks" | "request.required.acks" => {
-            Some("is set by the gateway (enable.idempotence = true, acks = all): delivery depends on it".into())
-        }
-        "bootstrap.servers" | "metadata.broker.list" => Some("use replicate.brokers".into()),
-        "transactional.id" => Some(
-            "transactions are not used: the gateway's idempotent producer and cursors give exactly its guarantees"
-                .into(),
-        ),
-        "partitioner" | "partitioner_cb" if v == "random" || key == "partitioner_cb" => {
-            Some("would send one camera's records to several partitions and break their order".into())
-        }
-        "delivery.report.only.error" if v == "true" || v == "1" => {
-            Some("the gateway moves its cursor on delivery reports; without them nothing is ever confirmed".into())
-        }
-        "queuing.strategy" if v != "fifo" => Some("would reorder records".into()),
-        "max.in.flight.requests.per.connection" | "max.in.flight" if num.is_none_or(|n| n > 5) => {
-            Some("must be 1..=5 with the idempotent producer (order and no duplicates)".into())
-        }
-        "retries" | "message.send.max.retries" if num.is_none_or(|n| n < 1) => {
-            Some("must be at least 1 with the idempotent producer".into())
-        }
-        "dr_cb" | "dr_msg_cb" | "enable.gapless.guarantee" if v == "false" => {
-            Some("is needed for delivery reports without gaps".into())
-        }
-        _ => None,
-    }
 }
 
 /// Routes librdkafka's logs and client errors into `tracing`, rate-limited:
@@ -1034,6 +998,19 @@ impl Replicate {
             self.log.flush().await?;
         }
         Ok((gave_up, transient))
+    }
+}
+
+impl crate::stage::Stage for Replicate {
+    const NAME: &'static str = "replicate";
+    type Error = ReplicateError;
+
+    fn run(self, stop: CancellationToken) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        Replicate::run(self, stop)
+    }
+
+    fn task_failed(why: String) -> Self::Error {
+        ReplicateError::Task(why)
     }
 }
 

@@ -9,10 +9,10 @@
 //! awaits), so scraping never slows the pipeline.
 
 use crate::detect::{DetectStats, LATENCY_BUCKETS_MS};
-use crate::intake::validate::Reason;
 use crate::intake::IntakeStats;
-use crate::log::Area;
 use crate::log::DurableLog;
+use crate::records::Area;
+use crate::records::QuarantineReason;
 use crate::replicate::ReplicateStats;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -203,8 +203,10 @@ pub fn render(t: &Telemetry) -> String {
         "Publishes delivered again that were already stored (acknowledged, not stored twice).",
         &one(ld(&i.duplicates)),
     );
-    let q: Vec<(String, u64)> =
-        Reason::ALL.iter().map(|r| (format!("{{reason=\"{}\"}}", r.name()), ld(&i.quarantined[*r as usize]))).collect();
+    let q: Vec<(String, u64)> = QuarantineReason::ALL
+        .iter()
+        .map(|r| (format!("{{reason=\"{}\"}}", r.name()), ld(&i.quarantined[*r as usize])))
+        .collect();
     metric(&mut o, "vision_gateway_frames_quarantined_total", "counter", "Frames quarantined, by reason.", &q);
     metric(
         &mut o,
@@ -490,7 +492,7 @@ pub struct CameraStatus {
     /// Annotated frames per second, recently.
     pub fps: f64,
     /// Newest frame's annotation.
-    pub latest: crate::detect::FrameAnnotation,
+    pub latest: crate::records::FrameAnnotation,
     /// When it was annotated (ms since the epoch).
     pub latest_at_ms: u64,
 }
@@ -570,7 +572,7 @@ fn ago(ms: u64) -> String {
 pub fn render_page(s: &Status, refresh_s: u32) -> String {
     use super::page::{camera_card, esc, page, path_segment, tiles, Tile};
     use crate::config::units::format_size;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::util::now_ms();
     let updown = |ok: bool, yes: &str, no: &str| if ok { (yes.to_owned(), "ok") } else { (no.to_owned(), "bad") };
     let (mqtt, mc) = if s.mqtt_subscribed {
         ("subscribed".to_owned(), "ok")

@@ -6,7 +6,7 @@
 //! (styles are inline, images come from the gateway itself or sit beside
 //! the report), so they work on an air-gapped line.
 
-use crate::detect::FrameAnnotation;
+use crate::records::FrameAnnotation;
 use std::fmt::Write as _;
 
 /// Box colour, chosen to stand out on grey labels (tests look for it).

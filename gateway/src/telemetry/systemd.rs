@@ -197,7 +197,8 @@ mod tests {
     use super::*;
     use crate::detect::DetectStats;
     use crate::intake::IntakeStats;
-    use crate::log::{DurableLog, FrameRecord, LogOptions};
+    use crate::log::{DurableLog, LogOptions};
+    use crate::records::FrameRecord;
     use crate::replicate::ReplicateStats;
     use std::sync::Arc;
 

@@ -3,7 +3,8 @@
 //! a temp log, metrics scraping, and fixture helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use gateway::log::{DurableLog, FrameRecord, LogOptions};
+use gateway::log::{DurableLog, LogOptions};
+use gateway::records::FrameRecord;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -385,12 +386,12 @@ pub fn frames(log: &DurableLog) -> Vec<(u64, FrameRecord)> {
 }
 
 /// Every annotation in the log, in log order, each checked against its key.
-pub fn annotations(log: &DurableLog) -> Vec<gateway::detect::FrameAnnotation> {
-    log.read_blobs(gateway::log::Area::Annotations, 0, u64::MAX, usize::MAX)
+pub fn annotations(log: &DurableLog) -> Vec<gateway::records::FrameAnnotation> {
+    log.read_blobs(gateway::records::Area::Annotations, 0, u64::MAX, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(seq, b)| {
-            let a: gateway::detect::FrameAnnotation = serde_json::from_slice(&b).unwrap();
+            let a: gateway::records::FrameAnnotation = serde_json::from_slice(&b).unwrap();
             assert_eq!(a.seq, seq, "annotation stored under its frame's sequence number");
             a
         })

@@ -2,7 +2,7 @@
 //! record): decoding never panics, and what decodes re-encodes to itself.
 #![no_main]
 use gateway::log::codec::{decode, encode};
-use gateway::log::FrameRecord;
+use gateway::records::FrameRecord;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

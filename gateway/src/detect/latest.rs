@@ -11,7 +11,7 @@
 //! cameras whose newest frame is oldest are evicted first. A frame larger
 //! than the whole budget is shown without its picture.
 
-use crate::detect::FrameAnnotation;
+use crate::records::FrameAnnotation;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -133,7 +133,7 @@ mod tests {
 
     fn ann(camera: &str) -> FrameAnnotation {
         FrameAnnotation {
-            schema: crate::detect::SCHEMA_VERSION,
+            schema: crate::records::SCHEMA_VERSION,
             frame_id: "g:0".into(),
             gateway_id: "g".into(),
             seq: 0,

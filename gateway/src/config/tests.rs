@@ -1,0 +1,261 @@
+//! The config's validation, seen from a file: every problem reported at
+//! once, with its key.
+
+use super::*;
+use crate::log::WhenFull;
+use std::collections::HashMap;
+
+struct FakeEnv(HashMap<String, String>);
+impl Env for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+fn env() -> FakeEnv {
+    FakeEnv(HashMap::new())
+}
+
+const MINIMAL: &str = r#"
+gateway_id = "line1"
+[mqtt]
+broker = "127.0.0.1:1883"
+[replicate]
+brokers = "127.0.0.1:9092"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(Path::new("t.toml"), MINIMAL, &env()).unwrap();
+    assert_eq!(c.gateway_id, "line1");
+    assert_eq!(c.log.max_bytes, 2 << 30);
+    assert_eq!(c.log.when_full, WhenFull::Block);
+    assert_eq!(c.mqtt.topics, vec!["cameras/+/frames".to_string()]);
+    assert_eq!(c.mqtt.max_frame_bytes, 16 << 20);
+    assert_eq!(c.mqtt.client_id, "vision-gateway-line1");
+    assert_eq!(c.replicate.chunk_bytes, 900 << 10);
+    assert_eq!(c.mqtt.broker, BrokerAddr { host: "127.0.0.1".into(), port: 1883, tls: false });
+}
+
+#[test]
+fn three_mistakes_are_all_reported() {
+    let text = r#"
+gateway_id = "line1"
+[log]
+max_bytes = "2 gigs"
+colour = "blue"
+[replicate]
+brokers = "127.0.0.1:9092"
+"#;
+    let e = Config::parse(Path::new("bad.toml"), text, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, vec!["log.colour", "log.max_bytes", "mqtt.broker"], "{e}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("bad.toml: 3 problems:"), "{shown}");
+}
+
+#[test]
+fn label_fields_are_checked_all_at_once() {
+    let base = "gateway_id = \"g\"\n[mqtt]\nbroker = \"127.0.0.1:1883\"\n[replicate]\nbrokers = \"127.0.0.1:9092\"\n";
+    let good = format!(
+        "{base}[detect.text]\nmin_score = 0.9\nmax_aspect_per_char = 0\n\
+         [[fields]]\nname = \"lot\"\nformat = 'LOT <L\\d{{4}}[A-FX]>'\n\
+         [[fields]]\nname = \"sn\"\nformat = 'SN <\\d{{8}}>'\nrequired = false\nmin_score = 0.7\ncameras = [\"line1-*\"]\n"
+    );
+    let c = Config::parse(Path::new("g.toml"), &good, &env()).unwrap();
+    assert_eq!(c.fields.len(), 2);
+    assert_eq!(c.fields[0].spec.format, r"LOT <L\d{4}[A-FX]>");
+    assert!(c.fields[0].spec.required && !c.fields[1].spec.required);
+    assert_eq!(c.fields[1].spec.min_score, 0.7);
+    assert!(c.fields[1].applies("line1-cam2") && !c.fields[1].applies("line2-cam1") && c.fields[0].applies("x"));
+    assert_eq!(c.detect.text.min_score, 0.9);
+    assert!(c.detect.text.max_aspect_per_char.is_infinite(), "0 turns the rule off");
+    assert_eq!(c.detect.text.min_chars, inference::ocr::TextFilter::default().min_chars);
+
+    let bad = format!(
+        "{base}[detect.text]\nmin_score = 2.0\n\
+         [[fields]]\nname = \"Lot Number\"\nformat = 'LOT <\\d{{4}}'\n\
+         [[fields]]\nname = \"sn\"\n\
+         [[fields]]\nname = \"sn\"\nformat = '\\q'\nmin_score = -1\ncameras = [\"a/b\"]\ncolour = 1\n"
+    );
+    let e = Config::parse(Path::new("g.toml"), &bad, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "fields.2.colour",
+            "detect.text.min_score",
+            "fields[0].name",
+            "fields[0].format",
+            "fields[1].format",
+            "fields[2].name",
+            "fields[2].format",
+            "fields[2].min_score",
+            "fields[2].cameras",
+        ],
+        "{e}"
+    );
+    let shown = e.to_string();
+    assert!(shown.contains("at column 5: this < is not closed by >"), "{shown}");
+    assert!(shown.contains("unknown escape \\q"), "{shown}");
+    assert!(shown.contains("declared twice"), "{shown}");
+
+    let off = format!("{base}[detect]\nenabled = false\n[[fields]]\nname = \"a\"\nformat = 'A\\d'\n");
+    let e = Config::parse(Path::new("g.toml"), &off, &env()).unwrap_err();
+    assert!(e.to_string().contains("detect.enabled is false"), "{e}");
+}
+
+#[test]
+fn globs() {
+    assert!(glob("line1-*", "line1-cam2") && glob("*", "") && glob("a*b*c", "a12b34c") && glob("cam", "cam"));
+    assert!(!glob("line1-*", "line2-cam1") && !glob("a*b", "ba") && !glob("ab*ba", "aba") && !glob("cam", "cam2"));
+}
+
+#[test]
+fn librdkafka_options_that_break_order_delivery_or_idempotence_are_rejected() {
+    let text = format!(
+        "{MINIMAL}[replicate.librdkafka]\npartitioner = \"random\"\n\"delivery.report.only.error\" = \"true\"\n\
+         \"transactional.id\" = \"x\"\n\"request.required.acks\" = \"1\"\n\"max.in.flight\" = \"100\"\n\
+         \"security.protocol\" = \"ssl\"\n\"compression.type\" = \"lz4\"\n"
+    );
+    let e = Config::parse(Path::new("k.toml"), &text, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "replicate.librdkafka.delivery.report.only.error",
+            "replicate.librdkafka.max.in.flight",
+            "replicate.librdkafka.partitioner",
+            "replicate.librdkafka.request.required.acks",
+            "replicate.librdkafka.transactional.id",
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("break their order"), "{e}");
+}
+
+#[test]
+fn combinations_that_loop_or_mislead_are_rejected_all_at_once() {
+    let text = r#"
+gateway_id = "line1"
+[log]
+max_bytes = "64MiB"
+[mqtt]
+broker = "user:pass@10.0.0.1:1883"
+max_pixels = 0
+keep_alive = "70000s"
+quarantine_max_bytes = "1GiB"
+[replicate]
+brokers = "u:p@127.0.0.1:9092"
+[detect]
+batch = 4
+ocr_side = 700
+"#;
+    let e = Config::parse(Path::new("c.toml"), text, &env()).unwrap_err();
+    let mut keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec![
+            "detect.ocr_side",
+            "mqtt.broker",
+            "mqtt.keep_alive",
+            "mqtt.max_pixels",
+            "mqtt.quarantine_max_bytes",
+            "replicate.brokers"
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("700 is not a multiple of 32"), "{e}");
+    assert!(e.to_string().contains("credentials do not go in the address"), "{e}");
+    // A small log gets a smaller default quarantine, not an error.
+    let small = format!("{MINIMAL}[log]\nmax_bytes = \"8MiB\"\n");
+    let small = small.replacen("[mqtt]", "[mqtt]\nmax_frame_bytes = \"1MiB\"", 1);
+    let c = Config::parse(Path::new("s.toml"), &small, &env()).unwrap();
+    assert_eq!(c.mqtt.quarantine_max_bytes, 2 << 20);
+}
+
+#[test]
+fn the_backend_is_checked_and_onnxruntime_needs_its_library() {
+    let c = Config::parse(Path::new("c.toml"), MINIMAL, &env()).unwrap();
+    assert_eq!(c.detect.backend, inference::engine::Backend::Auto);
+    let t = format!("{MINIMAL}[detect]\nbackend = \"tract\"\n");
+    assert_eq!(
+        Config::parse(Path::new("c.toml"), &t, &env()).unwrap().detect.backend,
+        inference::engine::Backend::Tract
+    );
+    let t = format!("{MINIMAL}[detect]\nbackend = \"tensorrt\"\n");
+    let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
+    assert_eq!(e.problems[0].key, "detect.backend", "{e}");
+    assert!(e.to_string().contains("\"tensorrt\" is not"), "{e}");
+    let t = format!(
+        "{MINIMAL}[detect]\nbackend = \"onnxruntime\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"\n"
+    );
+    let e = Config::parse(Path::new("c.toml"), &t, &env()).unwrap_err();
+    assert!(e.to_string().contains("no file at /nonexistent/libonnxruntime.so.1.31.1"), "{e}");
+    // Off, it does not matter.
+    let t = t.replace("[detect]\n", "[detect]\nenabled = false\n");
+    assert!(Config::parse(Path::new("c.toml"), &t, &env()).is_ok());
+}
+
+#[test]
+fn type_errors_are_reported_with_unknown_keys_seen_before_them() {
+    let text = "typo = 1\n[detect]\nworkers = \"two\"\n";
+    let e = Config::parse(Path::new("x.toml"), text, &env()).unwrap_err();
+    assert_eq!(e.problems[0].key, "typo");
+    assert!(e.problems[1].message.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn secrets_come_from_credentials_and_are_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt-password"), "s3cret\n").unwrap();
+    let e = FakeEnv(HashMap::from([("CREDENTIALS_DIRECTORY".into(), dir.path().display().to_string())]));
+    let text = r#"
+gateway_id = "line1"
+[mqtt]
+broker = "mqtt://10.0.0.1"
+username = "gw"
+password_file = "mqtt-password"
+[replicate]
+brokers = "k:9092"
+"#;
+    let c = Config::parse(Path::new("t"), text, &e).unwrap();
+    let pw = c.mqtt.password.as_ref().unwrap();
+    assert_eq!(pw.expose(), "s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // As the shipped unit loads the credentials directory.
+    std::fs::remove_file(dir.path().join("mqtt-password")).unwrap();
+    std::fs::write(dir.path().join("credentials_mqtt-password"), "dir-s3cret\n").unwrap();
+    let c = Config::parse(Path::new("t"), text, &e).unwrap();
+    assert_eq!(c.mqtt.password.as_ref().unwrap().expose(), "dir-s3cret");
+}
+
+#[test]
+fn missing_secret_env_and_bad_topics_are_problems() {
+    let text = r#"
+gateway_id = "bad id!"
+[mqtt]
+broker = "mqtts://broker:8883"
+topics = ["cameras/#"]
+password_env = "NOPE"
+[replicate]
+brokers = "k"
+chunk_bytes = "10MiB"
+"#;
+    let e = Config::parse(Path::new("t"), text, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    for k in
+        ["gateway_id", "mqtt.topics", "mqtt.password_env", "mqtt.tls", "replicate.brokers", "replicate.chunk_bytes"]
+    {
+        assert!(keys.contains(&k), "{k} missing from {e}");
+    }
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/gateway.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let c = Config::parse(&p, &text, &env()).unwrap();
+    assert_eq!(c.log.when_full, WhenFull::Block);
+}
