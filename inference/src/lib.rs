@@ -18,14 +18,18 @@
 //! and YOLOv5 exports, letterbox, per-class NMS) and `classify` (softmax or
 //! probabilities, top-k).
 
+#[cfg(feature = "bench")]
+mod bare;
 pub mod engine;
 pub mod fields;
 pub mod imageops;
 mod manifest;
 pub mod ocr;
 pub mod runtime;
-pub mod tract_engine;
 pub mod vision;
+
+#[cfg(feature = "bench")]
+pub use bare::BareInputs;
 
 pub use manifest::{
     sha256_file, Colour, Decoder, Fit, InputSpec, LabelsSpec, Layout, Manifest, ModelFile, OutputSpec, Task,
@@ -228,37 +232,13 @@ impl Annotation {
     }
 }
 
-/// Which session an input tensor is for (see [`BareInputs`]).
+/// Which session an input tensor is for (see `bare::BareInputs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
     /// The detector (or the only session of a detector/classifier).
     Det,
     /// The OCR recogniser.
     Rec,
-}
-
-/// The session inputs the pipeline made for some frames, in order, so that
-/// the sessions can be run alone on exactly them: the bare `session.run`
-/// baseline the detect stage is measured against.
-#[derive(Debug, Default)]
-pub struct BareInputs {
-    inputs: Vec<(Stage, ndarray::Array4<f32>)>,
-    frames: usize,
-}
-
-impl BareInputs {
-    /// Frames captured.
-    pub fn frames(&self) -> usize {
-        self.frames
-    }
-    /// Session runs captured.
-    pub fn runs(&self) -> usize {
-        self.inputs.len()
-    }
-    /// The captured inputs: (`"det"` or `"rec"`, tensor), in run order.
-    pub fn tensors(&self) -> Vec<(&'static str, ndarray::ArrayView4<'_, f32>)> {
-        self.inputs.iter().map(|(s, t)| (if *s == Stage::Det { "det" } else { "rec" }, t.view())).collect()
-    }
 }
 
 /// How to load a model.
@@ -308,7 +288,9 @@ impl LoadOptions {
     }
 }
 
-enum Backend {
+/// What runs a frame: the OCR pipeline (detector + recogniser + label
+/// fields) or one vision graph (detector or classifier), by the manifest's task.
+enum Pipeline {
     Ocr(ocr::Ocr),
     Vision(vision::Vision),
 }
@@ -320,7 +302,7 @@ pub struct Model {
     pub manifest: Manifest,
     /// Name, version, hash.
     pub info: ModelInfo,
-    backend: Backend,
+    pipeline: Pipeline,
     max_pixels: u64,
     max_frame_memory: u64,
     text_filter: ocr::TextFilter,
@@ -356,14 +338,14 @@ impl Model {
                 message: format!("task {:?} needs a file with role {role:?}", manifest.task),
             })
         };
-        let backend = match manifest.task {
+        let pipeline = match manifest.task {
             Task::Ocr => {
                 let (det, rec) = (file("det")?, file("rec")?);
                 let d = engine::open(kind, &opts.library, &det, opts.intra_threads)?;
                 let r = engine::open(kind, &opts.library, &rec, opts.intra_threads)?;
-                Backend::Ocr(ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?)
+                Pipeline::Ocr(ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?)
             }
-            Task::Detect | Task::Classify => Backend::Vision(vision::Vision::load(
+            Task::Detect | Task::Classify => Pipeline::Vision(vision::Vision::load(
                 kind,
                 &opts.library,
                 &manifest,
@@ -374,7 +356,7 @@ impl Model {
         Ok(Self {
             manifest,
             info,
-            backend,
+            pipeline,
             max_pixels: opts.max_pixels,
             max_frame_memory: opts.max_frame_memory,
             text_filter: opts.text_filter,
@@ -390,9 +372,9 @@ impl Model {
     /// # Errors
     /// [`InferenceError::TooLarge`] with the estimate.
     pub fn fits(&self, width: usize, height: usize) -> Result<(), InferenceError> {
-        match &self.backend {
-            Backend::Ocr(o) => ocr::DetPlan::within_side(width, height, self.max_frame_memory, o.det_side()).map(drop),
-            Backend::Vision(v) => {
+        match &self.pipeline {
+            Pipeline::Ocr(o) => ocr::DetPlan::within_side(width, height, self.max_frame_memory, o.det_side()).map(drop),
+            Pipeline::Vision(v) => {
                 let need = v.estimate_bytes(width, height);
                 if need > self.max_frame_memory {
                     return Err(InferenceError::TooLarge {
@@ -435,7 +417,7 @@ impl Model {
         if specs.peek().is_none() {
             return Ok(Vec::new());
         }
-        let Backend::Ocr(o) = &self.backend else {
+        let Pipeline::Ocr(o) = &self.pipeline else {
             return Err(format!(
                 "label fields need a text-reading (ocr) model; {} is a {:?} model",
                 self.info.name, self.manifest.task
@@ -462,12 +444,12 @@ impl Model {
         decode_ms: f64,
         fields: &[&fields::Field],
     ) -> Result<Annotation, InferenceError> {
-        let (items, t, fields, missing) = match &mut self.backend {
-            Backend::Ocr(o) => {
+        let (items, t, fields, missing) = match &mut self.pipeline {
+            Pipeline::Ocr(o) => {
                 let r = o.read(frame, fields, &self.text_filter)?;
                 (r.items, r.times, r.fields, r.missing)
             }
-            Backend::Vision(v) => {
+            Pipeline::Vision(v) => {
                 let (items, t) = v.run(frame)?;
                 (items, t, std::collections::BTreeMap::new(), Vec::new())
             }
@@ -488,81 +470,6 @@ impl Model {
             fields,
             missing,
         })
-    }
-
-    /// Annotates `frames` (encoded) and keeps every session input made on
-    /// the way, for [`run_bare`](Self::run_bare).
-    ///
-    /// # Errors
-    /// As [`annotate`](Self::annotate).
-    pub fn capture_inputs(&mut self, frames: &[&[u8]]) -> Result<BareInputs, InferenceError> {
-        self.set_capture(Some(Vec::new()));
-        let mut result = Ok(());
-        for f in frames {
-            if let Err(e) = self.annotate(f) {
-                result = Err(e);
-                break;
-            }
-        }
-        let inputs = self.set_capture(None).unwrap_or_default();
-        result.map(|()| BareInputs { inputs, frames: frames.len() })
-    }
-
-    /// Runs the sessions alone on captured inputs: no decoding, no pre- or
-    /// post-processing, the outputs read and dropped.
-    ///
-    /// # Errors
-    /// [`InferenceError::Runtime`] if a session fails.
-    pub fn run_bare(&mut self, inputs: &BareInputs) -> Result<(), InferenceError> {
-        match &mut self.backend {
-            Backend::Ocr(o) => o.run_bare(&inputs.inputs, None),
-            Backend::Vision(v) => v.run_bare(&inputs.inputs),
-        }
-    }
-
-    /// Runs each captured input alone, timed: total milliseconds and runs
-    /// of the detector (or the only graph of a detector/classifier), then
-    /// of the OCR recogniser.
-    ///
-    /// # Errors
-    /// [`InferenceError::Runtime`] if a session fails.
-    pub fn time_bare(&mut self, inputs: &BareInputs) -> Result<[(f64, usize); 2], InferenceError> {
-        let mut out = [(0.0, 0usize); 2];
-        for (stage, t) in &inputs.inputs {
-            let one = BareInputs { inputs: vec![(*stage, t.clone())], frames: 1 };
-            let start = Instant::now();
-            self.run_bare(&one)?;
-            let k = usize::from(*stage == Stage::Rec);
-            out[k].0 += start.elapsed().as_secs_f64() * 1e3;
-            out[k].1 += 1;
-        }
-        Ok(out)
-    }
-
-    /// OCR only: the first output of each captured run, as the runtime
-    /// computes it (for comparing runtimes on the same inputs).
-    ///
-    /// # Errors
-    /// [`InferenceError::Runtime`] if a session fails or the model is not OCR.
-    pub fn bare_outputs(&mut self, inputs: &BareInputs) -> Result<Vec<ndarray::ArrayD<f32>>, InferenceError> {
-        match &mut self.backend {
-            Backend::Ocr(o) => {
-                let mut out = Vec::new();
-                o.run_bare(&inputs.inputs, Some(&mut out))?;
-                Ok(out)
-            }
-            Backend::Vision(_) => Err(InferenceError::Runtime("bare_outputs: OCR models only".into())),
-        }
-    }
-
-    fn set_capture(
-        &mut self,
-        to: Option<Vec<(Stage, ndarray::Array4<f32>)>>,
-    ) -> Option<Vec<(Stage, ndarray::Array4<f32>)>> {
-        match &mut self.backend {
-            Backend::Ocr(o) => std::mem::replace(&mut o.capture, to),
-            Backend::Vision(v) => std::mem::replace(&mut v.capture, to),
-        }
     }
 
     /// Decodes JPEG/PNG bytes and runs the model. A frame that cannot be

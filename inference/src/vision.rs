@@ -318,6 +318,7 @@ impl Vision {
 
 impl Vision {
     /// Runs the session alone on inputs captured before (bare baseline).
+    #[cfg(feature = "bench")]
     pub(crate) fn run_bare(&mut self, inputs: &[(crate::Stage, Array4<f32>)]) -> Result<(), InferenceError> {
         for (_, t4) in inputs {
             std::hint::black_box(self.session.run_output(t4.view(), self.out_index)?);

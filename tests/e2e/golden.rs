@@ -220,7 +220,7 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
 #[test]
 #[ignore = "issue 16 spike: run with --ignored"]
 fn tract_against_onnxruntime_on_the_same_session_inputs() {
-    use inference::tract_engine::TractGraph;
+    use inference::engine::TractGraph;
     let opts = LoadOptions {
         library: repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1"),
         intra_threads: 1,

@@ -464,6 +464,7 @@ impl Ocr {
 
     /// Runs the sessions alone on inputs captured before, reading each
     /// output as the pipeline does (the bare baseline).
+    #[cfg(feature = "bench")]
     pub(crate) fn run_bare(
         &mut self,
         inputs: &[(crate::Stage, Array4<f32>)],

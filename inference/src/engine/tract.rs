@@ -12,7 +12,7 @@
 //! Threads: with `threads > 1` the matrix products of a run are spread over
 //! a private pool of that many threads (tract's `multithread-mm`).
 
-use crate::engine::Port;
+use super::{Engine, EngineKind, Port};
 use crate::InferenceError;
 use ndarray::{ArrayD, ArrayView4};
 use std::path::Path;
@@ -142,5 +142,31 @@ impl TractGraph {
         let chosen = chosen.into_tensor();
         let view = chosen.to_plain_array_view::<f32>().map_err(rt)?;
         Ok(view.to_owned())
+    }
+}
+
+impl Engine for TractGraph {
+    fn run_output(&mut self, input: ArrayView4<'_, f32>, output: usize) -> Result<ArrayD<f32>, InferenceError> {
+        TractGraph::run(self, input, output)
+    }
+
+    fn metadata(&self, key: &str) -> Option<String> {
+        TractGraph::metadata(self, key)
+    }
+
+    fn inputs(&self) -> Vec<Port> {
+        TractGraph::inputs(self)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        TractGraph::outputs(self)
+    }
+
+    fn kind(&self) -> EngineKind {
+        EngineKind::Tract
+    }
+
+    fn prepare(&mut self, shape: &[usize]) -> Result<(), InferenceError> {
+        self.plan(shape).map(drop)
     }
 }

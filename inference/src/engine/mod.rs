@@ -9,13 +9,16 @@
 //! runs; annotations say which one did ([`EngineKind::name`],
 //! [`EngineKind::version`]).
 
-use crate::tract_engine::TractGraph;
 use crate::InferenceError;
 use ndarray::{ArrayD, ArrayView4};
-use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
 use serde::{Deserialize, Serialize};
+
+mod onnxruntime;
+pub mod tract;
+
+pub use onnxruntime::OrtEngine;
 use std::path::Path;
+pub use tract::TractGraph;
 
 /// The version of tract compiled in (pinned with `=` in
 /// `inference/Cargo.toml`; a unit test keeps the two equal).
@@ -164,71 +167,8 @@ pub trait Engine: Send {
     }
 }
 
-fn rt(e: impl std::fmt::Display) -> InferenceError {
+pub(crate) fn rt(e: impl std::fmt::Display) -> InferenceError {
     InferenceError::Runtime(e.to_string())
-}
-
-/// An ONNX Runtime session.
-pub struct OrtEngine(pub Session);
-
-fn ort_port(name: &str, t: &ValueType) -> Port {
-    let shape = match t {
-        ValueType::Tensor { shape, .. } => Some(shape.iter().copied().collect()),
-        _ => None,
-    };
-    Port { name: name.to_owned(), shape }
-}
-
-impl Engine for OrtEngine {
-    fn run_output(&mut self, input: ArrayView4<'_, f32>, output: usize) -> Result<ArrayD<f32>, InferenceError> {
-        let outputs = self.0.run(ort::inputs![TensorRef::from_array_view(input).map_err(rt)?]).map_err(rt)?;
-        if output >= outputs.len() {
-            return Err(rt(format!("the graph has {} outputs, not {}", outputs.len(), output + 1)));
-        }
-        Ok(outputs[output].try_extract_array::<f32>().map_err(rt)?.to_owned())
-    }
-
-    fn metadata(&self, key: &str) -> Option<String> {
-        self.0.metadata().ok()?.custom(key)
-    }
-
-    fn inputs(&self) -> Vec<Port> {
-        self.0.inputs().iter().map(|i| ort_port(i.name(), i.dtype())).collect()
-    }
-
-    fn outputs(&self) -> Vec<Port> {
-        self.0.outputs().iter().map(|o| ort_port(o.name(), o.dtype())).collect()
-    }
-
-    fn kind(&self) -> EngineKind {
-        EngineKind::OnnxRuntime
-    }
-}
-
-impl Engine for TractGraph {
-    fn run_output(&mut self, input: ArrayView4<'_, f32>, output: usize) -> Result<ArrayD<f32>, InferenceError> {
-        TractGraph::run(self, input, output)
-    }
-
-    fn metadata(&self, key: &str) -> Option<String> {
-        TractGraph::metadata(self, key)
-    }
-
-    fn inputs(&self) -> Vec<Port> {
-        TractGraph::inputs(self)
-    }
-
-    fn outputs(&self) -> Vec<Port> {
-        TractGraph::outputs(self)
-    }
-
-    fn kind(&self) -> EngineKind {
-        EngineKind::Tract
-    }
-
-    fn prepare(&mut self, shape: &[usize]) -> Result<(), InferenceError> {
-        self.plan(shape).map(drop)
-    }
 }
 
 /// Opens `model` with the engine `kind`, `threads` threads inside one run.
@@ -252,7 +192,7 @@ mod tests {
 
     #[test]
     fn tract_version_is_the_pinned_one() {
-        let cargo = include_str!("../Cargo.toml");
+        let cargo = include_str!("../../Cargo.toml");
         assert!(
             cargo.contains(&format!("tract-onnx = \"={TRACT_VERSION}\"")),
             "inference/Cargo.toml pins another tract"
