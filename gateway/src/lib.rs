@@ -20,15 +20,12 @@
 //! - [`sample`]: which images go upstream;
 //! - [`replicate`]: annotations, images, dead letters and gaps to Kafka.
 
-pub mod bench;
 pub mod config;
-pub mod demo;
 pub mod detect;
 pub mod faults;
 pub mod intake;
 pub mod log;
 pub mod records;
-pub mod replay;
 pub mod replicate;
 pub mod sample;
 pub mod stage;

@@ -3,9 +3,15 @@
 //! the gateway's top-level modules, and each of those imports only from
 //! the layers below it (the table in `gateway/src/lib.rs`'s `//!`).
 //!
+//! The binary (`src/bin/vision-gateway/`) and the test-support crate
+//! (`tests/support/`) are checked for cycles too; the library must not use
+//! the test-support crate.
+//!
 //! It reads the sources as text: every `crate::`, `super::` and `self::`
 //! path (use-trees expanded) is resolved to the file of the longest module
 //! that exists. Comments are skipped, so doc links do not count.
+
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,10 +58,10 @@ fn tree(src: &Path, root_file: &str) -> Tree {
             }
             let rel = path.strip_prefix(src).unwrap();
             let mut module: Module = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-            let last = module.pop().unwrap();
-            if last == "main.rs" && root_file != "main.rs" {
+            if module.len() == 1 && module[0] == "main.rs" && root_file != "main.rs" {
                 continue;
             }
+            let last = module.pop().unwrap();
             if last != "mod.rs" && last != root_file {
                 module.push(last.trim_end_matches(".rs").to_owned());
             }
@@ -333,9 +339,15 @@ fn workspace() -> PathBuf {
 fn no_import_cycle_between_the_files_of_a_library() {
     let ws = workspace();
     let mut found = Vec::new();
-    for (krate, root) in [("gateway", "lib.rs"), ("inference", "lib.rs")] {
-        let tree = tree(&ws.join(krate).join("src"), root);
-        assert!(tree.files.len() > 5, "{krate}: too few module files found");
+    let crates = [
+        ("gateway", "gateway/src", "lib.rs"),
+        ("vision-gateway (binary)", "gateway/src/bin/vision-gateway", "main.rs"),
+        ("inference", "inference/src", "lib.rs"),
+        ("testkit", "tests/support/src", "lib.rs"),
+    ];
+    for (krate, src, root) in crates {
+        let tree = tree(&ws.join(src), root);
+        assert!(tree.files.len() > 1, "{krate}: too few module files found");
         for cycle in file_cycles(&tree) {
             found.push(format!("{krate}: {cycle}"));
         }
@@ -368,6 +380,18 @@ fn the_gateway_top_level_modules_import_only_from_lower_layers() {
     }
     assert!(top_edges.len() > 10, "too few imports between modules found: {top_edges:?}");
     assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_library_does_not_use_the_test_support_crate() {
+    let tree = tree(&workspace().join("gateway/src"), "lib.rs");
+    let users: Vec<String> = tree
+        .files
+        .values()
+        .filter(|f| strip_comments(&std::fs::read_to_string(f).unwrap()).contains("testkit::"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(users.is_empty(), "the library uses testkit: {users:?}");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! The end-to-end suite repeats the main path against a real broker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use gateway::bench::noise;
 use gateway::config::{Config, ProcessEnv};
 use gateway::log::{Cursor, DurableLog, LogOptions, WhenFull};
 use gateway::records::SampleReason;
@@ -20,6 +19,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use testkit::frames::noise;
 use tokio_util::sync::CancellationToken;
 
 const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];

@@ -182,6 +182,14 @@ pub struct Timings {
     pub fields_ms: f64,
 }
 
+impl Timings {
+    /// The frame's whole time: decode, pre-processing, the runs and
+    /// post-processing (`fields_ms` is part of the last).
+    pub fn total_ms(&self) -> f64 {
+        self.decode_ms + self.preprocess_ms + self.run_ms + self.postprocess_ms
+    }
+}
+
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }

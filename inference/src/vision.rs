@@ -152,23 +152,7 @@ impl Vision {
                 bad(format!("output.name {n:?} is not an output of the model (it has {out_names:?})"))
             })?,
         };
-        let labels = if let Some(l) = &m.labels.inline {
-            l.clone()
-        } else if let Some(f) = &m.labels.file {
-            let p = m.dir.join(f);
-            std::fs::read_to_string(&p)
-                .map_err(|e| bad(format!("labels file {}: {e}", p.display())))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        } else if let Some(k) = &m.labels.metadata_key {
-            let v = session.metadata(k).ok_or_else(|| bad(format!("the model has no metadata key {k:?}")))?;
-            parse_names(&v)
-        } else {
-            Vec::new()
-        };
+        let labels = labels(m, session.as_ref()).map_err(bad)?;
         let out_shape = outputs.get(out_index).and_then(|o| o.shape.clone());
         // Dynamic output dimensions count as 1: the output is small next to
         // the input for every decoder here.
@@ -210,15 +194,38 @@ impl Vision {
     pub fn run(&mut self, img: &Bgr) -> Result<(Vec<Item>, Times), InferenceError> {
         let mut times = Times::default();
         let t = Instant::now();
+        let fitted = self.fit(img);
+        let t4 = self.tensor(&fitted.image);
+        times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = &mut self.capture {
+            c.push((crate::Stage::Det, t4.clone()));
+        }
+        let t = Instant::now();
+        let out = self.session.run_output(t4.view(), self.out_index)?;
+        let shape = out.shape().to_vec();
+        let flat: Vec<f32> = match out.as_slice() {
+            Some(_) => out.into_raw_vec_and_offset().0,
+            None => out.iter().copied().collect(),
+        };
+        times.run_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let items = self.items(flat, &shape, img, &fitted)?;
+        times.postprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok((items, times))
+    }
+
+    /// The frame brought to the input size: stretched, or letterboxed (grey
+    /// 114 borders) with the scale and padding to map boxes back.
+    fn fit(&self, img: &Bgr) -> Fitted {
         let (w, h) = (self.input.width, self.input.height);
-        let (r_x, r_y, pad_x, pad_y, fitted) = match self.input.fit {
-            Fit::Stretch => (
-                w as f32 / img.width as f32,
-                h as f32 / img.height as f32,
-                0.0,
-                0.0,
-                imageops::resize_linear(img, w, h),
-            ),
+        match self.input.fit {
+            Fit::Stretch => Fitted {
+                r_x: w as f32 / img.width as f32,
+                r_y: h as f32 / img.height as f32,
+                pad_x: 0.0,
+                pad_y: 0.0,
+                image: imageops::resize_linear(img, w, h),
+            },
             Fit::Letterbox => {
                 let r = (w as f32 / img.width as f32).min(h as f32 / img.height as f32);
                 let (nw, nh) = (
@@ -234,9 +241,15 @@ impl Vision {
                     let at = ((y + top) * w + left) * 3;
                     canvas.data[at..at + src.len()].copy_from_slice(src);
                 }
-                (r, r, left as f32, top as f32, canvas)
+                Fitted { r_x: r, r_y: r, pad_x: left as f32, pad_y: top as f32, image: canvas }
             }
-        };
+        }
+    }
+
+    /// The input tensor of a fitted frame: layout, channel order and
+    /// normalisation as the manifest says.
+    fn tensor(&self, fitted: &Bgr) -> Array4<f32> {
+        let (w, h) = (self.input.width, self.input.height);
         let shape = match self.input.layout {
             Layout::Nchw => (1, 3, h, w),
             Layout::Nhwc => (1, h, w, 3),
@@ -259,39 +272,33 @@ impl Vision {
                 }
             }
         }
-        times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
-        if let Some(c) = &mut self.capture {
-            c.push((crate::Stage::Det, t4.clone()));
-        }
-        let t = Instant::now();
-        let out = self.session.run_output(t4.view(), self.out_index)?;
-        let shape = out.shape().to_vec();
-        let flat: Vec<f32> = match out.as_slice() {
-            Some(_) => out.into_raw_vec_and_offset().0,
-            None => out.iter().copied().collect(),
-        };
-        times.run_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
+        t4
+    }
+
+    /// The decoded output: boxes mapped back to the frame's pixels (after
+    /// NMS), or the top classes.
+    fn items(&self, flat: Vec<f32>, shape: &[usize], img: &Bgr, f: &Fitted) -> Result<Vec<Item>, InferenceError> {
         let back = |bx: [f32; 4]| {
             [
-                ((bx[0] - pad_x) / r_x).clamp(0.0, img.width as f32),
-                ((bx[1] - pad_y) / r_y).clamp(0.0, img.height as f32),
-                ((bx[2] - pad_x) / r_x).clamp(0.0, img.width as f32),
-                ((bx[3] - pad_y) / r_y).clamp(0.0, img.height as f32),
+                ((bx[0] - f.pad_x) / f.r_x).clamp(0.0, img.width as f32),
+                ((bx[1] - f.pad_y) / f.r_y).clamp(0.0, img.height as f32),
+                ((bx[2] - f.pad_x) / f.r_x).clamp(0.0, img.width as f32),
+                ((bx[3] - f.pad_y) / f.r_y).clamp(0.0, img.height as f32),
             ]
         };
-        let items = match self.output.decoder {
+        let item = |label: usize, score: f32, bbox: [f32; 4]| Item {
+            text: None,
+            label: Some(self.label(label)),
+            score,
+            bbox,
+            quad: None,
+        };
+        Ok(match self.output.decoder {
             Decoder::Yolov8 | Decoder::Yolov5 => {
-                let cands = decode_yolo(self.output.decoder, &flat, &shape, self.output.conf_threshold)?;
+                let cands = decode_yolo(self.output.decoder, &flat, shape, self.output.conf_threshold)?;
                 nms(cands, self.output.iou_threshold, self.output.max_detections)
                     .into_iter()
-                    .map(|(bx, c, s)| Item {
-                        text: None,
-                        label: Some(self.label(c)),
-                        score: s,
-                        bbox: back(bx),
-                        quad: None,
-                    })
+                    .map(|(bx, c, s)| item(c, s, back(bx)))
                     .collect()
             }
             Decoder::Softmax | Decoder::Probabilities => {
@@ -299,21 +306,42 @@ impl Vision {
                     return Err(rt(format!("classifier output shape {shape:?}, expected [1, C]")));
                 }
                 let probs = if self.output.decoder == Decoder::Softmax { softmax(&flat) } else { flat };
-                top_k(&probs, self.output.top_k)
-                    .into_iter()
-                    .map(|(c, s)| Item {
-                        text: None,
-                        label: Some(self.label(c)),
-                        score: s,
-                        bbox: [0.0, 0.0, img.width as f32, img.height as f32],
-                        quad: None,
-                    })
-                    .collect()
+                let whole = [0.0, 0.0, img.width as f32, img.height as f32];
+                top_k(&probs, self.output.top_k).into_iter().map(|(c, s)| item(c, s, whole)).collect()
             }
-        };
-        times.postprocess_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok((items, times))
+        })
     }
+}
+
+/// The class names the manifest gives: inline, from a file beside it, or
+/// from a metadata key of the model (YOLO exports carry `names`).
+fn labels(m: &Manifest, session: &dyn crate::engine::Engine) -> Result<Vec<String>, String> {
+    Ok(if let Some(l) = &m.labels.inline {
+        l.clone()
+    } else if let Some(f) = &m.labels.file {
+        let p = m.dir.join(f);
+        std::fs::read_to_string(&p)
+            .map_err(|e| format!("labels file {}: {e}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    } else if let Some(k) = &m.labels.metadata_key {
+        let v = session.metadata(k).ok_or_else(|| format!("the model has no metadata key {k:?}"))?;
+        parse_names(&v)
+    } else {
+        Vec::new()
+    })
+}
+
+/// A frame fitted to the model's input, and how to map boxes back.
+struct Fitted {
+    r_x: f32,
+    r_y: f32,
+    pad_x: f32,
+    pad_y: f32,
+    image: Bgr,
 }
 
 impl Vision {

@@ -939,7 +939,7 @@ fn seeded_chaos_loses_duplicates_and_reorders_nothing() {
     let power = power_available();
     let duration = std::env::var("CHAOS_DURATION")
         .ok()
-        .map(|d| gateway::config::units::parse_duration(&d).expect("CHAOS_DURATION such as 1h or 20m"));
+        .map(|d| gateway::util::units::parse_duration(&d).expect("CHAOS_DURATION such as 1h or 20m"));
     let t0 = Instant::now();
     let mut failed = Vec::new();
     let mut seeds = seeds().into_iter();

@@ -7,10 +7,10 @@ mod harness;
 
 use gateway::records::Area;
 use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
-use gateway::replay::{load_cameras, replay};
 use harness::{annotations, fixtures, repo, Gateway, Mosquitto, Settings};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use testkit::replay::{load_cameras, replay};
 
 #[test]
 fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotations() {
@@ -24,7 +24,7 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
     let broken = dir.path().join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("camera.toml"), "camera = \"broken-cam\"\nfps = 10.0\n").unwrap();
-    std::fs::write(broken.join("0.jpg"), gateway::bench::synthetic_jpeg(5000, 1)).unwrap();
+    std::fs::write(broken.join("0.jpg"), testkit::frames::synthetic_jpeg(5000, 1)).unwrap();
 
     let cameras = load_cameras(&fixtures().join("cameras")).unwrap();
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
@@ -243,7 +243,7 @@ fn check_config(cfg: &std::path::Path) -> String {
 /// The status page: every camera's newest frame with its boxes and text, as
 /// HTML, as JSON, and as Chromium draws it (a screenshot, checked for the
 /// box colour and kept for the docs).
-fn check_status_page(gw: &Gateway, cameras: &[gateway::replay::Camera], dir: &std::path::Path) {
+fn check_status_page(gw: &Gateway, cameras: &[testkit::replay::Camera], dir: &std::path::Path) {
     use gateway::telemetry::page::BOX_RGB;
     let (code, html) = gw.get("/");
     assert_eq!(code, 200);

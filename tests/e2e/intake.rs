@@ -8,11 +8,11 @@ mod harness;
 use gateway::log::Cursor;
 use gateway::records::DeadLetter;
 use gateway::records::{Area, FrameRecord};
-use gateway::replay::{load_cameras, replay};
 use harness::{fixtures, frames, long_camera, Gateway, Mosquitto, Settings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
+use testkit::replay::{load_cameras, replay};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

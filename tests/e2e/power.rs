@@ -10,11 +10,11 @@
 
 mod harness;
 
-use gateway::replay::{load_cameras, replay, Camera};
 use harness::{noise_camera, Gateway, LazyFs, Mosquitto, Settings};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use testkit::replay::{load_cameras, replay, Camera};
 
 fn skipped() -> bool {
     !LazyFs::available("SKIPPED (power-cut test)")

@@ -6,13 +6,13 @@
 mod harness;
 
 use gateway::records::FrameAnnotation;
-use gateway::replay::{load_cameras, replay};
 use harness::{fixtures, header, long_camera, Gateway, Mosquitto, Settings, Tansu};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
+use testkit::replay::{load_cameras, replay};
 
 const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 

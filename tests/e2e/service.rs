@@ -8,11 +8,11 @@
 mod harness;
 
 use gateway::records::Area;
-use gateway::replay::{load_cameras, replay};
 use harness::{annotations, long_camera, repo, Gateway, Mosquitto, Settings};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::replay::{load_cameras, replay};
 
 /// `TimeoutStopSec=` of the shipped unit.
 fn unit_stop_timeout() -> Duration {
@@ -420,7 +420,7 @@ fn cut_short_at(base: usize) {
         received_at_ms: i,
         captured_at_ms: None,
         camera_seq: Some(i),
-        payload: gateway::bench::noise(base + i as usize * 7, i),
+        payload: testkit::frames::noise(base + i as usize * 7, i),
     };
     let log = DurableLog::open(o.clone()).unwrap();
     let (mut durable, mut written) = (Vec::new(), Vec::new());

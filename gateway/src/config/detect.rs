@@ -1,8 +1,8 @@
 //! `[detect]`: the model, its runtime and threads, the memory budget of a
 //! frame, and the raw-text filter (`[detect.text]`).
 
-use super::units::format_size;
 use super::Validator;
+use crate::util::units::format_size;
 use inference::engine::Backend;
 use serde::Deserialize;
 use std::path::PathBuf;

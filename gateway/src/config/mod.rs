@@ -23,10 +23,10 @@ mod mqtt;
 mod replicate;
 mod sample;
 mod secret;
+mod summary;
 mod telemetry;
 #[cfg(test)]
 mod tests;
-pub mod units;
 mod validator;
 
 pub use detect::{DetectConfig, RawDetect, RawText};
@@ -36,6 +36,7 @@ pub use mqtt::{parse_broker, BrokerAddr, MqttConfig, RawMqtt, RawTls, TlsConfig}
 pub use replicate::{forbidden_option, RawReplicate, ReplicateConfig};
 pub use sample::{RawSample, SampleConfig};
 pub use secret::Secret;
+pub use summary::summary;
 pub use telemetry::{LogFormat, RawTelemetry, TelemetryConfig};
 
 use serde::Deserialize;

@@ -1,8 +1,8 @@
 //! `[mqtt]`: the broker the cameras publish to, the topics, the limits on
 //! what is accepted, the session and its credentials.
 
-use super::units::format_size;
 use super::{parse_host_port, LogConfig, Secret, Validator};
+use crate::util::units::format_size;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! problem with its key, so a file with three mistakes gets three lines;
 //! sizes, durations, ranges, files, secrets and host names.
 
-use super::units::{parse_duration, parse_size};
 use super::{Env, Problem, Secret};
+use crate::util::units::{parse_duration, parse_size};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

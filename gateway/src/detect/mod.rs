@@ -348,7 +348,7 @@ impl Detect {
             }
             self.stats.annotated.fetch_add(1, Ordering::Relaxed);
             let t = &fa.annotation.timings;
-            self.stats.observe(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+            self.stats.observe(t.total_ms());
             self.stats.items.fetch_add(fa.annotation.items.len() as u64, Ordering::Relaxed);
             if !fa.annotation.fields.is_empty() || !fa.annotation.missing.is_empty() {
                 let mut counts = self.stats.fields.lock().unwrap_or_else(|p| p.into_inner());

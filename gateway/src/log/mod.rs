@@ -262,6 +262,30 @@ pub struct LogCounts {
     pub dropped: [(GapReason, u64); GapReason::COUNT],
 }
 
+impl std::fmt::Display for LogStats {
+    /// The text of `vision-gateway log stats`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::util::units::format_size;
+        writeln!(f, "log {} (gateway {})", self.path.display(), self.gateway_id)?;
+        let (used, max, disk) =
+            (format_size(self.used_bytes), format_size(self.max_bytes), format_size(self.size_on_disk));
+        writeln!(f, "  used {used} of {max} ({disk} on disk)")?;
+        writeln!(
+            f,
+            "  next seq {}, gaps written {}, records set aside {}",
+            self.next_seq, self.gaps_written, self.set_aside
+        )?;
+        for (a, st) in &self.areas {
+            writeln!(f, "  {:<13} {:>10} records {:>12}", a.name(), st.records, format_size(st.bytes))?;
+        }
+        for (n, cs) in &self.cursors {
+            let bytes = format_size(cs.backlog_bytes);
+            writeln!(f, "  cursor {n:<15} at {:>10}, backlog {} records, {bytes}", cs.position, cs.backlog_records)?;
+        }
+        Ok(())
+    }
+}
+
 /// A cursor's position and what is behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CursorStats {

@@ -37,3 +37,5 @@ pub const IMAGES_TOPIC: &str = "vision.images";
 pub const GAPS_TOPIC: &str = "vision.gaps";
 /// Default Kafka topic of dead letters.
 pub const DEAD_LETTERS_TOPIC: &str = "vision.dead-letters";
+/// Every default Kafka topic (the demo and the benches create them).
+pub const ALL_TOPICS: [&str; 4] = [ANNOTATIONS_TOPIC, IMAGES_TOPIC, GAPS_TOPIC, DEAD_LETTERS_TOPIC];

@@ -52,6 +52,39 @@ pub struct Report {
     pub malformed: u64,
 }
 
+impl std::fmt::Display for Report {
+    /// One line of counts, then a line per image that needs a look.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let folders: std::collections::BTreeSet<_> =
+            self.written.iter().filter_map(|p| p.parent().and_then(Path::parent)).collect();
+        let to = folders.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        writeln!(
+            f,
+            "{} images written{}, {} duplicates skipped, {} corrupt, {} inconsistent, {} expired, {} incomplete, {} malformed messages",
+            self.written.len(),
+            if to.is_empty() { String::new() } else { format!(" to {to}") },
+            self.duplicates,
+            self.corrupt.len(),
+            self.inconsistent.len(),
+            self.expired.len(),
+            self.incomplete.len(),
+            self.malformed
+        )?;
+        let lists = [
+            ("corrupt (sha256 mismatch)", &self.corrupt),
+            ("inconsistent (chunk headers contradict each other)", &self.inconsistent),
+            ("expired (given up incomplete)", &self.expired),
+            ("incomplete", &self.incomplete),
+        ];
+        for (what, ids) in lists {
+            for id in ids {
+                writeln!(f, "  {what}: {id}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Bounds of the reassembler.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -571,7 +571,7 @@ fn ago(ms: u64) -> String {
 /// The status page's HTML.
 pub fn render_page(s: &Status, refresh_s: u32) -> String {
     use super::page::{camera_card, esc, page, path_segment, tiles, Tile};
-    use crate::config::units::format_size;
+    use crate::util::units::format_size;
     let now_ms = crate::util::now_ms();
     let updown = |ok: bool, yes: &str, no: &str| if ok { (yes.to_owned(), "ok") } else { (no.to_owned(), "bad") };
     let (mqtt, mc) = if s.mqtt_subscribed {

@@ -3,9 +3,11 @@
 //!
 //! - [`ratelimit`]: a rate limiter for per-frame warnings, so a camera
 //!   sending garbage at 30 fps cannot flood the journal;
+//! - [`units`]: sizes and durations as people write them (`2GiB`, `30s`);
 //! - [`now_ms`]: wall-clock time as the records carry it.
 
 pub mod ratelimit;
+pub mod units;
 
 pub use ratelimit::RateLimiter;
 

@@ -176,6 +176,9 @@ impl Decoder {
     /// probabilities (rows of the recogniser's softmax output), or `None`
     /// if no line of the format fits in `steps` (or the input is not that
     /// shape).
+    // One narrated algorithm (forward pass over the cells, then the
+    // back-trace): split, its invariants would be spread over functions.
+    #[allow(clippy::too_many_lines)]
     pub fn decode(&self, probs: &[f32], steps: usize, classes: usize) -> Option<Decoded> {
         if steps == 0 || steps > MAX_STEPS || classes == 0 || probs.len() != steps.checked_mul(classes)? {
             return None;

@@ -253,14 +253,13 @@ pub fn offset_round(poly: &[[f64; 2]], delta: f64) -> Vec<[f64; 2]> {
     out
 }
 
-/// Text boxes found in a `w` x `h` probability map, in the coordinates of
-/// a `dest_w` x `dest_h` image: corners (rounded, clipped) and box score.
+/// Text boxes found in a probability map of `(w, h)`, in the coordinates
+/// of an image of `(dest_w, dest_h)`: corners (rounded, clipped) and box
+/// score.
 pub fn boxes_from_map(
     pred: &[f32],
-    w: usize,
-    h: usize,
-    dest_w: usize,
-    dest_h: usize,
+    (w, h): (usize, usize),
+    (dest_w, dest_h): (usize, usize),
     p: DbParams,
 ) -> Vec<([[f64; 2]; 4], f32)> {
     // Threshold and 2x2 dilation (anchor at the bottom-right of the kernel).
@@ -365,7 +364,7 @@ mod tests {
                 pred[y * w + x] = 0.9;
             }
         }
-        let boxes = boxes_from_map(&pred, w, h, w * 2, h * 2, DbParams::default());
+        let boxes = boxes_from_map(&pred, (w, h), (w * 2, h * 2), DbParams::default());
         assert_eq!(boxes.len(), 1);
         let (q, s) = &boxes[0];
         // The dilated region is 33 x 7 pixels, of which 32 x 6 have 0.9.
@@ -391,6 +390,6 @@ mod tests {
                 pred[y * w + x] = 0.35; // above thresh, below box_thresh
             }
         }
-        assert!(boxes_from_map(&pred, w, h, w, h, DbParams::default()).is_empty());
+        assert!(boxes_from_map(&pred, (w, h), (w, h), DbParams::default()).is_empty());
     }
 }

@@ -270,7 +270,7 @@ impl Ocr {
 
         let t2 = Instant::now();
         let mut quads: Vec<[[f32; 2]; 4]> = Vec::new();
-        for (q, _) in db::boxes_from_map(&map, pw, ph, w, h, self.params) {
+        for (q, _) in db::boxes_from_map(&map, (pw, ph), (w, h), self.params) {
             let q = order_clockwise(q.map(|p| [p[0] as f32, p[1] as f32]));
             let q = q.map(|p| [p[0].clamp(0.0, w as f32 - 1.0).trunc(), p[1].clamp(0.0, h as f32 - 1.0).trunc()]);
             if dist(q[0], q[1]) as i64 <= 3 || dist(q[0], q[3]) as i64 <= 3 {

@@ -212,7 +212,7 @@ impl Settings {
 
     pub fn open_log(&self) -> DurableLog {
         let mut o = LogOptions::new(&self.log_dir, &self.gateway_id);
-        o.max_bytes = gateway::config::units::parse_size(self.max_bytes).unwrap();
+        o.max_bytes = gateway::util::units::parse_size(self.max_bytes).unwrap();
         DurableLog::open(o).unwrap()
     }
 }

@@ -1,7 +1,7 @@
 //! The dead-letter codec on any bytes: decoding never panics, and what
 //! decodes re-encodes to the same header and payload.
 #![no_main]
-use gateway::intake::dead_letter::DeadLetter;
+use gateway::records::DeadLetter;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let (mw, mh) = (usize::from(b(6) % 64) + 1, usize::from(b(7) % 64) + 1);
     let map: Vec<f32> = (0..mw * mh).map(|i| f32::from(data.get(8 + i).copied().unwrap_or(0)) / 255.0).collect();
     let (fw, fh) = (usize::from(b(8)) + 1, usize::from(b(9)) + 1);
-    for (quad, score) in db::boxes_from_map(&map, mw, mh, fw, fh, db::DbParams::default()) {
+    for (quad, score) in db::boxes_from_map(&map, (mw, mh), (fw, fh), db::DbParams::default()) {
         assert!(score.is_finite());
         for pt in quad {
             assert!(pt[0] >= 0.0 && pt[0] <= fw as f64 && pt[1] >= 0.0 && pt[1] <= fh as f64, "{pt:?} in {fw}x{fh}");

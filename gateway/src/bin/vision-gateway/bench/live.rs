@@ -9,12 +9,12 @@
 //! of thousands of frames builds in seconds; the model's share of latency is
 //! measured by [`super::all`] with the bundled model at half its capacity.
 
-use super::backlog::{free_port, metric, Service};
-use super::synthetic_jpeg;
+use super::service::{free_port, metric, Service};
 use crate::demo::{percentile, private_mosquitto};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::frames::synthetic_jpeg;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -127,16 +127,7 @@ pub async fn replay(cameras: &[Camera], broker: &str, rate: Option<f64>, progres
     let (client, mut eventloop) = AsyncClient::new(o, 64);
 
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} frames acked [{bar:40}] {per_sec} {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(progress, total);
 
     let start = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
@@ -144,35 +135,7 @@ pub async fn replay(cameras: &[Camera], broker: &str, rate: Option<f64>, progres
     for (k, cam) in cameras.iter().cloned().enumerate() {
         let client = client.clone();
         let fps = rate.unwrap_or(cam.fps);
-        publishers.spawn(async move {
-            let mut bytes = 0u64;
-            let period = if fps > 0.0 { Duration::from_secs_f64(1.0 / fps) } else { Duration::ZERO };
-            // Cameras are not synchronised: camera k starts k/n of a period
-            // late, so n cameras at the same rate do not publish in bursts.
-            let t0 = tokio::time::Instant::now() + period * k as u32 / n_cams;
-            tokio::time::sleep_until(t0).await;
-            for (i, path) in cam.frames.iter().enumerate() {
-                let payload = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
-                bytes += payload.len() as u64;
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-                let props = PublishProperties {
-                    user_properties: vec![
-                        ("captured_at_ms".into(), now_ms.to_string()),
-                        ("camera_seq".into(), i.to_string()),
-                    ],
-                    content_type: Some(content_type(path).into()),
-                    ..Default::default()
-                };
-                client
-                    .publish_with_properties(cam.topic.clone(), QoS::AtLeastOnce, false, payload, props)
-                    .await
-                    .context("MQTT client stopped")?;
-                if !period.is_zero() {
-                    tokio::time::sleep_until(t0 + period * (i as u32 + 1)).await;
-                }
-            }
-            Ok::<u64, anyhow::Error>(bytes)
-        });
+        publishers.spawn(publish_camera(client, cam, fps, k as u32, n_cams));
     }
 
     let mut report = ReplayReport::default();
@@ -209,4 +172,45 @@ pub async fn replay(cameras: &[Camera], broker: &str, rate: Option<f64>, progres
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
     Ok(report)
+}
+
+/// A bar of acknowledged frames on a terminal, nothing elsewhere.
+fn progress_bar(shown: bool, total: usize) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} frames acked [{bar:40}] {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Publishes one camera's frames at `fps` (0: as fast as the client
+/// takes them), camera `k` of `n` starting `k/n` of a period late so that
+/// cameras at the same rate do not publish in bursts. Returns the bytes sent.
+async fn publish_camera(client: AsyncClient, cam: Camera, fps: f64, k: u32, n: u32) -> Result<u64> {
+    let mut bytes = 0u64;
+    let period = if fps > 0.0 { Duration::from_secs_f64(1.0 / fps) } else { Duration::ZERO };
+    let t0 = tokio::time::Instant::now() + period * k / n;
+    tokio::time::sleep_until(t0).await;
+    for (i, path) in cam.frames.iter().enumerate() {
+        let payload = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+        bytes += payload.len() as u64;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let props = PublishProperties {
+            user_properties: vec![("captured_at_ms".into(), now_ms.to_string()), ("camera_seq".into(), i.to_string())],
+            content_type: Some(content_type(path).into()),
+            ..Default::default()
+        };
+        client
+            .publish_with_properties(cam.topic.clone(), QoS::AtLeastOnce, false, payload, props)
+            .await
+            .context("MQTT client stopped")?;
+        if !period.is_zero() {
+            tokio::time::sleep_until(t0 + period * (i as u32 + 1)).await;
+        }
+    }
+    Ok(bytes)
 }

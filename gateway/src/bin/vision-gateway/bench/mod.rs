@@ -9,19 +9,21 @@ mod backends;
 mod backlog;
 mod detect;
 mod live;
+mod service;
 
-pub use all::{all, AllBench, AllOptions, Row};
-pub use backends::{backends, BackendRow, BackendsBench};
-pub use backlog::{backlog, cameras, BacklogBench, CamerasBench};
-pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, SideBench, SideRow};
+pub use all::{all, AllOptions};
+pub use backends::backends;
+pub use backlog::{backlog, cameras};
+pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench};
 pub use live::{drain, idle, DrainBench, IdleBench};
 
-use crate::log::{DurableLog, LogOptions, WhenFull};
-use crate::records::FrameRecord;
+use gateway::log::{DurableLog, LogOptions, WhenFull};
+use gateway::records::FrameRecord;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testkit::frames::{noise, synthetic_jpeg};
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -164,19 +166,6 @@ fn ratio_table<'a>(
     Ok(())
 }
 
-/// Deterministic incompressible bytes (xorshift64).
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 impl std::fmt::Display for LogBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "log throughput: append + group commit next to raw write + fdatasync (same disk, same run)")?;
@@ -226,22 +215,6 @@ impl std::fmt::Display for IntakeBench {
 /// are no more frequent than the intake's can be at best.
 pub const RAW_SYNC_EVERY: usize = 64;
 
-/// A payload that passes intake's checks: SOI, a SOF0 header (640x480),
-/// comment segments of noise up to `size`, EOI.
-pub fn synthetic_jpeg(size: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0xE0, 0x02, 0x80, 1, 1, 0x11, 0];
-    let mut chunk = 0u64;
-    while v.len() + 4 + 2 < size {
-        let n = (size - v.len() - 6).min(65_000);
-        v.extend_from_slice(&[0xFF, 0xFE]);
-        v.extend_from_slice(&((n + 2) as u16).to_be_bytes());
-        v.extend_from_slice(&noise(n, seed.wrapping_add(chunk)));
-        chunk += 1;
-    }
-    v.extend_from_slice(&[0xFF, 0xD9]);
-    v
-}
-
 fn which(names: &[&str]) -> anyhow::Result<PathBuf> {
     for n in names {
         for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
@@ -261,7 +234,7 @@ fn which(names: &[&str]) -> anyhow::Result<PathBuf> {
 /// # Errors
 /// Missing mosquitto binaries, broker or log failures.
 pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::Result<IntakeBench> {
-    use crate::config::Config;
+    use gateway::config::Config;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     use std::sync::atomic::Ordering;
@@ -325,11 +298,11 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
         dir.join("intake-log").display()
     );
     let cfg =
-        Config::parse(Path::new("bench"), &text, &crate::config::ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let log = crate::open_log(&cfg)?;
+        Config::parse(Path::new("bench"), &text, &gateway::config::ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log = gateway::open_log(&cfg)?;
     {
         let stop = CancellationToken::new();
-        let intake = crate::intake::Intake::new(cfg.mqtt.clone(), log.clone());
+        let intake = gateway::intake::Intake::new(cfg.mqtt.clone(), log.clone());
         let stats = intake.stats();
         let task = tokio::spawn(intake.run(stop.clone()));
         while !stats.subscribed.load(Ordering::Relaxed) {
@@ -340,7 +313,7 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     }
     publish("bench-pub-2".into()).await?;
     let stop = CancellationToken::new();
-    let intake = crate::intake::Intake::new(cfg.mqtt.clone(), log.clone());
+    let intake = gateway::intake::Intake::new(cfg.mqtt.clone(), log.clone());
     let stats = intake.stats();
     let t = Instant::now();
     let task = tokio::spawn(intake.run(stop.clone()));
@@ -390,15 +363,15 @@ pub async fn replicate_throughput(
     records: u64,
     image_bytes: usize,
 ) -> anyhow::Result<ReplicateBench> {
-    use crate::log::Cursor;
-    use crate::records::{Area, FrameRecord};
-    use crate::records::{FrameAnnotation, SCHEMA_VERSION};
+    use gateway::log::Cursor;
+    use gateway::records::{Area, FrameRecord};
+    use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
     use sha2::Digest;
     use tokio_util::sync::CancellationToken;
 
     let text =
         format!("gateway_id = \"bench\"\n[mqtt]\nbroker = \"127.0.0.1:1\"\n[replicate]\nbrokers = \"{brokers}\"\n");
-    let cfg = crate::config::Config::parse(Path::new("bench"), &text, &crate::config::ProcessEnv)
+    let cfg = gateway::config::Config::parse(Path::new("bench"), &text, &gateway::config::ProcessEnv)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows = Vec::new();
     for (case, img) in [("annotations only", 0usize), ("annotations + images", image_bytes)] {
@@ -432,7 +405,7 @@ pub async fn replicate_throughput(
                 received_at_ms: i,
                 content_type: f.content_type.clone(),
                 frame_bytes: f.payload.len() as u64,
-                sampled: (img > 0).then_some(crate::records::SampleReason::EveryNth),
+                sampled: (img > 0).then_some(gateway::records::SampleReason::EveryNth),
                 annotation: inference::Annotation {
                     model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
                     width: 640,
@@ -468,9 +441,9 @@ pub async fn replicate_throughput(
 
         // Both producers are warmed up first (connection, idempotent
         // producer id, topic metadata), so the timings compare steady states.
-        async fn warm(p: &crate::replicate::KafkaProducer, topics: [&str; 2]) -> anyhow::Result<()> {
+        async fn warm(p: &gateway::replicate::KafkaProducer, topics: [&str; 2]) -> anyhow::Result<()> {
             for t in topics {
-                crate::replicate::enqueue_yielding(p, t, "warm-up", b"{}", rdkafka::message::OwnedHeaders::new())
+                gateway::replicate::enqueue_yielding(p, t, "warm-up", b"{}", rdkafka::message::OwnedHeaders::new())
                     .await?
                     .await?;
             }
@@ -479,7 +452,7 @@ pub async fn replicate_throughput(
         let topics = [cfg.replicate.annotations_topic.as_str(), cfg.replicate.images_topic.as_str()];
 
         // Bare producer: same settings, same payloads, await every report.
-        let producer = crate::replicate::producer(&cfg.replicate)?;
+        let producer = gateway::replicate::producer(&cfg.replicate)?;
         warm(&producer, topics).await?;
         let t = Instant::now();
         let mut futs = Vec::new();
@@ -489,17 +462,17 @@ pub async fn replicate_throughput(
             let key = format!("cam-{}", i % 4);
             let frame_id = log.frame_id(i as u64);
             let (a_topic, i_topic) = (&cfg.replicate.annotations_topic, &cfg.replicate.images_topic);
-            let headers = crate::replicate::annotation_headers(&frame_id, &model);
-            futs.push(crate::replicate::enqueue_yielding(&producer, a_topic, &key, json, headers).await?);
+            let headers = gateway::replicate::annotation_headers(&frame_id, &model);
+            futs.push(gateway::replicate::enqueue_yielding(&producer, a_topic, &key, json, headers).await?);
             if image.is_empty() {
                 continue;
             }
             let sha = hex::encode(sha2::Sha256::digest(image));
-            let parts = crate::replicate::chunks(image, cfg.replicate.chunk_bytes as usize);
+            let parts = gateway::replicate::chunks(image, cfg.replicate.chunk_bytes as usize);
             let count = parts.len().to_string();
             for (k, chunk) in parts.into_iter().enumerate() {
-                let headers = crate::replicate::chunk_headers(&frame_id, &key, "image/jpeg", &sha, k, &count);
-                futs.push(crate::replicate::enqueue_yielding(&producer, i_topic, &key, chunk, headers).await?);
+                let headers = gateway::replicate::chunk_headers(&frame_id, &key, "image/jpeg", &sha, k, &count);
+                futs.push(gateway::replicate::enqueue_yielding(&producer, i_topic, &key, chunk, headers).await?);
             }
         }
         for f in futs {
@@ -507,9 +480,9 @@ pub async fn replicate_throughput(
         }
         let bare = Throughput::new(format!("bare rdkafka producer, {case}"), records, bytes, t.elapsed());
 
-        let stage_producer = crate::replicate::producer(&cfg.replicate)?;
+        let stage_producer = gateway::replicate::producer(&cfg.replicate)?;
         warm(&stage_producer, topics).await?;
-        let stage = crate::replicate::Replicate::new(log.clone(), cfg.replicate.clone(), stage_producer);
+        let stage = gateway::replicate::Replicate::new(log.clone(), cfg.replicate.clone(), stage_producer);
         let stop = CancellationToken::new();
         let t = Instant::now();
         let task = tokio::spawn(stage.run(stop.clone()));

@@ -125,7 +125,7 @@ pub fn backends(repo: &Path, model: &Path, threads: &[usize], every: usize) -> a
                 let mut ms = 0.0;
                 for f in &refs {
                     let t = m.annotate(f)?.timings;
-                    ms += t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms;
+                    ms += t.total_ms();
                 }
                 Ok(ms / refs.len().max(1) as f64)
             };

@@ -136,7 +136,7 @@ struct Tansu {
 
 impl Tansu {
     fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let port = super::backlog::free_port()?;
+        let port = super::service::free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         std::fs::create_dir_all(dir)?;
         let child = std::process::Command::new(bin)
@@ -241,7 +241,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
                 "<= 0.05",
             ));
             // Half the capacity, spread over the fixture cameras.
-            let cameras = crate::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?.len().max(1);
+            let cameras = testkit::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?.len().max(1);
             let rate = 0.5 * b.stage.records_per_s() / cameras as f64;
             progress(&format!("the pipeline at 50% of the model's capacity ({:.2} frames/s)", rate * cameras as f64));
             let mock = rdkafka::mocking::MockCluster::new(1)?;

@@ -11,10 +11,10 @@
 //! of decoding, pre- and post-processing next to the model run.
 
 use super::Throughput;
-use crate::detect::{Detect, DetectOptions};
-use crate::log::{Cursor, DurableLog, LogOptions};
-use crate::records::FrameAnnotation;
-use crate::records::{Area, FrameRecord};
+use gateway::detect::{Detect, DetectOptions};
+use gateway::log::{Cursor, DurableLog, LogOptions};
+use gateway::records::FrameAnnotation;
+use gateway::records::{Area, FrameRecord};
 use inference::{LoadOptions, Model};
 use serde::Serialize;
 use std::path::Path;
@@ -89,7 +89,7 @@ impl std::fmt::Display for DetectBench {
 /// # Errors
 /// Unreadable fixtures.
 pub fn fixture_frames(repo: &Path) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
-    let cameras = crate::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
+    let cameras = testkit::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
     let mut out = Vec::new();
     for c in cameras {
         for p in c.frames {
@@ -173,7 +173,7 @@ pub async fn detect_throughput(
         b.preprocess_ms += t.preprocess_ms;
         b.run_ms += t.run_ms;
         b.postprocess_ms += t.postprocess_ms;
-        whole.push(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+        whole.push(t.total_ms());
     }
     whole.sort_by(f64::total_cmp);
     b.frame_p50_ms = whole.get(whole.len() / 2).copied().unwrap_or(0.0);
@@ -252,7 +252,7 @@ async fn stage_pass(
         backend: inference::engine::Backend::Onnxruntime,
         text: inference::ocr::TextFilter::default(),
         fields: Vec::new(),
-        sample: crate::config::SampleConfig::default(),
+        sample: gateway::config::SampleConfig::default(),
     };
     let stage = Detect::start(log.clone(), &opts)?;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -326,7 +326,7 @@ fn norm(s: &str) -> String {
 pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usize) -> anyhow::Result<SideBench> {
     let cams = repo.join("tests/fixtures/cameras");
     let mut frames: Vec<(Vec<u8>, Option<Vec<String>>)> = Vec::new();
-    for cam in crate::replay::load_cameras(&cams)? {
+    for cam in testkit::replay::load_cameras(&cams)? {
         let dir = cams.join(&cam.id);
         let exp: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json"))?)?;
         for fr in exp["frames"].as_array().into_iter().flatten() {
@@ -355,7 +355,7 @@ pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usiz
         for (bytes, texts) in &frames {
             let a = m.annotate(bytes)?;
             let t = a.timings;
-            ms += t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms;
+            ms += t.total_ms();
             let got: Vec<String> = a.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
             match texts {
                 Some(want) => {

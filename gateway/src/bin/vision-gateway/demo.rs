@@ -8,9 +8,9 @@
 //! tours the durable log alone: concurrent camera writers, a cursor-driven
 //! stage, a restart, and the byte budget under both policies.
 
-use crate::config::units::format_size;
-use crate::log::{Cursor, DurableLog, LogError, LogOptions, WhenFull};
-use crate::records::{Area, FrameRecord};
+use gateway::log::{Cursor, DurableLog, LogError, LogOptions, WhenFull};
+use gateway::records::{Area, FrameRecord};
+use gateway::util::units::format_size;
 use std::path::Path;
 use std::time::Instant;
 
@@ -286,7 +286,7 @@ pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
 /// Any part failing to start; a pipeline that does not deliver everything
 /// within ten minutes.
 pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>) -> anyhow::Result<PipelineSummary> {
-    use crate::records::FrameAnnotation;
+    use gateway::records::FrameAnnotation;
     use rdkafka::Message;
     use std::collections::BTreeSet;
     use std::time::Duration;
@@ -307,10 +307,10 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
         // The label fields of the fixture cameras, as a user declares them.
         std::fs::read_to_string(repo.join("tests/fixtures/fields.toml")).unwrap_or_default()
     );
-    let config = crate::config::Config::parse(Path::new("demo.toml"), &text, &crate::config::ProcessEnv)
+    let config = gateway::config::Config::parse(Path::new("demo.toml"), &text, &gateway::config::ProcessEnv)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let gateway = tokio::spawn(crate::run(config, shutdown.clone()));
+    let gateway = tokio::spawn(gateway::run(config, shutdown.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(http_port, "/readyz").await.0 != 200 {
         if gateway.is_finished() {
@@ -323,7 +323,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let cameras = crate::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
+    let cameras = testkit::replay::load_cameras(&repo.join("tests/fixtures/cameras"))?;
     let total: u64 = cameras.iter().map(|c| c.frames.len() as u64).sum();
     let mut summary = PipelineSummary { frames_in: total, out: out.to_owned(), ..PipelineSummary::default() };
     for c in &cameras {
@@ -335,7 +335,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let t0 = Instant::now();
     let broker = format!("127.0.0.1:{mqtt_port}");
     let cams = cameras.clone();
-    let replay = tokio::spawn(async move { crate::replay::replay(&cams, &broker, rate, false).await });
+    let replay = tokio::spawn(async move { testkit::replay::replay(&cams, &broker, rate, false).await });
     let mut seen = BTreeSet::new();
     let mut model_ms = Vec::new();
     let mut e2e_ms = Vec::new();
@@ -351,7 +351,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
             continue;
         }
         let t = &fa.annotation.timings;
-        model_ms.push(t.decode_ms + t.preprocess_ms + t.run_ms + t.postprocess_ms);
+        model_ms.push(t.total_ms());
         let now_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         e2e_ms.push(now_ms.saturating_sub(fa.captured_at_ms.unwrap_or(fa.received_at_ms)) as f64);
@@ -387,7 +387,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
 
     let images = out.join("images");
     let _ = std::fs::remove_dir_all(&images);
-    let r = crate::replicate::reassemble::reassemble(
+    let r = gateway::replicate::reassemble::reassemble(
         brokers,
         "vision.images",
         "demo-images",
@@ -432,18 +432,18 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// SVG per frame: the image with its boxes and text) and `report.html`.
 fn write_report(
     out: &Path,
-    cameras: &[crate::replay::Camera],
-    anns: &[crate::records::FrameAnnotation],
+    cameras: &[testkit::replay::Camera],
+    anns: &[gateway::records::FrameAnnotation],
     s: &PipelineSummary,
 ) -> anyhow::Result<()> {
-    use crate::telemetry::page::{base64, camera_card, esc, page, tiles, Tile};
+    use gateway::telemetry::page::{base64, camera_card, esc, page, tiles, Tile};
     use std::fmt::Write as _;
     let frames_dir = out.join("frames");
     let annotated = out.join("annotated");
     let _ = std::fs::remove_dir_all(&frames_dir);
     let _ = std::fs::remove_dir_all(&annotated);
     std::fs::create_dir_all(&annotated)?;
-    let mut by_camera: std::collections::BTreeMap<&str, Vec<&crate::records::FrameAnnotation>> = Default::default();
+    let mut by_camera: std::collections::BTreeMap<&str, Vec<&gateway::records::FrameAnnotation>> = Default::default();
     for a in anns {
         by_camera.entry(a.camera.as_str()).or_default().push(a);
     }
@@ -476,15 +476,12 @@ fn write_report(
             std::fs::write(dir.join(&name), &bytes)?;
             let data = format!("data:{};base64,{}", a.content_type, base64(&bytes));
             let stem = format!("{}-{:04}", cam.id, a.camera_seq.unwrap_or(0));
-            std::fs::write(annotated.join(format!("{stem}.svg")), crate::telemetry::page::frame_svg(a, &data))?;
+            std::fs::write(annotated.join(format!("{stem}.svg")), gateway::telemetry::page::frame_svg(a, &data))?;
             let meta = format!(
                 "{} · {} · model {:.0} ms{}",
                 a.frame_id,
                 name,
-                a.annotation.timings.decode_ms
-                    + a.annotation.timings.preprocess_ms
-                    + a.annotation.timings.run_ms
-                    + a.annotation.timings.postprocess_ms,
+                a.annotation.timings.total_ms(),
                 if a.sampled.is_some() { " · image sampled" } else { "" }
             );
             body.push_str(&camera_card(a, &format!("frames/{}/{}", cam.id, name), &meta));

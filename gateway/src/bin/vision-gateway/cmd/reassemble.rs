@@ -1,0 +1,45 @@
+//! `reassemble`: consumes sampled images from Kafka and writes them whole
+//! ([`gateway::replicate::reassemble`]).
+
+use crate::output::{emit, runtime};
+use anyhow::Result;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub brokers: String,
+    /// Images topic.
+    #[arg(long, default_value = "vision.images")]
+    pub topic: String,
+    /// Consumer group (offsets are committed there).
+    #[arg(long, default_value = "vision-gateway-reassemble")]
+    pub group: String,
+    /// Output folder: <out>/<camera>/<frame_id>.<ext>.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stop after this long without a message.
+    #[arg(long, default_value = "10s")]
+    pub idle: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit 1 if an image was corrupt or its chunks contradicted each other.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let idle = gateway::util::units::parse_duration(&args.idle).map_err(anyhow::Error::msg)?;
+    let rt = runtime()?;
+    let r = rt.block_on(gateway::replicate::reassemble::reassemble(
+        &args.brokers,
+        &args.topic,
+        &args.group,
+        &args.out,
+        idle,
+    ))?;
+    emit(&r, args.json)?;
+    let clean = r.corrupt.is_empty() && r.inconsistent.is_empty();
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

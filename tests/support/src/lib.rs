@@ -1,0 +1,10 @@
+//! What the tests, the demo and the benches share to drive the gateway
+//! from outside, as a site would: camera fixtures published over MQTT
+//! ([`replay`]) and synthetic frames ([`frames`]).
+//!
+//! Not a dependency of the gateway's library: only its binary (for the
+//! `replay`, `demo` and `bench` subcommands) and the tests use it. It
+//! imports nothing of the gateway, so the layering stays one way.
+
+pub mod frames;
+pub mod replay;
