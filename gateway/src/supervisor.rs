@@ -142,7 +142,7 @@ async fn pipeline(
     let producer = replicate::producer(&config.replicate)?;
     let replicate = replicate::Replicate::new(log.clone(), config.replicate.clone(), producer);
     let intake = intake::Intake::new(config.mqtt.clone(), log.clone());
-    let telemetry = telemetry::http::Telemetry {
+    let telemetry = telemetry::status::Telemetry {
         log: log.clone(),
         intake: intake.stats(),
         detect: detect.stats(),

@@ -115,9 +115,9 @@ pub(super) fn validate(v: &mut Validator<'_>, d: RawDetect) -> DetectConfig {
             .onnxruntime
             .or_else(|| v.env.var("ORT_DYLIB_PATH").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/usr/lib/vision-gateway/libonnxruntime.so.1.31.1")),
-        workers: v.range("detect.workers", d.workers, 1, 1, 64),
-        intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1, 64),
-        queue: v.range("detect.queue", d.queue, 8, 1, 4096),
+        workers: v.range("detect.workers", d.workers, 1, 1..=64),
+        intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1..=64),
+        queue: v.range("detect.queue", d.queue, 8, 1..=4096),
         max_frame_memory: max_frame_memory(v, d.max_frame_memory.as_ref()),
         ocr_side: ocr_side(v, d.ocr_side),
         backend: backend(v, d.backend.as_deref()),
@@ -151,7 +151,7 @@ fn max_frame_memory(v: &mut Validator<'_>, raw: Option<&toml::Value>) -> u64 {
 }
 
 fn ocr_side(v: &mut Validator<'_>, raw: Option<u32>) -> usize {
-    let side = v.range("detect.ocr_side", raw, inference::ocr::DET_MIN_SIDE as u32, 32, 2016);
+    let side = v.range("detect.ocr_side", raw, inference::ocr::DET_MIN_SIDE as u32, 32..=2016);
     if side % 32 != 0 {
         v.problem("detect.ocr_side", format!("{side} is not a multiple of 32 (the detector works in steps of 32)"));
     }

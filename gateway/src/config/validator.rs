@@ -43,9 +43,16 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn range(&mut self, key: &str, v: Option<u32>, default: u32, lo: u32, hi: u32) -> u32 {
+    pub(super) fn range(
+        &mut self,
+        key: &str,
+        v: Option<u32>,
+        default: u32,
+        allowed: std::ops::RangeInclusive<u32>,
+    ) -> u32 {
         let x = v.unwrap_or(default);
-        if !(lo..=hi).contains(&x) {
+        let (lo, hi) = (*allowed.start(), *allowed.end());
+        if !allowed.contains(&x) {
             self.problem(key, format!("{x} is out of range {lo}..={hi}"));
             return default;
         }

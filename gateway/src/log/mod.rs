@@ -985,7 +985,7 @@ impl DurableLog {
     /// # Errors
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_frames(&self, from: u64, max: usize) -> Result<Vec<(u64, FrameRecord)>, LogError> {
-        self.read(Area::Frames, from, u64::MAX, max, FrameRecord::decode)
+        self.read(Area::Frames, from..u64::MAX, max, FrameRecord::decode)
     }
 
     /// The frame record at `seq` in `area` (frames or sampled images), if
@@ -994,7 +994,7 @@ impl DurableLog {
     /// # Errors
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_area_frame(&self, area: Area, seq: u64) -> Result<Option<FrameRecord>, LogError> {
-        Ok(self.read(area, seq, seq.saturating_add(1), 1, FrameRecord::decode)?.into_iter().next().map(|(_, f)| f))
+        Ok(self.read(area, seq..seq.saturating_add(1), 1, FrameRecord::decode)?.into_iter().next().map(|(_, f)| f))
     }
 
     /// Reads up to `max` stage-encoded records of `area` with key in
@@ -1003,7 +1003,7 @@ impl DurableLog {
     /// # Errors
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_blobs(&self, area: Area, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        self.read(area, from, to, max, |v| match codec::decode(v)? {
+        self.read(area, from..to, max, |v| match codec::decode(v)? {
             (RecordKind::Blob, b) => Ok(b.to_vec()),
             (k, _) => Err(CodecError::Malformed(format!("expected a blob, found {k:?}"))),
         })
@@ -1014,7 +1014,7 @@ impl DurableLog {
     /// # Errors
     /// [`LogError::Storage`], [`LogError::Io`].
     pub fn read_gaps(&self, from: u64, to: u64, max: usize) -> Result<Vec<(u64, GapRecord)>, LogError> {
-        self.read(Area::Gaps, from, to, max, |v| match codec::decode(v)? {
+        self.read(Area::Gaps, from..to, max, |v| match codec::decode(v)? {
             (RecordKind::Gap, b) => serde_json::from_slice(b).map_err(|e| CodecError::Malformed(e.to_string())),
             (k, _) => Err(CodecError::Malformed(format!("expected a gap, found {k:?}"))),
         })
@@ -1023,11 +1023,11 @@ impl DurableLog {
     fn read<T>(
         &self,
         area: Area,
-        from: u64,
-        to: u64,
+        seqs: std::ops::Range<u64>,
         max: usize,
         decode: impl Fn(&[u8]) -> Result<T, CodecError>,
     ) -> Result<Vec<(u64, T)>, LogError> {
+        let (from, to) = (seqs.start, seqs.end);
         let mut out = Vec::new();
         if from >= to {
             return Ok(out);

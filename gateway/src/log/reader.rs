@@ -59,7 +59,7 @@ impl LogReader {
             if bound > self.pos {
                 let records = match self.area {
                     Area::Frames | Area::Images => {
-                        self.log.read(self.area, self.pos, bound, max, FrameRecord::decode)?
+                        self.log.read(self.area, self.pos..bound, max, FrameRecord::decode)?
                     }
                     _ => Vec::new(),
                 };

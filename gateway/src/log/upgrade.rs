@@ -262,7 +262,7 @@ fn verify(tree: &sled::Tree, log: &DurableLog, done: &Upgraded) -> Result<(), Lo
     for kv in tree.iter() {
         let (k, v) = kv?;
         let (Some(area), Some(seq)) = (k.first().copied().and_then(area_of), index::seq_of(&k)) else { continue };
-        let copy = log.read(area, seq, seq.saturating_add(1), 1, |r| Ok(r.to_vec()))?;
+        let copy = log.read(area, seq..seq.saturating_add(1), 1, |r| Ok(r.to_vec()))?;
         let same = copy.first().is_some_and(|(_, c)| c.as_slice() == v.as_ref());
         if !same {
             return Err(LogError::UpgradeMismatch {

@@ -1,7 +1,8 @@
 //! The Kafka producer of the replicate stage: librdkafka's producer, one
 //! polling thread of our own, and a future per delivery report.
 //!
-//! Owns the producer's threads. Promise: a delivery report resolves its
+//! Owns the producer's threads, its configuration (the safety settings a
+//! site cannot override) and where librdkafka's own logs go. Promise: a delivery report resolves its
 //! [`DeliveryFuture`] the moment librdkafka hands it over; an idle gateway
 //! spends about nothing here.
 //!
@@ -25,7 +26,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::KafkaContext;
+use super::ReplicateError;
+use crate::config::ReplicateConfig;
+use crate::util::RateLimiter;
+use rdkafka::types::RDKafkaErrorCode;
 
 /// How long one poll of the polling thread lasts (see the module doc).
 const POLL_SLICE: Duration = Duration::from_secs(1);
@@ -114,5 +118,101 @@ impl KafkaProducer {
 impl Drop for KafkaProducer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Creates the idempotent producer from the config (pass-through options
+/// last, so a site can tune anything but the safety settings).
+///
+/// # Errors
+/// [`ReplicateError::Config`] for an invalid option.
+pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "10000")
+        .set("message.max.bytes", (cfg.chunk_bytes + (64 << 10)).max(1_000_000).to_string());
+    for (k, v) in &cfg.librdkafka {
+        c.set(k, v);
+    }
+    for (k, v) in &cfg.librdkafka_secrets {
+        c.set(k, v.expose());
+    }
+    // Not overridable: the at-least-once design depends on them.
+    c.set("enable.idempotence", "true").set("acks", "all");
+    KafkaProducer::create(&c).map_err(ReplicateError::Config)
+}
+
+/// Routes librdkafka's logs and client errors into `tracing`, rate-limited:
+/// while the uplink is down librdkafka reports "all brokers down" on every
+/// reconnect attempt, which would otherwise flood the journal. The stage's
+/// own retry warnings say what matters (the batch stays on disk).
+#[derive(Debug)]
+pub struct KafkaContext {
+    errors: RateLimiter,
+}
+
+impl Default for KafkaContext {
+    fn default() -> Self {
+        Self { errors: RateLimiter::new(Duration::from_secs(60)) }
+    }
+}
+
+impl rdkafka::ClientContext for KafkaContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                if let Some(held) = self.errors.check(fac) {
+                    tracing::error!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
+                }
+            }
+            L::Warning => {
+                if let Some(held) = self.errors.check(fac) {
+                    tracing::warn!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
+                }
+            }
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let key = match error.rdkafka_error_code() {
+            Some(c) => format!("{c:?}"),
+            None => "other".to_owned(),
+        };
+        if let Some(held) = self.errors.check(&key) {
+            tracing::warn!(target: "librdkafka", error = %error, suppressed = held, "Kafka client: {reason}");
+        }
+    }
+}
+
+/// Hands one record to librdkafka; when its queue is full, sleeps on the
+/// tokio timer (1 ms) and tries again, never blocking a runtime thread (the
+/// producer's own thread serves delivery reports meanwhile). Any other
+/// error is returned.
+///
+/// # Errors
+/// The producer's error.
+pub async fn enqueue_yielding(
+    producer: &KafkaProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut headers = headers;
+    loop {
+        match producer.try_send(topic, key, payload, headers) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), h)) => {
+                headers = h;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
     }
 }

@@ -7,5 +7,7 @@
 //! (`detect::latest`).
 
 pub mod http;
+pub mod metrics;
 pub mod page;
+pub mod status;
 pub mod systemd;

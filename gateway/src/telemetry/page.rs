@@ -6,6 +6,7 @@
 //! (styles are inline, images come from the gateway itself or sit beside
 //! the report), so they work on an air-gapped line.
 
+use super::status::Status;
 use crate::records::FrameAnnotation;
 use std::fmt::Write as _;
 
@@ -220,6 +221,89 @@ pub fn page(title: &str, subtitle: &str, body: &str, refresh_s: Option<u32>) -> 
         esc(title),
         esc(title),
         esc(subtitle)
+    )
+}
+
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
+/// The status page's HTML.
+pub fn render_page(s: &Status, refresh_s: u32) -> String {
+    use super::page::{camera_card, esc, page, path_segment, tiles, Tile};
+    use crate::util::units::format_size;
+    let now_ms = crate::util::now_ms();
+    let updown = |ok: bool, yes: &str, no: &str| if ok { (yes.to_owned(), "ok") } else { (no.to_owned(), "bad") };
+    let (mqtt, mc) = if s.mqtt_subscribed {
+        ("subscribed".to_owned(), "ok")
+    } else {
+        updown(s.mqtt_connected, "connected", "disconnected")
+    };
+    let (kafka, kc) = updown(s.kafka_connected, "up", "down / idle");
+    let pct = if s.log_max_bytes > 0 { s.log_used_bytes as f64 * 100.0 / s.log_max_bytes as f64 } else { 0.0 };
+    let mut body = tiles(&[
+        Tile::new("MQTT", mqtt, mc),
+        Tile::new("Kafka uplink", kafka, kc),
+        Tile::new("frames received", s.frames_received.to_string(), ""),
+        Tile::new("annotated", s.frames_annotated.to_string(), ""),
+        Tile::new("annotations sent", s.annotations_replicated.to_string(), ""),
+        Tile::new("images sent", s.images_replicated.to_string(), ""),
+        Tile::new("waiting for model", s.backlog.detect.records.to_string(), ""),
+        Tile::new(
+            "waiting for uplink",
+            format!("{} ({})", s.backlog.replicate.records, format_size(s.backlog.replicate.bytes)),
+            if s.backlog.replicate.records > 1000 { "warn" } else { "" },
+        ),
+        Tile::new(
+            "disk budget",
+            format!("{pct:.0}% of {}", format_size(s.log_max_bytes)),
+            if pct > 90.0 {
+                "bad"
+            } else if pct > 70.0 {
+                "warn"
+            } else {
+                ""
+            },
+        ),
+        Tile::new("quarantined", s.frames_quarantined.to_string(), if s.frames_quarantined > 0 { "warn" } else { "" }),
+        Tile::new("dropped", s.records_dropped.to_string(), if s.records_dropped > 0 { "bad" } else { "" }),
+    ]);
+    if s.intake_blocked {
+        body.push_str("<p class=\"bad\">Intake is paused: the log is at its byte budget and the uplink is behind. Frames wait on the MQTT broker.</p>");
+    }
+    if !s.not_ready.is_empty() {
+        body.push_str(&format!("<p class=\"warn\">Not ready: {}</p>", esc(&s.not_ready.join(", "))));
+    }
+    if s.cameras.is_empty() {
+        body.push_str("<p>No annotated frame yet.</p>");
+    }
+    body.push_str("<div class=\"cams\">");
+    for c in &s.cameras {
+        let meta = format!(
+            "{} frames, {:.1} frames/s, newest {} ago: {}",
+            c.frames,
+            c.fps,
+            ago(now_ms.saturating_sub(c.latest_at_ms)),
+            c.latest.frame_id
+        );
+        body.push_str(&camera_card(&c.latest, &format!("/cameras/{}/latest", path_segment(&c.camera)), &meta));
+    }
+    body.push_str("</div>");
+    page(
+        &format!("vision-gateway {}", s.gateway_id),
+        &format!(
+            "version {}, up {}{}",
+            s.version,
+            ago(s.uptime_s * 1000),
+            if refresh_s > 0 { format!(", this page refreshes every {refresh_s} s") } else { String::new() }
+        ),
+        &body,
+        (refresh_s > 0).then_some(refresh_s),
     )
 }
 

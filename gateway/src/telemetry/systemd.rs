@@ -14,7 +14,7 @@
 //!   restarts the service; nothing is lost, the log is durable.
 //! - `STATUS=` carries a one-line summary (`systemctl status` shows it).
 
-use super::http::{starting, Backlog, Telemetry};
+use super::status::{starting, Backlog, Telemetry};
 use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ impl Liveness {
 
 /// The one-line status for `systemctl status`.
 pub fn status_line(t: &Telemetry) -> String {
-    let s = super::http::status(t);
+    let s = super::status::status(t);
     let pct = (s.log_used_bytes * 100).checked_div(s.log_max_bytes).unwrap_or(0);
     format!(
         "{} cameras, {} frames in, {} annotated, {} sent; backlog {} frames, {} uplink records; mqtt {}, kafka {}; disk {}%{}{}",

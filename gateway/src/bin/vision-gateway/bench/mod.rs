@@ -467,11 +467,17 @@ pub async fn replicate_throughput(
             if image.is_empty() {
                 continue;
             }
-            let sha = hex::encode(sha2::Sha256::digest(image));
+            let sha256 = hex::encode(sha2::Sha256::digest(image));
+            let head = gateway::replicate::ImageHead {
+                frame_id: &frame_id,
+                camera: &key,
+                content_type: "image/jpeg",
+                sha256: &sha256,
+            };
             let parts = gateway::replicate::chunks(image, cfg.replicate.chunk_bytes as usize);
             let count = parts.len().to_string();
             for (k, chunk) in parts.into_iter().enumerate() {
-                let headers = gateway::replicate::chunk_headers(&frame_id, &key, "image/jpeg", &sha, k, &count);
+                let headers = gateway::replicate::chunk_headers(&head, k, &count);
                 futs.push(gateway::replicate::enqueue_yielding(&producer, i_topic, &key, chunk, headers).await?);
             }
         }
