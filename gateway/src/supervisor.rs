@@ -243,6 +243,6 @@ async fn start_detect(config: &config::Config, log: &log::DurableLog) -> Result<
         if config.detect.enabled {
             tracing::info!(model = %config.detect.model.display(), workers = opts.workers, "model loaded");
         }
-        detect::DetectStage::Model(d)
+        detect::DetectStage::Model(Box::new(d))
     })
 }

@@ -19,11 +19,12 @@
 //! they keep their own records and are not annotated.
 
 pub mod latest;
+mod worker;
 
 use crate::log::{Cursor, DurableLog, LogError};
 use crate::records::{Area, FrameAnnotation, FrameRecord, SCHEMA_VERSION};
 use crate::util::RateLimiter;
-use inference::{Annotation, LoadOptions, Model};
+use inference::{Annotation, LoadOptions};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,14 +191,16 @@ impl Detect {
                 backend: opts.backend,
                 text_filter: opts.text,
             };
-            let fields = opts.fields.clone();
-            let model_dir = opts.enabled.then(|| opts.model.clone());
-            let jobs = jobs_rx.clone();
-            let results = res_tx.clone();
-            let faults = crate::faults::Faults::from_env();
+            let w = worker::Worker {
+                model_dir: opts.enabled.then(|| opts.model.clone()),
+                load,
+                field_decls: opts.fields.clone(),
+                faults: crate::faults::Faults::from_env(),
+            };
+            let channels = worker::Channels { jobs: jobs_rx.clone(), results: res_tx.clone(), ready: ready_tx };
             let handle = std::thread::Builder::new()
                 .name(format!("detect-{i}"))
-                .spawn(move || worker(model_dir, load, fields, jobs, results, ready_tx, faults))
+                .spawn(move || w.run(channels))
                 .map_err(|e| DetectError::Worker(e.to_string()))?;
             workers.push(handle);
         }
@@ -404,117 +407,10 @@ pub fn not_annotated() -> Annotation {
     }
 }
 
-fn worker(
-    model_dir: Option<PathBuf>,
-    load: LoadOptions,
-    field_decls: Vec<crate::config::FieldConfig>,
-    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
-    results: mpsc::UnboundedSender<Result<Done, String>>,
-    ready: std::sync::mpsc::Sender<Result<(), DetectError>>,
-    faults: crate::faults::Faults,
-) {
-    let mut model = match model_dir.as_ref().map(|d| Model::load(d, &load)).transpose() {
-        Ok(m) => {
-            if let Some(m) = &m {
-                tracing::info!(
-                    model = %m.info.name,
-                    version = %m.info.version,
-                    runtime = %format!("{} {}", m.info.backend, m.info.backend_version),
-                    threads = load.intra_threads,
-                    "model loaded"
-                );
-            }
-            m
-        }
-        Err(e) => {
-            let _ = ready.send(Err(DetectError::Model(e)));
-            return;
-        }
-    };
-    // Each field compiled against this model's character set, with the
-    // cameras it applies to.
-    let compiled = match model.as_ref().map(|m| m.compile_fields(field_decls.iter().map(|f| &f.spec))).transpose() {
-        Ok(c) => c.unwrap_or_default(),
-        Err(e) => {
-            let _ = ready.send(Err(DetectError::Fields(e)));
-            return;
-        }
-    };
-    if !compiled.is_empty() {
-        tracing::info!(fields = compiled.len(), "label fields compiled");
-    }
-    let _ = ready.send(Ok(()));
-    loop {
-        let job = {
-            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
-            rx.recv()
-        };
-        let Ok(Job { seq, frame }) = job else { return };
-        let Some(model) = model.as_mut() else {
-            if results.send(Ok(Done { seq, frame, annotation: not_annotated() })).is_err() {
-                return;
-            }
-            continue;
-        };
-        let info = model.info.clone();
-        let failed = |error: String| Annotation {
-            model: info.clone(),
-            width: 0,
-            height: 0,
-            items: Vec::new(),
-            timings: inference::Timings::default(),
-            error: Some(error),
-            fields: Default::default(),
-            missing: Vec::new(),
-        };
-        let panic_here = faults.panic_camera.as_deref() == Some(frame.camera.as_str());
-        if faults.detect_delay_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(faults.detect_delay_ms));
-        }
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if panic_here {
-                panic!("injected fault: model run panics on camera {}", frame.camera);
-            }
-            let fields: Vec<&inference::fields::Field> =
-                compiled.iter().zip(&field_decls).filter(|(_, d)| d.applies(&frame.camera)).map(|(f, _)| f).collect();
-            model.annotate_with(&frame.payload, &fields)
-        }));
-        let annotation = match run {
-            Ok(Ok(a)) => a,
-            // A session failure on one frame: recorded on the frame, the
-            // worker goes on.
-            Ok(Err(e)) => failed(e.to_string()),
-            // A panic inside the run: the frame gets an error annotation and
-            // the model is loaded afresh (its state may be broken).
-            Err(p) => {
-                let why = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(seq, camera = %frame.camera, panic = %why, "model run panicked; error annotation written, model reloaded");
-                if let Some(dir) = &model_dir {
-                    match Model::load(dir, &load) {
-                        Ok(m) => *model = m,
-                        Err(e) => {
-                            let _ = results.send(Err(format!("reloading the model after a panic failed: {e}")));
-                            return;
-                        }
-                    }
-                }
-                failed(format!("model run panicked: {why}"))
-            }
-        };
-        if results.send(Ok(Done { seq, frame, annotation })).is_err() {
-            return;
-        }
-    }
-}
-
 /// The detect stage as the supervisor runs it.
 pub enum DetectStage {
     /// The model on its worker threads.
-    Model(Detect),
+    Model(Box<Detect>),
     /// `detect.enabled = false` with `when_disabled = "hold"`: frames stay
     /// in the log unannotated; the stage only waits for `stop`.
     Hold,

@@ -151,9 +151,9 @@ fn cursor_of(name: &[u8]) -> Option<Cursor> {
     Cursor::ALL.into_iter().find(|c| c.name().as_bytes() == name)
 }
 
-/// Copies a format-1 log at `opts.path` into a new log at `staging`,
-/// checks it and closes it durably.
-fn copy_format1(opts: &LogOptions, staging: &Path) -> Result<Upgraded, LogError> {
+/// The old database and its one tree, refused if it belongs to another
+/// gateway.
+fn open_format1(opts: &LogOptions) -> Result<(sled::Db, sled::Tree), LogError> {
     let old_path = opts.path.clone();
     index::remove_unfinished_snapshots(&old_path).map_err(|source| LogError::Io { path: old_path.clone(), source })?;
     let db = sled::Config::new()
@@ -171,6 +171,13 @@ fn copy_format1(opts: &LogOptions, staging: &Path) -> Result<Upgraded, LogError>
             });
         }
     }
+    Ok((db, tree))
+}
+
+/// Copies a format-1 log at `opts.path` into a new log at `staging`,
+/// checks it and closes it durably.
+fn copy_format1(opts: &LogOptions, staging: &Path) -> Result<Upgraded, LogError> {
+    let (db, tree) = open_format1(opts)?;
     let (mut next_seq, mut next_gap, mut set_aside) =
         tree.get(super::META_STATE)?.as_deref().and_then(old_counters).unwrap_or_default();
 

@@ -310,24 +310,59 @@ fn header(m: &impl Message, key: &str) -> Option<String> {
 /// # Errors
 /// Consumer or file-system errors.
 pub async fn reassemble(brokers: &str, topic: &str, group: &str, out: &Path, idle: Duration) -> anyhow::Result<Report> {
-    reassemble_with(brokers, topic, group, out, idle, Limits::default()).await
+    reassemble_with(&Source { brokers, topic, group }, out, idle, Limits::default()).await
+}
+
+/// The chunk a message carries, `None` without the chunk headers.
+fn chunk_of(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Chunk> {
+    Some(Chunk {
+        at: (msg.partition(), msg.offset()),
+        frame_id: header(msg, h::FRAME_ID)?,
+        camera: header(msg, h::CAMERA).unwrap_or_default(),
+        content_type: header(msg, h::CONTENT_TYPE).unwrap_or_default(),
+        sha256: header(msg, h::SHA256).unwrap_or_default(),
+        index: header(msg, h::CHUNK_INDEX)?.parse::<usize>().ok()?,
+        count: header(msg, h::CHUNK_COUNT)?.parse::<usize>().ok()?,
+        payload: msg.payload().unwrap_or_default().to_vec(),
+    })
+}
+
+/// Writes a whole image under `out` (to a `.part` file, then renamed);
+/// `None` if it was written before (a duplicate).
+fn write_whole(out: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<Option<PathBuf>> {
+    let file = out.join(path);
+    if file.exists() {
+        return Ok(None);
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension("part");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(Some(file))
+}
+
+/// Where the images are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Kafka bootstrap servers.
+    pub brokers: &'a str,
+    /// The images topic.
+    pub topic: &'a str,
+    /// The consumer group (offsets are committed there).
+    pub group: &'a str,
 }
 
 /// [`reassemble`] with explicit limits.
 ///
 /// # Errors
 /// Consumer or file-system errors.
-pub async fn reassemble_with(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    out: &Path,
-    idle: Duration,
-    limits: Limits,
-) -> anyhow::Result<Report> {
+pub async fn reassemble_with(src: &Source<'_>, out: &Path, idle: Duration, limits: Limits) -> anyhow::Result<Report> {
+    let topic = src.topic;
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
+        .set("bootstrap.servers", src.brokers)
+        .set("group.id", src.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
@@ -359,23 +394,9 @@ pub async fn reassemble_with(
         };
         let (part, offset) = (msg.partition(), msg.offset());
         next_offset.insert(part, offset + 1);
-        let (Some(frame_id), Some(index), Some(count)) = (
-            header(&msg, h::FRAME_ID),
-            header(&msg, h::CHUNK_INDEX).and_then(|v| v.parse::<usize>().ok()),
-            header(&msg, h::CHUNK_COUNT).and_then(|v| v.parse::<usize>().ok()),
-        ) else {
+        let Some(chunk) = chunk_of(&msg) else {
             report.malformed += 1;
             continue;
-        };
-        let chunk = Chunk {
-            at: (part, offset),
-            frame_id,
-            camera: header(&msg, h::CAMERA).unwrap_or_default(),
-            content_type: header(&msg, h::CONTENT_TYPE).unwrap_or_default(),
-            sha256: header(&msg, h::SHA256).unwrap_or_default(),
-            index,
-            count,
-            payload: msg.payload().unwrap_or_default().to_vec(),
         };
         let now = Instant::now();
         let mut expired = asm.expire(now);
@@ -387,20 +408,10 @@ pub async fn reassemble_with(
                     report.inconsistent.push(id);
                 }
             }
-            Outcome::Whole(img) => {
-                let file = out.join(&img.path);
-                if file.exists() {
-                    report.duplicates += 1;
-                } else {
-                    if let Some(dir) = file.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    let tmp = file.with_extension("part");
-                    std::fs::write(&tmp, &img.bytes)?;
-                    std::fs::rename(&tmp, &file)?;
-                    report.written.push(file);
-                }
-            }
+            Outcome::Whole(img) => match write_whole(out, &img.path, &img.bytes)? {
+                Some(file) => report.written.push(file),
+                None => report.duplicates += 1,
+            },
         }
         for id in expired {
             tracing::warn!(frame_id = %id, "image given up incomplete (too old, or partial images over their byte budget)");
