@@ -229,9 +229,17 @@ pub fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<usize> {
         Err(e) => return Err(e),
     };
     // sled holds an exclusive flock on `db` while the database is open
-    // (in this process or another): then nothing is touched.
-    if db.try_lock_exclusive().is_err() {
-        return Ok(0);
+    // (in this process or another): then nothing is touched. A database
+    // just closed in this process (the pipeline reopening its log) can
+    // hold it a moment longer, as can a child process between its fork and
+    // exec: the lock is tried for up to two seconds.
+    let mut tries = 0;
+    while db.try_lock_exclusive().is_err() {
+        tries += 1;
+        if tries == 20 {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let mut removed = 0;
     for e in std::fs::read_dir(dir)? {
