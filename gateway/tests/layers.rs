@@ -84,8 +84,8 @@ fn strip_comments(src: &str) -> String {
             i += rest.find('\n').unwrap_or(rest.len());
         } else if rest.starts_with("/*") {
             i += rest.find("*/").map_or(rest.len(), |e| e + 2);
-        } else if rest.starts_with("r#\"") {
-            i += rest[3..].find("\"#").map_or(rest.len(), |e| e + 5);
+        } else if let Some(raw) = rest.strip_prefix("r#\"") {
+            i += raw.find("\"#").map_or(rest.len(), |e| e + 5);
             out.push_str("\"\"");
         } else if rest.starts_with("'\"'") || rest.starts_with("'\\\"'") {
             i += rest[1..].find('\'').map_or(rest.len(), |e| e + 2);

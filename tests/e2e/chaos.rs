@@ -726,6 +726,9 @@ fn seq_of(frame_id: &str) -> Option<u64> {
     frame_id.rsplit_once(':').and_then(|(_, s)| s.parse().ok())
 }
 
+// The checker: every promise checked in one pass over what was sent
+// and what arrived, each rule next to the others it depends on.
+#[allow(clippy::too_many_lines)]
 fn check(sent: &BTreeMap<(String, u64), Sent>, up: &Upstream) -> Verdict {
     let mut v = Verdict { records: up.anns.len() + up.dead.len() + up.gaps.len(), ..Verdict::default() };
     // Every record upstream, as (topic, frame_id, gateway seq, camera, camera_seq, size).

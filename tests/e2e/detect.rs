@@ -137,6 +137,8 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
 /// frames are sampled for review; the other camera is not affected; the
 /// frames of marks give no text, no field and nothing missing.
 #[test]
+// One scenario through the real service, told in order.
+#[allow(clippy::too_many_lines)]
 fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
     let mq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();

@@ -315,6 +315,8 @@ fn a_missing_images_topic_does_not_stop_annotations() {
 /// hostile frame is an annotation (an error where it cannot be read) or a
 /// dead letter, and the peak RSS stays under 1.5 GB.
 #[test]
+// One scenario through the real service, told in order.
+#[allow(clippy::too_many_lines)]
 fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
     use image::ImageEncoder;
     let mq = Mosquitto::start();

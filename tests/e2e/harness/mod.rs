@@ -182,27 +182,26 @@ impl Settings {
     }
 
     pub fn toml(&self) -> String {
-        format!(
-            "gateway_id = \"{}\"\n[log]\npath = \"{}\"\nmax_bytes = \"{}\"\nwhen_full = \"{}\"\n\
-             [mqtt]\nbroker = \"127.0.0.1:{}\"\nmax_frame_bytes = \"{}\"\nreconnect_max_backoff = \"1s\"\n\
-             [detect]\nenabled = {}\nwhen_disabled = \"{}\"\nmodel = \"{}\"\nonnxruntime = \"{}\"\nbackend = \"{}\"\n\
-             [replicate]\nbrokers = \"{}\"\n{}\n[telemetry]\nlisten = \"127.0.0.1:{}\"\n{}\n",
-            self.gateway_id,
-            self.log_dir.display(),
-            self.max_bytes,
-            self.when_full,
-            self.mqtt_port,
-            self.max_frame_bytes,
-            self.detect,
-            self.when_disabled,
-            repo().join("models/ppocr-v4").display(),
-            self.onnxruntime.display(),
-            self.backend,
-            self.kafka,
-            self.replicate_extra,
-            self.http_port,
-            self.extra
-        )
+        let mut t = testkit::config::GatewayToml::new(&self.gateway_id, &self.log_dir, self.mqtt_port);
+        t.max_bytes = self.max_bytes.into();
+        t.when_full = Some(self.when_full.into());
+        t.max_frame_bytes = Some(self.max_frame_bytes.into());
+        t.reconnect_max_backoff = Some("1s".into());
+        t.detect = if self.detect {
+            testkit::config::Detect::Model {
+                model: repo().join("models/ppocr-v4"),
+                onnxruntime: self.onnxruntime.clone(),
+                backend: self.backend,
+                workers: 1,
+            }
+        } else {
+            testkit::config::Detect::Off { when_disabled: self.when_disabled }
+        };
+        t.kafka = self.kafka.clone();
+        t.replicate_extra = self.replicate_extra.clone();
+        t.http_port = Some(self.http_port);
+        t.extra = self.extra.clone();
+        t.render()
     }
 
     pub fn write(&self, path: &Path) -> PathBuf {

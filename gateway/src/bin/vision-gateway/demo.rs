@@ -13,6 +13,7 @@ use gateway::records::{Area, FrameRecord};
 use gateway::util::units::format_size;
 use std::path::Path;
 use std::time::Instant;
+use testkit::config::{Detect, GatewayToml};
 
 /// What the demo saw.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,6 +38,8 @@ pub struct DemoSummary {
 ///
 /// # Errors
 /// Log errors (which the demo does not expect).
+// The log-only tour, step by step as it prints them.
+#[allow(clippy::too_many_lines)]
 pub async fn run(dir: &Path, cameras: u32, frames: u64) -> anyhow::Result<DemoSummary> {
     let opts = |sub: &str, max: u64, when_full| {
         let mut o = LogOptions::new(dir.join(sub), "demo-gateway");
@@ -285,6 +288,9 @@ pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
 /// # Errors
 /// Any part failing to start; a pipeline that does not deliver everything
 /// within ten minutes.
+// The demo as the user reads it: brokers, gateway, replay, drain,
+// report, in order in one place (split, the tour would be scattered).
+#[allow(clippy::too_many_lines)]
 pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>) -> anyhow::Result<PipelineSummary> {
     use gateway::records::FrameAnnotation;
     use rdkafka::Message;
@@ -297,16 +303,19 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let library = inference::runtime::default_library(None, Some(repo));
     let log_dir = out.join("log");
     let _ = std::fs::remove_dir_all(&log_dir);
-    let text = format!(
-        "gateway_id = \"demo\"\n[log]\npath = \"{}\"\nmax_bytes = \"1GiB\"\n[mqtt]\nbroker = \"127.0.0.1:{mqtt_port}\"\n\
-         [detect]\nmodel = \"{}\"\nonnxruntime = \"{}\"\nworkers = 2\n[sample]\nevery_nth = 4\n\
-         [replicate]\nbrokers = \"{brokers}\"\n[telemetry]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
-        log_dir.display(),
-        repo.join("models/ppocr-v4").display(),
-        library.display(),
-        // The label fields of the fixture cameras, as a user declares them.
-        std::fs::read_to_string(repo.join("tests/fixtures/fields.toml")).unwrap_or_default()
-    );
+    let mut t = GatewayToml::new("demo", &log_dir, mqtt_port);
+    t.detect = Detect::Model {
+        model: repo.join("models/ppocr-v4"),
+        onnxruntime: library.clone(),
+        backend: "auto",
+        workers: 2,
+    };
+    t.kafka = brokers.into();
+    t.http_port = Some(http_port);
+    // The label fields of the fixture cameras, as a user declares them.
+    let fields = std::fs::read_to_string(repo.join("tests/fixtures/fields.toml")).unwrap_or_default();
+    t.extra = format!("[sample]\nevery_nth = 4\n{fields}");
+    let text = t.render();
     let config = gateway::config::Config::parse(Path::new("demo.toml"), &text, &gateway::config::ProcessEnv)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = tokio_util::sync::CancellationToken::new();

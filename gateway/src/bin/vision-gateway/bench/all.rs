@@ -172,6 +172,15 @@ async fn create_topics(brokers: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every part of the run reads.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    repo: &'a Path,
+    dir: &'a Path,
+    o: &'a AllOptions,
+    progress: &'a dyn Fn(&str),
+}
+
 /// Runs every benchmark in `dir` and builds the table. `progress` gets a
 /// line as each part starts.
 ///
@@ -192,7 +201,21 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         drain: None,
         idle: None,
     };
+    let cx = Ctx { repo, dir, o, progress: &progress };
+    intake_part(&cx, &mut out, &mut rows).await?;
+    detect_part(&cx, &mut out, &mut rows).await?;
+    replicate_mock_part(&cx, &mut out, &mut rows).await?;
+    replicate_tansu_part(&cx, &mut out, &mut rows).await?;
+    drain_part(&cx, &mut out, &mut rows).await?;
+    idle_part(&cx, &mut out, &mut rows).await?;
+    out.rows = rows;
+    out.seconds = t0.elapsed().as_secs_f64();
+    Ok(out)
+}
 
+/// Intake next to its two bounds.
+async fn intake_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { dir, o, progress, .. } = *cx;
     progress("intake next to mosquitto_sub and raw write+fdatasync (200 KB frames)");
     let fig = "durable intake MB/s / min(mosquitto_sub, raw write+fdatasync) MB/s, 200 KB frames";
     match super::intake_throughput(&sub(dir, "intake")?, o.intake_frames, 200_000).await {
@@ -214,7 +237,12 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         }
         Err(e) => rows.push(skipped(fig, ">= 0.8", e.to_string())),
     }
+    Ok(())
+}
 
+/// The detect stage next to a bare session.run loop, then the pipeline at half its capacity.
+async fn detect_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { repo, dir, o, progress, .. } = *cx;
     progress("detect stage next to a bare session.run loop");
     let model = repo.join("models/ppocr-v4");
     let figs = [
@@ -222,9 +250,8 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         "(decode + preprocess + postprocess) / model run time",
         "p99 capture->Kafka at 50% of model capacity / model latency",
     ];
-    match super::detect_throughput(repo, &sub(dir, "detect")?, &model, o.detect_frames, o.workers, o.intra_threads)
-        .await
-    {
+    let run = super::DetectRun { model, frames: o.detect_frames, workers: o.workers, intra_threads: o.intra_threads };
+    match super::detect_throughput(repo, &sub(dir, "detect")?, &run).await {
         Ok(b) => {
             rows.push(row(
                 figs[0],
@@ -245,7 +272,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
             let rate = 0.5 * b.stage.records_per_s() / cameras as f64;
             progress(&format!("the pipeline at 50% of the model's capacity ({:.2} frames/s)", rate * cameras as f64));
             let mock = rdkafka::mocking::MockCluster::new(1)?;
-            for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+            for t in gateway::records::header::ALL_TOPICS {
                 mock.create_topic(t, 1, 1)?;
             }
             match crate::demo::pipeline(repo, &mock.bootstrap_servers(), &sub(dir, "half")?, Some(rate)).await {
@@ -269,23 +296,30 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
             rows.push(skipped(figs[2], "<= 1.5", e.to_string()));
         }
     }
+    Ok(())
+}
 
-    let ann = |b: &ReplicateBench, fig: &str, rows: &mut Vec<Row>| {
-        if let Some((_, bare, stage)) = b.rows.iter().find(|r| r.0 == "annotations only") {
-            rows.push(row(
-                fig,
-                format!("{:.0} records/s", bare.records_per_s()),
-                format!("{:.0} records/s", stage.records_per_s()),
-                stage.records_per_s() / bare.records_per_s(),
-                ">= 0.8",
-            ));
-        }
-    };
+/// The annotations-only row of a replicate benchmark.
+fn annotations_row(b: &ReplicateBench, fig: &str, rows: &mut Vec<Row>) {
+    if let Some((_, bare, stage)) = b.rows.iter().find(|r| r.0 == "annotations only") {
+        rows.push(row(
+            fig,
+            format!("{:.0} records/s", bare.records_per_s()),
+            format!("{:.0} records/s", stage.records_per_s()),
+            stage.records_per_s() / bare.records_per_s(),
+            ">= 0.8",
+        ));
+    }
+}
+
+/// Replicate next to a bare producer on the mock cluster.
+async fn replicate_mock_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { dir, o, progress, .. } = *cx;
     progress("replicate next to a bare rdkafka producer (mock cluster)");
     let fig_mock = "replicate records/s / bare producer, annotations (mock cluster)";
     {
         let mock = rdkafka::mocking::MockCluster::new(1)?;
-        for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+        for t in gateway::records::header::ALL_TOPICS {
             mock.create_topic(t, 1, 1)?;
         }
         match super::replicate_throughput(
@@ -297,12 +331,18 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         .await
         {
             Ok(b) => {
-                ann(&b, fig_mock, &mut rows);
+                annotations_row(&b, fig_mock, rows);
                 out.replicate_mock = Some(b);
             }
             Err(e) => rows.push(skipped(fig_mock, ">= 0.8", e.to_string())),
         }
     }
+    Ok(())
+}
+
+/// Replicate next to a bare producer on tansu (annotations, then 200 KB images).
+async fn replicate_tansu_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { dir, o, progress, .. } = *cx;
     let fig_t = "replicate records/s / bare producer, annotations (tansu)";
     let fig_img = "replicate MB/s / bare producer, 200 KB images (tansu)";
     match &o.tansu {
@@ -332,7 +372,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
             };
             match run.await {
                 Ok((a, i)) => {
-                    ann(&a, fig_t, &mut rows);
+                    annotations_row(&a, fig_t, rows);
                     if let Some((_, bare, stage)) = i.rows.iter().find(|r| r.0 == "annotations + images") {
                         rows.push(row(
                             fig_img,
@@ -353,7 +393,12 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
             }
         }
     }
+    Ok(())
+}
 
+/// A backlog draining while live frames flow.
+async fn drain_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { dir, o, progress, .. } = *cx;
     progress("backlog drain with live frames flowing");
     let figs = [
         "backlog drain rate / live ingest rate, live frames flowing",
@@ -382,7 +427,12 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
             rows.push(skipped(figs[1], "<= 2", e.to_string()));
         }
     }
+    Ok(())
+}
 
+/// The CPU an idle gateway takes.
+async fn idle_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let Ctx { dir, progress, .. } = *cx;
     progress("CPU of an idle gateway");
     let fig = "CPU of an idle gateway, % of one core";
     match super::idle(&sub(dir, "idle")?, 20.0).await {
@@ -392,9 +442,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
         }
         Err(e) => rows.push(skipped(fig, "<= 0.5%", e.to_string())),
     }
-    out.rows = rows;
-    out.seconds = t0.elapsed().as_secs_f64();
-    Ok(out)
+    Ok(())
 }
 
 impl std::fmt::Display for AllBench {

@@ -13,6 +13,7 @@ use crate::demo::private_mosquitto;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testkit::config::{Detect, GatewayToml};
 use testkit::frames::synthetic_jpeg;
 
 /// The disk budget under one policy.
@@ -70,37 +71,32 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-fn config(dir: &Path, name: &str, mqtt: u16, http: u16, max_bytes: u64, when_full: &str) -> anyhow::Result<PathBuf> {
-    config_with(dir, name, mqtt, http, max_bytes, when_full, "hold")
-}
-
-fn config_with(
+/// A gateway without a model on the bench's broker: `max_bytes` of log,
+/// `when_full`, frames held (`when_disabled`), written as `<dir>/<name>.toml`.
+fn config(
     dir: &Path,
     name: &str,
-    mqtt: u16,
-    http: u16,
-    max_bytes: u64,
-    when_full: &str,
-    when_disabled: &str,
+    ports: (u16, u16),
+    budget: (u64, &str),
+    when_disabled: &'static str,
 ) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "gateway_id = \"bench\"\n[log]\npath = \"{}\"\nmax_bytes = {max_bytes}\nwhen_full = \"{when_full}\"\n\
-             [mqtt]\nbroker = \"127.0.0.1:{mqtt}\"\nclient_id = \"bench-{name}\"\nmax_frame_bytes = \"16MiB\"\n\
-             [detect]\nenabled = false\nwhen_disabled = \"{when_disabled}\"\n[replicate]\nbrokers = \"127.0.0.1:9\"\n\
-             [telemetry]\nlisten = \"127.0.0.1:{http}\"\n",
-            dir.join(name).display()
-        ),
-    )?;
-    Ok(path)
+    let (mqtt, http) = ports;
+    let (max_bytes, when_full) = budget;
+    let mut t = GatewayToml::new("bench", &dir.join(name), mqtt);
+    t.max_bytes = max_bytes.to_string();
+    t.when_full = Some(when_full.into());
+    t.client_id = Some(format!("bench-{name}"));
+    t.max_frame_bytes = Some("16MiB".into());
+    t.detect = Detect::Off { when_disabled };
+    t.http_port = Some(http);
+    Ok(t.write(&dir.join(format!("{name}.toml")))?)
 }
 
 /// Publishes `n` copies of `payload` with QoS 1 (one camera, as fast as
 /// the broker acks) and waits for the broker's PUBACKs.
 async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
-    super::live::publish_stream(port, format!("bench-backlog-pub-{}", std::process::id()), 1, n, 0, 0.0, payload).await
+    let stream = super::live::Stream { cameras: 1, frames: n, seq0: 0, fps: 0.0 };
+    super::live::publish_stream(port, format!("bench-backlog-pub-{}", std::process::id()), stream, payload).await
 }
 
 /// Runs the benchmark in `dir` with a backlog of `bytes` in frames of
@@ -115,7 +111,7 @@ pub async fn backlog(dir: &Path, bytes: u64, frame_bytes: usize, budget: u64) ->
     let http = free_port()?;
 
     // An empty gateway.
-    let cfg = config(dir, "backlog", mqtt, http, bytes * 2 + (1 << 30), "block")?;
+    let cfg = config(dir, "backlog", (mqtt, http), (bytes * 2 + (1 << 30), "block"), "hold")?;
     let (svc, empty) = Service::start(&exe, &cfg, http).await?;
 
     // Store the backlog, sampling memory.
@@ -157,7 +153,7 @@ pub async fn backlog(dir: &Path, bytes: u64, frame_bytes: usize, budget: u64) ->
 
     let mut rows = Vec::new();
     for policy in ["block", "drop_oldest"] {
-        rows.push(at_budget(&exe, dir, mqtt, policy, budget, &payload).await?);
+        rows.push(at_budget(&exe, dir, mqtt, (budget, policy), &payload).await?);
     }
     Ok(BacklogBench {
         frame_bytes: payload.len(),
@@ -178,13 +174,12 @@ async fn at_budget(
     exe: &Path,
     dir: &Path,
     mqtt: u16,
-    policy: &str,
-    budget: u64,
+    (budget, policy): (u64, &str),
     payload: &[u8],
 ) -> anyhow::Result<BudgetRow> {
     let http = free_port()?;
     let name = format!("budget-{policy}");
-    let cfg = config(dir, &name, mqtt, http, budget, policy)?;
+    let cfg = config(dir, &name, (mqtt, http), (budget, policy), "hold")?;
     let (svc, _) = Service::start(exe, &cfg, http).await?;
     let n = (2 * budget).div_ceil(payload.len() as u64);
     let publisher = tokio::spawn(publish(mqtt, n, payload.to_vec()));
@@ -293,7 +288,7 @@ pub async fn cameras(dir: &Path, n: u64, frame_bytes: usize) -> anyhow::Result<C
     let exe = std::env::current_exe()?;
     let (_broker, mqtt) = private_mosquitto(dir).await?;
     let http = free_port()?;
-    let cfg = config_with(dir, "cameras", mqtt, http, 4 << 30, "block", "forward")?;
+    let cfg = config(dir, "cameras", (mqtt, http), (4 << 30, "block"), "forward")?;
     let (svc, _) = Service::start(&exe, &cfg, http).await?;
     let payload = synthetic_jpeg(frame_bytes, 5);
     let mut o = MqttOptions::new(format!("bench-cameras-pub-{}", std::process::id()), "127.0.0.1", mqtt);

@@ -101,19 +101,28 @@ pub fn fixture_frames(repo: &Path) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
     Ok(out)
 }
 
+/// What the detect benchmark runs: the model folder, frames (the
+/// fixtures, cycled), workers and runtime threads per worker.
+#[derive(Debug, Clone)]
+pub struct DetectRun {
+    /// Model folder.
+    pub model: std::path::PathBuf,
+    /// Frames to annotate.
+    pub frames: usize,
+    /// Worker threads, each with its own model.
+    pub workers: usize,
+    /// Runtime threads per worker.
+    pub intra_threads: usize,
+}
+
 /// Runs the benchmark with the model folder `model`, `frames` frames (the
 /// fixtures, cycled), `workers` workers of `intra_threads` threads.
 ///
 /// # Errors
 /// The model or runtime failing to load, log errors.
-pub async fn detect_throughput(
-    repo: &Path,
-    dir: &Path,
-    model: &Path,
-    frames: usize,
-    workers: usize,
-    intra_threads: usize,
-) -> anyhow::Result<DetectBench> {
+pub async fn detect_throughput(repo: &Path, dir: &Path, run: &DetectRun) -> anyhow::Result<DetectBench> {
+    let DetectRun { model, frames, workers, intra_threads } = run;
+    let (model, frames, workers, intra_threads) = (model.as_path(), *frames, *workers, *intra_threads);
     let library = inference::runtime::default_library(None, Some(repo));
     let fixtures = fixture_frames(repo)?;
     let frames: Vec<(Vec<u8>, String)> = fixtures.iter().cycle().take(frames.max(1)).cloned().collect();
@@ -143,7 +152,7 @@ pub async fn detect_throughput(
         if bare.as_ref().is_none_or(|x| b.seconds < x.seconds) {
             bare = Some(b);
         }
-        let s = stage_pass(dir, round, model, &library, &frames, workers, intra_threads).await?;
+        let s = stage_pass(dir, round, &library, &frames, run).await?;
         if stage.as_ref().is_none_or(|x| s.0.seconds < x.0.seconds) {
             stage = Some(s);
         }
@@ -216,12 +225,11 @@ fn bare_pass(
 async fn stage_pass(
     dir: &Path,
     round: u32,
-    model: &Path,
     library: &Path,
     frames: &[(Vec<u8>, String)],
-    workers: usize,
-    intra_threads: usize,
+    run: &DetectRun,
 ) -> anyhow::Result<(Throughput, DurableLog, u64)> {
+    let (model, workers, intra_threads) = (run.model.as_path(), run.workers.max(1), run.intra_threads);
     let log_dir = dir.join(format!("detect-log-{round}"));
     let _ = std::fs::remove_dir_all(&log_dir);
     let mut o = LogOptions::new(&log_dir, "bench");

@@ -14,6 +14,7 @@ use crate::demo::{percentile, private_mosquitto};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::config::{Detect, GatewayToml};
 use testkit::frames::synthetic_jpeg;
 
 fn now_ms() -> u64 {
@@ -103,41 +104,37 @@ fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
     v
 }
 
-fn config(
-    dir: &Path,
-    name: &str,
-    log: &Path,
-    mqtt: u16,
-    http: u16,
-    brokers: &str,
-    live_lane_after: u64,
-) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "gateway_id = \"bench-{name}\"\n[log]\npath = \"{}\"\nmax_bytes = \"8GiB\"\n\
-             [mqtt]\nbroker = \"127.0.0.1:{mqtt}\"\nclient_id = \"bench-{name}\"\nmax_frame_bytes = \"16MiB\"\n\
-             [detect]\nenabled = false\nwhen_disabled = \"forward\"\n[replicate]\nbrokers = \"{brokers}\"\nlive_lane_after = {live_lane_after}\n\
-             [telemetry]\nlisten = \"127.0.0.1:{http}\"\n",
-            log.display()
-        ),
-    )?;
-    Ok(path)
+/// A gateway without a model forwarding to `brokers`, its log at `log`,
+/// written as `<dir>/<name>.toml`.
+fn config(dir: &Path, name: &str, log: &Path, ports: (u16, u16), upstream: (&str, u64)) -> anyhow::Result<PathBuf> {
+    let (mqtt, http) = ports;
+    let (brokers, live_lane_after) = upstream;
+    let mut t = GatewayToml::new(&format!("bench-{name}"), log, mqtt);
+    t.max_bytes = "8GiB".into();
+    t.client_id = Some(format!("bench-{name}"));
+    t.max_frame_bytes = Some("16MiB".into());
+    t.detect = Detect::Off { when_disabled: "forward" };
+    t.kafka = brokers.into();
+    t.live_lane_after = Some(live_lane_after);
+    t.http_port = Some(http);
+    Ok(t.write(&dir.join(format!("{name}.toml")))?)
+}
+
+/// A stream of frames: `frames` over `cameras` cameras from `camera_seq`
+/// `seq0`, at `fps` frames/s in all (0: as fast as the broker acks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stream {
+    pub(crate) cameras: u64,
+    pub(crate) frames: u64,
+    pub(crate) seq0: u64,
+    pub(crate) fps: f64,
 }
 
 /// Publishes `n` frames over `cameras` cameras at `fps` frames/s in all (0:
 /// as fast as the broker acks), each with `captured_at_ms` and
 /// `camera_seq` (from `seq0`), and waits for the PUBACKs.
-pub(crate) async fn publish_stream(
-    port: u16,
-    client: String,
-    cameras: u64,
-    n: u64,
-    seq0: u64,
-    fps: f64,
-    payload: Vec<u8>,
-) -> anyhow::Result<()> {
+pub(crate) async fn publish_stream(port: u16, client: String, stream: Stream, payload: Vec<u8>) -> anyhow::Result<()> {
+    let Stream { cameras, frames: n, seq0, fps } = stream;
     use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -189,10 +186,8 @@ pub(crate) async fn publish_stream(
 async fn consume(
     brokers: String,
     gateway: &'static str,
-    want_live: u64,
-    live_seq0: u64,
-    backlog: u64,
-    backlog_seq0: u64,
+    (want_live, live_seq0): (u64, u64),
+    (backlog, backlog_seq0): (u64, u64),
 ) -> anyhow::Result<(Vec<(u64, f64, f64)>, Instant, u64)> {
     use rdkafka::Message;
     let consumer = crate::demo::latency_consumer(&brokers, "vision.annotations")?;
@@ -252,6 +247,9 @@ where
 ///
 /// # Errors
 /// mosquitto missing, the service failing, annotations missing.
+// One measured sequence: live frames alone, then a backlog, then live
+// frames during its drain, on the same gateway and cluster.
+#[allow(clippy::too_many_lines)]
 pub async fn drain(
     dir: &Path,
     backlog: u64,
@@ -273,11 +271,16 @@ pub async fn drain(
     // The live stream alone, on an empty gateway.
     let idle = {
         let http = free_port()?;
-        let cfg = config(dir, "drain-idle", &dir.join("drain-idle-log"), mqtt, http, &brokers, live_lane_after)?;
+        let cfg = config(dir, "drain-idle", &dir.join("drain-idle-log"), (mqtt, http), (&brokers, live_lane_after))?;
         let (svc, _) = Service::start(&exe, &cfg, http).await?;
         let (c, p) = both(
-            consume(brokers.clone(), "bench-drain-idle", live_frames, 0, 0, 0),
-            publish_stream(mqtt, "bench-live-idle".into(), cameras, live_frames, 0, live_fps, payload.clone()),
+            consume(brokers.clone(), "bench-drain-idle", (live_frames, 0), (0, 0)),
+            publish_stream(
+                mqtt,
+                "bench-live-idle".into(),
+                Stream { cameras, frames: live_frames, seq0: 0, fps: live_fps },
+                payload.clone(),
+            ),
         )
         .await?;
         p?;
@@ -292,10 +295,16 @@ pub async fn drain(
     // The backlog, stored while the broker is down (the uplink is out).
     let log = dir.join("drain-log");
     let http = free_port()?;
-    let cfg = config(dir, "drain", &log, mqtt, http, &brokers, live_lane_after)?;
+    let cfg = config(dir, "drain", &log, (mqtt, http), (&brokers, live_lane_after))?;
     mock.broker_down(1)?;
     let (svc, _) = Service::start(&exe, &cfg, http).await?;
-    publish_stream(mqtt, "bench-backlog".into(), cameras, backlog, 1_000_000, 0.0, payload.clone()).await?;
+    publish_stream(
+        mqtt,
+        "bench-backlog".into(),
+        Stream { cameras, frames: backlog, seq0: 1_000_000, fps: 0.0 },
+        payload.clone(),
+    )
+    .await?;
     let t = Instant::now();
     while metric(http, "vision_gateway_frames_annotated_total").await < backlog as f64 {
         anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "the backlog was not stored within 5 minutes");
@@ -312,8 +321,13 @@ pub async fn drain(
     }
     let up = Instant::now();
     let (c, p) = both(
-        consume(brokers.clone(), "bench-drain", live_frames, 2_000_000, backlog, 1_000_000),
-        publish_stream(mqtt, "bench-live".into(), cameras, live_frames, 2_000_000, live_fps, payload),
+        consume(brokers.clone(), "bench-drain", (live_frames, 2_000_000), (backlog, 1_000_000)),
+        publish_stream(
+            mqtt,
+            "bench-live".into(),
+            Stream { cameras, frames: live_frames, seq0: 2_000_000, fps: live_fps },
+            payload,
+        ),
     )
     .await?;
     p?;
@@ -388,7 +402,7 @@ pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
         mock.create_topic(t, 1, 1)?;
     }
     let http = free_port()?;
-    let cfg = config(dir, "idle", &dir.join("idle-log"), mqtt, http, &mock.bootstrap_servers(), 1000)?;
+    let cfg = config(dir, "idle", &dir.join("idle-log"), (mqtt, http), (&mock.bootstrap_servers(), 1000))?;
     let (svc, _) = Service::start(&exe, &cfg, http).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.

@@ -14,7 +14,7 @@ mod service;
 pub use all::{all, AllOptions};
 pub use backends::backends;
 pub use backlog::{backlog, cameras};
-pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench};
+pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
 pub use live::{drain, idle, DrainBench, IdleBench};
 
 use gateway::log::{DurableLog, LogOptions, WhenFull};
@@ -23,6 +23,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testkit::config::GatewayToml;
 use testkit::frames::{noise, synthetic_jpeg};
 
 /// One measured row.
@@ -233,6 +234,9 @@ fn which(names: &[&str]) -> anyhow::Result<PathBuf> {
 ///
 /// # Errors
 /// Missing mosquitto binaries, broker or log failures.
+// One measured sequence: mosquitto_sub, the raw write loop and the
+// intake on the same queued frames, side by side.
+#[allow(clippy::too_many_lines)]
 pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::Result<IntakeBench> {
     use gateway::config::Config;
     use rumqttc::v5::mqttbytes::QoS;
@@ -292,11 +296,11 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     raw.what = format!("raw write+fdatasync every {RAW_SYNC_EVERY}");
 
     // The gateway's intake: same steps.
-    let text = format!(
-        "gateway_id = \"bench\"\n[log]\npath = \"{}\"\nmax_bytes = \"64GiB\"\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n\
-         max_frame_bytes = \"16MiB\"\nreceive_maximum = 64\n[replicate]\nbrokers = \"127.0.0.1:9\"\n",
-        dir.join("intake-log").display()
-    );
+    let mut t = GatewayToml::new("bench", &dir.join("intake-log"), port);
+    t.max_bytes = "64GiB".into();
+    t.max_frame_bytes = Some("16MiB".into());
+    t.receive_maximum = Some(64);
+    let text = t.render();
     let cfg =
         Config::parse(Path::new("bench"), &text, &gateway::config::ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
     let log = gateway::open_log(&cfg)?;
@@ -357,6 +361,9 @@ impl std::fmt::Display for ReplicateBench {
 ///
 /// # Errors
 /// Broker or log errors.
+// One measured sequence: the baseline and the stage on the same
+// records and cluster, side by side so both get the same treatment.
+#[allow(clippy::too_many_lines)]
 pub async fn replicate_throughput(
     dir: &Path,
     brokers: &str,

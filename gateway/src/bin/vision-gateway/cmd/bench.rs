@@ -204,7 +204,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Detect { model, dir, frames, workers, threads, json } => {
             let dir = bench_dir(dir)?;
-            emit(&rt.block_on(bench::detect_throughput(&repo, &dir, &model, frames, workers, threads))?, json)?;
+            let run = bench::DetectRun { model, frames, workers, intra_threads: threads };
+            emit(&rt.block_on(bench::detect_throughput(&repo, &dir, &run))?, json)?;
         }
         Command::OcrSide { model, sides, threads, json } => {
             emit(&bench::ocr_sides(&repo, &model, &sides, threads)?, json)?
