@@ -7,7 +7,7 @@
 
 use super::validate::{self, Limits};
 use super::{acks, Incoming, IntakeError, IntakeStats, MAX_BATCH, MAX_BATCH_BYTES};
-use crate::log::{DurableLog, FrameHead, LogError, Once};
+use crate::log::{AppendOutcome, DurableLog, FrameHead, LogError};
 use crate::records::{Area, DeadLetter, QuarantineReason};
 use crate::util::{now_ms, RateLimiter};
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -175,7 +175,7 @@ impl Appender {
                         camera_seq: arrival.camera_seq,
                     };
                     self.log.append_payload_once(head, &p.payload, arrival.fingerprint, arrival.check).inspect(|o| {
-                        if matches!(o, Once::Stored(_)) {
+                        if matches!(o, AppendOutcome::Stored(_)) {
                             self.stats.stored.fetch_add(1, Ordering::Relaxed);
                             self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                         }
@@ -184,8 +184,8 @@ impl Appender {
                 (_, checked) => self.quarantine(p, &arrival, checked.err().unwrap_or(QuarantineReason::UnknownTopic)),
             };
             let e = match result {
-                Ok(once) => {
-                    self.stored(once, &arrival.topic, p.dup);
+                Ok(outcome) => {
+                    self.stored(outcome, &arrival.topic, p.dup);
                     return Ok(true);
                 }
                 Err(e) => e,
@@ -202,7 +202,7 @@ impl Appender {
 
     /// Stores a dead letter (its payload kept while the dead-letter area is
     /// under `mqtt.quarantine_max_bytes`) and warns, rate-limited.
-    fn quarantine(&self, p: &Publish, arrival: &Arrival, reason: QuarantineReason) -> Result<Once, LogError> {
+    fn quarantine(&self, p: &Publish, arrival: &Arrival, reason: QuarantineReason) -> Result<AppendOutcome, LogError> {
         let used = self.log.area_stats(Area::DeadLetters).bytes;
         let keep = used + p.payload.len() as u64 <= self.quarantine_max;
         let d = DeadLetter {
@@ -217,7 +217,7 @@ impl Appender {
         };
         let blob = d.encode(keep.then_some(&p.payload[..]));
         let r = self.log.append_dead_letter_once(&blob, arrival.fingerprint, arrival.check);
-        if let Ok(Once::Stored(a)) = &r {
+        if let Ok(AppendOutcome::Stored(a)) = &r {
             self.stats.quarantined[reason as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(held) = self.warn.check(reason.name()) {
                 tracing::warn!(
@@ -235,12 +235,12 @@ impl Appender {
 
     /// A publish stored (or recognised as stored before): intake is no
     /// longer paused.
-    fn stored(&self, once: Once, topic: &str, dup: bool) {
+    fn stored(&self, outcome: AppendOutcome, topic: &str, dup: bool) {
         self.stats.blocked.store(false, Ordering::Relaxed);
         if self.stats.disk_full.swap(false, Ordering::Relaxed) {
             tracing::info!("disk space is back: intake resumes");
         }
-        if let Once::Duplicate(seq) = once {
+        if let AppendOutcome::Duplicate(seq) = outcome {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             if let Some(held) = self.warn.check("duplicate") {
                 tracing::info!(seq, topic = %topic, dup, suppressed = held, "publish delivered again; already stored, acknowledged without storing");

@@ -367,21 +367,21 @@ fn a_fingerprinted_record_is_stored_once_across_reopen_and_forgotten_after_recen
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
-        let Once::Stored(a) = log.append_frame_once(&frame("a", 10), 42, true).unwrap() else { panic!() };
-        assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), Once::Duplicate(a.seq));
+        let AppendOutcome::Stored(a) = log.append_frame_once(&frame("a", 10), 42, true).unwrap() else { panic!() };
+        assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Duplicate(a.seq));
         // Not checked (a fresh publish without camera_seq): stored again.
-        assert!(matches!(log.append_frame_once(&frame("a", 10), 42, false).unwrap(), Once::Stored(_)));
-        assert!(matches!(log.append_dead_letter_once(b"x", 43, true).unwrap(), Once::Stored(_)));
+        assert!(matches!(log.append_frame_once(&frame("a", 10), 42, false).unwrap(), AppendOutcome::Stored(_)));
+        assert!(matches!(log.append_dead_letter_once(b"x", 43, true).unwrap(), AppendOutcome::Stored(_)));
         log.flush_blocking().unwrap();
     }
     let log = open(dir.path());
     // The newest record with that fingerprint (seq 1), after a restart.
-    assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), Once::Duplicate(1));
-    assert_eq!(log.append_dead_letter_once(b"x", 43, true).unwrap(), Once::Duplicate(2));
+    assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Duplicate(1));
+    assert_eq!(log.append_dead_letter_once(b"x", 43, true).unwrap(), AppendOutcome::Duplicate(2));
     for i in 0..RECENT {
         log.append_frame_once(&frame("a", 1), 1000 + i, true).unwrap();
     }
-    assert!(matches!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), Once::Stored(_)));
+    assert!(matches!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Stored(_)));
     assert_eq!(log.inner.index.tree.scan_prefix([index::RECENT_PREFIX]).count() as u64, RECENT);
 }
 
@@ -422,7 +422,7 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     assert_eq!(log.seen(103), None, "a redelivery of seq 3 is stored again");
     assert_eq!(log.seen(105), None);
     match log.append_frame_once(&frame("a", 10), 103, true).unwrap() {
-        Once::Stored(a) => assert_eq!(a.seq, 6),
+        AppendOutcome::Stored(a) => assert_eq!(a.seq, 6),
         other => panic!("{other:?}"),
     }
 }
