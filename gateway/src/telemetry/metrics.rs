@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 const COUNTER: &str = "counter";
 const GAUGE: &str = "gauge";
 
+/// A metric without labels: name, type, help, and how to read its value.
+type Metric<S> = (&'static str, &'static str, &'static str, fn(&S) -> u64);
+
 /// The text being written.
 #[derive(Default)]
 struct Exposition(String);
@@ -25,6 +28,13 @@ impl Exposition {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in samples {
             let _ = writeln!(self.0, "{name}{labels} {v}");
+        }
+    }
+
+    /// Metrics without labels, each read from `stats`.
+    fn table<S>(&mut self, stats: &S, metrics: &[Metric<S>]) {
+        for (name, kind, help, read) in metrics {
+            self.one(name, kind, help, read(stats));
         }
     }
 
@@ -68,39 +78,55 @@ pub fn render_down() -> String {
 
 fn intake(e: &mut Exposition, t: &Telemetry) {
     let i: &IntakeStats = &t.intake;
-    e.one(
-        "vision_gateway_frames_received_total",
-        COUNTER,
-        "MQTT publishes received (redeliveries included).",
-        ld(&i.received),
-    );
-    e.one("vision_gateway_frames_stored_total", COUNTER, "Frames stored in the log.", ld(&i.stored));
-    e.one("vision_gateway_frames_stored_bytes_total", COUNTER, "Payload bytes of stored frames.", ld(&i.stored_bytes));
-    e.one("vision_gateway_frames_acked_total", COUNTER, "PUBACKs sent after the frame was durable.", ld(&i.acked));
-    e.one(
-        "vision_gateway_intake_acks_pending",
-        GAUGE,
-        "PUBACKs of durable frames waiting, in order, for room in the MQTT client.",
-        ld(&i.acks_pending),
-    );
-    e.one(
-        "vision_gateway_intake_acks_discarded_total",
-        COUNTER,
-        "PUBACKs discarded because their connection was lost first (the broker delivers those frames again).",
-        ld(&i.acks_discarded),
-    );
-    e.one(
-        "vision_gateway_frames_duplicate_total",
-        COUNTER,
-        "Publishes delivered again that were already stored (acknowledged, not stored twice).",
-        ld(&i.duplicates),
+    e.table(
+        i,
+        &[
+            (
+                "vision_gateway_frames_received_total",
+                COUNTER,
+                "MQTT publishes received (redeliveries included).",
+                |i| ld(&i.received),
+            ),
+            ("vision_gateway_frames_stored_total", COUNTER, "Frames stored in the log.", |i| ld(&i.stored)),
+            ("vision_gateway_frames_stored_bytes_total", COUNTER, "Payload bytes of stored frames.", |i| {
+                ld(&i.stored_bytes)
+            }),
+            ("vision_gateway_frames_acked_total", COUNTER, "PUBACKs sent after the frame was durable.", |i| {
+                ld(&i.acked)
+            }),
+            (
+                "vision_gateway_intake_acks_pending",
+                GAUGE,
+                "PUBACKs of durable frames waiting, in order, for room in the MQTT client.",
+                |i| ld(&i.acks_pending),
+            ),
+            (
+                "vision_gateway_intake_acks_discarded_total",
+                COUNTER,
+                "PUBACKs discarded because their connection was lost first (the broker delivers those frames again).",
+                |i| ld(&i.acks_discarded),
+            ),
+            (
+                "vision_gateway_frames_duplicate_total",
+                COUNTER,
+                "Publishes delivered again that were already stored (acknowledged, not stored twice).",
+                |i| ld(&i.duplicates),
+            ),
+        ],
     );
     let q = labelled("reason", QuarantineReason::ALL.iter().map(|r| (r.name(), ld(&i.quarantined[*r as usize]))));
     e.family("vision_gateway_frames_quarantined_total", COUNTER, "Frames quarantined, by reason.", &q);
-    e.one("vision_gateway_mqtt_connected", GAUGE, "1 while connected to the MQTT broker.", lb(&i.connected));
-    e.one("vision_gateway_mqtt_subscribed", GAUGE, "1 while the subscriptions are acknowledged.", lb(&i.subscribed));
-    e.one("vision_gateway_mqtt_connects_total", COUNTER, "Successful MQTT connections.", ld(&i.connects));
-    e.one("vision_gateway_intake_blocked", GAUGE, "1 while intake waits for log space.", lb(&i.blocked));
+    e.table(
+        i,
+        &[
+            ("vision_gateway_mqtt_connected", GAUGE, "1 while connected to the MQTT broker.", |i| lb(&i.connected)),
+            ("vision_gateway_mqtt_subscribed", GAUGE, "1 while the subscriptions are acknowledged.", |i| {
+                lb(&i.subscribed)
+            }),
+            ("vision_gateway_mqtt_connects_total", COUNTER, "Successful MQTT connections.", |i| ld(&i.connects)),
+            ("vision_gateway_intake_blocked", GAUGE, "1 while intake waits for log space.", |i| lb(&i.blocked)),
+        ],
+    );
     e.one("vision_gateway_pipeline_up", GAUGE, "The pipeline runs (log open).", 1);
     let full = u64::from(i.disk_full.load(Ordering::Relaxed) || t.log.below_floor());
     e.one(
@@ -115,10 +141,21 @@ fn intake(e: &mut Exposition, t: &Telemetry) {
 }
 
 fn detect(e: &mut Exposition, d: &DetectStats) {
-    e.one("vision_gateway_frames_annotated_total", COUNTER, "Frames annotated (errors included).", ld(&d.annotated));
-    e.one("vision_gateway_annotation_errors_total", COUNTER, "Frames that could not be decoded or run.", ld(&d.errors));
-    e.one("vision_gateway_images_sampled_total", COUNTER, "Frames whose image was kept for upload.", ld(&d.sampled));
-    e.one("vision_gateway_annotation_items_total", COUNTER, "Items (texts, objects) found.", ld(&d.items));
+    e.table(
+        d,
+        &[
+            ("vision_gateway_frames_annotated_total", COUNTER, "Frames annotated (errors included).", |d| {
+                ld(&d.annotated)
+            }),
+            ("vision_gateway_annotation_errors_total", COUNTER, "Frames that could not be decoded or run.", |d| {
+                ld(&d.errors)
+            }),
+            ("vision_gateway_images_sampled_total", COUNTER, "Frames whose image was kept for upload.", |d| {
+                ld(&d.sampled)
+            }),
+            ("vision_gateway_annotation_items_total", COUNTER, "Items (texts, objects) found.", |d| ld(&d.items)),
+        ],
+    );
     let fields: Vec<(String, u64)> = d
         .fields
         .lock()
@@ -161,8 +198,15 @@ fn replicate(e: &mut Exposition, r: &ReplicateStats) {
         ],
     );
     e.family("vision_gateway_replicated_total", COUNTER, "Records Kafka acknowledged, by kind.", &sent);
-    e.one("vision_gateway_replicated_bytes_total", COUNTER, "Payload bytes Kafka acknowledged.", ld(&r.bytes));
-    e.one("vision_gateway_replicate_retries_total", COUNTER, "Batches that failed and are sent again.", ld(&r.retries));
+    e.table(
+        r,
+        &[
+            ("vision_gateway_replicated_bytes_total", COUNTER, "Payload bytes Kafka acknowledged.", |r| ld(&r.bytes)),
+            ("vision_gateway_replicate_retries_total", COUNTER, "Batches that failed and are sent again.", |r| {
+                ld(&r.retries)
+            }),
+        ],
+    );
     let gone =
         labelled("kind", ["annotation", "image", "dead_letter", "gap"].into_iter().zip(r.undeliverable.iter().map(ld)));
     e.family(
@@ -171,31 +215,16 @@ fn replicate(e: &mut Exposition, r: &ReplicateStats) {
         "Records Kafka refused for good, given up after bounded retries (reported in gap records), by kind.",
         &gone,
     );
-    e.one(
-        "vision_gateway_replicate_topic_refusals_total",
-        COUNTER,
-        "Failed deliveries because a topic is missing or forbidden.",
-        ld(&r.topic_refusals),
+    e.table(
+        r,
+        &[
+        ("vision_gateway_replicate_topic_refusals_total", COUNTER, "Failed deliveries because a topic is missing or forbidden.", |r| ld(&r.topic_refusals)),
+        ("vision_gateway_replicate_backfilled_total", COUNTER, "Records acknowledged in the backfill lane (a backlog sent behind the live lane, header lane=backfill).", |r| ld(&r.backfilled)),
+        ("vision_gateway_replicate_live_lanes_total", COUNTER, "Times a live lane was opened in front of a backlog (replicate.live_lane_after).", |r| ld(&r.lanes_opened)),
+        ("vision_gateway_replicate_backfilling", GAUGE, "1 while a backlog drains behind the live lane.", |r| lb(&r.live_lane)),
+        ("vision_gateway_kafka_connected", GAUGE, "1 while the last batch was acknowledged.", |r| lb(&r.connected)),
+        ],
     );
-    e.one(
-        "vision_gateway_replicate_backfilled_total",
-        COUNTER,
-        "Records acknowledged in the backfill lane (a backlog sent behind the live lane, header lane=backfill).",
-        ld(&r.backfilled),
-    );
-    e.one(
-        "vision_gateway_replicate_live_lanes_total",
-        COUNTER,
-        "Times a live lane was opened in front of a backlog (replicate.live_lane_after).",
-        ld(&r.lanes_opened),
-    );
-    e.one(
-        "vision_gateway_replicate_backfilling",
-        GAUGE,
-        "1 while a backlog drains behind the live lane.",
-        lb(&r.live_lane),
-    );
-    e.one("vision_gateway_kafka_connected", GAUGE, "1 while the last batch was acknowledged.", lb(&r.connected));
 }
 
 fn log(e: &mut Exposition, t: &Telemetry) {
