@@ -1,24 +1,29 @@
 //! The vision gateway: MQTT frames -> durable log -> ONNX annotations ->
-//! Kafka.
+//! Kafka. The binary (`src/bin/vision-gateway/`) parses the command line
+//! and calls [`run`]; the demo and the benchmarks live there too, not here.
 //!
-//! The crate is laid out by stage (see `DESIGN.md` at the workspace root):
+//! # Layers
 //!
-//! - [`config`]: the typed, validated configuration;
-//! - [`log`]: the durable on-disk log, the only shared state;
-//! - [`records`]: the records stages hand to each other and send upstream
-//!   (frame, annotation, dead letter, gap) and the Kafka header names;
-//! - [`intake`]: MQTT frames into the log, acknowledged after durability;
-//! - [`detect`]: frames through the model on worker threads, annotations
-//!   into the log;
-//! - [`replay`]: publishes camera fixtures to a broker (`replay`);
-//! - [`telemetry`]: metrics, health, the status page, systemd notify and
-//!   watchdog, rate-limited logging;
-//! - [`bench`]: measurements printed by `vision-gateway bench`;
-//! - [`demo`]: the self-contained demo.
+//! Lowest first. A module imports only from the layers below it (and from
+//! earlier entries of its own layer); `gateway/tests/layers.rs` checks it,
+//! and that no import cycle joins two files, on every test run.
 //!
-//! - [`stage`]: the contract every stage keeps (`run(self, stop)`);
-//! - [`sample`]: which images go upstream;
-//! - [`replicate`]: annotations, images, dead letters and gaps to Kafka.
+//! 0. [`util`] (rate limiter, units, clock) and [`records`] (the
+//!    vocabulary: frame, annotation, dead letter, gap, the log's areas,
+//!    Kafka header names and default topics): they import nothing of the
+//!    crate.
+//! 1. [`log`]: the durable on-disk log, the only shared state.
+//! 2. [`config`]: the typed, validated configuration, one file per section.
+//! 3. [`sample`] (which images go upstream), [`faults`] (test-only fault
+//!    injection), [`stage`] (the contract every stage keeps).
+//! 4. The stages, which never import each other: [`intake`] (MQTT frames
+//!    into the log, acknowledged after durability), [`detect`] (frames
+//!    through the model on worker threads, annotations into the log),
+//!    [`replicate`] (annotations, images, dead letters and gaps to Kafka).
+//! 5. [`telemetry`]: metrics, health, the status page, systemd notify and
+//!    watchdog.
+//! 6. [`supervisor`]: runs the stages on one open log, stops them in order,
+//!    rides out full disks.
 
 pub mod config;
 pub mod detect;
