@@ -36,9 +36,11 @@ const GATEWAY_LAYERS: &[(&str, u8)] = &[
 
 type Module = Vec<String>;
 
-/// One library crate: its module files.
+/// One library crate: its module files, and the names each re-exports
+/// (`pub use child::Name;`) with the module they come from.
 struct Tree {
     files: BTreeMap<Module, PathBuf>,
+    reexports: BTreeMap<(Module, String), Module>,
 }
 
 fn tree(src: &Path, root_file: &str) -> Tree {
@@ -68,7 +70,42 @@ fn tree(src: &Path, root_file: &str) -> Tree {
             files.insert(module, path);
         }
     }
-    Tree { files }
+    let mut tree = Tree { files, reexports: BTreeMap::new() };
+    let mut found = Vec::new();
+    for (module, file) in &tree.files {
+        for path in reexported(&std::fs::read_to_string(file).unwrap()) {
+            let Some((name, from)) = path.split_last() else { continue };
+            // `pub use child::X` is relative to the module itself.
+            let from: Module = match from.first().map(String::as_str) {
+                Some("crate" | "super" | "self") => from.to_vec(),
+                _ => ["self".to_owned()].into_iter().chain(from.iter().cloned()).collect(),
+            };
+            if let Some(target) = resolve(&tree, module, &from) {
+                found.push(((module.clone(), name.clone()), target));
+            }
+        }
+    }
+    tree.reexports.extend(found);
+    tree
+}
+
+/// The paths of a file's `pub use` and `pub(crate) use` items.
+fn reexported(src: &str) -> Vec<Module> {
+    let src = strip_test_modules(&strip_comments(src));
+    let mut out = Vec::new();
+    for start in ["pub use ", "pub(crate) use ", "pub(super) use "] {
+        let mut rest = src.as_str();
+        while let Some(at) = rest.find(start) {
+            let after = &rest[at + start.len()..];
+            rest = after;
+            if let Some(end) = after.find(';') {
+                let mut paths = Vec::new();
+                expand(&after[..end], &[], &mut paths);
+                out.extend(paths.into_iter().filter(|p| p.last().is_some_and(|n| n != "*" && n != "self")));
+            }
+        }
+    }
+    out
 }
 
 /// The source without comments (line, doc and block comments) and without
@@ -222,7 +259,18 @@ fn resolve(tree: &Tree, from: &Module, path: &Module) -> Option<Module> {
         _ => return None,
     }
     let full: Module = base.into_iter().chain(rest.iter().cloned()).collect();
-    (0..=full.len()).rev().map(|n| full[..n].to_vec()).find(|m| tree.files.contains_key(m))
+    let n = (0..=full.len()).rev().find(|n| tree.files.contains_key(&full[..*n]))?;
+    let mut module = full[..n].to_vec();
+    // A name the module re-exports is imported from where it is defined.
+    let mut hops = 0;
+    while let Some(name) = full.get(n).filter(|_| hops < 8) {
+        match tree.reexports.get(&(module.clone(), name.clone())) {
+            Some(target) if *target != module => module = target.clone(),
+            _ => break,
+        }
+        hops += 1;
+    }
+    Some(module)
 }
 
 /// File-to-file imports, each with one example path.
@@ -402,6 +450,9 @@ fn the_checker_finds_a_cycle_it_is_shown() {
     expand("crate::{log::{A, b::C as D}, records}", &[], &mut out);
     let got: Vec<String> = out.iter().map(|p| p.join("::")).collect();
     assert_eq!(got, ["crate::log::A", "crate::log::b::C", "crate::records"]);
+    let re: Vec<String> =
+        reexported("pub use gap::{Area, GapReason};\nuse x::Y;").iter().map(|p| p.join("::")).collect();
+    assert_eq!(re, ["gap::Area", "gap::GapReason"]);
     let found = paths("// use crate::x::Y;\nlet a = super::z::W::new(\"crate::q\");");
     let got: Vec<String> = found.iter().map(|p| p.join("::")).collect();
     assert_eq!(got, ["super::z::W::new"]);
