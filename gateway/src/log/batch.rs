@@ -94,7 +94,11 @@ impl DurableLog {
                 }
                 Op::Undeliverable(area, seq, detail) => {
                     if let Some(bytes) = txn.remove(area, seq)? {
-                        txn.gap(area, seq, seq, 1, bytes, GapReason::Undeliverable, Some(detail))?;
+                        txn.gap(
+                            Lost { area, from: seq, to: seq, records: 1, bytes },
+                            GapReason::Undeliverable,
+                            Some(detail),
+                        )?;
                     }
                 }
             }

@@ -89,7 +89,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
-use txn::{Txn, RETAIN_PER_BATCH};
+use txn::{Lost, Txn, RETAIN_PER_BATCH};
 
 impl Area {
     fn prefix(self) -> u8 {

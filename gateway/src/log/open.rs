@@ -153,11 +153,7 @@ impl DurableLog {
             last = last.max(*seq);
         }
         let g = txn.gap(
-            Area::Frames,
-            from,
-            last,
-            doomed.len() as u64,
-            bytes,
+            Lost { area: Area::Frames, from, to: last, records: doomed.len() as u64, bytes },
             GapReason::Unreadable,
             Some(
                 "appended after the last flush and torn by a crash: never acknowledged, so the broker delivers \

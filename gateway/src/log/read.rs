@@ -113,7 +113,7 @@ impl DurableLog {
         txn.batch.insert(aside, raw);
         txn.state.set_aside += 1;
         if area != Area::Gaps {
-            txn.gap(area, seq, seq, 1, bytes, GapReason::Unreadable, Some(why.clone()))?;
+            txn.gap(Lost { area, from: seq, to: seq, records: 1, bytes }, GapReason::Unreadable, Some(why.clone()))?;
         }
         self.finish(txn)?;
         self.inner.publish_used(&core);

@@ -29,6 +29,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// rest goes on the next batch or [`super::DurableLog::retain`].
 pub const RETAIN_PER_BATCH: usize = 4096;
 
+/// Records given up in one run of sequence numbers (a gap record's body).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lost {
+    /// Where they were.
+    pub(super) area: Area,
+    /// First sequence number of the run.
+    pub(super) from: u64,
+    /// Last sequence number of the run (inclusive).
+    pub(super) to: u64,
+    /// Records removed.
+    pub(super) records: u64,
+    /// Their logical bytes.
+    pub(super) bytes: u64,
+}
+
 pub(super) struct Txn<'a> {
     inner: &'a Inner,
     core: &'a mut Core,
@@ -187,18 +202,9 @@ impl<'a> Txn<'a> {
         Ok(n)
     }
 
-    /// Writes a gap record.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gap(
-        &mut self,
-        area: Area,
-        from: u64,
-        to: u64,
-        records: u64,
-        bytes: u64,
-        reason: GapReason,
-        detail: Option<String>,
-    ) -> Result<GapRecord, LogError> {
+    /// Writes a gap record for `lost`.
+    pub fn gap(&mut self, lost: Lost, reason: GapReason, detail: Option<String>) -> Result<GapRecord, LogError> {
+        let Lost { area, from, to, records, bytes } = lost;
         let g = GapRecord {
             id: self.state.next_gap,
             gateway_id: self.inner.opts.gateway_id.clone(),
@@ -261,7 +267,7 @@ impl<'a> Txn<'a> {
                 self.touched_segs.insert(id);
             }
             if records > 0 {
-                let g = self.gap(area, from, to, records, bytes, reason, None)?;
+                let g = self.gap(Lost { area, from, to, records, bytes }, reason, None)?;
                 tracing::warn!(
                     area = area.name(),
                     from,
