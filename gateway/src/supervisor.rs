@@ -140,7 +140,8 @@ async fn pipeline(
     );
     let detect = start_detect(&config, &log).await?;
     let producer = replicate::producer(&config.replicate)?;
-    let replicate = replicate::Replicate::new(log.clone(), config.replicate.clone(), producer);
+    let faults = crate::faults::Faults::from_env();
+    let replicate = replicate::Replicate::new(log.clone(), config.replicate.clone(), producer).with_faults(faults);
     let intake = intake::Intake::new(config.mqtt.clone(), log.clone());
     let telemetry = telemetry::status::Telemetry {
         log: log.clone(),
@@ -225,6 +226,7 @@ async fn start_detect(config: &config::Config, log: &log::DurableLog) -> Result<
         text: config.detect.text,
         fields: config.fields.clone(),
         sample: config.sample.clone(),
+        faults: crate::faults::Faults::from_env(),
     };
     Ok(if !config.detect.enabled && config.detect.hold_when_disabled {
         tracing::warn!("detect.enabled = false, when_disabled = \"hold\": frames stay in the log unannotated");

@@ -139,6 +139,8 @@ pub struct DetectOptions {
     pub fields: Vec<crate::config::FieldConfig>,
     /// Which images are kept for upload.
     pub sample: crate::config::SampleConfig,
+    /// Injected faults (tests and chaos runs only; none in production).
+    pub faults: crate::faults::Faults,
 }
 
 struct Job {
@@ -195,7 +197,7 @@ impl Detect {
                 model_dir: opts.enabled.then(|| opts.model.clone()),
                 load,
                 field_decls: opts.fields.clone(),
-                faults: crate::faults::Faults::from_env(),
+                faults: opts.faults.clone(),
             };
             let channels = worker::Channels { jobs: jobs_rx.clone(), results: res_tx.clone(), ready: ready_tx };
             let handle = std::thread::Builder::new()

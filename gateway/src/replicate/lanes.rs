@@ -28,7 +28,7 @@ pub(super) struct Lanes {
 impl Replicate {
     /// How far the stage may read (exclusive): never past detect.
     pub(super) fn read_bound(&self) -> Result<u64, ReplicateError> {
-        Ok(if self.unbounded {
+        Ok(if self.faults.replicate_unbounded {
             // Injected fault (tests only): the pre-fix bound.
             self.log.bound(Cursor::Detect)?
         } else {

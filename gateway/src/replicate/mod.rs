@@ -68,6 +68,7 @@ use batch::Pending;
 use part::Part;
 
 use crate::config::ReplicateConfig;
+use crate::faults::Faults;
 use crate::log::{DurableLog, LogError};
 use crate::util::RateLimiter;
 use rdkafka::error::KafkaError;
@@ -164,7 +165,8 @@ pub struct Replicate {
     producer: KafkaProducer,
     stats: Arc<ReplicateStats>,
     warn: RateLimiter,
-    unbounded: bool,
+    /// Injected faults (none in production).
+    faults: Faults,
 }
 
 impl Replicate {
@@ -176,8 +178,15 @@ impl Replicate {
             producer,
             stats: Arc::new(ReplicateStats::default()),
             warn: RateLimiter::new(Duration::from_secs(30)),
-            unbounded: crate::faults::Faults::from_env().replicate_unbounded,
+            faults: Faults::default(),
         }
+    }
+
+    /// The same stage with `faults` injected (tests and chaos runs only; the
+    /// supervisor reads them from `VISION_GATEWAY_FAULTS`).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Live counters.
@@ -193,7 +202,7 @@ impl Replicate {
     /// # Errors
     /// [`ReplicateError::Log`] if the log fails.
     pub async fn run(self, stop: CancellationToken) -> Result<(), ReplicateError> {
-        if crate::faults::Faults::from_env().replicate_fail {
+        if self.faults.replicate_fail {
             return Err(ReplicateError::Task("injected fault: the replicate stage fails for good".into()));
         }
         let mut failures: u32 = 0;

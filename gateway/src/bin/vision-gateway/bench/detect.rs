@@ -261,6 +261,7 @@ async fn stage_pass(
         text: inference::ocr::TextFilter::default(),
         fields: Vec::new(),
         sample: gateway::config::SampleConfig::default(),
+        faults: gateway::faults::Faults::default(),
     };
     let stage = Detect::start(log.clone(), &opts)?;
     let stop = tokio_util::sync::CancellationToken::new();
