@@ -12,7 +12,7 @@
 
 use super::codec::{self, RecordKind};
 use super::index::Slot;
-use super::segments::Lane;
+use super::segments::Writer;
 use super::{Area, AreaStats};
 use std::collections::BTreeMap;
 
@@ -29,8 +29,8 @@ pub struct SegLive {
 
 impl SegLive {
     /// The lane, if valid.
-    pub fn lane(&self) -> Option<Lane> {
-        Lane::from_u8(self.lane)
+    pub fn lane(&self) -> Option<Writer> {
+        Writer::from_u8(self.lane)
     }
 }
 

@@ -82,7 +82,7 @@ use crate::records::{Area, FrameRecord, GapReason, GapRecord};
 use crate::util::now_ms;
 use accounting::{SegLive, State};
 use index::{key, seq_of, Index, Slot, ASIDE_PREFIX, META_DURABLE, META_FORMAT, META_GATEWAY, META_STATE};
-use segments::{read_record, Lane, SegmentStore};
+use segments::{read_record, SegmentStore, Writer};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -103,10 +103,10 @@ impl Area {
     }
 
     /// Which segment lane its large records go to.
-    fn lane(self) -> Lane {
+    fn lane(self) -> Writer {
         match self {
-            Area::Frames | Area::DeadLetters => Lane::Intake,
-            Area::Images | Area::Annotations | Area::Gaps => Lane::Stage,
+            Area::Frames | Area::DeadLetters => Writer::Intake,
+            Area::Images | Area::Annotations | Area::Gaps => Writer::Stage,
         }
     }
 }

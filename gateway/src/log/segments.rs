@@ -50,26 +50,26 @@ const RECORD_MAGIC: &[u8; 4] = b"VGSR";
 /// Bytes of a record's header in a segment.
 pub const RECORD_HEADER_LEN: u64 = 24;
 
-/// Which writer a segment belongs to. Records that die together share a
-/// lane, so a segment empties as a whole: frames (freed after detect) do
+/// Which writer a segment belongs to (its lane of files). Records that
+/// die together share a lane, so a segment empties as a whole: frames (freed after detect) do
 /// not share files with sampled images (freed after upload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Lane {
+pub enum Writer {
     /// Appended by intake: frames and large dead letters.
     Intake = 0,
     /// Written by stages: sampled images and large annotations.
     Stage = 1,
 }
 
-impl Lane {
+impl Writer {
     /// Both lanes.
-    pub const ALL: [Lane; 2] = [Lane::Intake, Lane::Stage];
+    pub const ALL: [Writer; 2] = [Writer::Intake, Writer::Stage];
 
     /// The lane with this byte, if any.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
-            0 => Some(Lane::Intake),
-            1 => Some(Lane::Stage),
+            0 => Some(Writer::Intake),
+            1 => Some(Writer::Stage),
             _ => None,
         }
     }
@@ -148,7 +148,7 @@ pub enum SegmentDamage {
 /// A segment file the store knows about.
 #[derive(Debug)]
 struct Seg {
-    lane: Lane,
+    lane: Writer,
     /// Bytes in the file (header + records written by this process, or the
     /// file's length when found at open).
     file_bytes: u64,
@@ -166,7 +166,7 @@ pub struct SegmentStore {
     dir: PathBuf,
     target_bytes: u64,
     segs: BTreeMap<u64, Seg>,
-    active: HashMap<Lane, Active>,
+    active: HashMap<Writer, Active>,
     next_id: u64,
     /// Segments written since the last sync.
     dirty: HashSet<u64>,
@@ -239,7 +239,7 @@ impl SegmentStore {
             let len = e.metadata()?.len();
             disk_bytes += len;
             // The lane is corrected from the index by the caller.
-            segs.insert(id, Seg { lane: Lane::Intake, file_bytes: len });
+            segs.insert(id, Seg { lane: Writer::Intake, file_bytes: len });
         }
         let next_id = segs.keys().next_back().map_or(1, |m| m + 1);
         Ok(Self {
@@ -261,7 +261,7 @@ impl SegmentStore {
     }
 
     /// Sets a segment's lane (from the index at open).
-    pub fn set_lane(&mut self, id: u64, lane: Lane) {
+    pub fn set_lane(&mut self, id: u64, lane: Writer) {
         if let Some(s) = self.segs.get_mut(&id) {
             s.lane = lane;
         }
@@ -277,14 +277,14 @@ impl SegmentStore {
         self.segs.get(&id).map_or(0, |s| s.file_bytes)
     }
 
-    /// Lane of a segment, if present.
-    pub fn lane(&self, id: u64) -> Option<Lane> {
+    /// Writer of a segment, if present.
+    pub fn lane(&self, id: u64) -> Option<Writer> {
         self.segs.get(&id).map(|s| s.lane)
     }
 
     /// Bytes appending a body of `len` to `lane` would add on disk (a new
     /// segment's header included when the active one is full).
-    pub fn cost(&self, lane: Lane, len: u64) -> u64 {
+    pub fn cost(&self, lane: Writer, len: u64) -> u64 {
         let rec = RECORD_HEADER_LEN + len;
         if self.rolls(lane, rec) {
             FILE_HEADER_LEN + rec
@@ -295,7 +295,7 @@ impl SegmentStore {
 
     /// True if a record taking `rec` bytes starts a new segment of `lane`:
     /// there is no active one, or it is full (an empty one takes any size).
-    fn rolls(&self, lane: Lane, rec: u64) -> bool {
+    fn rolls(&self, lane: Writer, rec: u64) -> bool {
         match self.active.get(&lane).and_then(|a| self.segs.get(&a.id)) {
             Some(s) => s.file_bytes + rec > self.target_bytes && s.file_bytes > FILE_HEADER_LEN,
             None => true,
@@ -303,7 +303,7 @@ impl SegmentStore {
     }
 
     /// The lane's active segment, if it has one.
-    pub fn active_id(&self, lane: Lane) -> Option<u64> {
+    pub fn active_id(&self, lane: Writer) -> Option<u64> {
         self.active.get(&lane).map(|a| a.id)
     }
 
@@ -323,7 +323,7 @@ impl SegmentStore {
     ///
     /// # Errors
     /// I/O errors; the record is then not in the log.
-    pub fn append(&mut self, lane: Lane, area: u8, seq: u64, parts: &[&[u8]]) -> std::io::Result<(SegPtr, bool)> {
+    pub fn append(&mut self, lane: Writer, area: u8, seq: u64, parts: &[&[u8]]) -> std::io::Result<(SegPtr, bool)> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let len = u32::try_from(total)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "record over 4 GiB"))?;
@@ -372,7 +372,7 @@ impl SegmentStore {
         Ok((SegPtr { segment: id, offset, len, crc }, created))
     }
 
-    fn create(&mut self, lane: Lane) -> std::io::Result<()> {
+    fn create(&mut self, lane: Writer) -> std::io::Result<()> {
         let id = self.next_id;
         self.next_id += 1;
         let path = self.dir.join(file_name(id));
@@ -545,12 +545,12 @@ mod tests {
     fn append_read_roll_and_delete() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SegmentStore::open(dir.path().join("segments"), 200).unwrap();
-        let (a, created) = s.append(Lane::Intake, 1, 7, &[&[1u8; 100]]).unwrap();
+        let (a, created) = s.append(Writer::Intake, 1, 7, &[&[1u8; 100]]).unwrap();
         assert!(created);
-        let (b, created) = s.append(Lane::Intake, 1, 8, &[&[2u8; 50], &[2u8; 50]]).unwrap();
+        let (b, created) = s.append(Writer::Intake, 1, 8, &[&[2u8; 50], &[2u8; 50]]).unwrap();
         assert!(created, "the first segment is full");
         assert_ne!(a.segment, b.segment);
-        let (c, _) = s.append(Lane::Stage, 2, 7, &[&[3u8; 10]]).unwrap();
+        let (c, _) = s.append(Writer::Stage, 2, 7, &[&[3u8; 10]]).unwrap();
         assert_ne!(c.segment, b.segment, "lanes never share a segment");
         let plan = s.take_sync_plan().unwrap();
         plan.run().unwrap();
@@ -571,7 +571,7 @@ mod tests {
     fn torn_and_flipped_records_are_damage_not_data() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SegmentStore::open(dir.path().to_path_buf(), 1 << 20).unwrap();
-        let (p, _) = s.append(Lane::Intake, 1, 0, &[&[9u8; 1000]]).unwrap();
+        let (p, _) = s.append(Writer::Intake, 1, 0, &[&[9u8; 1000]]).unwrap();
         let path = dir.path().join(file_name(p.segment));
         // Flip one byte of the body's head (the rest is the codec's to check).
         let mut bytes = std::fs::read(&path).unwrap();

@@ -21,7 +21,7 @@
 use super::accounting::{SegLive, State};
 
 use super::index::{self, encode_pointer, key, seq_of, Slot, META_STATE};
-use super::segments::{Lane, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use super::segments::{Writer, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use super::{codec, Area, Core, Cursor, GapReason, GapRecord, Inner, LogError, WhenFull};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -232,7 +232,7 @@ impl<'a> Txn<'a> {
             self.retain_area(area, usize::MAX)?;
         }
         // An emptied active segment is closed so that its file can go.
-        for lane in Lane::ALL {
+        for lane in Writer::ALL {
             if let Some(id) = self.core.segs.active_id(lane) {
                 if self.state.segs.get(&id).is_none_or(|l| l.records == 0) {
                     self.core.segs.seal(id);
