@@ -180,21 +180,6 @@ impl std::fmt::Display for DemoSummary {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn demo_processes_every_frame_and_accounts_for_drops() {
-        let d = tempfile::tempdir().unwrap();
-        let s = super::run(d.path(), 3, 40).await.unwrap();
-        assert_eq!(s.frames_appended, 120);
-        assert_eq!(s.frames_processed, 120);
-        assert_eq!(s.frames_left, 0, "retention freed every processed frame");
-        assert_eq!(s.seq_after_restart, 120);
-        assert!(s.blocked_appends >= 10, "{s:?}");
-        assert!(s.dropped_in_gaps >= 10, "{s:?}");
-    }
-}
-
 /// What the pipeline demo saw, per camera.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CameraSummary {
@@ -541,5 +526,20 @@ impl std::fmt::Display for PipelineSummary {
         let o = self.out.display();
         writeln!(f, "  report: {o}/report.html ({o}/report.json)")?;
         writeln!(f, "  annotated frames: {o}/annotated/*.svg, reassembled images: {o}/images/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn demo_processes_every_frame_and_accounts_for_drops() {
+        let d = tempfile::tempdir().unwrap();
+        let s = super::run(d.path(), 3, 40).await.unwrap();
+        assert_eq!(s.frames_appended, 120);
+        assert_eq!(s.frames_processed, 120);
+        assert_eq!(s.frames_left, 0, "retention freed every processed frame");
+        assert_eq!(s.seq_after_restart, 120);
+        assert!(s.blocked_appends >= 10, "{s:?}");
+        assert!(s.dropped_in_gaps >= 10, "{s:?}");
     }
 }
