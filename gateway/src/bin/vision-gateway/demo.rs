@@ -325,7 +325,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     }
     // The consumer is ready before the first frame is published, and reads
     // while the replay goes on: a frame's latency is capture to consumed.
-    let consumer = latency_consumer(brokers, "vision.annotations")?;
+    let consumer = latency_consumer(brokers, gateway::records::header::ANNOTATIONS_TOPIC)?;
     let t0 = Instant::now();
     let broker = format!("127.0.0.1:{mqtt_port}");
     let cams = cameras.clone();
@@ -383,7 +383,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let _ = std::fs::remove_dir_all(&images);
     let r = gateway::replicate::reassemble::reassemble(
         brokers,
-        "vision.images",
+        gateway::records::header::IMAGES_TOPIC,
         "demo-images",
         &images,
         Duration::from_secs(5),

@@ -166,7 +166,7 @@ async fn create_topics(brokers: &str) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let names = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
+    let names = gateway::records::header::ALL_TOPICS;
     let new: Vec<NewTopic> = names.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
     let _ = admin.create_topics(&new, &AdminOptions::new()).await?;
     Ok(())

@@ -190,7 +190,7 @@ async fn consume(
     (backlog, backlog_seq0): (u64, u64),
 ) -> anyhow::Result<(Vec<(u64, f64, f64)>, Instant, u64)> {
     use rdkafka::Message;
-    let consumer = crate::demo::latency_consumer(&brokers, "vision.annotations")?;
+    let consumer = crate::demo::latency_consumer(&brokers, gateway::records::header::ANNOTATIONS_TOPIC)?;
     let mut seen = std::collections::HashSet::new();
     let (mut live, mut old) = (Vec::new(), 0u64);
     let (mut last_old, mut last_old_ms) = (Instant::now(), now_ms());
@@ -260,7 +260,7 @@ pub async fn drain(
     let exe = std::env::current_exe()?;
     let (_broker, mqtt) = private_mosquitto(dir).await?;
     let mock = rdkafka::mocking::MockCluster::new(1)?;
-    for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+    for t in gateway::records::header::ALL_TOPICS {
         mock.create_topic(t, 1, 1)?;
     }
     let brokers = mock.bootstrap_servers();
@@ -398,7 +398,7 @@ pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
     let exe = std::env::current_exe()?;
     let (_broker, mqtt) = private_mosquitto(dir).await?;
     let mock = rdkafka::mocking::MockCluster::new(1)?;
-    for t in ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"] {
+    for t in gateway::records::header::ALL_TOPICS {
         mock.create_topic(t, 1, 1)?;
     }
     let http = free_port()?;

@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(long)]
     pub brokers: String,
     /// Images topic.
-    #[arg(long, default_value = "vision.images")]
+    #[arg(long, default_value = gateway::records::header::IMAGES_TOPIC)]
     pub topic: String,
     /// Consumer group (offsets are committed there).
     #[arg(long, default_value = "vision-gateway-reassemble")]
