@@ -5,7 +5,7 @@
 //! # Layers
 //!
 //! Lowest first. A module imports only from the layers below it (and from
-//! earlier entries of its own layer); `gateway/tests/layers.rs` checks it,
+//! earlier entries of its own layer); `gateway/tests/integration/layers.rs` checks it,
 //! and that no import cycle joins two files, on every test run.
 //!
 //! 0. [`util`] (rate limiter, units, clock) and [`records`] (the

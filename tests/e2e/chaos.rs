@@ -38,11 +38,11 @@
 //!   (`replicate_unbounded` puts back the dead-letter bug of issue 12).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
+use crate::harness::{
+    exe, fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Persistence, Settings, Tansu, TmpFs,
+};
 use gateway::records::FrameAnnotation;
 use gateway::records::{Area, GapReason, GapRecord};
-use harness::{fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Settings, Tansu, TmpFs};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -319,7 +319,7 @@ impl World {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66);
         let pool = Pool::new(&mut rng);
         let fs = power.then(LazyFs::mount);
-        let mq = Mosquitto::start_with(true);
+        let mq = Mosquitto::start_with(Persistence::OnStop, 100_000).unwrap();
         let tansu = Tansu::start();
         tansu.create_topics(&TOPICS);
         let work = tempfile::tempdir().unwrap();
@@ -389,7 +389,7 @@ impl World {
         if self.mode == Mode::Slow {
             faults.push_str(",detect_delay_ms=700");
         }
-        let gw = Gateway::start_env(&cfg, s.http_port, &[("VISION_GATEWAY_FAULTS", faults.as_str())]);
+        let gw = Gateway::start_env(exe(), &cfg, s.http_port, &[("VISION_GATEWAY_FAULTS", faults.as_str())]).unwrap();
         if let Some(fs) = &self.fs {
             // What start-up wrote reaches the disk, as writeback would.
             fs.checkpoint();
@@ -439,10 +439,10 @@ impl World {
                     let h = sc.spawn(move || publish(rt, port, fr));
                     std::thread::sleep(delay);
                     if how == "power cut" {
-                        gw.freeze();
+                        gw.freeze().unwrap();
                         self.fs.as_ref().unwrap().clear_cache();
                     }
-                    gw.kill9();
+                    gw.kill9().unwrap();
                     h.join().unwrap()
                 });
                 self.note(
@@ -468,7 +468,7 @@ impl World {
     /// before the kill and redelivered after it must keep its frame_id.
     fn outage(&mut self) {
         if let Some(gw) = self.gw.take() {
-            gw.kill9();
+            gw.kill9().unwrap();
         }
         let secs = self.rng.range(2, 5);
         let n = self.rng.range(150, 400) as usize;
@@ -481,7 +481,7 @@ impl World {
         let ms = self.rng.range(300, 2500);
         std::thread::sleep(Duration::from_millis(ms));
         if let Some(gw) = self.gw.take() {
-            gw.kill9();
+            gw.kill9().unwrap();
         }
         self.start_gateway();
         self.note(
@@ -543,13 +543,13 @@ impl World {
                 self.note("kafka restart", "Kafka restarted".into());
             }
             74..=79 => {
-                self.mq.restart();
+                self.mq.restart().unwrap();
                 self.note("mosquitto restart", "mosquitto restarted".into());
             }
             80..=89 => {
                 let mode = [Mode::Enabled, Mode::Slow, Mode::Forward, Mode::Hold][self.rng.below(4) as usize];
                 if let Some(gw) = self.gw.take() {
-                    let (ok, log) = gw.terminate();
+                    let (ok, log) = gw.terminate().unwrap();
                     assert!(ok, "seed {}: the gateway did not stop cleanly on SIGTERM:\n{log}", self.seed);
                 }
                 self.mode = mode;
@@ -558,7 +558,7 @@ impl World {
             }
             90..=94 if self.gw.is_some() => {
                 if let Some(gw) = self.gw.take() {
-                    gw.kill9();
+                    gw.kill9().unwrap();
                 }
                 self.note("gateway down", "gateway killed, stays down".into());
             }
@@ -579,7 +579,7 @@ impl World {
         }
         if self.mode != Mode::Enabled || self.gw.is_none() {
             if let Some(gw) = self.gw.take() {
-                let (ok, log) = gw.terminate();
+                let (ok, log) = gw.terminate().unwrap();
                 assert!(ok, "seed {}: the gateway did not stop cleanly on SIGTERM:\n{log}", self.seed);
             }
             self.mode = Mode::Enabled;
@@ -988,7 +988,7 @@ fn mosquitto_restarts_right_after_bursts_lose_nothing() {
     w.start_gateway();
     for _ in 0..6 {
         w.send(None);
-        w.mq.restart();
+        w.mq.restart().unwrap();
         w.note("mosquitto restart", "mosquitto restarted".into());
     }
     w.send(None);

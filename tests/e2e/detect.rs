@@ -3,22 +3,20 @@
 //! camera, and frames are freed once annotated.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
+use crate::harness::{annotations, exe, fixtures, repo, Gateway, Mosquitto, Settings};
 use gateway::records::Area;
 use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
-use harness::{annotations, fixtures, repo, Gateway, Mosquitto, Settings};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use testkit::replay::{load_cameras, replay};
 
 #[test]
 fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotations() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = true;
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
 
     // A frame that passes intake's header checks but cannot be decoded.
     let broken = dir.path().join("broken");
@@ -34,13 +32,14 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
 
     gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= (total + 1) as f64
-    });
+    })
+    .unwrap();
     let m = gw.metrics();
     assert_eq!(m["vision_gateway_annotation_errors_total"], 1.0);
     assert_eq!(m["vision_gateway_detect_latency_seconds_count"], (total + 1) as f64);
     assert_eq!(gw.get("/readyz").0, 200);
     check_status_page(&gw, &cameras, dir.path());
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
     let log = s.open_log();
@@ -89,7 +88,7 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
 /// camera's frames, and every annotation says `tract`.
 #[test]
 fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = true;
@@ -97,7 +96,7 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
     let cfg = s.write(&dir.path().join("g.toml"));
     let text = check_config(&cfg);
     assert!(text.contains("runtime      tract 0.23.9 (auto: no ONNX Runtime library at"), "{text}");
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let cameras: Vec<_> =
         load_cameras(&fixtures().join("cameras")).unwrap().into_iter().filter(|c| c.id == "line1-cam1").collect();
     let total = cameras[0].frames.len();
@@ -105,8 +104,9 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
     rt.block_on(replay(&cameras, &mq.addr(), Some(20.0), false)).unwrap();
     gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     let anns = annotations(&s.open_log());
     assert_eq!(anns.len(), total);
@@ -140,7 +140,7 @@ fn without_the_onnxruntime_library_auto_runs_tract_and_reads_the_labels() {
 // One scenario through the real service, told in order.
 #[allow(clippy::too_many_lines)]
 fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = true;
@@ -153,7 +153,7 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
     assert!(text.contains("field        lot = LOT <L\\d{4}[A-FX]> (required)"), "{text}");
     assert!(text.contains("field        batch = BATCH <\\d{3}> (required) on line1-cam2"), "{text}");
 
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let blank = dir.path().join("blank");
     std::fs::create_dir_all(&blank).unwrap();
     std::fs::write(blank.join("camera.toml"), "camera = \"blank-cam\"\nfps = 10.0\n").unwrap();
@@ -171,9 +171,10 @@ fn declared_label_fields_are_read_and_missing_ones_are_sampled_for_review() {
     rt.block_on(replay(&load_cameras(&blank).unwrap(), &mq.addr(), None, false)).unwrap();
     gw.wait_for("every frame annotated", Duration::from_secs(300), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
-    });
+    })
+    .unwrap();
     let m = gw.metrics();
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     assert!(glog.contains("label fields compiled"), "{glog}");
     assert!(glog.contains("required label field not read"), "{glog}");
@@ -273,7 +274,7 @@ fn check_status_page(gw: &Gateway, cameras: &[testkit::replay::Camera], dir: &st
     assert!(html.contains("<polygon"));
     assert_eq!(status["frames_annotated"].as_u64(), status["frames_received"].as_u64());
 
-    let shot = harness::screenshot(&format!("http://127.0.0.1:{}/?refresh=0", gw.http_port), dir);
+    let shot = crate::harness::screenshot(&format!("http://127.0.0.1:{}/?refresh=0", gw.http_port), dir);
     let png = image::open(&shot).unwrap().to_rgb8();
     let boxed = png.pixels().filter(|p| p.0.iter().zip(BOX_RGB).all(|(a, b)| a.abs_diff(b) < 24)).count();
     let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
@@ -291,21 +292,22 @@ fn check_status_page(gw: &Gateway, cameras: &[testkit::replay::Camera], dir: &st
 /// with an empty annotation, in order, and the log is freed.
 #[test]
 fn with_the_model_off_every_frame_is_forwarded_unannotated() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = false;
     s.when_disabled = "forward";
     s.extra = "[sample]\nevery_nth = 5\n".into();
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
     let cameras = load_cameras(&fixtures().join("cameras")).unwrap();
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(replay(&cameras, &mq.addr(), Some(50.0), false)).unwrap();
     gw.wait_for("every frame forwarded", Duration::from_secs(60), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= total as f64
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     assert!(glog.contains("forwarded upstream without annotations"), "{glog}");
     let log = s.open_log();

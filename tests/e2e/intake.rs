@@ -3,12 +3,10 @@
 //! `vision-gateway` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
+use crate::harness::{exe, fixtures, frames, long_camera, Gateway, Mosquitto, Settings};
 use gateway::log::Cursor;
 use gateway::records::DeadLetter;
 use gateway::records::{Area, FrameRecord};
-use harness::{fixtures, frames, long_camera, Gateway, Mosquitto, Settings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -33,10 +31,10 @@ fn per_camera(frames: &[(u64, FrameRecord)]) -> BTreeMap<String, Vec<u64>> {
 
 #[test]
 fn replay_stores_every_frame_in_order_per_camera() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = Settings::new(dir.path(), mq.port);
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
 
     let cameras = load_cameras(&fixtures().join("cameras")).unwrap();
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
@@ -44,9 +42,10 @@ fn replay_stores_every_frame_in_order_per_camera() {
     assert_eq!(r.acked, total as u64);
     gw.wait_for("every frame stored", Duration::from_secs(60), |m| {
         m.get("vision_gateway_frames_stored_total").copied().unwrap_or(0.0) >= total as f64
-    });
+    })
+    .unwrap();
     assert_eq!(gw.metric("vision_gateway_frames_acked_total"), total as f64);
-    let (ok, log) = gw.terminate();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "SIGTERM exits 0:\n{log}");
 
     let log = s.open_log();
@@ -68,7 +67,7 @@ fn replay_stores_every_frame_in_order_per_camera() {
 
 #[test]
 fn kill_9_loses_nothing_and_the_session_keeps_frames_while_down() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = Settings::new(dir.path(), mq.port);
     let cfg = s.write(&dir.path().join("g.toml"));
@@ -76,7 +75,7 @@ fn kill_9_loses_nothing_and_the_session_keeps_frames_while_down() {
     let cam_dir = long_camera(dir.path(), "kill-cam", "line1-cam1", n, 60.0);
     let cameras = load_cameras(&cam_dir).unwrap();
 
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let rt = rt();
     let publisher = {
         let addr = mq.addr();
@@ -85,8 +84,9 @@ fn kill_9_loses_nothing_and_the_session_keeps_frames_while_down() {
     };
     gw.wait_for("some frames stored", Duration::from_secs(30), |m| {
         m.get("vision_gateway_frames_stored_total").copied().unwrap_or(0.0) >= 25.0
-    });
-    gw.kill9();
+    })
+    .unwrap();
+    gw.kill9().unwrap();
 
     // What the killed gateway left: intact, in order, and not everything.
     let before: BTreeSet<u64> = {
@@ -106,11 +106,12 @@ fn kill_9_loses_nothing_and_the_session_keeps_frames_while_down() {
     let r = rt.block_on(publisher).unwrap().unwrap();
     assert_eq!(r.acked, n as u64);
 
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     gw.wait_for("every frame in the log", Duration::from_secs(60), |m| {
         m.get("vision_gateway_log_records{area=\"frames\"}").copied().unwrap_or(0.0) >= n as f64
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
     let log = s.open_log();
@@ -137,10 +138,10 @@ fn kill_9_loses_nothing_and_the_session_keeps_frames_while_down() {
 
 #[test]
 fn bad_frames_are_quarantined_by_reason_and_good_ones_stored() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = Settings::new(dir.path(), mq.port);
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
 
     let bad = fixtures().join("bad");
     let expected: serde_json::Value = serde_json::from_slice(&file_bytes(&bad.join("expected.json"))).unwrap();
@@ -162,7 +163,8 @@ fn bad_frames_are_quarantined_by_reason_and_good_ones_stored() {
     gw.wait_for("all frames handled", Duration::from_secs(30), |m| {
         m.get("vision_gateway_frames_acked_total").copied().unwrap_or(0.0)
             >= (quarantined.len() + good.len() + 3) as f64
-    });
+    })
+    .unwrap();
     let m = gw.metrics();
     let mut want: BTreeMap<&str, f64> = BTreeMap::new();
     for reason in quarantined.values() {
@@ -173,7 +175,7 @@ fn bad_frames_are_quarantined_by_reason_and_good_ones_stored() {
         assert_eq!(m[&format!("vision_gateway_frames_quarantined_total{{reason=\"{reason}\"}}")], *n, "{reason}");
     }
     assert_eq!(m["vision_gateway_frames_stored_total"], good.len() as f64);
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     assert!(glog.contains("frame quarantined"), "quarantine is logged");
 
@@ -215,7 +217,7 @@ fn bad_frames_are_quarantined_by_reason_and_good_ones_stored() {
 /// itself when a consumer frees space.
 #[test]
 fn full_log_blocks_intake_without_loss_and_it_resumes_when_space_frees() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     // The smallest budget: about 2.5 MiB for frames once the index (512 KiB)
@@ -227,7 +229,7 @@ fn full_log_blocks_intake_without_loss_and_it_resumes_when_space_frees() {
         gateway::config::Config::parse(Path::new("test.toml"), &s.toml(), &gateway::config::ProcessEnv).unwrap();
     let log = gateway::open_log(&config).unwrap();
     let mut cameras = load_cameras(&fixtures().join("cameras")).unwrap();
-    cameras.extend(load_cameras(&harness::noise_camera(dir.path(), "big-cam", 4, 200_000, 5)).unwrap());
+    cameras.extend(load_cameras(&crate::harness::noise_camera(dir.path(), "big-cam", 4, 200_000, 5)).unwrap());
     let total: usize = cameras.iter().map(|c| c.frames.len()).sum();
 
     rt().block_on(async {

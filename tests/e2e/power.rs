@@ -8,9 +8,7 @@
 //! `POWER_SEED` replays a schedule of the random-cut test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
-use harness::{noise_camera, Gateway, LazyFs, Mosquitto, Settings};
+use crate::harness::{exe, noise_camera, Gateway, LazyFs, Mosquitto, Settings};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,7 +46,7 @@ fn expected(cameras: &[Camera]) -> BTreeMap<(String, u64), Vec<u8>> {
 fn missing(s: &Settings, want: &BTreeMap<(String, u64), Vec<u8>>, verbose: bool) -> (usize, usize) {
     let log = s.open_log();
     let mut found: BTreeMap<(String, u64), bool> = BTreeMap::new();
-    let frames = harness::frames(&log);
+    let frames = crate::harness::frames(&log);
     for (_, f) in &frames {
         let k = (f.camera.clone(), f.camera_seq.unwrap_or(u64::MAX));
         if let Some(bytes) = want.get(&k) {
@@ -76,7 +74,7 @@ fn power_cut_right_after_the_pubacks_loses_no_acknowledged_frame() {
         return;
     }
     let fs = LazyFs::mount();
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let work = tempfile::tempdir().unwrap();
     let s = settings(work.path(), &fs, &mq);
     let cfg = s.write(&work.path().join("g.toml"));
@@ -93,18 +91,19 @@ fn power_cut_right_after_the_pubacks_loses_no_acknowledged_frame() {
             let cameras = load_cameras(&d).unwrap();
             frame_bytes =
                 cameras[0].frames.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>() / per_cycle as u64;
-            let gw = Gateway::start(&cfg, s.http_port);
+            let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
             // What start-up wrote reaches the disk, as writeback would.
             fs.checkpoint();
             let r = rt.block_on(replay(&cameras, &mq.addr(), Some(0.0), false)).unwrap();
             assert_eq!(r.acked, per_cycle as u64);
             gw.wait_for("the gateway acknowledged every frame", Duration::from_secs(120), |m| {
                 m.get("vision_gateway_frames_acked_total").copied().unwrap_or(0.0) >= per_cycle as f64
-            });
+            })
+            .unwrap();
             // The power cut, right after the last PUBACK.
-            gw.freeze();
+            gw.freeze().unwrap();
             fs.clear_cache();
-            gw.kill9();
+            gw.kill9().unwrap();
             want.extend(expected(&cameras));
             let (lost, _) = missing(&s, &want, true);
             lost_here += lost;
@@ -113,8 +112,8 @@ fn power_cut_right_after_the_pubacks_loses_no_acknowledged_frame() {
         rows.push((frame_bytes, cycles, cycles * per_cycle, lost_here));
     }
     // The real binary starts on the recovered log.
-    let gw = Gateway::start(&cfg, s.http_port);
-    let (ok, log) = gw.terminate();
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "{log}");
     println!("power cut right after the PUBACKs (SIGSTOP, LazyFS clear-cache, kill -9), {:.0?} in all:", t0.elapsed());
     for (b, c, n, lost) in &rows {
@@ -139,7 +138,7 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
         x % n
     };
     let fs = LazyFs::mount();
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let work = tempfile::tempdir().unwrap();
     let s = settings(work.path(), &fs, &mq);
     let cfg = s.write(&work.path().join("g.toml"));
@@ -147,13 +146,13 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
     for (cam, n, bytes, fps) in [("small", 150, 40_000, 10.0), ("mid", 60, 200_000, 4.0), ("big", 24, 1_500_000, 1.6)] {
         noise_camera(work.path(), cam, n, bytes, seed ^ bytes as u64);
         // The recorded rate of this camera.
-        dirs.push(harness::camera_folder(work.path(), cam, fps));
+        dirs.push(crate::harness::camera_folder(work.path(), cam, fps));
     }
     let cameras: Vec<Camera> = dirs.iter().flat_map(|d| load_cameras(d).unwrap()).collect();
     let want = expected(&cameras);
     let addr = mq.addr();
     // The gateway's session exists before the cameras start.
-    let mut gw = Some(Gateway::start(&cfg, s.http_port));
+    let mut gw = Some(Gateway::start(exe(), &cfg, s.http_port).unwrap());
     let publisher = {
         let cameras = cameras.clone();
         std::thread::spawn(move || rt().block_on(replay(&cameras, &addr, None, false)).unwrap())
@@ -161,11 +160,11 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
     let mut cuts = 0;
     let mut opens = Vec::new();
     while !publisher.is_finished() {
-        let gw = gw.take().unwrap_or_else(|| Gateway::start(&cfg, s.http_port));
+        let gw = gw.take().unwrap_or_else(|| Gateway::start(exe(), &cfg, s.http_port).unwrap());
         std::thread::sleep(Duration::from_millis(200 + rand(2500)));
-        gw.freeze();
+        gw.freeze().unwrap();
         fs.clear_cache();
-        gw.kill9();
+        gw.kill9().unwrap();
         cuts += 1;
         // The log opens after every cut.
         let (_, records) = missing(&s, &want, false);
@@ -178,9 +177,9 @@ fn power_cuts_at_random_moments_under_load_lose_nothing() {
     // session; give them time to arrive.
     let mut lost = usize::MAX;
     for _ in 0..10 {
-        let gw = Gateway::start(&cfg, s.http_port);
+        let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
         std::thread::sleep(Duration::from_secs(3));
-        let (ok, log) = gw.terminate();
+        let (ok, log) = gw.terminate().unwrap();
         assert!(ok, "{log}");
         let (m, _) = missing(&s, &want, false);
         lost = m;

@@ -3,10 +3,8 @@
 //! (tansu with sqlite storage), and images reassembled from the topic.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
+use crate::harness::{exe, fixtures, header, long_camera, Gateway, Mosquitto, Persistence, Settings, Tansu};
 use gateway::records::FrameAnnotation;
-use harness::{fixtures, header, long_camera, Gateway, Mosquitto, Settings, Tansu};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,7 +51,7 @@ fn annotations(t: &Tansu) -> Vec<FrameAnnotation> {
 
 #[test]
 fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identical() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +60,7 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
     s.kafka = tansu.brokers();
     s.max_frame_bytes = "8MiB";
     s.extra = "[sample]\nevery_nth = 2\n".into();
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
 
     let mut cameras = load_cameras(&fixtures().join("cameras")).unwrap();
     cameras.extend(load_cameras(&big_jpeg(dir.path())).unwrap());
@@ -70,12 +68,14 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
     rt().block_on(replay(&cameras, &mq.addr(), Some(20.0), false)).unwrap();
     gw.wait_for("every annotation acknowledged by Kafka", Duration::from_secs(300), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= total as f64
-    });
+    })
+    .unwrap();
     let sampled = gw.metric("vision_gateway_images_sampled_total");
     gw.wait_for("every sampled image acknowledged", Duration::from_secs(60), |m| {
         m.get("vision_gateway_replicated_total{kind=\"image\"}").copied().unwrap_or(0.0) >= sampled
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
     let anns = annotations(&tansu);
@@ -127,7 +127,7 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
 
 #[test]
 fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let mut tansu = Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +139,7 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
     let n = 60;
     let cams = load_cameras(&long_camera(dir.path(), "outage-cam", "line1-cam1", n, 6.0)).unwrap();
 
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let rt = rt();
     let publisher = {
         let (addr, cams) = (mq.addr(), cams.clone());
@@ -148,15 +148,17 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
     let third = (n / 3) as f64;
     gw.wait_for("a third replicated", Duration::from_secs(120), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= third
-    });
+    })
+    .unwrap();
     tansu.stop();
     gw.wait_for("more frames annotated during the outage", Duration::from_secs(120), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= 2.0 * third
-    });
+    })
+    .unwrap();
     // Restart the gateway while Kafka is still down.
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(gw.metric("vision_gateway_kafka_connected"), 0.0);
     tansu.restart();
@@ -166,8 +168,8 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
             && m.get("vision_gateway_log_records{area=\"frames\"}").copied() == Some(0.0)
             && m.get("vision_gateway_log_next_seq").copied() == Some(n as f64)
     };
-    gw.wait_for("the backlog drained after Kafka returned", Duration::from_secs(300), log_done);
-    let (ok, glog) = gw.terminate();
+    gw.wait_for("the backlog drained after Kafka returned", Duration::from_secs(300), log_done).unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
     let anns = annotations(&tansu);
@@ -184,7 +186,7 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
 /// With `hold` the frames wait unannotated; once detect runs, everything
 /// arrives. Kafka must hold 12 annotations and 1 dead letter either way.
 fn bad_frame_while_the_model_is_behind(hold_first: bool) {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
@@ -198,31 +200,33 @@ fn bad_frame_while_the_model_is_behind(hold_first: bool) {
     std::fs::write(bad_dir.join("0.bin"), b"this is not an image").unwrap();
     let bad = load_cameras(&bad_dir).unwrap();
 
-    let mut gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let mut gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
     let rt = rt();
     rt.block_on(replay(&good, &mq.addr(), Some(0.0), false)).unwrap();
     rt.block_on(replay(&bad, &mq.addr(), Some(0.0), false)).unwrap();
     gw.wait_for("13 records acknowledged", Duration::from_secs(60), |m| {
         let stored = m.get("vision_gateway_frames_acked_total").copied().unwrap_or(0.0);
         stored >= 13.0
-    });
+    })
+    .unwrap();
     if hold_first {
         // Held: nothing may go up, the dead letter included, since it is
         // above frames the model has not seen.
-        let (ok, log) = gw.terminate();
+        let (ok, log) = gw.terminate().unwrap();
         assert!(ok, "{log}");
         assert!(
             tansu.consume_all("vision.dead-letters", Duration::from_secs(3)).is_empty(),
             "dead letter sent past held frames"
         );
         s.detect = true;
-        gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+        gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
     }
     gw.wait_for("12 annotations and 1 dead letter in Kafka", Duration::from_secs(300), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 12.0
             && m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0) >= 1.0
-    });
-    let (ok, log) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "{log}");
     let anns = annotations(&tansu);
     let cam_a: Vec<u64> =
@@ -254,7 +258,7 @@ fn a_bad_frame_under_hold_waits_for_the_frames_below_it() {
 /// order. Before, the whole batch was re-sent every ≤ 30 s forever.
 #[test]
 fn a_missing_images_topic_does_not_stop_annotations() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let tansu = Tansu::start();
     tansu.create_topics(&["vision.annotations", "vision.gaps", "vision.dead-letters"]);
     let dir = tempfile::tempdir().unwrap();
@@ -266,16 +270,17 @@ fn a_missing_images_topic_does_not_stop_annotations() {
         "[sample]\nevery_nth = 2\n[replicate.librdkafka]\n\"topic.metadata.propagation.max.ms\" = \"500\"\n".into();
     let n = 6;
     let cams = load_cameras(&long_camera(dir.path(), "camI", "line1-cam1", n, 100.0)).unwrap();
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
     rt().block_on(replay(&cams, &mq.addr(), Some(0.0), false)).unwrap();
     gw.wait_for("every annotation in Kafka, every image given up", Duration::from_secs(180), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= n as f64
             && m.get("vision_gateway_replicate_undeliverable_total{kind=\"image\"}").copied().unwrap_or(0.0)
                 >= (n / 2) as f64
             && m.get("vision_gateway_replicated_total{kind=\"gap\"}").copied().unwrap_or(0.0) >= (n / 2) as f64
-    });
+    })
+    .unwrap();
     let refusals = gw.metric("vision_gateway_replicate_topic_refusals_total");
-    let (ok, log) = gw.terminate();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "{log}");
     let anns = annotations(&tansu);
     let mut first: Vec<u64> = Vec::new();
@@ -319,7 +324,7 @@ fn a_missing_images_topic_does_not_stop_annotations() {
 #[allow(clippy::too_many_lines)]
 fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
     use image::ImageEncoder;
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
@@ -366,14 +371,15 @@ fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
     }
     std::fs::copy(&good[0], cam.join(format!("{n:03}.jpg"))).unwrap();
     n += 1;
-    let gw = Gateway::start(&s.write(&dir.path().join("g.toml")), s.http_port);
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
     let pid = gw.pid();
     rt().block_on(replay(&load_cameras(&cam).unwrap(), &mq.addr(), Some(0.0), false)).unwrap();
     gw.wait_for("every frame replicated", Duration::from_secs(600), |m| {
         let a = m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0);
         let d = m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0);
         a + d >= n as f64
-    });
+    })
+    .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm_kb: u64 = status
         .lines()
@@ -382,7 +388,7 @@ fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert_eq!(gw.pid(), pid);
-    let (ok, log) = gw.terminate();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "the gateway kept its pid and stops cleanly: {log}");
     let anns = annotations(&tansu);
     let dead: Vec<serde_json::Value> = tansu
@@ -428,7 +434,7 @@ fn outage_burst_then(fault: Fault) {
     const PER_CAMERA: u64 = 7_500;
     let cameras = ["burst-a", "burst-b"];
     let total = PER_CAMERA * cameras.len() as u64;
-    let mut mq = Mosquitto::start_with(true);
+    let mut mq = Mosquitto::start_with(Persistence::OnStop, 100_000).unwrap();
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
@@ -438,30 +444,31 @@ fn outage_burst_then(fault: Fault) {
     s.extra = "[sample]\nevery_nth = 0\nerrors = false\n".into();
     let cfg = s.write(&dir.path().join("g.toml"));
     // The first start makes the persistent session; then the outage.
-    let (ok, glog) = Gateway::start(&cfg, s.http_port).terminate();
+    let (ok, glog) = Gateway::start(exe(), &cfg, s.http_port).unwrap().terminate().unwrap();
     assert!(ok, "{glog}");
     let frames: Vec<(String, u64, Vec<u8>)> = (0..PER_CAMERA)
-        .flat_map(|i| cameras.iter().map(move |c| (c.to_string(), i, harness::small_jpeg(12, 12, i))))
+        .flat_map(|i| cameras.iter().map(move |c| (c.to_string(), i, crate::harness::small_jpeg(12, 12, i))))
         .collect();
     let sizes: BTreeMap<(String, u64), u64> =
         frames.iter().map(|(c, i, p)| ((c.clone(), *i), p.len() as u64)).collect();
-    assert_eq!(harness::publish_numbered(mq.port, frames), total as usize, "mosquitto took every frame");
+    assert_eq!(crate::harness::publish_numbered(mq.port, frames), total as usize, "mosquitto took every frame");
 
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let cut = total * 3 / 4;
     gw.wait_for("most of the burst stored", Duration::from_secs(300), |m| {
         m.get("vision_gateway_frames_stored_total").copied().unwrap_or(0.0) >= cut as f64
-    });
+    })
+    .unwrap();
     let at_fault = gw.metrics();
     let pending = at_fault.get("vision_gateway_intake_acks_pending").copied().unwrap_or(f64::NAN);
     let stored_before = at_fault.get("vision_gateway_frames_stored_total").copied().unwrap_or(f64::NAN);
     let gw = match fault {
         Fault::Kill => {
-            gw.kill9();
-            Gateway::start(&cfg, s.http_port)
+            gw.kill9().unwrap();
+            Gateway::start(exe(), &cfg, s.http_port).unwrap()
         }
         Fault::BrokerRestart => {
-            mq.restart();
+            mq.restart().unwrap();
             gw
         }
     };
@@ -471,9 +478,9 @@ fn outage_burst_then(fault: Fault) {
             && m.get("vision_gateway_log_records{area=\"annotations\"}").copied() == Some(0.0)
             && m.get("vision_gateway_intake_acks_pending").copied().unwrap_or(0.0) == 0.0
     };
-    gw.wait_for("the burst drained to Kafka", Duration::from_secs(600), drained);
+    gw.wait_for("the burst drained to Kafka", Duration::from_secs(600), drained).unwrap();
     let duplicates = gw.metric("vision_gateway_frames_duplicate_total");
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
     let mut ids: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();

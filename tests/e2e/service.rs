@@ -5,10 +5,8 @@
 //! stream, and restarts it: nothing is lost or annotated twice.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod harness;
-
+use crate::harness::{annotations, exe, long_camera, repo, Gateway, Mosquitto, Settings};
 use gateway::records::Area;
-use harness::{annotations, long_camera, repo, Gateway, Mosquitto, Settings};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,7 +46,7 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = true;
@@ -57,7 +55,7 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
     let got = listen(UnixDatagram::bind(&sock_path).unwrap());
     let env = [("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")];
 
-    let gw = Gateway::start_env(&cfg, s.http_port, &env);
+    let gw = Gateway::start_env(exe(), &cfg, s.http_port, &env).unwrap();
     wait_until("READY=1", Duration::from_secs(10), || count(&got, "READY=1") == 1);
     let first_ready = got.lock().unwrap().iter().position(|m| m.contains("READY=1")).unwrap();
     assert!(
@@ -76,14 +74,15 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
     assert_eq!(r.acked, n as u64);
     gw.wait_for("a few frames annotated", Duration::from_secs(120), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= 5.0
-    });
+    })
+    .unwrap();
     let pings_busy = count(&got, "WATCHDOG=1");
     std::thread::sleep(Duration::from_secs(2));
     assert!(count(&got, "WATCHDOG=1") > pings_busy, "pings go on while the model makes progress");
     let annotated_before = gw.metric("vision_gateway_frames_annotated_total") as usize;
     assert!(annotated_before < n, "the stop must land mid-stream");
 
-    let (ok, log, took) = gw.terminate_timed();
+    let (ok, log, took) = gw.terminate_timed().unwrap();
     assert!(ok, "SIGTERM exits 0:\n{log}");
     let limit = unit_stop_timeout();
     assert!(took < limit, "stopped in {took:?}, beyond the unit's TimeoutStopSec {limit:?}:\n{log}");
@@ -92,12 +91,13 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
     println!("SIGTERM with {annotated_before}/{n} frames annotated: exit 0 in {:.2} s", took.as_secs_f64());
 
     // Restart: the rest is annotated; every frame exactly once, in order.
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     gw.wait_for("every frame stored and annotated after the restart", Duration::from_secs(180), |m| {
         m.get("vision_gateway_log_next_seq").copied().unwrap_or(0.0) >= n as f64
             && m.get("vision_gateway_backlog_records{stage=\"detect\"}").copied() == Some(0.0)
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     let log = s.open_log();
     let anns = annotations(&log);
@@ -108,7 +108,7 @@ fn notify_watchdog_and_sigterm_mid_stream_lose_nothing() {
 
 #[test]
 fn a_replicate_stage_failing_for_good_stops_the_process_non_zero() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = Settings::new(dir.path(), mq.port);
     let cfg = s.write(&dir.path().join("g.toml"));
@@ -137,15 +137,17 @@ fn a_replicate_stage_failing_for_good_stops_the_process_non_zero() {
 
 #[test]
 fn a_panicking_model_run_becomes_an_error_annotation_and_the_rest_goes_on() {
-    let mq = Mosquitto::start();
+    let mq = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
     s.detect = true;
     let gw = Gateway::start_env(
+        exe(),
         &s.write(&dir.path().join("g.toml")),
         s.http_port,
         &[("VISION_GATEWAY_FAULTS", "panic_camera=camP")],
-    );
+    )
+    .unwrap();
     let pid = gw.pid();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     for (cam, n) in [("camA", 2), ("camP", 1), ("camB", 2)] {
@@ -154,9 +156,10 @@ fn a_panicking_model_run_becomes_an_error_annotation_and_the_rest_goes_on() {
     }
     gw.wait_for("5 frames annotated", Duration::from_secs(120), |m| {
         m.get("vision_gateway_frames_annotated_total").copied().unwrap_or(0.0) >= 5.0
-    });
+    })
+    .unwrap();
     assert_eq!(gw.pid(), pid);
-    let (ok, log) = gw.terminate();
+    let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "the process survived the panic and stops cleanly:\n{log}");
     assert!(log.contains("model run panicked"), "{log}");
     let anns = annotations(&s.open_log());
@@ -175,8 +178,8 @@ fn a_panicking_model_run_becomes_an_error_annotation_and_the_rest_goes_on() {
 
 /// The disk-full tests need a small file system of their own (a tmpfs,
 /// mounted as root); elsewhere they say why and do not run.
-fn small_fs(mib: u64) -> Option<harness::TmpFs> {
-    match harness::TmpFs::mount(mib) {
+fn small_fs(mib: u64) -> Option<crate::harness::TmpFs> {
+    match crate::harness::TmpFs::mount(mib) {
         Ok(fs) => Some(fs),
         Err(why) if std::env::var_os("CI").is_none() => {
             eprintln!("skipped: {why}");
@@ -187,12 +190,14 @@ fn small_fs(mib: u64) -> Option<harness::TmpFs> {
 }
 
 fn numbered(camera: &str, range: std::ops::Range<u64>, side: u32) -> Vec<(String, u64, Vec<u8>)> {
-    range.map(|i| (camera.to_owned(), i, harness::small_jpeg(side, side, i))).collect()
+    range.map(|i| (camera.to_owned(), i, crate::harness::small_jpeg(side, side, i))).collect()
 }
 
 /// Every `(camera, camera_seq)` in Kafka's annotations, with how many
 /// frame ids each got.
-fn upstream_ids(t: &harness::Tansu) -> std::collections::BTreeMap<(String, u64), std::collections::BTreeSet<String>> {
+fn upstream_ids(
+    t: &crate::harness::Tansu,
+) -> std::collections::BTreeMap<(String, u64), std::collections::BTreeSet<String>> {
     use rdkafka::Message;
     let mut ids: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> = Default::default();
     for m in t.consume_to_end("vision.annotations") {
@@ -210,8 +215,8 @@ const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps",
 #[test]
 fn a_disk_filled_by_another_file_pauses_intake_and_it_resumes_when_freed() {
     let Some(fs) = small_fs(48) else { return };
-    let mq = Mosquitto::start();
-    let tansu = harness::Tansu::start();
+    let mq = Mosquitto::start().unwrap();
+    let tansu = crate::harness::Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::new(dir.path(), mq.port);
@@ -223,15 +228,16 @@ fn a_disk_filled_by_another_file_pauses_intake_and_it_resumes_when_freed() {
     let cfg = s.write(&dir.path().join("g.toml"));
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[log]\n", "[log]\nreserve = \"4MiB\"\n"))
         .unwrap();
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     let pid = gw.pid();
-    assert_eq!(harness::publish_numbered(mq.port, numbered("full-cam", 0..100, 96)), 100);
+    assert_eq!(crate::harness::publish_numbered(mq.port, numbered("full-cam", 0..100, 96)), 100);
     gw.wait_for("the first frames upstream", Duration::from_secs(120), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 100.0
-    });
+    })
+    .unwrap();
 
     let filler = fs.fill("other-program.dat");
-    assert_eq!(harness::publish_numbered(mq.port, numbered("full-cam", 100..200, 96)), 100);
+    assert_eq!(crate::harness::publish_numbered(mq.port, numbered("full-cam", 100..200, 96)), 100);
     wait_until("/readyz says the disk is full", Duration::from_secs(60), || {
         let (code, body) = gw.get("/readyz");
         code == 503 && body.contains("disk full at")
@@ -250,11 +256,12 @@ fn a_disk_filled_by_another_file_pauses_intake_and_it_resumes_when_freed() {
     gw.wait_for("every frame upstream after space returned", Duration::from_secs(180), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 200.0
             && m.get("vision_gateway_disk_full").copied() == Some(0.0)
-    });
+    })
+    .unwrap();
     assert_eq!(gw.get("/readyz").0, 200);
     assert_eq!(gw.pid(), pid);
     let glog = gw.log();
-    let (ok, _) = gw.terminate();
+    let (ok, _) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     let ids = upstream_ids(&tansu);
     assert_eq!(ids.len(), 200, "every acknowledged frame upstream");
@@ -272,8 +279,8 @@ fn a_disk_filled_by_another_file_pauses_intake_and_it_resumes_when_freed() {
 #[test]
 fn the_service_starts_on_a_full_disk_and_drains_its_backlog() {
     let Some(fs) = small_fs(48) else { return };
-    let mq = Mosquitto::start();
-    let mut tansu = harness::Tansu::start();
+    let mq = Mosquitto::start().unwrap();
+    let mut tansu = crate::harness::Tansu::start();
     tansu.create_topics(&TOPICS);
     tansu.stop();
     let dir = tempfile::tempdir().unwrap();
@@ -287,17 +294,18 @@ fn the_service_starts_on_a_full_disk_and_drains_its_backlog() {
     let cfg = s.write(&dir.path().join("g.toml"));
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[log]\n", "[log]\nreserve = \"4MiB\"\n"))
         .unwrap();
-    let gw = Gateway::start(&cfg, s.http_port);
-    assert_eq!(harness::publish_numbered(mq.port, numbered("boot-cam", 0..120, 160)), 120);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
+    assert_eq!(crate::harness::publish_numbered(mq.port, numbered("boot-cam", 0..120, 160)), 120);
     gw.wait_for("the backlog stored", Duration::from_secs(60), |m| {
         m.get("vision_gateway_frames_stored_total").copied().unwrap_or(0.0) >= 120.0
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     let _filler = fs.fill("other-program.dat");
     let free_full = fs.free();
 
-    let gw = Gateway::start_alive(&cfg, s.http_port);
+    let gw = Gateway::start_alive(exe(), &cfg, s.http_port).unwrap();
     wait_until("/readyz says why", Duration::from_secs(60), || {
         let (code, body) = gw.get("/readyz");
         code == 503 && body.contains("disk full at")
@@ -308,11 +316,12 @@ fn the_service_starts_on_a_full_disk_and_drains_its_backlog() {
         m.get("vision_gateway_log_records{area=\"annotations\"}").copied() == Some(0.0)
             && m.get("vision_gateway_log_records{area=\"images\"}").copied() == Some(0.0)
             && m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= 120.0
-    });
+    })
+    .unwrap();
     wait_until("draining freed space", Duration::from_secs(60), || fs.free() > free_full + (3 << 20));
     let free_after = fs.free();
     assert!(gw.running(), "{}", gw.log());
-    let (ok, glog) = gw.terminate();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     let ids = upstream_ids(&tansu);
     assert_eq!(ids.len(), 120, "the whole backlog upstream");
@@ -337,8 +346,8 @@ fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
     let (frames, anns, dead) = (count("frames"), count("annotations"), count("dead_letters"));
     let next_seq = expected["next_seq"].as_u64().unwrap();
     assert!(frames > 0 && anns > 0 && dead > 0, "the fixture holds a backlog in every area: {expected}");
-    let mq = Mosquitto::start();
-    let tansu = harness::Tansu::start();
+    let mq = Mosquitto::start().unwrap();
+    let tansu = crate::harness::Tansu::start();
     tansu.create_topics(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
     let untar = std::process::Command::new("tar")
@@ -355,12 +364,13 @@ fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
     s.kafka = tansu.brokers();
     s.max_bytes = "64MiB";
     let cfg = s.write(&dir.path().join("g.toml"));
-    let gw = Gateway::start(&cfg, s.http_port);
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
     gw.wait_for("the upgraded backlog upstream", Duration::from_secs(300), |m| {
         m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= (frames + anns) as f64
             && m.get("vision_gateway_replicated_total{kind=\"dead_letter\"}").copied().unwrap_or(0.0) >= dead as f64
-    });
-    let (ok, glog) = gw.terminate();
+    })
+    .unwrap();
+    let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     assert!(glog.contains("log upgraded from format 1"), "{glog}");
     assert!(!s.log_dir.join("conf").exists() && s.log_dir.join("index").is_dir(), "the log is of the new format");
@@ -376,8 +386,11 @@ fn a_log_of_the_previous_format_opens_and_drains_after_the_upgrade() {
         seqs.insert(seq);
     }
     assert_eq!(seqs.len() as u64, frames + anns, "every annotation and every frame of the old log, once");
-    let dead_ids: std::collections::BTreeSet<String> =
-        tansu.consume_to_end("vision.dead-letters").iter().filter_map(|m| harness::header(m, "frame_id")).collect();
+    let dead_ids: std::collections::BTreeSet<String> = tansu
+        .consume_to_end("vision.dead-letters")
+        .iter()
+        .filter_map(|m| crate::harness::header(m, "frame_id"))
+        .collect();
     assert_eq!(dead_ids.len() as u64, dead);
     println!(
         "upgrade from format 1: {anns} annotations + {frames} frames not yet annotated + {dead} dead letters in the old log; \

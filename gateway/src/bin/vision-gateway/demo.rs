@@ -226,45 +226,6 @@ pub struct PipelineSummary {
     pub out: std::path::PathBuf,
 }
 
-/// Starts a private mosquitto on a free loopback port with its own config
-/// in `dir`; killed when the returned child is dropped.
-///
-/// # Errors
-/// Missing binary, or it does not open its port.
-pub async fn private_mosquitto(dir: &Path) -> anyhow::Result<(tokio::process::Child, u16)> {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("mosquitto is not installed (Debian: apt-get install mosquitto)"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n"),
-    )?;
-    let child = tokio::process::Command::new(bin).arg("-c").arg(&conf).kill_on_drop(true).spawn()?;
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "mosquitto did not open port {port}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Ok((child, port))
-}
-
-/// Status and body of a GET on a local port ((0, "") if unreachable).
-pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r).await;
-    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
-
 /// The main job on embedded defaults: a private mosquitto and the given
 /// (mock) Kafka brokers, the real gateway pipeline with the bundled model,
 /// the camera fixtures replayed, annotations consumed back, sampled images
@@ -283,8 +244,9 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     use std::time::Duration;
 
     std::fs::create_dir_all(out)?;
-    let (_mosquitto, mqtt_port) = private_mosquitto(out).await?;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mosquitto = testkit::mosquitto::Mosquitto::start_with(testkit::mosquitto::Persistence::Off, 0)?;
+    let mqtt_port = mosquitto.port;
+    let http_port = testkit::net::free_port()?;
     let library = inference::runtime::default_library(None, Some(repo));
     let log_dir = out.join("log");
     let _ = std::fs::remove_dir_all(&log_dir);
@@ -306,7 +268,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let shutdown = tokio_util::sync::CancellationToken::new();
     let gateway = tokio::spawn(gateway::run(config, shutdown.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(http_port, "/readyz").await.0 != 200 {
+    while tokio::task::spawn_blocking(move || testkit::net::http_get(http_port, "/readyz").0).await? != 200 {
         if gateway.is_finished() {
             return match gateway.await? {
                 Err(e) => Err(anyhow::anyhow!("the gateway stopped: {e}")),

@@ -136,7 +136,7 @@ struct Tansu {
 
 impl Tansu {
     fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let port = super::service::free_port()?;
+        let port = testkit::net::free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         std::fs::create_dir_all(dir)?;
         let child = std::process::Command::new(bin)

@@ -8,13 +8,15 @@
 //! after a restart on that backlog, and the bytes on disk against
 //! `log.max_bytes` at the budget under `block` and `drop_oldest`.
 
-use super::service::{free_port, metric, rss_mib, Service, Start};
-use crate::demo::private_mosquitto;
+use super::service::{metric, Service, Start};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::config::{Detect, GatewayToml};
 use testkit::frames::synthetic_jpeg;
+use testkit::gateway::rss_mib;
+use testkit::mosquitto::{Mosquitto, Persistence};
+use testkit::net::free_port;
 
 /// The disk budget under one policy.
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +108,8 @@ async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
 /// mosquitto missing, the service failing to start or stop.
 pub async fn backlog(dir: &Path, bytes: u64, frame_bytes: usize, budget: u64) -> anyhow::Result<BacklogBench> {
     let exe = std::env::current_exe()?;
-    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let mqtt = broker.port;
     let payload = synthetic_jpeg(frame_bytes, 11);
     let http = free_port()?;
 
@@ -286,7 +289,8 @@ pub async fn cameras(dir: &Path, n: u64, frame_bytes: usize) -> anyhow::Result<C
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let exe = std::env::current_exe()?;
-    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let mqtt = broker.port;
     let http = free_port()?;
     let cfg = config(dir, "cameras", (mqtt, http), (4 << 30, "block"), "forward")?;
     let (svc, _) = Service::start(&exe, &cfg, http).await?;

@@ -9,13 +9,15 @@
 //! of thousands of frames builds in seconds; the model's share of latency is
 //! measured by [`super::all`] with the bundled model at half its capacity.
 
-use super::service::{free_port, metric, Service};
-use crate::demo::{percentile, private_mosquitto};
+use super::service::{metric, Service};
+use crate::demo::percentile;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use testkit::config::{Detect, GatewayToml};
 use testkit::frames::synthetic_jpeg;
+use testkit::mosquitto::{Mosquitto, Persistence};
+use testkit::net::free_port;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -258,7 +260,8 @@ pub async fn drain(
     live_lane_after: u64,
 ) -> anyhow::Result<DrainBench> {
     let exe = std::env::current_exe()?;
-    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let mqtt = broker.port;
     let mock = rdkafka::mocking::MockCluster::new(1)?;
     for t in gateway::records::header::ALL_TOPICS {
         mock.create_topic(t, 1, 1)?;
@@ -396,7 +399,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// mosquitto missing, the service failing.
 pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
     let exe = std::env::current_exe()?;
-    let (_broker, mqtt) = private_mosquitto(dir).await?;
+    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let mqtt = broker.port;
     let mock = rdkafka::mocking::MockCluster::new(1)?;
     for t in gateway::records::header::ALL_TOPICS {
         mock.create_topic(t, 1, 1)?;

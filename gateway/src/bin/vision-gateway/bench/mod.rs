@@ -245,7 +245,8 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     use tokio_util::sync::CancellationToken;
 
     let sub = which(&["mosquitto_sub"])?;
-    let (mut broker, port) = crate::demo::private_mosquitto(dir).await?;
+    let broker = testkit::mosquitto::Mosquitto::start_with(testkit::mosquitto::Persistence::Off, 0)?;
+    let port = broker.port;
     let topic = "cameras/bench-cam/frames";
     let payload = synthetic_jpeg(size, 7);
 
@@ -333,7 +334,7 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     let g = Throughput::new("gateway intake (durable, acked)".into(), frames, frames * size as u64, t.elapsed());
     stop.cancel();
     task.await??;
-    let _ = broker.kill().await;
+    drop(broker);
     Ok(IntakeBench { frame_bytes: size, mosquitto_sub: m, raw_write: raw, gateway: g })
 }
 

@@ -68,7 +68,7 @@ fn kill_9_loses_no_flushed_record() {
     let mut unreported_found = 0u64;
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args(["--ignored", "--exact", "log_crash::crash_child", "--nocapture", "--test-threads=1"])
             .env("CRASH_DIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,0 +1,21 @@
+//! The end-to-end suite, one test binary: the real `vision-gateway` binary
+//! against real brokers (Debian's mosquitto, tansu for Kafka), real file
+//! systems (LazyFS for power cuts, tmpfs for full disks) and the bundled
+//! model. One binary links the harness once; its tests run side by side.
+//!
+//! - [`intake`]: MQTT in, durable before the PUBACK, quarantine, full disk;
+//! - [`detect`]: annotations, the status page, a model that lags;
+//! - [`replicate`]: Kafka out, in order, outages, chunked images;
+//! - [`service`]: systemd readiness and watchdog, stop, upgrade, full disk;
+//! - [`power`]: power cuts under load (LazyFS);
+//! - [`chaos`]: the seeded chaos run and its checker.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod harness;
+
+mod chaos;
+mod detect;
+mod intake;
+mod power;
+mod replicate;
+mod service;
