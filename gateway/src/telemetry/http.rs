@@ -193,5 +193,20 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing");
         }
+        // A declared field name is a label value: quoted, escaped.
+        t.detect
+            .as_ref()
+            .unwrap()
+            .fields
+            .lock()
+            .unwrap()
+            .insert("lot \"A\"\\2".into(), crate::detect::FieldCounts { read: 1, uncertain: 0, missing: 0 });
+        let text = super::super::metrics::render(&t);
+        assert!(
+            text.contains("vision_gateway_fields_total{field=\"lot \\\"A\\\"\\\\2\",outcome=\"read\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE vision_gateway_fields_total counter\n"));
+        assert!(super::super::metrics::render_down().starts_with("# HELP vision_gateway_pipeline_up "));
     }
 }

@@ -1,46 +1,93 @@
 //! The Prometheus text exposition (format 0.0.4) of every figure, read at
-//! scrape time from the stages' counters and the log's accounting. One
-//! function per part of the pipeline; the names and labels are the
-//! interface of dashboards and alerts (`README.md`, "Metrics"): renaming
-//! one is a breaking change.
+//! scrape time from the stages' counters and the log's accounting and
+//! encoded by `prometheus-client` (escaping, `_total` suffixes, histogram
+//! buckets). One function per part of the pipeline; the names and labels
+//! are the interface of dashboards and alerts (`README.md`, "Metrics"):
+//! renaming one is a breaking change.
 
 use super::status::{Backlog, Telemetry};
 use crate::detect::{DetectStats, LATENCY_BUCKETS_MS};
 use crate::intake::IntakeStats;
 use crate::records::QuarantineReason;
 use crate::replicate::ReplicateStats;
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const COUNTER: &str = "counter";
-const GAUGE: &str = "gauge";
+/// What a metric counts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Only goes up (from the start of the process).
+    Counter,
+    /// A current value.
+    Gauge,
+}
+const COUNTER: Kind = Kind::Counter;
+const GAUGE: Kind = Kind::Gauge;
 
 /// A metric without labels: name, type, help, and how to read its value.
-type Metric<S> = (&'static str, &'static str, &'static str, fn(&S) -> u64);
+type Metric<S> = (&'static str, Kind, &'static str, fn(&S) -> u64);
 
-/// The text being written.
-#[derive(Default)]
-struct Exposition(String);
+/// One label set of a family: `[(key, value)]`.
+type Labels = Vec<(&'static str, String)>;
 
-impl Exposition {
+/// The families being encoded (what a scrape writes, in order).
+struct Exposition<'a, 'e> {
+    enc: &'e mut DescriptorEncoder<'a>,
+    /// The first encoding error (only a failing writer gives one).
+    failed: fmt::Result,
+}
+
+impl Exposition<'_, '_> {
     /// A metric family: HELP, TYPE, then one sample per label set.
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    fn family(&mut self, name: &'static str, kind: Kind, help: &str, samples: &[(Labels, u64)]) {
+        let r = self.try_family(name, kind, help, samples);
+        self.failed = self.failed.and(r);
+    }
+
+    fn try_family(&mut self, name: &'static str, kind: Kind, help: &str, samples: &[(Labels, u64)]) -> fmt::Result {
+        // The encoder writes the `_total` of a counter itself.
+        let (base, ty) = match kind {
+            Kind::Counter => (name.strip_suffix("_total").unwrap_or(name), MetricType::Counter),
+            Kind::Gauge => (name, MetricType::Gauge),
+        };
+        let mut family = self.enc.encode_descriptor(base, help, None, ty)?;
         for (labels, v) in samples {
-            let _ = writeln!(self.0, "{name}{labels} {v}");
+            let m = family.encode_family(labels)?;
+            match kind {
+                Kind::Counter => ConstCounter::new(*v).encode(m)?,
+                Kind::Gauge => ConstGauge::new(*v).encode(m)?,
+            }
         }
+        Ok(())
     }
 
     /// Metrics without labels, each read from `stats`.
     fn table<S>(&mut self, stats: &S, metrics: &[Metric<S>]) {
         for (name, kind, help, read) in metrics {
-            self.one(name, kind, help, read(stats));
+            self.one(name, *kind, help, read(stats));
         }
     }
 
-    /// A metric without labels.
-    fn one(&mut self, name: &str, kind: &str, help: &str, v: u64) {
-        self.family(name, kind, help, &[(String::new(), v)]);
+    /// A metric without labels (an empty label set writes no braces).
+    fn one(&mut self, name: &'static str, kind: Kind, help: &str, v: u64) {
+        self.family(name, kind, help, &[(Vec::new(), v)]);
+    }
+
+    /// A histogram without labels: per-bucket counts (the last one above
+    /// every bound), and the sum of the observations.
+    fn histogram(&mut self, name: &'static str, help: &str, buckets: &[(f64, u64)], sum: f64) {
+        let r = (|| {
+            let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            m.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+        })();
+        self.failed = self.failed.and(r);
     }
 }
 
@@ -53,30 +100,66 @@ fn lb(a: &AtomicBool) -> u64 {
 }
 
 /// Samples labelled `{key="value"}`.
-fn labelled<'a>(key: &str, values: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<(String, u64)> {
-    values.into_iter().map(|(v, n)| (format!("{{{key}=\"{v}\"}}"), n)).collect()
+fn labelled<'a>(key: &'static str, values: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<(Labels, u64)> {
+    values.into_iter().map(|(v, n)| (vec![(key, v.to_owned())], n)).collect()
+}
+
+/// A scrape of a running pipeline.
+struct Running(Telemetry);
+
+/// A scrape while the pipeline is down (the log cannot be opened: a full disk).
+#[derive(Debug)]
+struct Down;
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Running")
+    }
+}
+
+impl Collector for Running {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let t = &self.0;
+        let mut e = Exposition { enc: &mut enc, failed: Ok(()) };
+        intake(&mut e, t);
+        let none = DetectStats::default();
+        detect(&mut e, t.detect.as_deref().unwrap_or(&none));
+        replicate(&mut e, &t.replicate);
+        log(&mut e, t);
+        e.failed
+    }
+}
+
+impl Collector for Down {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let mut e = Exposition { enc: &mut enc, failed: Ok(()) };
+        e.one("vision_gateway_pipeline_up", GAUGE, "The pipeline runs (log open).", 0);
+        e.one("vision_gateway_disk_full", GAUGE, "Intake waits for disk space.", 1);
+        e.failed
+    }
+}
+
+/// The text of one scrape of `collector`.
+fn exposition(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut text = String::new();
+    // Writing to a String cannot fail, and no metric above returns an error.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+    text
 }
 
 /// Every figure of a running pipeline.
 pub fn render(t: &Telemetry) -> String {
-    let mut e = Exposition::default();
-    intake(&mut e, t);
-    let none = DetectStats::default();
-    detect(&mut e, t.detect.as_deref().unwrap_or(&none));
-    replicate(&mut e, &t.replicate);
-    log(&mut e, t);
-    e.0
+    exposition(Running(t.clone()))
 }
 
 /// While the pipeline is down (the log cannot be opened: a full disk).
 pub fn render_down() -> String {
-    let mut e = Exposition::default();
-    e.one("vision_gateway_pipeline_up", GAUGE, "The pipeline runs (log open).", 0);
-    e.one("vision_gateway_disk_full", GAUGE, "Intake waits for disk space.", 1);
-    e.0
+    exposition(Down)
 }
 
-fn intake(e: &mut Exposition, t: &Telemetry) {
+fn intake(e: &mut Exposition<'_, '_>, t: &Telemetry) {
     let i: &IntakeStats = &t.intake;
     e.table(
         i,
@@ -140,7 +223,7 @@ fn intake(e: &mut Exposition, t: &Telemetry) {
     }
 }
 
-fn detect(e: &mut Exposition, d: &DetectStats) {
+fn detect(e: &mut Exposition<'_, '_>, d: &DetectStats) {
     e.table(
         d,
         &[
@@ -156,14 +239,14 @@ fn detect(e: &mut Exposition, d: &DetectStats) {
             ("vision_gateway_annotation_items_total", COUNTER, "Items (texts, objects) found.", |d| ld(&d.items)),
         ],
     );
-    let fields: Vec<(String, u64)> = d
+    let fields: Vec<(Labels, u64)> = d
         .fields
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .flat_map(|(name, c)| {
             [("read", c.read), ("uncertain", c.uncertain), ("missing", c.missing)]
-                .map(|(k, v)| (format!("{{field=\"{name}\",outcome=\"{k}\"}}"), v))
+                .map(|(k, v)| (vec![("field", name.clone()), ("outcome", k.to_owned())], v))
         })
         .collect();
     e.family(
@@ -172,21 +255,14 @@ fn detect(e: &mut Exposition, d: &DetectStats) {
         "Label fields per declared field: read, read uncertain, required and missing.",
         &fields,
     );
-    let o = &mut e.0;
-    let name = "vision_gateway_detect_latency_seconds";
-    let _ = writeln!(o, "# HELP {name} Decode to annotation, per frame.\n# TYPE {name} histogram");
-    let mut cum = 0;
-    for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
-        cum += ld(&d.latency[i]);
-        let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cum}", b / 1000.0);
-    }
-    cum += ld(&d.latency[LATENCY_BUCKETS_MS.len()]);
-    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-    let _ = writeln!(o, "{name}_sum {}", ld(&d.busy_us) as f64 / 1e6);
-    let _ = writeln!(o, "{name}_count {cum}");
+    let mut buckets: Vec<(f64, u64)> =
+        LATENCY_BUCKETS_MS.iter().zip(&d.latency).map(|(ms, n)| (ms / 1000.0, ld(n))).collect();
+    buckets.push((f64::INFINITY, ld(&d.latency[LATENCY_BUCKETS_MS.len()])));
+    let sum = ld(&d.busy_us) as f64 / 1e6;
+    e.histogram("vision_gateway_detect_latency_seconds", "Decode to annotation, per frame.", &buckets, sum);
 }
 
-fn replicate(e: &mut Exposition, r: &ReplicateStats) {
+fn replicate(e: &mut Exposition<'_, '_>, r: &ReplicateStats) {
     let sent = labelled(
         "kind",
         [
@@ -227,7 +303,7 @@ fn replicate(e: &mut Exposition, r: &ReplicateStats) {
     );
 }
 
-fn log(e: &mut Exposition, t: &Telemetry) {
+fn log(e: &mut Exposition<'_, '_>, t: &Telemetry) {
     let c = t.log.counts();
     let recs = labelled("area", c.areas.iter().map(|(a, s)| (a.name(), s.records)));
     let bytes = labelled("area", c.areas.iter().map(|(a, s)| (a.name(), s.bytes)));
