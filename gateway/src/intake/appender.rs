@@ -7,7 +7,7 @@
 
 use super::validate::{self, Limits};
 use super::{acks, Incoming, IntakeError, IntakeStats, MAX_BATCH, MAX_BATCH_BYTES};
-use crate::log::{AppendOutcome, DurableLog, FrameHead, LogError};
+use crate::log::{AppendOutcome, Dedup, DurableLog, FrameHead, LogError};
 use crate::records::{Area, DeadLetter, QuarantineReason};
 use crate::util::{now_ms, RateLimiter};
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -174,7 +174,7 @@ impl Appender {
                         captured_at_ms: arrival.captured_at_ms,
                         camera_seq: arrival.camera_seq,
                     };
-                    self.log.append_payload_once(head, &p.payload, arrival.fingerprint, arrival.check).inspect(|o| {
+                    self.log.append_payload_once(head, &p.payload, arrival.fingerprint, arrival.dedup).inspect(|o| {
                         if matches!(o, AppendOutcome::Stored(_)) {
                             self.stats.stored.fetch_add(1, Ordering::Relaxed);
                             self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
@@ -216,7 +216,7 @@ impl Appender {
             payload_kept: keep,
         };
         let blob = d.encode(keep.then_some(&p.payload[..]));
-        let r = self.log.append_dead_letter_once(&blob, arrival.fingerprint, arrival.check);
+        let r = self.log.append_dead_letter_once(&blob, arrival.fingerprint, arrival.dedup);
         if let Ok(AppendOutcome::Stored(a)) = &r {
             self.stats.quarantined[reason as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(held) = self.warn.check(reason.name()) {
@@ -299,7 +299,7 @@ struct Arrival {
     /// What identifies it across redeliveries.
     fingerprint: u64,
     /// Whether it may be matched against recent fingerprints.
-    check: bool,
+    dedup: Dedup,
 }
 
 impl Arrival {
@@ -312,8 +312,8 @@ impl Arrival {
         };
         let (captured_at_ms, camera_seq) = metadata(p);
         let fingerprint = fingerprint(p, &topic, camera_seq, captured_at_ms);
-        let check = may_be_duplicate(p, camera_seq);
-        Self { received_at_ms, topic, camera, checked, captured_at_ms, camera_seq, fingerprint, check }
+        let dedup = if may_be_duplicate(p, camera_seq) { Dedup::Check } else { Dedup::Remember };
+        Self { received_at_ms, topic, camera, checked, captured_at_ms, camera_seq, fingerprint, dedup }
     }
 }
 

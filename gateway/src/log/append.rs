@@ -15,6 +15,18 @@ pub enum AppendOutcome {
     Duplicate(u64),
 }
 
+/// Whether an idempotent append may be matched against the fingerprints
+/// of recent appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedup {
+    /// It may be a redelivery: a recent record with the same fingerprint
+    /// makes it a duplicate, and nothing is stored.
+    Check,
+    /// It cannot be told from a new record by its fingerprint (a still
+    /// scene without `camera_seq`): stored, its fingerprint remembered.
+    Remember,
+}
+
 /// Result of appending a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -39,7 +51,7 @@ impl DurableLog {
     }
 
     /// Appends a frame, unless a record with the same `fingerprint` is among the last [`RECENT`]
-    /// appends (and `check` is set): then returns [`AppendOutcome::Duplicate`] with
+    /// appends (and `dedup` is [`Dedup::Check`]): then returns [`AppendOutcome::Duplicate`] with
     /// its seq and stores nothing. The fingerprint is remembered either way. Intake uses it so that a frame the broker delivers again
     /// (it was stored, but the gateway died before its PUBACK) is not
     /// stored twice under two frame ids. The fingerprint is written right
@@ -53,9 +65,9 @@ impl DurableLog {
         &self,
         frame: &FrameRecord,
         fingerprint: u64,
-        check: bool,
+        dedup: Dedup,
     ) -> Result<AppendOutcome, LogError> {
-        self.append_payload_once(frame.head(), &frame.payload, fingerprint, check)
+        self.append_payload_once(frame.head(), &frame.payload, fingerprint, dedup)
     }
 
     /// [`append_frame_once`](Self::append_frame_once) of a frame whose
@@ -69,9 +81,9 @@ impl DurableLog {
         head: codec::FrameHead<'_>,
         payload: &[u8],
         fingerprint: u64,
-        check: bool,
+        dedup: Dedup,
     ) -> Result<AppendOutcome, LogError> {
-        self.append_once(Area::Frames, &[&head.encode(payload), payload], fingerprint, check)
+        self.append_once(Area::Frames, &[&head.encode(payload), payload], fingerprint, dedup)
     }
 
     /// [`append_dead_letter`](Self::append_dead_letter) with the
@@ -83,9 +95,9 @@ impl DurableLog {
         &self,
         body: &[u8],
         fingerprint: u64,
-        check: bool,
+        dedup: Dedup,
     ) -> Result<AppendOutcome, LogError> {
-        self.append_once(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)], fingerprint, check)
+        self.append_once(Area::DeadLetters, &[&codec::encode(RecordKind::Blob, body)], fingerprint, dedup)
     }
 
     fn append_once(
@@ -93,9 +105,9 @@ impl DurableLog {
         area: Area,
         value: &[&[u8]],
         fingerprint: u64,
-        check: bool,
+        dedup: Dedup,
     ) -> Result<AppendOutcome, LogError> {
-        if let Some(seq) = self.seen(fingerprint).filter(|_| check) {
+        if let Some(seq) = self.seen(fingerprint).filter(|_| dedup == Dedup::Check) {
             return Ok(AppendOutcome::Duplicate(seq));
         }
         self.append(area, value, Some(fingerprint)).map(AppendOutcome::Stored)

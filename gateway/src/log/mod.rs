@@ -70,7 +70,7 @@ mod stats;
 mod txn;
 pub mod upgrade;
 
-pub use append::{AppendOutcome, Appended};
+pub use append::{AppendOutcome, Appended, Dedup};
 pub use batch::StageBatch;
 pub use codec::{CodecError, FrameHead, RecordKind};
 pub use error::LogError;

@@ -1,5 +1,5 @@
 //! Unit tests of the log facade (the power-cut, crash and model-based tests
-//! are in `gateway/tests/`).
+//! are in `gateway/tests/integration/`).
 
 use super::*;
 
@@ -367,21 +367,26 @@ fn a_fingerprinted_record_is_stored_once_across_reopen_and_forgotten_after_recen
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
-        let AppendOutcome::Stored(a) = log.append_frame_once(&frame("a", 10), 42, true).unwrap() else { panic!() };
-        assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Duplicate(a.seq));
+        let AppendOutcome::Stored(a) = log.append_frame_once(&frame("a", 10), 42, Dedup::Check).unwrap() else {
+            panic!()
+        };
+        assert_eq!(log.append_frame_once(&frame("a", 10), 42, Dedup::Check).unwrap(), AppendOutcome::Duplicate(a.seq));
         // Not checked (a fresh publish without camera_seq): stored again.
-        assert!(matches!(log.append_frame_once(&frame("a", 10), 42, false).unwrap(), AppendOutcome::Stored(_)));
-        assert!(matches!(log.append_dead_letter_once(b"x", 43, true).unwrap(), AppendOutcome::Stored(_)));
+        assert!(matches!(
+            log.append_frame_once(&frame("a", 10), 42, Dedup::Remember).unwrap(),
+            AppendOutcome::Stored(_)
+        ));
+        assert!(matches!(log.append_dead_letter_once(b"x", 43, Dedup::Check).unwrap(), AppendOutcome::Stored(_)));
         log.flush_blocking().unwrap();
     }
     let log = open(dir.path());
     // The newest record with that fingerprint (seq 1), after a restart.
-    assert_eq!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Duplicate(1));
-    assert_eq!(log.append_dead_letter_once(b"x", 43, true).unwrap(), AppendOutcome::Duplicate(2));
+    assert_eq!(log.append_frame_once(&frame("a", 10), 42, Dedup::Check).unwrap(), AppendOutcome::Duplicate(1));
+    assert_eq!(log.append_dead_letter_once(b"x", 43, Dedup::Check).unwrap(), AppendOutcome::Duplicate(2));
     for i in 0..RECENT {
-        log.append_frame_once(&frame("a", 1), 1000 + i, true).unwrap();
+        log.append_frame_once(&frame("a", 1), 1000 + i, Dedup::Check).unwrap();
     }
-    assert!(matches!(log.append_frame_once(&frame("a", 10), 42, true).unwrap(), AppendOutcome::Stored(_)));
+    assert!(matches!(log.append_frame_once(&frame("a", 10), 42, Dedup::Check).unwrap(), AppendOutcome::Stored(_)));
     assert_eq!(log.inner.index.tree.scan_prefix([index::RECENT_PREFIX]).count() as u64, RECENT);
 }
 
@@ -391,13 +396,13 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     {
         let log = open(dir.path());
         for i in 0..2 {
-            log.append_frame_once(&frame("a", 30_000), 100 + i, true).unwrap();
+            log.append_frame_once(&frame("a", 30_000), 100 + i, Dedup::Check).unwrap();
         }
         log.flush_blocking().unwrap();
         for i in 2..5 {
-            log.append_frame_once(&frame("a", 30_000), 100 + i, true).unwrap();
+            log.append_frame_once(&frame("a", 30_000), 100 + i, Dedup::Check).unwrap();
         }
-        log.append_dead_letter_once(b"bad", 105, true).unwrap();
+        log.append_dead_letter_once(b"bad", 105, Dedup::Check).unwrap();
     }
     // A power cut: the index kept the tail (sled wrote it in the
     // background) but the last flush covered seqs 0 and 1 only, and the
@@ -421,7 +426,7 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     assert_eq!(log.seen(102), Some(2));
     assert_eq!(log.seen(103), None, "a redelivery of seq 3 is stored again");
     assert_eq!(log.seen(105), None);
-    match log.append_frame_once(&frame("a", 10), 103, true).unwrap() {
+    match log.append_frame_once(&frame("a", 10), 103, Dedup::Check).unwrap() {
         AppendOutcome::Stored(a) => assert_eq!(a.seq, 6),
         other => panic!("{other:?}"),
     }
