@@ -7,6 +7,7 @@
 //! - [`detect`]: annotations, the status page, a model that lags;
 //! - [`replicate`]: Kafka out, in order, outages, chunked images;
 //! - [`service`]: systemd readiness and watchdog, stop, upgrade, full disk;
+//! - [`security`]: Kafka over TLS, mTLS and SASL/SCRAM (stunnel, tansu);
 //! - [`power`]: power cuts under load (LazyFS);
 //! - [`chaos`]: the seeded chaos run and its checker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -18,4 +19,5 @@ mod detect;
 mod intake;
 mod power;
 mod replicate;
+mod security;
 mod service;

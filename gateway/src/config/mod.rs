@@ -18,6 +18,7 @@
 
 mod detect;
 mod fields;
+mod kafka_security;
 mod log;
 mod mqtt;
 mod replicate;
@@ -31,6 +32,7 @@ mod validator;
 
 pub use detect::{DetectConfig, RawDetect, RawText};
 pub use fields::{glob, FieldConfig, RawField};
+pub use kafka_security::{KafkaSecurity, Protocol};
 pub use log::{LogConfig, RawLog};
 pub use mqtt::{parse_broker, BrokerAddr, MqttConfig, RawMqtt, RawTls, TlsConfig};
 pub use replicate::{forbidden_option, RawReplicate, ReplicateConfig};

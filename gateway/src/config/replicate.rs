@@ -3,7 +3,7 @@
 //! may not set (the ones that would break order per camera, delivery
 //! reports or idempotence).
 
-use super::{parse_host_port, Secret, Validator};
+use super::{parse_host_port, KafkaSecurity, Secret, Validator};
 use crate::records::header;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -59,6 +59,8 @@ pub struct ReplicateConfig {
     pub librdkafka_secrets: BTreeMap<String, Secret>,
     /// Backlog (records) above which a live lane opens; 0: never.
     pub live_lane_after: u64,
+    /// TLS and SASL, as read from the pass-through options.
+    pub security: KafkaSecurity,
 }
 
 /// Checks `[replicate]`.
@@ -78,7 +80,9 @@ pub(super) fn validate(v: &mut Validator<'_>, r: RawReplicate) -> ReplicateConfi
     }
     let (librdkafka, librdkafka_secrets) =
         librdkafka(v, r.librdkafka.unwrap_or_default(), r.librdkafka_secret_files.unwrap_or_default());
+    let security = super::kafka_security::validate(v, &librdkafka, &librdkafka_secrets);
     ReplicateConfig {
+        security,
         brokers,
         annotations_topic: r.annotations_topic.unwrap_or_else(|| header::ANNOTATIONS_TOPIC.into()),
         images_topic: r.images_topic.unwrap_or_else(|| header::IMAGES_TOPIC.into()),

@@ -28,6 +28,7 @@ pub fn summary(c: &Config) -> String {
         let _ = writeln!(o, "  field        {} = {}{required}{on}", f.spec.name, f.spec.format);
     }
     let _ = writeln!(o, "  kafka        {}", c.replicate.brokers);
+    let _ = writeln!(o, "  security     {}", c.replicate.security);
     let _ = writeln!(o, "  telemetry    http://{}", c.telemetry.listen);
     o
 }

@@ -259,3 +259,63 @@ fn the_shipped_example_is_valid() {
     let c = Config::parse(&p, &text, &env()).unwrap();
     assert_eq!(c.log.when_full, WhenFull::Block);
 }
+
+/// A `[replicate]` with the given librdkafka options and secret files.
+fn with_kafka(options: &str, secrets: &str) -> String {
+    format!(
+        "gateway_id = \"line1\"\n[mqtt]\nbroker = \"127.0.0.1:1883\"\n[replicate]\nbrokers = \"127.0.0.1:9093\"\n\
+         librdkafka = {{ {options} }}\nlibrdkafka_secret_files = {{ {secrets} }}\n"
+    )
+}
+
+#[test]
+fn kafka_security_mistakes_are_named_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let text = with_kafka(
+        &format!(
+            "\"security.protocol\" = \"sasl_ssl\", \"sasl.mechanism\" = \"scram-sha-512\", \"ssl.ca.location\" = {:?}, \
+             \"ssl.certificate.location\" = {:?}",
+            not_pem.display(),
+            not_pem.display()
+        ),
+        "",
+    );
+    let e = Config::parse(Path::new("k.toml"), &text, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "replicate.librdkafka.sasl.username",
+            "replicate.librdkafka_secret_files.sasl.password",
+            "replicate.librdkafka.ssl.ca.location",
+            "replicate.librdkafka.ssl.key.location",
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("no PEM certificate found"), "{e}");
+    let text = with_kafka("\"security.protocol\" = \"sasl-ssl\"", "");
+    let e = Config::parse(Path::new("k.toml"), &text, &env()).unwrap_err();
+    assert!(e.to_string().contains("use plaintext, ssl, sasl_plaintext or sasl_ssl"), "{e}");
+}
+
+#[test]
+fn kafka_security_is_summarised_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("kafka-password");
+    std::fs::write(&pw, "s3cret-value\n").unwrap();
+    let text = with_kafka(
+        "\"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-256\", \"sasl.username\" = \"gw\"",
+        &format!("\"sasl.password\" = {:?}", pw.display()),
+    );
+    let c = Config::parse(Path::new("k.toml"), &text, &env()).unwrap();
+    assert_eq!(c.replicate.security.protocol, Protocol::SaslSsl);
+    let s = summary(&c);
+    assert!(
+        s.contains("security     SASL_SSL, SCRAM-SHA-256 as \"gw\" (password from a secret file), brokers' CA from the system store, no client certificate"),
+        "{s}"
+    );
+    assert!(!s.contains("s3cret"), "{s}");
+    assert!(!format!("{c:?}").contains("s3cret"));
+}

@@ -3,26 +3,17 @@
 
 use super::IntakeError;
 use crate::config::TlsConfig;
+use crate::util::pem;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
 fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, IntakeError> {
-    let f = std::fs::File::open(p).map_err(|e| IntakeError::Tls(format!("{}: {e}", p.display())))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(f)).collect();
-    let certs = certs.map_err(|e| IntakeError::Tls(format!("{}: {e}", p.display())))?;
-    if certs.is_empty() {
-        return Err(IntakeError::Tls(format!("{}: no PEM certificate found", p.display())));
-    }
-    Ok(certs)
+    pem::certificates(p).map_err(IntakeError::Tls)
 }
 
 fn key(p: &Path) -> Result<PrivateKeyDer<'static>, IntakeError> {
-    let f = std::fs::File::open(p).map_err(|e| IntakeError::Tls(format!("{}: {e}", p.display())))?;
-    rustls_pemfile::private_key(&mut BufReader::new(f))
-        .map_err(|e| IntakeError::Tls(format!("{}: {e}", p.display())))?
-        .ok_or_else(|| IntakeError::Tls(format!("{}: no PEM private key found", p.display())))
+    pem::private_key(p).map_err(IntakeError::Tls)
 }
 
 /// Builds the rustls client configuration.

@@ -53,6 +53,7 @@
 //!   stage drains it behind the live lane, while detect keeps appending.
 
 mod batch;
+mod context;
 mod lanes;
 mod part;
 mod poison;
@@ -60,8 +61,9 @@ mod producer;
 pub mod reassemble;
 mod wire;
 
+pub use context::{KafkaContext, SecurityFailures};
 pub use poison::{refusal, Refusal, POISON_STRIKES};
-pub use producer::{enqueue_yielding, producer, DeliveryFuture, KafkaContext, KafkaProducer};
+pub use producer::{enqueue_yielding, producer, DeliveryFuture, KafkaProducer};
 pub use wire::{annotation_headers, chunk_headers, chunks, ImageHead};
 
 use batch::Pending;
@@ -156,6 +158,8 @@ pub struct ReplicateStats {
     pub lanes_opened: AtomicU64,
     /// A backlog is draining behind the live lane now.
     pub live_lane: AtomicBool,
+    /// SASL and TLS failures of the uplink, as its client reports them.
+    pub security: Arc<SecurityFailures>,
 }
 
 /// The replicate stage.
@@ -175,8 +179,8 @@ impl Replicate {
         Self {
             log,
             cfg,
+            stats: Arc::new(ReplicateStats { security: producer.security_failures(), ..ReplicateStats::default() }),
             producer,
-            stats: Arc::new(ReplicateStats::default()),
             warn: RateLimiter::new(Duration::from_secs(30)),
             faults: Faults::default(),
         }

@@ -18,7 +18,7 @@ use futures::channel::oneshot;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,24 +26,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::context::{KafkaContext, SecurityFailures};
 use super::ReplicateError;
 use crate::config::ReplicateConfig;
-use crate::util::RateLimiter;
 use rdkafka::types::RDKafkaErrorCode;
 
 /// How long one poll of the polling thread lasts (see the module doc).
 const POLL_SLICE: Duration = Duration::from_secs(1);
-
-impl ProducerContext for KafkaContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
-        let _ = tx.send(match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.clone()),
-        });
-    }
-}
 
 /// The delivery report of one record: `Ok` once Kafka acknowledged it
 /// (acks=all), the error otherwise. A report that can never come (the
@@ -71,8 +60,8 @@ impl KafkaProducer {
     ///
     /// # Errors
     /// librdkafka refusing the configuration; the thread not starting.
-    pub fn create(config: &ClientConfig) -> Result<Self, KafkaError> {
-        let inner: Arc<BaseProducer<KafkaContext>> = Arc::new(config.create_with_context(KafkaContext::default())?);
+    pub fn create(config: &ClientConfig, context: KafkaContext) -> Result<Self, KafkaError> {
+        let inner: Arc<BaseProducer<KafkaContext>> = Arc::new(config.create_with_context(context)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (inner.clone(), stop.clone());
         std::thread::Builder::new()
@@ -104,6 +93,11 @@ impl KafkaProducer {
             Ok(()) => Ok(DeliveryFuture(rx)),
             Err((e, r)) => Err((e, r.headers.unwrap_or_default())),
         }
+    }
+
+    /// The security failures its client reported.
+    pub fn security_failures(&self) -> Arc<SecurityFailures> {
+        self.inner.context().security.clone()
     }
 
     /// Waits up to `timeout` for every queued record to be delivered.
@@ -142,52 +136,7 @@ pub fn producer(cfg: &ReplicateConfig) -> Result<KafkaProducer, ReplicateError> 
     }
     // Not overridable: the at-least-once design depends on them.
     c.set("enable.idempotence", "true").set("acks", "all");
-    KafkaProducer::create(&c).map_err(ReplicateError::Config)
-}
-
-/// Routes librdkafka's logs and client errors into `tracing`, rate-limited:
-/// while the uplink is down librdkafka reports "all brokers down" on every
-/// reconnect attempt, which would otherwise flood the journal. The stage's
-/// own retry warnings say what matters (the batch stays on disk).
-#[derive(Debug)]
-pub struct KafkaContext {
-    errors: RateLimiter,
-}
-
-impl Default for KafkaContext {
-    fn default() -> Self {
-        Self { errors: RateLimiter::new(Duration::from_secs(60)) }
-    }
-}
-
-impl rdkafka::ClientContext for KafkaContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                if let Some(held) = self.errors.check(fac) {
-                    tracing::error!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
-                }
-            }
-            L::Warning => {
-                if let Some(held) = self.errors.check(fac) {
-                    tracing::warn!(target: "librdkafka", facility = fac, suppressed = held, "{log_message}");
-                }
-            }
-            L::Notice | L::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
-            L::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
-        }
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let key = match error.rdkafka_error_code() {
-            Some(c) => format!("{c:?}"),
-            None => "other".to_owned(),
-        };
-        if let Some(held) = self.errors.check(&key) {
-            tracing::warn!(target: "librdkafka", error = %error, suppressed = held, "Kafka client: {reason}");
-        }
-    }
+    KafkaProducer::create(&c, KafkaContext::new(cfg.security.to_string())).map_err(ReplicateError::Config)
 }
 
 /// Hands one record to librdkafka; when its queue is full, sleeps on the

@@ -301,6 +301,13 @@ fn replicate(e: &mut Exposition<'_, '_>, r: &ReplicateStats) {
         ("vision_gateway_kafka_connected", GAUGE, "1 while the last batch was acknowledged.", |r| lb(&r.connected)),
         ],
     );
+    let security = labelled("kind", [("sasl", ld(&r.security.sasl)), ("tls", ld(&r.security.tls))]);
+    e.family(
+        "vision_gateway_kafka_auth_failures_total",
+        COUNTER,
+        "Connections to Kafka that failed their security, by kind: sasl (credentials refused), tls (handshake failed).",
+        &security,
+    );
 }
 
 fn log(e: &mut Exposition<'_, '_>, t: &Telemetry) {

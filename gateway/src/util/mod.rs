@@ -4,8 +4,10 @@
 //! - [`ratelimit`]: a rate limiter for per-frame warnings, so a camera
 //!   sending garbage at 30 fps cannot flood the journal;
 //! - [`units`]: sizes and durations as people write them (`2GiB`, `30s`);
+//! - [`pem`]: certificates and keys for TLS, with errors naming the file;
 //! - [`now_ms`]: wall-clock time as the records carry it.
 
+pub mod pem;
 pub mod ratelimit;
 pub mod units;
 

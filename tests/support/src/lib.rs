@@ -27,5 +27,7 @@ pub mod mosquitto;
 pub mod net;
 pub mod process;
 pub mod replay;
+pub mod stunnel;
 pub mod tansu;
+pub mod tls;
 pub mod tmpfs;

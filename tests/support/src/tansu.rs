@@ -22,22 +22,39 @@ pub struct Tansu {
     /// Its sqlite store and log (`tansu.log`).
     pub dir: tempfile::TempDir,
     bin: PathBuf,
+    /// The port it advertises in metadata (a TLS proxy's in front of it).
+    pub advertised: u16,
+    /// Whether clients must authenticate (SASL/SCRAM).
+    authentication: bool,
+    /// librdkafka options of the test's own clients (admin, consumers):
+    /// TLS and SASL settings when it sits behind a proxy or requires them.
+    pub client: Vec<(String, String)>,
 }
 
 impl Tansu {
     /// Starts tansu and indexes its store.
     pub fn start() -> Self {
+        Self::start_advertising(None)
+    }
+
+    /// Starts tansu advertising `127.0.0.1:advertised` (a TLS proxy's port)
+    /// instead of its own.
+    pub fn start_advertising(advertised: Option<u16>) -> Self {
         let bin = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vision-gateway/tansu-0.6.0/bin/tansu")
         });
         assert!(bin.exists(), "tansu not found at {} (bash tests/run builds it once)", bin.display());
-        let mut t = Self { port: free_port().unwrap(), child: None, dir: tempfile::tempdir().unwrap(), bin };
+        let port = free_port().unwrap();
+        let advertised = advertised.unwrap_or(port);
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Self { port, child: None, dir, bin, advertised, authentication: false, client: Vec::new() };
         t.spawn();
         t
     }
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("tansu.log")).unwrap();
         let child = Command::new(&self.bin)
@@ -47,10 +64,11 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "sqlite://tansu.db",
             ])
+            .args(self.authentication.then_some("--authentication"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -85,9 +103,36 @@ impl Tansu {
         }
     }
 
-    /// `bootstrap.servers` for it.
+    /// `bootstrap.servers` for it (the advertised address).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
+    }
+
+    /// Creates a SCRAM user (`mechanism`: `scram256` or `scram512`), on its
+    /// own listener.
+    pub fn create_user(&self, mechanism: &str, name: &str, password: &str) {
+        let broker = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(&self.bin)
+            .args(["user", "create", "--broker", &broker, "--mechanism", mechanism, name, password])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tansu user create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Restarts it requiring SASL authentication from every client.
+    pub fn require_authentication(&mut self) {
+        self.authentication = true;
+        self.restart();
+    }
+
+    /// A client config for it: bootstrap servers and [`client`](Self::client).
+    fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers());
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
     }
 
     /// Kills the broker (an outage); its data stays.
@@ -109,8 +154,7 @@ impl Tansu {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _g = rt.enter();
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = self.client_config().create().unwrap();
         let topics: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1))).collect();
         let res = rt
             .block_on(
@@ -130,8 +174,8 @@ impl Tansu {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _g = rt.enter();
-        let c: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
+        let c: StreamConsumer = self
+            .client_config()
             .set("group.id", format!("e2e-{topic}-{}", free_port().unwrap()))
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
@@ -161,8 +205,8 @@ impl Tansu {
     pub fn consume_to_end(&self, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::Message;
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
+        let c: BaseConsumer = self
+            .client_config()
             .set("group.id", format!("e2e-end-{topic}-{}", free_port().unwrap()))
             .set("enable.auto.commit", "false")
             .set("fetch.message.max.bytes", "5242880")
