@@ -1,6 +1,7 @@
 //! The replicate stage against librdkafka's mock cluster (real loopback
 //! TCP listeners in this process): what is produced, with which headers,
-//! chunking and reassembly, and what happens while the broker is down.
+//! chunking and reassembly, what happens while the broker is down, and a
+//! record it refuses as too large (injected `MSG_SIZE_TOO_LARGE`).
 //! The end-to-end suite repeats the main path against a real broker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -409,4 +410,43 @@ fn new_records_overtake_a_backlog_which_follows_in_order_behind_them() {
     println!(
         "live lane: 3090 records, the first live one at offset {first_live_at}, the last backfill one at {last_backfill_at}"
     );
+}
+
+/// A record the broker refuses as too large (`MSG_SIZE_TOO_LARGE`, what a
+/// Kafka broker answers past its `message.max.bytes`; injected in the mock
+/// cluster, since tansu 0.6.0 does not enforce the limit) is not retried
+/// forever: after `POISON_STRIKES` refusals it is given up with an
+/// `undeliverable` gap record saying why, and the records behind it go up,
+/// in order.
+#[test]
+fn a_record_refused_as_too_large_is_reported_and_does_not_block_the_records_behind_it() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let too_large = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+    let strikes = gateway::replicate::POISON_STRIKES as usize;
+    cluster.request_errors(RDKafkaApiKey::Produce, &vec![too_large; strikes]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = DurableLog::open(LogOptions::new(dir.path(), "mock-gw")).unwrap();
+    annotate(&log, 0, 1);
+    let refused_id = log.frame_id(0);
+    let running = Running::start(&log, &brokers);
+    let stats = running.stats.clone();
+    wait_until(&running.rt, "the refused record given up", || stats.undeliverable[0].load(Ordering::Relaxed) == 1);
+    annotate(&log, 1, 9);
+    let end = log.counts().next_seq;
+    wait_until(&running.rt, "the records behind it sent", || log.cursor(Cursor::Replicate).unwrap() == end);
+    running.stop();
+    assert_eq!(stats.undeliverable[0].load(Ordering::Relaxed), 1, "one record given up, no other");
+    let anns = consume(&brokers, "vision.annotations", 9);
+    let ids: Vec<String> = anns.iter().map(|m| header(m, "frame_id")).collect();
+    let want: Vec<String> = (1..10).map(|s| log.frame_id(s)).collect();
+    assert_eq!(ids, want, "the records behind it, in order");
+    let gaps = consume(&brokers, "vision.gaps", 1);
+    let gap: serde_json::Value = serde_json::from_slice(gaps[0].payload().unwrap()).unwrap();
+    let text = gap.to_string();
+    assert!(text.contains("undeliverable") && text.contains("refused by Kafka"), "{text}");
+    assert!(text.contains("MessageSizeTooLarge"), "{text}");
+    assert_eq!((&gap["from_seq"], &gap["to_seq"], &gap["records"]), (&0.into(), &0.into(), &1.into()), "{text}");
+    assert!(!ids.contains(&refused_id));
 }
