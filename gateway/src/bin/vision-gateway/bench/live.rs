@@ -11,6 +11,8 @@
 
 use super::service::{metric, Service};
 use crate::demo::percentile;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -260,12 +262,8 @@ pub async fn drain(
     live_lane_after: u64,
 ) -> anyhow::Result<DrainBench> {
     let exe = std::env::current_exe()?;
-    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let (broker, mock) = stand_ins()?;
     let mqtt = broker.port;
-    let mock = rdkafka::mocking::MockCluster::new(1)?;
-    for t in gateway::records::header::ALL_TOPICS {
-        mock.create_topic(t, 1, 1)?;
-    }
     let brokers = mock.bootstrap_servers();
     let payload = synthetic_jpeg(2_000, 3);
     let cameras = 4;
@@ -363,6 +361,17 @@ pub async fn drain(
     })
 }
 
+/// The benchmark's brokers: a private mosquitto and librdkafka's mock
+/// cluster (in this process) with the gateway's topics.
+fn stand_ins() -> anyhow::Result<(Mosquitto, MockCluster<'static, DefaultProducerContext>)> {
+    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let mock = MockCluster::new(1)?;
+    for t in gateway::records::header::ALL_TOPICS {
+        mock.create_topic(t, 1, 1)?;
+    }
+    Ok((broker, mock))
+}
+
 /// CPU of an idle gateway: connected to mosquitto and Kafka (mock cluster),
 /// nothing arriving.
 #[derive(Debug, Clone, Serialize)]
@@ -399,12 +408,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// mosquitto missing, the service failing.
 pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
     let exe = std::env::current_exe()?;
-    let broker = Mosquitto::start_with(Persistence::Off, 0)?;
+    let (broker, mock) = stand_ins()?;
     let mqtt = broker.port;
-    let mock = rdkafka::mocking::MockCluster::new(1)?;
-    for t in gateway::records::header::ALL_TOPICS {
-        mock.create_topic(t, 1, 1)?;
-    }
     let http = free_port()?;
     let cfg = config(dir, "idle", &dir.join("idle-log"), (mqtt, http), (&mock.bootstrap_servers(), 1000))?;
     let (svc, _) = Service::start(&exe, &cfg, http).await?;
