@@ -125,10 +125,10 @@ pub(super) fn validate(
             if let Err(e) = pem::certificates(&cert) {
                 v.problem(&key("ssl.certificate.location"), e);
             }
-            let passphrase = secrets.contains_key("ssl.key.password");
-            if !(passphrase && pem::is_encrypted_key(&private)) {
+            let encrypted = pem::is_encrypted_key(&private);
+            if !(encrypted && secrets.contains_key("ssl.key.password")) {
                 if let Err(e) = pem::private_key(&private) {
-                    let hint = if pem::is_encrypted_key(&private) {
+                    let hint = if encrypted {
                         " (encrypted: its passphrase goes in replicate.librdkafka_secret_files.\"ssl.key.password\")"
                     } else {
                         ""

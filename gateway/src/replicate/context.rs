@@ -102,12 +102,6 @@ impl KafkaContext {
     }
 }
 
-impl Default for KafkaContext {
-    fn default() -> Self {
-        Self::new("PLAINTEXT".into())
-    }
-}
-
 impl rdkafka::ClientContext for KafkaContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;

@@ -3,8 +3,8 @@
 //! benches all start their broker here.
 
 use crate::net::{free_port, wait_for_close, wait_for_port};
-use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::Result;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,13 +26,6 @@ pub struct Mosquitto {
     pub dir: tempfile::TempDir,
     conf: PathBuf,
     child: Option<Child>,
-}
-
-fn binary() -> Result<&'static str> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("mosquitto is not installed (Debian: apt-get install mosquitto; bash tests/run installs it)")
 }
 
 impl Mosquitto {
@@ -87,7 +80,12 @@ impl Mosquitto {
     fn spawn(&mut self) -> Result<()> {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.conf.with_file_name("mosquitto.log"))?;
-        let child = Command::new(binary()?).arg("-c").arg(&self.conf).stdout(Stdio::null()).stderr(log).spawn()?;
+        let child = Command::new(crate::process::program(&["mosquitto"], "mosquitto")?)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
         self.child = Some(child);
         wait_for_port(self.port, "mosquitto", Duration::from_secs(20))
     }

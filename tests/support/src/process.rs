@@ -10,6 +10,23 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Where a program installed from a Debian package is: the first of `names`
+/// found in the system's program folders.
+///
+/// # Errors
+/// None of them is there; the error says which package to install.
+pub fn program(names: &[&str], package: &str) -> Result<PathBuf> {
+    for n in names {
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+            let p = Path::new(dir).join(n);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    anyhow::bail!("{} not found (Debian: apt-get install {package}; bash tests/run installs it)", names.join(" or "))
+}
+
 /// `kill -<name> <pid>` (TERM, STOP, CONT, ...).
 ///
 /// # Errors

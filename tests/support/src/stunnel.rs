@@ -4,8 +4,7 @@
 
 use crate::net::{free_port, wait_for_port};
 use crate::tls::Certs;
-use anyhow::{Context, Result};
-use std::path::Path;
+use anyhow::Result;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,13 +23,6 @@ pub struct Stunnel {
     pub port: u16,
     child: Option<Child>,
     _dir: tempfile::TempDir,
-}
-
-fn binary() -> Result<&'static str> {
-    ["/usr/bin/stunnel4", "/usr/bin/stunnel"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("stunnel is not installed (Debian: apt-get install stunnel4; bash tests/run installs it)")
 }
 
 impl Stunnel {
@@ -57,7 +49,11 @@ impl Stunnel {
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("stunnel.log"))?;
-        let child = Command::new(binary()?).arg(&conf).stdout(Stdio::null()).stderr(log).spawn()?;
+        let child = Command::new(crate::process::program(&["stunnel4", "stunnel"], "stunnel4")?)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
         let s = Self { port, child: Some(child), _dir: dir };
         wait_for_port(port, "stunnel", Duration::from_secs(20))?;
         Ok(s)

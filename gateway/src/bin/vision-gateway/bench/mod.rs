@@ -21,7 +21,7 @@ use gateway::log::{DurableLog, LogOptions, WhenFull};
 use gateway::records::FrameRecord;
 use serde::Serialize;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::config::GatewayToml;
 use testkit::frames::{noise, synthetic_jpeg};
@@ -216,18 +216,6 @@ impl std::fmt::Display for IntakeBench {
 /// are no more frequent than the intake's can be at best.
 pub const RAW_SYNC_EVERY: usize = 64;
 
-fn which(names: &[&str]) -> anyhow::Result<PathBuf> {
-    for n in names {
-        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
-            let p = Path::new(dir).join(n);
-            if p.exists() {
-                return Ok(p);
-            }
-        }
-    }
-    anyhow::bail!("{} not found; install Debian's mosquitto and mosquitto-clients", names.join(" or "))
-}
-
 /// Queues `frames` frames of `size` bytes on a private mosquitto (started on
 /// a free loopback port) for a persistent QoS 1 session, then measures how
 /// fast `mosquitto_sub` and the gateway's intake drain them.
@@ -244,7 +232,7 @@ pub async fn intake_throughput(dir: &Path, frames: u64, size: usize) -> anyhow::
     use std::sync::atomic::Ordering;
     use tokio_util::sync::CancellationToken;
 
-    let sub = which(&["mosquitto_sub"])?;
+    let sub = testkit::process::program(&["mosquitto_sub"], "mosquitto-clients")?;
     let broker = testkit::mosquitto::Mosquitto::start_with(testkit::mosquitto::Persistence::Off, 0)?;
     let port = broker.port;
     let topic = "cameras/bench-cam/frames";
