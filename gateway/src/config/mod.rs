@@ -16,6 +16,7 @@
 //! Promises: a `Config` that exists is valid (sizes parsed, required fields
 //! present, secrets readable); secrets never appear in `Debug` or logs.
 
+mod claim_check;
 mod detect;
 mod fields;
 mod kafka_security;
@@ -30,6 +31,7 @@ mod telemetry;
 mod tests;
 mod validator;
 
+pub use claim_check::{ClaimCheckConfig, RawClaimCheck};
 pub use detect::{DetectConfig, RawDetect, RawText};
 pub use fields::{glob, FieldConfig, RawField};
 pub use kafka_security::{KafkaSecurity, Protocol};

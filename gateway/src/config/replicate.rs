@@ -3,7 +3,7 @@
 //! may not set (the ones that would break order per camera, delivery
 //! reports or idempotence).
 
-use super::{parse_host_port, KafkaSecurity, Secret, Validator};
+use super::{parse_host_port, ClaimCheckConfig, KafkaSecurity, RawClaimCheck, Secret, Validator};
 use crate::records::header;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,6 +36,8 @@ pub struct RawReplicate {
     /// follows with header `lane = backfill`. Default 1000; 0 keeps one
     /// lane (strict order per camera, live records wait for the backlog).
     pub live_lane_after: Option<u64>,
+    /// `[replicate.claim_check]`: large sampled images to an object store.
+    pub claim_check: Option<RawClaimCheck>,
 }
 
 /// Validated `[replicate]`.
@@ -61,6 +63,8 @@ pub struct ReplicateConfig {
     pub live_lane_after: u64,
     /// TLS and SASL, as read from the pass-through options.
     pub security: KafkaSecurity,
+    /// The claim check, when enabled.
+    pub claim_check: Option<ClaimCheckConfig>,
 }
 
 /// Checks `[replicate]`.
@@ -81,7 +85,9 @@ pub(super) fn validate(v: &mut Validator<'_>, r: RawReplicate) -> ReplicateConfi
     let (librdkafka, librdkafka_secrets) =
         librdkafka(v, r.librdkafka.unwrap_or_default(), r.librdkafka_secret_files.unwrap_or_default());
     let security = super::kafka_security::validate(v, &librdkafka, &librdkafka_secrets);
+    let claim_check = super::claim_check::validate(v, r.claim_check, chunk_bytes);
     ReplicateConfig {
+        claim_check,
         security,
         brokers,
         annotations_topic: r.annotations_topic.unwrap_or_else(|| header::ANNOTATIONS_TOPIC.into()),

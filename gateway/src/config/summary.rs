@@ -29,6 +29,11 @@ pub fn summary(c: &Config) -> String {
     }
     let _ = writeln!(o, "  kafka        {}", c.replicate.brokers);
     let _ = writeln!(o, "  security     {}", c.replicate.security);
+    match &c.replicate.claim_check {
+        Some(cc) => writeln!(o, "  claim check  {}", cc.summary()),
+        None => writeln!(o, "  claim check  off (sampled images go to Kafka in chunks)"),
+    }
+    .ok();
     let _ = writeln!(o, "  telemetry    http://{}", c.telemetry.listen);
     o
 }

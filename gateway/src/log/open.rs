@@ -65,6 +65,13 @@ impl DurableLog {
                 );
             }
         }
+        // A cursor added by a later release starts where the cursor it was
+        // split from is (the image lane from `replicate`): what that one has
+        // passed is in Kafka already.
+        if index.cursor(Cursor::ReplicateImages.name())?.is_none() {
+            let at = index.cursor(Cursor::Replicate.name())?.unwrap_or(0);
+            index.tree.insert(index::cursor_key(Cursor::ReplicateImages.name()), &at.to_be_bytes())?;
+        }
         index.tree.insert(META_STATE, state.encode())?;
         let index_bytes = index.flush_durable()?.max(index::INDEX_FLOOR);
         // Only now, with the index durable, can unreferenced files go.

@@ -24,11 +24,17 @@ pub enum Cursor {
     /// left between the two cursors are the backlog. At or below
     /// `replicate`: no backlog lane. Never passes [`Cursor::Detect`].
     ReplicateLive,
+    /// The replicate stage's image lane (when the claim check is on):
+    /// sampled images below it are in Kafka, in chunks or as a reference to
+    /// an object the store has acknowledged. With the claim check off it
+    /// follows [`Cursor::Replicate`]. Never passes [`Cursor::Detect`].
+    ReplicateImages,
 }
 
 impl Cursor {
     /// Every cursor.
-    pub const ALL: [Cursor; 4] = [Cursor::Detect, Cursor::Replicate, Cursor::ReplicateGaps, Cursor::ReplicateLive];
+    pub const ALL: [Cursor; 5] =
+        [Cursor::Detect, Cursor::Replicate, Cursor::ReplicateGaps, Cursor::ReplicateLive, Cursor::ReplicateImages];
 
     /// Stable name (the key in the index, and in `log stats`).
     pub fn name(self) -> &'static str {
@@ -37,6 +43,7 @@ impl Cursor {
             Cursor::Replicate => "replicate",
             Cursor::ReplicateGaps => "replicate_gaps",
             Cursor::ReplicateLive => "replicate_live",
+            Cursor::ReplicateImages => "replicate_images",
         }
     }
 }
@@ -88,7 +95,8 @@ pub struct LogOptions {
 impl LogOptions {
     /// Options with the pipeline's standard retention table: frames are
     /// needed by `detect`; images, annotations and dead letters by
-    /// `replicate`; gaps by `replicate_gaps`.
+    /// `replicate` (images also by `replicate_images`); gaps by
+    /// `replicate_gaps`.
     pub fn new(path: impl Into<PathBuf>, gateway_id: impl Into<String>) -> Self {
         Self {
             path: path.into(),
@@ -102,6 +110,7 @@ impl LogOptions {
             retention: vec![
                 (Area::Frames, Cursor::Detect),
                 (Area::Images, Cursor::Replicate),
+                (Area::Images, Cursor::ReplicateImages),
                 (Area::Annotations, Cursor::Replicate),
                 (Area::DeadLetters, Cursor::Replicate),
                 (Area::Gaps, Cursor::ReplicateGaps),

@@ -23,6 +23,22 @@ impl DurableLog {
         Ok(self.read(area, seq..seq.saturating_add(1), 1, FrameRecord::decode)?.into_iter().next().map(|(_, f)| f))
     }
 
+    /// Reads up to `max` frame records of `area` (frames or sampled images)
+    /// with seq in `from..to`, in order. Unreadable records are set aside
+    /// and skipped.
+    ///
+    /// # Errors
+    /// [`LogError::Storage`], [`LogError::Io`].
+    pub fn read_area_frames(
+        &self,
+        area: Area,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, FrameRecord)>, LogError> {
+        self.read(area, from..to, max, FrameRecord::decode)
+    }
+
     /// Reads up to `max` stage-encoded records of `area` with key in
     /// `from..to`. Unreadable records are set aside and skipped.
     ///

@@ -27,6 +27,13 @@ pub const LANE: &str = "lane";
 /// The value of [`LANE`] on backlog records.
 pub const BACKFILL: &str = "backfill";
 
+/// `s3` on a reference record of the claim check (images): the payload
+/// is a small JSON document naming the object (bucket, key, size, sha256,
+/// content type) instead of image bytes. Absent on chunks.
+pub const CLAIM_CHECK: &str = "claim_check";
+/// The value of [`CLAIM_CHECK`] for an S3-compatible store.
+pub const S3: &str = "s3";
+
 /// Default MQTT topic filter the cameras publish frames to (`+`: camera id).
 pub const DEFAULT_FRAME_TOPICS: &str = "cameras/+/frames";
 /// Default Kafka topic of annotations.

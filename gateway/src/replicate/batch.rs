@@ -79,8 +79,9 @@ impl Replicate {
                 let Some((seq, json)) = a.next() else { break };
                 match serde_json::from_slice::<AnnotationHead>(&json) {
                     Ok(fa) => {
-                        let image =
-                            if fa.sampled.is_some() { self.log.read_area_frame(Area::Images, seq)? } else { None };
+                        // With the claim check on, images go by their own lane.
+                        let ours = fa.sampled.is_some() && self.cfg.claim_check.is_none();
+                        let image = if ours { self.log.read_area_frame(Area::Images, seq)? } else { None };
                         image_bytes += image.as_ref().map_or(0, |i| i.payload.len());
                         out.push(Out::Annotation {
                             seq,
@@ -160,21 +161,9 @@ impl Replicate {
                         let part = Part::Image(*seq);
                         p.parts.push(part);
                         p.image_bytes += img.payload.len();
-                        let sha256 = hex::encode(Sha256::digest(&img.payload));
-                        let head = ImageHead { frame_id, camera, content_type: &img.content_type, sha256: &sha256 };
-                        let parts = chunks(&img.payload, cfg.chunk_bytes as usize);
-                        let count = parts.len().to_string();
-                        for (i, chunk) in parts.iter().enumerate() {
-                            let headers = lane_of(chunk_headers(&head, i, &count));
-                            let kind = if i + 1 == parts.len() { Sent::Image } else { Sent::Chunk };
-                            match enqueue_yielding(&self.producer, &cfg.images_topic, camera, chunk, headers).await {
-                                Ok(f) => p.reports.push_back((f, part, kind, chunk.len() as u64)),
-                                Err(e) => {
-                                    p.failures.push(Failure::new(part, &cfg.images_topic, &e));
-                                    break;
-                                }
-                            }
-                        }
+                        let (sent, failed) = self.enqueue_chunks(*seq, frame_id, img, lane == Lane::Backfill).await;
+                        p.reports.extend(sent.into_iter().map(|(f, kind, n)| (f, part, kind, n)));
+                        p.failures.extend(failed);
                     }
                 }
                 Out::DeadLetter { seq, camera, frame_id, json } => {
@@ -199,6 +188,39 @@ impl Replicate {
             }
         }
         p
+    }
+
+    /// Hands the chunks of the sampled image of frame `seq` to
+    /// librdkafka, in order (header `lane = backfill` if `backfill`): the
+    /// reports of those it took and, if it refused one, the failure (the
+    /// chunks after it are not sent).
+    pub(super) async fn enqueue_chunks(
+        &self,
+        seq: u64,
+        frame_id: &str,
+        img: &FrameRecord,
+        backfill: bool,
+    ) -> (Vec<(DeliveryFuture, Sent, u64)>, Option<Failure>) {
+        let cfg = &self.cfg;
+        let part = Part::Image(seq);
+        let sha256 = hex::encode(Sha256::digest(&img.payload));
+        let camera = img.camera.as_str();
+        let head = ImageHead { frame_id, camera, content_type: &img.content_type, sha256: &sha256 };
+        let parts = chunks(&img.payload, cfg.chunk_bytes as usize);
+        let count = parts.len().to_string();
+        let mut sent = Vec::with_capacity(parts.len());
+        for (i, chunk) in parts.iter().enumerate() {
+            let mut headers = chunk_headers(&head, i, &count);
+            if backfill {
+                headers = with_header(header::LANE, header::BACKFILL, headers);
+            }
+            let kind = if i + 1 == parts.len() { Sent::Image } else { Sent::Chunk };
+            match enqueue_yielding(&self.producer, &cfg.images_topic, camera, chunk, headers).await {
+                Ok(f) => sent.push((f, kind, chunk.len() as u64)),
+                Err(e) => return (sent, Some(Failure::new(part, &cfg.images_topic, &e))),
+            }
+        }
+        (sent, None)
     }
 
     /// The topic a record goes to.

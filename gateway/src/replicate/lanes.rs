@@ -139,6 +139,9 @@ impl Replicate {
                 // the backlog lane's or acknowledged (and deleted) live.
                 let mut b = self.log.batch();
                 b.set_cursor(Cursor::Replicate, live);
+                if self.images_follow.load(Ordering::Relaxed) {
+                    b.set_cursor(Cursor::ReplicateImages, live);
+                }
                 self.log.apply(b)?;
                 lanes.backfill = None;
                 self.stats.live_lane.store(false, Ordering::Relaxed);
@@ -178,6 +181,9 @@ impl Replicate {
                 }
             } else {
                 b.set_cursor(Cursor::Replicate, end);
+                if self.images_follow.load(Ordering::Relaxed) {
+                    b.set_cursor(Cursor::ReplicateImages, end);
+                }
             }
         }
         if let Some(end) = p.gaps_end {

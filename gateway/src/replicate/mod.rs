@@ -54,15 +54,19 @@
 
 mod batch;
 mod context;
+mod images;
 mod lanes;
 mod part;
 mod poison;
 mod producer;
 pub mod reassemble;
+mod store;
 mod wire;
 
 pub use context::{KafkaContext, SecurityFailures};
 pub use poison::{refusal, Refusal, POISON_STRIKES};
+pub use images::Reference;
+pub use store::{Store, StoreError, Stored};
 pub use producer::{enqueue_yielding, producer, DeliveryFuture, KafkaProducer};
 pub use wire::{annotation_headers, chunk_headers, chunks, ImageHead};
 
@@ -107,6 +111,9 @@ pub enum ReplicateError {
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The claim check's store client could not be made.
+    #[error(transparent)]
+    Store(StoreError),
     /// The stage's task ended abnormally.
     #[error("{0}")]
     Task(String),
@@ -117,7 +124,7 @@ impl ReplicateError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReplicateError::Log(e) => e.is_transient(),
-            ReplicateError::Config(_) | ReplicateError::Task(_) => false,
+            ReplicateError::Config(_) | ReplicateError::Store(_) | ReplicateError::Task(_) => false,
         }
     }
 }
@@ -160,6 +167,18 @@ pub struct ReplicateStats {
     pub live_lane: AtomicBool,
     /// SASL and TLS failures of the uplink, as its client reports them.
     pub security: Arc<SecurityFailures>,
+    /// Claim check: images the store holds and a reference was produced
+    /// for (uploaded now or found from an earlier attempt).
+    pub stored: AtomicU64,
+    /// Claim check: bytes uploaded.
+    pub stored_bytes: AtomicU64,
+    /// Claim check: reference records acknowledged by Kafka.
+    pub references: AtomicU64,
+    /// Claim check: failed uploads by kind (conflict, refused,
+    /// unavailable).
+    pub store_failures: [AtomicU64; 3],
+    /// Claim check: the last upload succeeded.
+    pub store_up: AtomicBool,
 }
 
 /// The replicate stage.
@@ -171,6 +190,9 @@ pub struct Replicate {
     warn: RateLimiter,
     /// Injected faults (none in production).
     faults: Faults,
+    /// The image lane has handed its cursor to the main lane (claim check
+    /// off, nothing of its own left): `replicate` moves it too.
+    images_follow: AtomicBool,
 }
 
 impl Replicate {
@@ -183,6 +205,7 @@ impl Replicate {
             producer,
             warn: RateLimiter::new(Duration::from_secs(30)),
             faults: Faults::default(),
+            images_follow: AtomicBool::new(false),
         }
     }
 
@@ -209,6 +232,22 @@ impl Replicate {
         if self.faults.replicate_fail {
             return Err(ReplicateError::Task("injected fault: the replicate stage fails for good".into()));
         }
+        let main = self.run_main(&stop);
+        let images = async {
+            let r = self.run_images(&stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        };
+        let (main, images) = tokio::join!(main, images);
+        let _ = self.producer.flush(Duration::from_secs(2));
+        images.and(main)
+    }
+
+    /// The main lane (annotations, dead letters, gap records, and sampled
+    /// images when the claim check is off).
+    async fn run_main(&self, stop: &CancellationToken) -> Result<(), ReplicateError> {
         let mut failures: u32 = 0;
         let mut strikes: HashMap<Part, u32> = HashMap::new();
         let mut inflight: VecDeque<Pending> = VecDeque::new();
@@ -286,7 +325,6 @@ impl Replicate {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(2));
         Ok(())
     }
 }

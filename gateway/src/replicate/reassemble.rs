@@ -20,7 +20,15 @@
 //!   [`Limits::max_partial_bytes`]; past that the oldest partial is given
 //!   up. A partial older than [`Limits::max_age`] is given up too. Both are
 //!   reported as *expired*, and stop holding back the committed offset.
+//! - **References are followed** (header `claim_check = s3`, the claim
+//!   check): the object is downloaded from the store the run was given (at
+//!   most [`MAX_REFERENCED_BYTES`]), its sha256 checked against the
+//!   reference, and written like a chunked image. A reference that cannot
+//!   be resolved now (no store given, the store unreachable) stops the run
+//!   with an error before its offset is committed, so a later run takes it
+//!   again; one whose object is missing or differs is reported *corrupt*.
 
+use super::{Reference, Store, StoreError};
 use crate::records::header as h;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -50,6 +58,8 @@ pub struct Report {
     pub expired: Vec<String>,
     /// Messages without the chunk headers.
     pub malformed: u64,
+    /// Images downloaded from the object store (claim check references).
+    pub referenced: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -310,7 +320,60 @@ fn header(m: &impl Message, key: &str) -> Option<String> {
 /// # Errors
 /// Consumer or file-system errors.
 pub async fn reassemble(brokers: &str, topic: &str, group: &str, out: &Path, idle: Duration) -> anyhow::Result<Report> {
-    reassemble_with(&Source { brokers, topic, group }, out, idle, Limits::default()).await
+    reassemble_with(&Source { brokers, topic, group, store: None }, out, idle, Limits::default()).await
+}
+
+/// The largest object a reference may name (a frame is at most 64 MiB).
+pub const MAX_REFERENCED_BYTES: usize = 64 << 20;
+
+/// The largest reference record read.
+const MAX_REFERENCE_RECORD: usize = 64 << 10;
+
+/// Fetches the object a reference record names and checks it: the image
+/// (relative path and bytes), or why it is corrupt.
+///
+/// # Errors
+/// The reference cannot be resolved now (no store, store unreachable):
+/// the caller stops before committing past it.
+async fn follow(msg: &rdkafka::message::BorrowedMessage<'_>, store: Option<&Store>) -> anyhow::Result<Outcome> {
+    let payload = msg.payload().unwrap_or_default();
+    let frame_id = header(msg, h::FRAME_ID).unwrap_or_default();
+    if payload.len() > MAX_REFERENCE_RECORD {
+        return Ok(Outcome::Inconsistent(frame_id));
+    }
+    let Ok(r) = serde_json::from_slice::<Reference>(payload) else { return Ok(Outcome::Inconsistent(frame_id)) };
+    let Some(store) = store else {
+        anyhow::bail!(
+            "{} is a reference to s3 bucket {} key {}: give reassemble the store (--config with [replicate.claim_check])",
+            r.frame_id,
+            r.bucket,
+            r.key
+        );
+    };
+    anyhow::ensure!(
+        r.bucket == store.bucket(),
+        "{} is in bucket {}, the store given is bucket {}",
+        r.frame_id,
+        r.bucket,
+        store.bucket()
+    );
+    let bytes = match store.get(&r.key, MAX_REFERENCED_BYTES).await {
+        Ok(b) => b,
+        Err(StoreError::Missing(_) | StoreError::Conflict { .. }) => {
+            tracing::warn!(frame_id = %r.frame_id, key = %r.key, "the object of a reference is missing or too large");
+            return Ok(Outcome::Corrupt(r.frame_id));
+        }
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", r.frame_id)),
+    };
+    if hex::encode(Sha256::digest(&bytes)) != r.sha256 || bytes.len() as u64 != r.size {
+        return Ok(Outcome::Corrupt(r.frame_id));
+    }
+    let path = Path::new(&safe_name(&r.camera)).join(format!(
+        "{}.{}",
+        safe_name(&r.frame_id),
+        extension(&r.content_type)
+    ));
+    Ok(Outcome::Whole(Image { path, bytes, frame_id: r.frame_id }))
 }
 
 /// The chunk a message carries, `None` without the chunk headers.
@@ -352,6 +415,8 @@ pub struct Source<'a> {
     pub topic: &'a str,
     /// The consumer group (offsets are committed there).
     pub group: &'a str,
+    /// The claim check's store, to follow references.
+    pub store: Option<&'a Store>,
 }
 
 /// [`reassemble`] with explicit limits.
@@ -394,13 +459,20 @@ pub async fn reassemble_with(src: &Source<'_>, out: &Path, idle: Duration, limit
         };
         let (part, offset) = (msg.partition(), msg.offset());
         next_offset.insert(part, offset + 1);
-        let Some(chunk) = chunk_of(&msg) else {
-            report.malformed += 1;
-            continue;
-        };
         let now = Instant::now();
         let mut expired = asm.expire(now);
-        match asm.offer(chunk, now, &mut expired) {
+        let outcome = if header(&msg, h::CLAIM_CHECK).is_some() {
+            let o = follow(&msg, src.store).await?;
+            report.referenced += u64::from(matches!(o, Outcome::Whole(_)));
+            o
+        } else {
+            let Some(chunk) = chunk_of(&msg) else {
+                report.malformed += 1;
+                continue;
+            };
+            asm.offer(chunk, now, &mut expired)
+        };
+        match outcome {
             Outcome::Pending => {}
             Outcome::Corrupt(id) => report.corrupt.push(id),
             Outcome::Inconsistent(id) => {

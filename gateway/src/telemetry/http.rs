@@ -185,6 +185,8 @@ mod tests {
             "vision_gateway_replicate_backfilled_total",
             "vision_gateway_kafka_connected",
             "vision_gateway_kafka_auth_failures_total{kind=\"sasl\"}",
+            "vision_gateway_store_failures_total{kind=\"conflict\"}",
+            "vision_gateway_store_references_total",
             "vision_gateway_log_records{area=\"frames\"}",
             "vision_gateway_log_used_bytes",
             "vision_gateway_log_gaps_total",

@@ -308,6 +308,27 @@ fn replicate(e: &mut Exposition<'_, '_>, r: &ReplicateStats) {
         "Connections to Kafka that failed their security, by kind: sasl (credentials refused), tls (handshake failed).",
         &security,
     );
+    claim_check(e, r);
+}
+
+/// The claim check's store (zero while it is off).
+fn claim_check(e: &mut Exposition<'_, '_>, r: &ReplicateStats) {
+    e.table(
+        r,
+        &[
+        ("vision_gateway_store_objects_total", COUNTER, "Claim check: images in the object store that a reference was produced for (uploaded, or found from an earlier attempt).", |r| ld(&r.stored)),
+        ("vision_gateway_store_uploaded_bytes_total", COUNTER, "Claim check: bytes uploaded to the object store.", |r| ld(&r.stored_bytes)),
+        ("vision_gateway_store_references_total", COUNTER, "Claim check: reference records Kafka acknowledged.", |r| ld(&r.references)),
+        ("vision_gateway_store_up", GAUGE, "Claim check: 1 while the last upload succeeded.", |r| lb(&r.store_up)),
+        ],
+    );
+    let failures = labelled("kind", ["conflict", "refused", "unavailable"].into_iter().zip(r.store_failures.iter().map(ld)));
+    e.family(
+        "vision_gateway_store_failures_total",
+        COUNTER,
+        "Claim check: failed uploads, by kind: conflict (a different object at the key, image given up), refused (credentials or access), unavailable (retried).",
+        &failures,
+    );
 }
 
 fn log(e: &mut Exposition<'_, '_>, t: &Telemetry) {

@@ -69,6 +69,7 @@ fn marks(t: &Telemetry) -> Marks {
             + ld(&r.dead_letters)
             + ld(&r.gaps)
             + ld(&r.chunks)
+            + ld(&r.references)
             + ld(&r.waits)
             + undeliverable,
     }

@@ -2,6 +2,7 @@
 //! ([`gateway::replicate::reassemble`]).
 
 use crate::output::{emit, runtime};
+use gateway::replicate::reassemble::{reassemble_with, Limits, Source};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,19 +27,28 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A gateway config whose `[replicate.claim_check]` names the object
+    /// store: references (header claim_check = s3) are downloaded from it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Exit 1 if an image was corrupt or its chunks contradicted each other.
 pub fn run(args: Args) -> Result<ExitCode> {
     let idle = gateway::util::units::parse_duration(&args.idle).map_err(anyhow::Error::msg)?;
+    let store = match &args.config {
+        None => None,
+        Some(path) => {
+            let c = gateway::config::Config::load(path)?;
+            let Some(cc) = c.replicate.claim_check else {
+                anyhow::bail!("{}: [replicate.claim_check] is not enabled", path.display());
+            };
+            Some(gateway::replicate::Store::new(&cc)?)
+        }
+    };
     let rt = runtime()?;
-    let r = rt.block_on(gateway::replicate::reassemble::reassemble(
-        &args.brokers,
-        &args.topic,
-        &args.group,
-        &args.out,
-        idle,
-    ))?;
+    let src = Source { brokers: &args.brokers, topic: &args.topic, group: &args.group, store: store.as_ref() };
+    let r = rt.block_on(reassemble_with(&src, &args.out, idle, Limits::default()))?;
     emit(&r, args.json)?;
     let clean = r.corrupt.is_empty() && r.inconsistent.is_empty();
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
