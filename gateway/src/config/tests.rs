@@ -319,3 +319,61 @@ fn kafka_security_is_summarised_without_the_password() {
     assert!(!s.contains("s3cret"), "{s}");
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+fn with_claim_check(section: &str) -> String {
+    format!("{MINIMAL}[replicate.claim_check]\nenabled = true\n{section}\n")
+}
+
+#[test]
+fn claim_check_mistakes_are_named_and_credentials_must_be_secrets() {
+    // Off by default, and off when not enabled even if written.
+    let c = Config::parse(Path::new("t.toml"), MINIMAL, &env()).unwrap();
+    assert!(c.replicate.claim_check.is_none());
+    let off = format!("{MINIMAL}[replicate.claim_check]\nenabled = false\nbucket = \"x\"\n");
+    assert!(Config::parse(Path::new("t.toml"), &off, &env()).unwrap().replicate.claim_check.is_none());
+    let text = with_claim_check(
+        "endpoint = \"http://127.0.0.1:8333\"\nbucket = \"Images_1\"\nprefix = \"a//b\"\nmax_in_flight = 0\naccess_key = \"AKIA\"",
+    );
+    let e = Config::parse(Path::new("c.toml"), &text, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "replicate.claim_check.access_key",
+            "replicate.claim_check.endpoint",
+            "replicate.claim_check.bucket",
+            "replicate.claim_check.prefix",
+            "replicate.claim_check.access_key_id_file",
+            "replicate.claim_check.secret_access_key_file",
+            "replicate.claim_check.max_in_flight",
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("never asks an instance-metadata service"), "{e}");
+    assert!(e.to_string().contains("plain HTTP: use https, or set allow_http = true"), "{e}");
+}
+
+#[test]
+fn claim_check_defaults_and_summary_without_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, key) = (dir.path().join("s3-id"), dir.path().join("s3-key"));
+    std::fs::write(&id, "gateway\n").unwrap();
+    std::fs::write(&key, "very-secret-key\n").unwrap();
+    let text = with_claim_check(&format!(
+        "endpoint = \"http://127.0.0.1:8333\"\nallow_http = true\nbucket = \"vision-images\"\n\
+         access_key_id_file = {:?}\nsecret_access_key_file = {:?}",
+        id.display(),
+        key.display()
+    ));
+    let c = Config::parse(Path::new("c.toml"), &text, &env()).unwrap();
+    let cc = c.replicate.claim_check.as_ref().unwrap();
+    assert_eq!(cc.min_bytes, c.replicate.chunk_bytes, "the threshold defaults to the chunk size");
+    assert_eq!((cc.max_in_flight, cc.max_bytes_per_second, cc.prefix.as_str()), (4, 0, "vision-gateway"));
+    assert_eq!(cc.access_key_id.expose(), "gateway");
+    let s = summary(&c);
+    assert!(
+        s.contains("claim check  images >= 921600 B to http://127.0.0.1:8333/vision-images/vision-gateway"),
+        "{s}"
+    );
+    assert!(!s.contains("very-secret") && !format!("{c:?}").contains("very-secret"), "{s}");
+}

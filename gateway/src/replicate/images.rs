@@ -112,6 +112,7 @@ impl Replicate {
     pub(super) async fn run_images(&self, stop: &CancellationToken) -> Result<(), ReplicateError> {
         let store = match &self.cfg.claim_check {
             Some(c) => Store::new(c).map_err(ReplicateError::Store)?,
+            None if self.images_follow.load(Ordering::Relaxed) => return Ok(()),
             None => {
                 let to = self.log.cursor(Cursor::Replicate)?;
                 if self.log.cursor(Cursor::ReplicateImages)? < to {

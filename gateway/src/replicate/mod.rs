@@ -232,6 +232,13 @@ impl Replicate {
         if self.faults.replicate_fail {
             return Err(ReplicateError::Task("injected fault: the replicate stage fails for good".into()));
         }
+        // With the claim check off and nothing held back by its lane, the
+        // main lane moves the image cursor from its first commit on.
+        if self.cfg.claim_check.is_none()
+            && self.log.cursor(crate::log::Cursor::ReplicateImages)? >= self.log.cursor(crate::log::Cursor::Replicate)?
+        {
+            self.images_follow.store(true, Ordering::Relaxed);
+        }
         let main = self.run_main(&stop);
         let images = async {
             let r = self.run_images(&stop).await;
