@@ -222,11 +222,10 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 /// a problem for every unknown key and for the parse error.
 fn raw_config(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
     let mut unknown = Vec::new();
-    let parsed: Result<RawConfig, _> =
-        serde_ignored::deserialize(toml::Deserializer::new(text), |p| {
-            // serde_ignored writes `?` for an optional table's level.
-            unknown.push(p.to_string().replace(".?.", "."))
-        });
+    let parsed: Result<RawConfig, _> = serde_ignored::deserialize(toml::Deserializer::new(text), |p| {
+        // serde_ignored writes `?` for an optional table's level.
+        unknown.push(p.to_string().replace(".?.", "."))
+    });
     let mut problems: Vec<Problem> = unknown
         .into_iter()
         .map(|key| Problem { key, message: "unknown key (check the spelling; see systemd/gateway.toml)".into() })

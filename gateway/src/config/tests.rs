@@ -371,9 +371,6 @@ fn claim_check_defaults_and_summary_without_the_secret() {
     assert_eq!((cc.max_in_flight, cc.max_bytes_per_second, cc.prefix.as_str()), (4, 0, "vision-gateway"));
     assert_eq!(cc.access_key_id.expose(), "gateway");
     let s = summary(&c);
-    assert!(
-        s.contains("claim check  images >= 921600 B to http://127.0.0.1:8333/vision-images/vision-gateway"),
-        "{s}"
-    );
+    assert!(s.contains("claim check  images >= 921600 B to http://127.0.0.1:8333/vision-images/vision-gateway"), "{s}");
     assert!(!s.contains("very-secret") && !format!("{c:?}").contains("very-secret"), "{s}");
 }

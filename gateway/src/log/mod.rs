@@ -381,7 +381,9 @@ impl DurableLog {
         let (seq, gap) = *self.inner.durable.borrow();
         Ok(match c {
             Cursor::Detect => seq,
-            Cursor::Replicate | Cursor::ReplicateLive | Cursor::ReplicateImages => seq.min(self.cursor(Cursor::Detect)?),
+            Cursor::Replicate | Cursor::ReplicateLive | Cursor::ReplicateImages => {
+                seq.min(self.cursor(Cursor::Detect)?)
+            }
             Cursor::ReplicateGaps => gap,
         })
     }

@@ -111,7 +111,7 @@ impl Replicate {
     /// off, drains what it still holds and returns.
     pub(super) async fn run_images(&self, stop: &CancellationToken) -> Result<(), ReplicateError> {
         let store = match &self.cfg.claim_check {
-            Some(c) => Store::new(c).map_err(ReplicateError::Store)?,
+            Some(c) => Store::new(c, self.log.gateway_id()).map_err(ReplicateError::Store)?,
             None if self.images_follow.load(Ordering::Relaxed) => return Ok(()),
             None => {
                 let to = self.log.cursor(Cursor::Replicate)?;
@@ -132,7 +132,7 @@ impl Replicate {
         until: Option<u64>,
         stop: &CancellationToken,
     ) -> Result<(), ReplicateError> {
-        let max_in_flight = self.cfg.claim_check.as_ref().map_or(4, |c| c.max_in_flight);
+        let max_in_flight = self.max_images_in_flight();
         let mut r = self.new_round()?;
         let mut failures: u32 = 0;
         let mut strikes: HashMap<Part, u32> = HashMap::new();
@@ -143,24 +143,7 @@ impl Replicate {
         tokio::pin!(grace);
         loop {
             let seen = self.log.generation();
-            let to = match until {
-                Some(t) => t,
-                None => self.log.bound(Cursor::ReplicateImages)?,
-            };
-            while !stop.is_cancelled()
-                && r.uploads.len() + r.deliveries.len() < max_in_flight
-                && r.held < IN_FLIGHT_IMAGE_BYTES
-                && r.next < to
-            {
-                let Some((seq, img)) = self.log.read_area_frames(Area::Images, r.next, to, 1)?.pop() else {
-                    r.next = to;
-                    break;
-                };
-                r.next = seq + 1;
-                r.held += img.payload.len();
-                let job = self.prepare(store, seq, img, &mut r.pace);
-                r.uploads.push_back(job);
-            }
+            self.fill_images(&mut r, store, until, stop)?;
             if r.uploads.is_empty() && r.deliveries.is_empty() {
                 // Idle: the cursor moves over the sequence numbers without
                 // an image.
@@ -208,20 +191,7 @@ impl Replicate {
                 _ = self.log.changed_since(seen), if room => continue,
                 _ = &mut grace => return Ok(()),
             };
-            // A failure: what is produced is awaited (librdkafka must be
-            // done with it), what is not is dropped and taken again from
-            // the cursor after a backoff.
-            let mut failed = failed;
-            r.uploads = FuturesOrdered::new();
-            while let Some(mut d) = r.deliveries.pop_front() {
-                match settle(Some(&mut d), &self.cfg.images_topic).await {
-                    Ok(()) if failed.is_empty() => self.commit_image(&d)?,
-                    Ok(()) => {}
-                    Err(f) => failed.push(f),
-                }
-            }
-            let (gave_up, _) = self.give_up_poison(&failed, &mut strikes).await?;
-            r = self.new_round()?;
+            let (failed, gave_up) = self.recover(&mut r, failed, &mut strikes).await?;
             if gave_up {
                 continue;
             }
@@ -239,6 +209,64 @@ impl Replicate {
         }
     }
 
+    fn max_images_in_flight(&self) -> usize {
+        self.cfg.claim_check.as_ref().map_or(4, |c| c.max_in_flight)
+    }
+
+    /// Takes images from the log while there is room, up to `until` (or the
+    /// lane's bound), each prepared in sequence order.
+    fn fill_images(
+        &self,
+        r: &mut Round,
+        store: Option<&Store>,
+        until: Option<u64>,
+        stop: &CancellationToken,
+    ) -> Result<(), ReplicateError> {
+        let to = match until {
+            Some(t) => t,
+            None => self.log.bound(Cursor::ReplicateImages)?,
+        };
+        while !stop.is_cancelled()
+            && r.uploads.len() + r.deliveries.len() < self.max_images_in_flight()
+            && r.held < IN_FLIGHT_IMAGE_BYTES
+            && r.next < to
+        {
+            let Some((seq, img)) = self.log.read_area_frames(Area::Images, r.next, to, 1)?.pop() else {
+                r.next = to;
+                break;
+            };
+            r.next = seq + 1;
+            r.held += img.payload.len();
+            let job = self.prepare(store, seq, img, &mut r.pace);
+            r.uploads.push_back(job);
+        }
+        Ok(())
+    }
+
+    /// After a failure: what is produced is awaited (librdkafka must be
+    /// done with it) and committed in order up to the first failure, what
+    /// is not is dropped; records refused for good are given up. The round
+    /// starts again from the cursor. Returns every failed delivery and
+    /// whether something was given up.
+    async fn recover(
+        &self,
+        r: &mut Round,
+        mut failed: Vec<Failure>,
+        strikes: &mut HashMap<Part, u32>,
+    ) -> Result<(Vec<Failure>, bool), ReplicateError> {
+        r.uploads = FuturesOrdered::new();
+        while let Some(mut d) = r.deliveries.pop_front() {
+            match settle(Some(&mut d), &self.cfg.images_topic).await {
+                Ok(()) if failed.is_empty() => self.commit_image(&d)?,
+                Ok(()) => {}
+                Err(f) => failed.push(f),
+            }
+        }
+        let (gave_up, _) = self.give_up_poison(&failed, strikes).await?;
+        *r = self.new_round()?;
+        Ok((failed, gave_up))
+    }
+
     /// A fresh round from the lane's durable cursor.
     fn new_round(&self) -> Result<Round, ReplicateError> {
         Ok(Round {
@@ -252,7 +280,13 @@ impl Replicate {
 
     /// What the image at `seq` becomes: an upload paced to the rate limit
     /// (at or over the threshold, with a store), or chunks.
-    fn prepare(&self, store: Option<&Store>, seq: u64, img: FrameRecord, pace: &mut Instant) -> BoxFuture<'static, Job> {
+    fn prepare(
+        &self,
+        store: Option<&Store>,
+        seq: u64,
+        img: FrameRecord,
+        pace: &mut Instant,
+    ) -> BoxFuture<'static, Job> {
         let bytes = img.payload.len();
         let (Some(store), Some(cc)) = (store, self.cfg.claim_check.as_ref()) else {
             return Box::pin(std::future::ready(Job { seq, bytes, ready: Ok(Ready::Chunks(img)) }));
@@ -265,8 +299,7 @@ impl Replicate {
             *pace = start + Duration::from_secs_f64(bytes as f64 / cc.max_bytes_per_second as f64);
         }
         let sha256 = hex::encode(Sha256::digest(&img.payload));
-        let gateway_id = self.log.gateway_id().to_owned();
-        let key = store.key(&gateway_id, &img.camera, seq, &sha256, &img.content_type);
+        let key = store.key(&img.camera, seq, &sha256, &img.content_type);
         let reference = Reference {
             claim_check: header::S3.into(),
             frame_id: self.log.frame_id(seq),
@@ -315,8 +348,12 @@ impl Replicate {
                 }
                 self.stats.store_up.store(true, Ordering::Relaxed);
                 let json = serde_json::to_vec(&r).unwrap_or_default();
-                let head =
-                    ImageHead { frame_id: &r.frame_id, camera: &r.camera, content_type: &r.content_type, sha256: &r.sha256 };
+                let head = ImageHead {
+                    frame_id: &r.frame_id,
+                    camera: &r.camera,
+                    content_type: &r.content_type,
+                    sha256: &r.sha256,
+                };
                 let headers = with_header(header::CLAIM_CHECK, header::S3, chunk_headers(&head, 0, "1"));
                 let topic = &self.cfg.images_topic;
                 match enqueue_yielding(&self.producer, topic, &r.camera, &json, headers).await {

@@ -64,10 +64,10 @@ mod store;
 mod wire;
 
 pub use context::{KafkaContext, SecurityFailures};
-pub use poison::{refusal, Refusal, POISON_STRIKES};
 pub use images::Reference;
-pub use store::{Store, StoreError, Stored};
+pub use poison::{refusal, Refusal, POISON_STRIKES};
 pub use producer::{enqueue_yielding, producer, DeliveryFuture, KafkaProducer};
+pub use store::{Store, StoreError, Stored};
 pub use wire::{annotation_headers, chunk_headers, chunks, ImageHead};
 
 use batch::Pending;
@@ -235,7 +235,8 @@ impl Replicate {
         // With the claim check off and nothing held back by its lane, the
         // main lane moves the image cursor from its first commit on.
         if self.cfg.claim_check.is_none()
-            && self.log.cursor(crate::log::Cursor::ReplicateImages)? >= self.log.cursor(crate::log::Cursor::Replicate)?
+            && self.log.cursor(crate::log::Cursor::ReplicateImages)?
+                >= self.log.cursor(crate::log::Cursor::Replicate)?
         {
             self.images_follow.store(true, Ordering::Relaxed);
         }
@@ -268,7 +269,7 @@ impl Replicate {
         tokio::pin!(grace);
         loop {
             let seen = self.log.generation();
-            self.fill(&mut lanes, &mut inflight, &stop).await?;
+            self.fill(&mut lanes, &mut inflight, stop).await?;
             let room = !stop.is_cancelled() && inflight.len() < IN_FLIGHT;
             let Some(front) = inflight.front_mut() else {
                 if stop.is_cancelled() {

@@ -368,11 +368,8 @@ async fn follow(msg: &rdkafka::message::BorrowedMessage<'_>, store: Option<&Stor
     if hex::encode(Sha256::digest(&bytes)) != r.sha256 || bytes.len() as u64 != r.size {
         return Ok(Outcome::Corrupt(r.frame_id));
     }
-    let path = Path::new(&safe_name(&r.camera)).join(format!(
-        "{}.{}",
-        safe_name(&r.frame_id),
-        extension(&r.content_type)
-    ));
+    let path =
+        Path::new(&safe_name(&r.camera)).join(format!("{}.{}", safe_name(&r.frame_id), extension(&r.content_type)));
     Ok(Outcome::Whole(Image { path, bytes, frame_id: r.frame_id }))
 }
 

@@ -33,7 +33,9 @@ use thiserror::Error;
 pub enum StoreError {
     /// A different object is already at the key: it is kept, the image is
     /// reported undeliverable.
-    #[error("a different object is already at {key} (sha256 {found}, the image's is {expected}); it is not overwritten")]
+    #[error(
+        "a different object is already at {key} (sha256 {found}, the image's is {expected}); it is not overwritten"
+    )]
     Conflict {
         /// The object's key.
         key: String,
@@ -93,6 +95,8 @@ pub struct Store {
     s3: Arc<AmazonS3>,
     bucket: String,
     prefix: String,
+    /// This gateway's id (a part of every key).
+    gateway_id: String,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,14 +110,15 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Config`] for a URL or CA file the client refuses.
-    pub fn new(cfg: &ClaimCheckConfig) -> Result<Self, StoreError> {
+    pub fn new(cfg: &ClaimCheckConfig, gateway_id: &str) -> Result<Self, StoreError> {
         Self::connect(
             cfg,
+            gateway_id,
             RetryConfig { max_retries: 2, retry_timeout: cfg.timeout.saturating_mul(2), ..RetryConfig::default() },
         )
     }
 
-    fn connect(cfg: &ClaimCheckConfig, retry: RetryConfig) -> Result<Self, StoreError> {
+    fn connect(cfg: &ClaimCheckConfig, gateway_id: &str, retry: RetryConfig) -> Result<Self, StoreError> {
         // reqwest is built on the workspace's rustls without a provider of
         // its own: ring, as for MQTT TLS (already installed is fine).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -144,7 +149,12 @@ impl Store {
             .with_retry(retry)
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { s3: Arc::new(s3), bucket: cfg.bucket.clone(), prefix: cfg.prefix.clone() })
+        Ok(Self {
+            s3: Arc::new(s3),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            gateway_id: gateway_id.to_owned(),
+        })
     }
 
     /// The bucket.
@@ -155,7 +165,7 @@ impl Store {
     /// The deterministic key of an image:
     /// `{prefix}/{gateway_id}/{camera}/{seq}-{sha256[..16]}.{ext}` (each
     /// part percent-encoded where S3 keys need it).
-    pub fn key(&self, gateway_id: &str, camera: &str, seq: u64, sha256_hex: &str, content_type: &str) -> Path {
+    pub fn key(&self, camera: &str, seq: u64, sha256_hex: &str, content_type: &str) -> Path {
         let ext = match content_type {
             "image/jpeg" => "jpg",
             "image/png" => "png",
@@ -163,7 +173,7 @@ impl Store {
         };
         let file = format!("{seq:020}-{}.{ext}", sha256_hex.get(..16).unwrap_or(sha256_hex));
         let camera = if camera.is_empty() { "_" } else { camera };
-        Path::from_iter(self.prefix.split('/').chain([gateway_id, camera, file.as_str()]))
+        Path::from_iter(self.prefix.split('/').chain([self.gateway_id.as_str(), camera, file.as_str()]))
     }
 
     /// Stores `bytes` at `key` unless something is there already (see the

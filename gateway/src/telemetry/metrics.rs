@@ -322,7 +322,8 @@ fn claim_check(e: &mut Exposition<'_, '_>, r: &ReplicateStats) {
         ("vision_gateway_store_up", GAUGE, "Claim check: 1 while the last upload succeeded.", |r| lb(&r.store_up)),
         ],
     );
-    let failures = labelled("kind", ["conflict", "refused", "unavailable"].into_iter().zip(r.store_failures.iter().map(ld)));
+    let failures =
+        labelled("kind", ["conflict", "refused", "unavailable"].into_iter().zip(r.store_failures.iter().map(ld)));
     e.family(
         "vision_gateway_store_failures_total",
         COUNTER,

@@ -6,6 +6,7 @@
 //! - [`log_crash`], [`log_model`]: the durable log under kill -9 and against
 //!   an in-memory model;
 //! - [`replicate_mock`]: the replicate stage on librdkafka's mock cluster;
+//! - [`store_s3`]: the claim check's S3 client on a real store (SeaweedFS);
 //! - [`systemd_unit`]: the shipped unit (exposure, verify, MDWE).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -14,4 +15,5 @@ mod layers;
 mod log_crash;
 mod log_model;
 mod replicate_mock;
+mod store_s3;
 mod systemd_unit;

