@@ -7,6 +7,7 @@
 //! - [`detect`]: annotations, the status page, a model that lags;
 //! - [`replicate`]: Kafka out, in order, outages, chunked images;
 //! - [`service`]: systemd readiness and watchdog, stop, upgrade, full disk;
+//! - [`claim`]: the claim check to a real S3 store (SeaweedFS), with its faults;
 //! - [`security`]: Kafka over TLS, mTLS and SASL/SCRAM (stunnel, tansu);
 //! - [`power`]: power cuts under load (LazyFS);
 //! - [`chaos`]: the seeded chaos run and its checker.
@@ -15,6 +16,7 @@
 mod harness;
 
 mod chaos;
+mod claim;
 mod detect;
 mod intake;
 mod power;
