@@ -408,6 +408,21 @@ impl SegmentStore {
         Ok(SyncPlan { files, dir })
     }
 
+    /// fdatasyncs segment `id` now, and the directory if a segment file
+    /// appeared since the last sync: for records whose index entries must
+    /// not become durable before their bytes (see `txn.rs`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync_now(&mut self, id: u64) -> std::io::Result<()> {
+        self.handle(id)?.sync_data()?;
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
     /// Puts back what a failed sync did not make durable.
     pub fn sync_failed(&mut self, plan: SyncPlan) {
         self.dirty.extend(plan.files.iter().map(|(id, _)| *id));

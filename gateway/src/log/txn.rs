@@ -7,6 +7,18 @@
 //! the index or none, and a segment record nothing points to is garbage that
 //! dies with its segment.
 //!
+//! # Payload before pointer (stage records)
+//!
+//! sled may write an index entry out at any moment after it is applied,
+//! before any flush. For intake's records that is repaired on open (the
+//! torn tail above the durable mark is trimmed and the broker delivers
+//! again); a stage's record (a sampled image, a large annotation) has no
+//! one to deliver it again, and its cursor moved in the same batch. So the
+//! segments a stage batch wrote to are fdatasynced before the batch is
+//! applied: an index entry of a stage record never points at bytes a power
+//! cut can take (found by the claim check's power-cut test: every image
+//! of a detect batch was lost as `unreadable`).
+//!
 //! # Budget
 //!
 //! The budget counts bytes on disk: every segment file whole (a dead record
@@ -52,6 +64,8 @@ pub(super) struct Txn<'a> {
     pending: HashMap<[u8; 9], Option<Slot>>,
     cursor_overrides: HashMap<Cursor, u64>,
     touched_segs: BTreeSet<u64>,
+    /// Stage-lane segments written by this batch: synced before it applies.
+    stage_writes: BTreeSet<u64>,
     touched: bool,
     dropped: [u64; GapReason::COUNT],
 }
@@ -67,6 +81,7 @@ impl<'a> Txn<'a> {
             pending: HashMap::new(),
             cursor_overrides: HashMap::new(),
             touched_segs: BTreeSet::new(),
+            stage_writes: BTreeSet::new(),
             touched: false,
             dropped: [0; GapReason::COUNT],
         }
@@ -128,6 +143,9 @@ impl<'a> Txn<'a> {
                 // The segment it rolled from may already be empty.
                 self.touched_segs.extend(before);
                 self.state.segs.insert(p.segment, SegLive { lane: lane as u8, records: 0, bytes: 0 });
+            }
+            if lane == Writer::Stage {
+                self.stage_writes.insert(p.segment);
             }
             self.batch.insert(&k, encode_pointer(&p));
             Slot::Ptr(p)
@@ -322,6 +340,9 @@ impl<'a> Txn<'a> {
                 self.state.segs.remove(&id);
                 dead.push(id);
             }
+        }
+        for id in std::mem::take(&mut self.stage_writes) {
+            self.core.segs.sync_now(id).map_err(|e| self.io(e))?;
         }
         self.batch.insert(META_STATE, self.state.encode());
         self.inner.index.tree.apply_batch(self.batch)?;
