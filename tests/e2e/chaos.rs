@@ -23,11 +23,17 @@
 //! `block` or `drop_oldest` (chosen by the seed), detect enabled, slow,
 //! disabled with `forward` or with `hold`.
 //!
+//! The claim check (odd seeds): sampled images of 100 KiB or more go to a
+//! real S3 store (SeaweedFS) and Kafka gets references; the store is
+//! killed and brought back among the faults (drawn from a stream of their
+//! own, so the other faults of a seed stay where they were).
+//!
 //! The checker: every acknowledged frame appears upstream exactly once
 //! after de-duplication by `frame_id` (as an annotation or a dead letter),
 //! or its sequence number lies inside a gap record; no `frame_id` names two
 //! frames or a frame that was never sent; order per camera is kept in each
-//! topic; sampled images reassemble byte-identical (or lie in an image gap).
+//! topic; sampled images reassemble byte-identical (or lie in an image gap);
+//! every reference resolves to an object of the store with its sha256.
 //!
 //! Environment:
 //! - `CHAOS_SEEDS=7,8` replays those seeds (a failing seed is printed);
@@ -48,6 +54,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use testkit::seaweedfs::Seaweed;
 
 const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 const CAMERAS: [&str; 4] = ["camA", "camB", "camC", "camD"];
@@ -296,6 +303,11 @@ struct World {
     /// Settling gives up after this long without any change upstream.
     stall: Duration,
     rt: tokio::runtime::Runtime,
+    /// The claim check's store (odd seeds), whether it is up, and the
+    /// stream its faults are drawn from.
+    store: Option<Seaweed>,
+    store_up: bool,
+    store_rng: Rng,
 }
 
 /// Where a run keeps the gateway's log.
@@ -337,6 +349,10 @@ impl World {
         s.max_bytes = ["8MiB", "12MiB", "32MiB"][rng.below(3) as usize];
         s.when_full = if rng.chance(0.5) { "block" } else { "drop_oldest" };
         s.extra = "[sample]\nevery_nth = 3\n".into();
+        let store = (seed % 2 == 1).then(Seaweed::start);
+        if let Some(st) = &store {
+            s.extra.push_str(&claim_check(work.path(), st));
+        }
         // A backlog of a few bursts opens the live lane: kills, power cuts
         // and outages then also hit the lanes, their cursors and merge.
         s.replicate_extra = "live_lane_after = 8".into();
@@ -367,7 +383,26 @@ impl World {
             trace,
             stall: Duration::from_secs(120),
             rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+            store_up: store.is_some(),
+            store,
+            store_rng: Rng(seed ^ 0x5EA_3EED),
         }
+    }
+
+    /// The store goes down or comes back, now and then.
+    fn store_fault(&mut self) {
+        if self.store.is_none() || !self.store_rng.chance(0.12) {
+            return;
+        }
+        let Some(st) = self.store.as_mut() else { return };
+        if self.store_up {
+            st.kill();
+            self.note("store down", "object store killed".into());
+        } else {
+            st.restart();
+            self.note("store up", "object store up".into());
+        }
+        self.store_up = !self.store_up;
     }
 
     fn note(&mut self, what: &'static str, detail: String) {
@@ -516,6 +551,7 @@ impl World {
     }
 
     fn step(&mut self) {
+        self.store_fault();
         let power = self.fs.is_some();
         match self.rng.below(108) {
             100..=103 => self.outage(),
@@ -577,6 +613,10 @@ impl World {
             self.tansu.restart();
             self.kafka_up = true;
         }
+        if let (Some(st), false) = (self.store.as_mut(), self.store_up) {
+            st.restart();
+            self.store_up = true;
+        }
         if self.mode != Mode::Enabled || self.gw.is_none() {
             if let Some(gw) = self.gw.take() {
                 let (ok, log) = gw.terminate().unwrap();
@@ -593,7 +633,7 @@ impl World {
             let idle = gw.metric("vision_gateway_backlog_records{stage=\"detect\"}") == 0.0
                 && gw.metric("vision_gateway_backlog_records{stage=\"replicate\"}") == 0.0;
             if idle {
-                let v = check(&self.sent, &Upstream::read(&self.tansu));
+                let v = check(&self.sent, &Upstream::read(&self.tansu, self.store.as_ref()));
                 if v.lost.is_empty() {
                     return v;
                 }
@@ -627,12 +667,16 @@ struct Upstream {
     ann_backfill: Vec<bool>,
     dead_backfill: Vec<bool>,
     gaps: Vec<GapRecord>,
-    /// By frame_id.
+    /// By frame_id (an image in the store as one chunk).
     images: BTreeMap<String, Chunks>,
+    /// References that do not resolve to an object with their sha256.
+    refs_bad: Vec<String>,
+    /// References resolved.
+    references: usize,
 }
 
 impl Upstream {
-    fn read(t: &Tansu) -> Self {
+    fn read(t: &Tansu, store: Option<&Seaweed>) -> Self {
         let backfill = |m: &rdkafka::message::OwnedMessage| header(m, "lane").as_deref() == Some("backfill");
         let ann_msgs = t.consume_to_end("vision.annotations");
         let anns = ann_msgs
@@ -652,16 +696,64 @@ impl Upstream {
             .map(|m| serde_json::from_slice(m.payload().unwrap_or_default()).expect("gap JSON"))
             .collect();
         let mut images: BTreeMap<String, Chunks> = BTreeMap::new();
+        let (mut refs_bad, mut references) = (Vec::new(), 0);
         for m in t.consume_to_end("vision.images") {
             let id = header(&m, "frame_id").unwrap_or_default();
+            if header(&m, "claim_check").is_some() {
+                match resolve(&m, store) {
+                    Ok((sha, bytes)) => {
+                        references += 1;
+                        images.entry(id).or_insert_with(|| (1, sha, BTreeMap::from([(0, bytes)])));
+                    }
+                    Err(e) => refs_bad.push(format!("{id}: {e}")),
+                }
+                continue;
+            }
             let count = header(&m, "chunk_count").and_then(|c| c.parse().ok()).unwrap_or(0);
             let index = header(&m, "chunk_index").and_then(|c| c.parse().ok()).unwrap_or(usize::MAX);
             let sha = header(&m, "sha256").unwrap_or_default();
             let e = images.entry(id).or_insert_with(|| (count, sha, BTreeMap::new()));
             e.2.entry(index).or_insert_with(|| m.payload().unwrap_or_default().to_vec());
         }
-        Self { anns, dead, ann_backfill, dead_backfill, gaps, images }
+        Self { anns, dead, ann_backfill, dead_backfill, gaps, images, refs_bad, references }
     }
+}
+
+/// The `[replicate.claim_check]` table for a store, with its secrets in
+/// files under `dir`.
+fn claim_check(dir: &std::path::Path, st: &Seaweed) -> String {
+    let (id, key) = (dir.join("s3-id"), dir.join("s3-key"));
+    std::fs::write(&id, testkit::seaweedfs::ACCESS_KEY).unwrap();
+    std::fs::write(&key, testkit::seaweedfs::SECRET_KEY).unwrap();
+    format!(
+        "[replicate.claim_check]\nenabled = true\nendpoint = {:?}\nallow_http = true\nbucket = {:?}\n\
+         min_bytes = \"100KiB\"\naccess_key_id_file = {:?}\nsecret_access_key_file = {:?}\ntimeout = \"5s\"\n\
+         connect_timeout = \"1s\"\n",
+        st.endpoint(),
+        testkit::seaweedfs::BUCKET,
+        id.display(),
+        key.display()
+    )
+}
+
+/// The object a reference names, checked against its sha256: (sha256,
+/// bytes).
+fn resolve(m: &rdkafka::message::OwnedMessage, store: Option<&Seaweed>) -> Result<(String, Vec<u8>), String> {
+    use object_store::ObjectStoreExt;
+    let r: gateway::replicate::Reference =
+        serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|e| format!("reference JSON: {e}"))?;
+    let st = store.ok_or("a reference without a store")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let path = object_store::path::Path::parse(&r.key).map_err(|e| e.to_string())?;
+    let bytes = rt
+        .block_on(async { st.client().get(&path).await?.bytes().await })
+        .map_err(|e| format!("object {}: {e}", r.key))?
+        .to_vec();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != r.sha256 || header(m, "sha256").as_deref() != Some(r.sha256.as_str()) {
+        return Err(format!("object {} has sha256 {sha}, the reference says {}", r.key, r.sha256));
+    }
+    Ok((sha, bytes))
 }
 
 /// The checker's findings.
@@ -685,6 +777,8 @@ struct Verdict {
     gap_records: usize,
     images_ok: usize,
     images_in_gaps: usize,
+    /// Claim-check references resolved.
+    references: usize,
     /// Records (distinct frame ids) first seen with `lane = backfill`.
     backfilled: usize,
 }
@@ -837,6 +931,9 @@ fn check(sent: &BTreeMap<(String, u64), Sent>, up: &Upstream) -> Verdict {
             _ => v.duplicates.push(format!("{camera}#{cseq} as {:?}", ids.unwrap())),
         }
     }
+    // References: each resolves to its object.
+    v.images_bad.extend(up.refs_bad.iter().map(|e| format!("reference: {e}")));
+    v.references = up.references;
     // Sampled images: byte-identical, or dropped inside an image gap.
     let mut seen = BTreeSet::new();
     for a in &up.anns {
@@ -890,7 +987,7 @@ fn run_seed(seed: u64, steps: usize, power: bool) -> Verdict {
     let faults: Vec<String> = w.faults.iter().map(|(k, n)| format!("{k} x{n}")).collect();
     println!(
         "chaos seed {seed}: {} s, {} frames sent {kinds:?}, {acked} acknowledged; faults: {}; upstream: {} annotations, \
-         {} dead letters ({} records by the backfill lane), {} gap records ({} acked frames inside gaps), images {} identical + {} in gaps; \
+         {} dead letters ({} records by the backfill lane), {} gap records ({} acked frames inside gaps), images {} identical + {} in gaps ({} by reference); \
          lost {}, duplicates {}, misnamed {}, order {}, images bad {}; broker reorderings {} [{}]",
         t0.elapsed().as_secs(),
         w.sent.len(),
@@ -902,6 +999,7 @@ fn run_seed(seed: u64, steps: usize, power: bool) -> Verdict {
         v.in_gaps,
         v.images_ok,
         v.images_in_gaps,
+        v.references,
         v.lost.len(),
         v.duplicates.len(),
         v.misnamed.len(),
