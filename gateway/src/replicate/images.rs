@@ -18,9 +18,10 @@
 //!   the main lane (annotations, dead letters, gaps) does not wait for it.
 //!   Images keep their order per camera in the images topic, so an image
 //!   under the threshold behind one waiting for the store waits too.
-//! - **Bounded**: at most `max_in_flight` images (and
-//!   [`IN_FLIGHT_IMAGE_BYTES`]) between the log and Kafka, uploads paced
-//!   to `max_bytes_per_second`.
+//! - **Bounded**: at most `max_in_flight` uploads (and
+//!   [`IN_FLIGHT_IMAGE_BYTES`] of images read and not yet handed on) and
+//!   [`MAX_DELIVERIES`] images awaiting Kafka's reports; uploads paced to
+//!   `max_bytes_per_second`.
 //! - **Conflicts are reported, never overwritten**: different bytes at an
 //!   image's key give up the image with an `undeliverable` gap record, a
 //!   counter and a warning.
@@ -44,6 +45,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Images produced and waiting for their delivery reports, at most (they
+/// hold no image bytes: librdkafka has its copy, a reference is small);
+/// uploads in flight are bounded by `max_in_flight`.
+const MAX_DELIVERIES: usize = 64;
 
 /// The reference record of an image in the store (the payload of its
 /// record in the images topic, header `claim_check = s3`).
@@ -87,7 +93,6 @@ struct Job {
 /// One image handed to librdkafka, waiting for its reports.
 struct Delivery {
     seq: u64,
-    bytes: usize,
     reports: VecDeque<(DeliveryFuture, Sent, u64)>,
     failure: Option<Failure>,
     give_up: Option<String>,
@@ -161,12 +166,14 @@ impl Replicate {
                 }
                 continue;
             }
-            let room = !stop.is_cancelled() && r.uploads.len() + r.deliveries.len() < max_in_flight;
+            let room = !stop.is_cancelled() && r.uploads.len() < max_in_flight && r.deliveries.len() < MAX_DELIVERIES;
             let failed: Vec<Failure> = tokio::select! {
                 Some(job) = r.uploads.next(), if !r.uploads.is_empty() => {
+                    // Its bytes are with the store or librdkafka now.
+                    r.held = r.held.saturating_sub(job.bytes);
                     match job.ready {
                         Ok(ready) => {
-                            let d = self.produce_image(job.seq, job.bytes, ready).await;
+                            let d = self.produce_image(job.seq, ready).await;
                             r.deliveries.push_back(d);
                             continue;
                         }
@@ -181,7 +188,6 @@ impl Replicate {
                     match result {
                         Ok(()) => {
                             failures = 0;
-                            r.held = r.held.saturating_sub(d.bytes);
                             self.commit_image(&d)?;
                             continue;
                         }
@@ -227,7 +233,8 @@ impl Replicate {
             None => self.log.bound(Cursor::ReplicateImages)?,
         };
         while !stop.is_cancelled()
-            && r.uploads.len() + r.deliveries.len() < self.max_images_in_flight()
+            && r.uploads.len() < self.max_images_in_flight()
+            && r.deliveries.len() < MAX_DELIVERIES
             && r.held < IN_FLIGHT_IMAGE_BYTES
             && r.next < to
         {
@@ -323,10 +330,9 @@ impl Replicate {
     }
 
     /// Hands an image (its chunks or its reference) to librdkafka.
-    async fn produce_image(&self, seq: u64, bytes: usize, ready: Ready) -> Delivery {
+    async fn produce_image(&self, seq: u64, ready: Ready) -> Delivery {
         let mut d = Delivery {
             seq,
-            bytes,
             reports: VecDeque::new(),
             failure: None,
             give_up: None,

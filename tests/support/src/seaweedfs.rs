@@ -66,9 +66,14 @@ impl Seaweed {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("weed.log")).unwrap();
         let child = Command::new(&self.bin)
             .current_dir(d)
+            // Without it weed also writes glog files into /tmp.
+            .arg("-logtostderr")
             .arg("server")
             .arg(format!("-dir={}", d.join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-volume.max=0"])
+            // A single master elects itself at once after a restart (the
+            // default 10 s kept the port closed for about 18 s).
+            .arg("-master.electionTimeout=300ms")
             .args(["-master.volumeSizeLimitMB=64", "-filer", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0"])
             // Buckets are made by their first PUT (object_store has no
             // CreateBucket).
@@ -93,17 +98,21 @@ impl Seaweed {
         self.wait_serving();
     }
 
-    /// Waits until a signed request is answered (the S3 port opens before
-    /// the filer behind it is ready).
+    /// Waits until a signed request is answered as a store does (the S3
+    /// port opens before the filer and volumes behind it are ready; after a
+    /// restart reads can fail with 500 for a few seconds).
     fn wait_serving(&self) {
+        use object_store::ObjectStoreExt;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = self.client();
+        let probe = object_store::path::Path::from("ready-probe");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let (code, _) = crate::net::http_get(self.s3_port, "/");
-            // An unsigned request is refused (403) once S3 is serving.
-            if code == 403 {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "SeaweedFS S3 did not serve within 60 s (last {code})");
+            let last = match rt.block_on(client.head(&probe)) {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => return,
+                Err(e) => e.to_string(),
+            };
+            assert!(std::time::Instant::now() < deadline, "SeaweedFS S3 did not serve within 60 s: {last}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -123,6 +132,11 @@ impl Seaweed {
             .with_region("us-east-1")
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(secret)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 1,
+                retry_timeout: Duration::from_secs(5),
+                ..object_store::RetryConfig::default()
+            })
             .build()
             .unwrap()
     }

@@ -10,12 +10,14 @@ mod backlog;
 mod detect;
 mod live;
 mod service;
+mod store;
 
 pub use all::{all, AllOptions};
 pub use backends::backends;
 pub use backlog::{backlog, cameras};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
 pub use live::{drain, idle, DrainBench, IdleBench};
+pub use store::{store_throughput, weed_found, StoreBench};
 
 use gateway::log::{DurableLog, LogOptions, WhenFull};
 use gateway::records::FrameRecord;

@@ -99,6 +99,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The claim check's uploads (client and whole image lane) next to a
+    /// bare object_store PUT loop on the same store (SeaweedFS, from
+    /// tests/run's cache or WEED_BIN), images and concurrency.
+    Store {
+        /// Directory for the store's data and the log (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Images per row.
+        #[arg(long, default_value_t = 200)]
+        images: u64,
+        /// Bytes per image.
+        #[arg(long, default_value = "2MiB")]
+        image_bytes: String,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replicate stage next to a bare rdkafka producer, same broker, same payloads.
     Replicate {
         /// Kafka bootstrap servers (default: librdkafka's in-process mock cluster).
@@ -234,6 +254,10 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 }
             };
             emit(&rt.block_on(bench::replicate_throughput(&dir, &brokers, records, image_bytes))?, json)?;
+        }
+        Command::Store { dir, images, image_bytes, in_flight, json } => {
+            let size = parse_size(&image_bytes).map_err(|e| anyhow::anyhow!("{image_bytes:?}: {e}"))? as usize;
+            emit(&rt.block_on(bench::store_throughput(&bench_dir(dir)?, images, size, in_flight))?, json)?;
         }
         Command::Intake { dir, frames, size, json } => {
             emit(&rt.block_on(bench::intake_throughput(&bench_dir(dir)?, frames, size))?, json)?;
