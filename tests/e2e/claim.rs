@@ -353,3 +353,51 @@ fn power_cuts_between_upload_and_reference_and_right_after_it_make_no_second_obj
         chunked.len()
     );
 }
+
+#[test]
+fn turning_the_claim_check_off_sends_the_images_waiting_for_the_store_in_chunks() {
+    let mq = Mosquitto::start().unwrap();
+    let tansu = Tansu::start();
+    tansu.create_topics(&ALL_TOPICS);
+    let mut store = Seaweed::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), &mq, &tansu, &store, SECRET_KEY);
+    let cfg = s.write(&dir.path().join("g.toml"));
+    // The store down (and never back): the large images wait for it.
+    store.kill();
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
+    let cam = "off-cam";
+    publish(&mq, cam, 0, 10);
+    wait_count(&gw, "10 annotations acknowledged", "vision_gateway_replicated_total{kind=\"annotation\"}", 10);
+    gw.wait_for("an upload failure counted", Duration::from_secs(60), |m| {
+        m.get("vision_gateway_store_failures_total{kind=\"unavailable\"}").copied().unwrap_or(0.0) >= 1.0
+    })
+    .unwrap();
+    let (ok, log) = gw.terminate().unwrap();
+    assert!(ok, "{log}");
+    // The claim check off: what waited goes up in chunks, then new frames
+    // as usual; the store is never needed.
+    s.extra = s.extra.replace("enabled = true", "enabled = false");
+    let cfg = s.write(&dir.path().join("g.toml"));
+    let gw = Gateway::start(exe(), &cfg, s.http_port).unwrap();
+    publish(&mq, cam, 10, 6);
+    // This run's: the 6 new annotations; the 9 images that waited and 6 new.
+    wait_count(&gw, "6 annotations acknowledged", "vision_gateway_replicated_total{kind=\"annotation\"}", 6);
+    wait_count(&gw, "15 images acknowledged", "vision_gateway_replicated_total{kind=\"image\"}", 15);
+    gw.wait_for("every image sent and freed", Duration::from_secs(60), |m| {
+        m.get("vision_gateway_log_records{area=\"images\"}").copied() == Some(0.0)
+    })
+    .unwrap();
+    let (ok, log) = gw.terminate().unwrap();
+    assert!(ok, "{log}");
+    assert!(log.contains("the claim check is off: the images its lane still holds go to Kafka in chunks"), "{log}");
+    // The store stayed down: nothing is a reference, every image is there.
+    let msgs = tansu.consume_to_end(IMAGES_TOPIC);
+    assert!(msgs.iter().all(|m| header(m, "claim_check").is_none()));
+    let shas: BTreeSet<String> = msgs.iter().filter_map(|m| header(m, "sha256")).collect();
+    for i in 0..16 {
+        assert!(shas.contains(&hex::encode(Sha256::digest(frame(i)))), "frame {i}'s image reached Kafka");
+    }
+    drop(store);
+    println!("claim check turned off with images waiting: {} image records in chunks, none lost", msgs.len());
+}

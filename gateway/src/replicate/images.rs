@@ -301,10 +301,7 @@ impl Replicate {
         if (bytes as u64) < cc.min_bytes {
             return Box::pin(std::future::ready(Job { seq, bytes, ready: Ok(Ready::Chunks(img)) }));
         }
-        let start = (*pace).max(Instant::now());
-        if cc.max_bytes_per_second > 0 {
-            *pace = start + Duration::from_secs_f64(bytes as f64 / cc.max_bytes_per_second as f64);
-        }
+        let start = paced(pace, Instant::now(), bytes, cc.max_bytes_per_second);
         let sha256 = hex::encode(Sha256::digest(&img.payload));
         let key = store.key(&img.camera, seq, &sha256, &img.content_type);
         let reference = Reference {
@@ -418,6 +415,18 @@ impl Replicate {
     }
 }
 
+/// When an upload of `bytes` may start, at `now`, under a limit of
+/// `rate` bytes per second (0: none): uploads start one after another's
+/// share of time, so a backlog goes up at the rate, not in a burst. `pace`
+/// is when the next one may start.
+fn paced(pace: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Instant {
+    let start = (*pace).max(now);
+    if rate > 0 {
+        *pace = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+    }
+    start
+}
+
 /// Waits for every report of an image (cancel-safe: reports are taken as
 /// they resolve).
 async fn settle(d: Option<&mut Delivery>, topic: &str) -> Result<(), Failure> {
@@ -438,4 +447,27 @@ async fn settle(d: Option<&mut Delivery>, topic: &str) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_are_paced_to_the_rate_limit_and_idle_time_is_not_saved_up() {
+        let t0 = Instant::now();
+        let mut pace = t0;
+        let mb = 1_000_000;
+        // A backlog of three 2 MB images at 1 MB/s: they start 2 s apart.
+        let starts: Vec<Duration> = (0..3).map(|_| paced(&mut pace, t0, 2 * mb, mb as u64) - t0).collect();
+        assert_eq!(starts, [0, 2, 4].map(Duration::from_secs));
+        // After a quiet minute the next one starts at once, and one
+        // after it waits its share again (no burst from saved-up time).
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(paced(&mut pace, later, mb, mb as u64), later);
+        assert_eq!(paced(&mut pace, later, mb, mb as u64), later + Duration::from_secs(1));
+        // No limit: never held back.
+        let mut free = t0;
+        assert!((0..100).all(|_| paced(&mut free, t0, 10 * mb, 0) == t0));
+    }
 }
