@@ -141,10 +141,7 @@ impl Replicate {
         let mut r = self.new_round()?;
         let mut failures: u32 = 0;
         let mut strikes: HashMap<Part, u32> = HashMap::new();
-        let grace = async {
-            stop.cancelled().await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
+        let grace = super::grace(stop);
         tokio::pin!(grace);
         loop {
             let seen = self.log.generation();

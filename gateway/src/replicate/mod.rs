@@ -262,10 +262,7 @@ impl Replicate {
         // Where each lane reads next: ahead of the durable cursors by what
         // is in flight.
         let mut lanes = self.lanes()?;
-        let grace = async {
-            stop.cancelled().await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
+        let grace = grace(stop);
         tokio::pin!(grace);
         loop {
             let seen = self.log.generation();
@@ -335,6 +332,13 @@ impl Replicate {
         }
         Ok(())
     }
+}
+
+/// Resolves a few seconds after `stop`: what a lane in flight is given to
+/// be acknowledged before the stage ends.
+async fn grace(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
 }
 
 impl crate::stage::Stage for Replicate {

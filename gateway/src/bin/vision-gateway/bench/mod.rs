@@ -346,6 +346,30 @@ impl std::fmt::Display for ReplicateBench {
     }
 }
 
+/// The stored annotation of bench frame `f` at `seq` (sampled or not).
+pub(super) fn bench_annotation(
+    log: &DurableLog,
+    seq: u64,
+    f: &FrameRecord,
+    sampled: bool,
+    annotation: inference::Annotation,
+) -> gateway::records::FrameAnnotation {
+    gateway::records::FrameAnnotation {
+        schema: gateway::records::SCHEMA_VERSION,
+        frame_id: log.frame_id(seq),
+        gateway_id: log.gateway_id().to_owned(),
+        seq,
+        camera: f.camera.clone(),
+        camera_seq: f.camera_seq,
+        captured_at_ms: f.captured_at_ms,
+        received_at_ms: f.received_at_ms,
+        content_type: f.content_type.clone(),
+        frame_bytes: f.payload.len() as u64,
+        sampled: sampled.then_some(gateway::records::SampleReason::EveryNth),
+        annotation,
+    }
+}
+
 /// Fills a log with `records` annotation records (and, if `image_bytes` >
 /// 0, a sampled image each), then times the replicate stage draining it,
 /// next to a bare idempotent producer sending the same payloads.
@@ -363,7 +387,6 @@ pub async fn replicate_throughput(
 ) -> anyhow::Result<ReplicateBench> {
     use gateway::log::Cursor;
     use gateway::records::{Area, FrameRecord};
-    use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
     use sha2::Digest;
     use tokio_util::sync::CancellationToken;
 
@@ -392,37 +415,25 @@ pub async fn replicate_throughput(
                 payload: synthetic_jpeg(img.max(64), i),
             };
             let seq = log.append_frame(&f)?.seq;
-            let fa = FrameAnnotation {
-                schema: SCHEMA_VERSION,
-                frame_id: log.frame_id(seq),
-                gateway_id: "bench".into(),
-                seq,
-                camera: f.camera.clone(),
-                camera_seq: f.camera_seq,
-                captured_at_ms: f.captured_at_ms,
-                received_at_ms: i,
-                content_type: f.content_type.clone(),
-                frame_bytes: f.payload.len() as u64,
-                sampled: (img > 0).then_some(gateway::records::SampleReason::EveryNth),
-                annotation: inference::Annotation {
-                    model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
-                    width: 640,
-                    height: 480,
-                    items: (0..5)
-                        .map(|k| {
-                            inference::Item::text(
-                                format!("SN {i:08}-{k}"),
-                                0.98,
-                                [[10.0, 20.0], [200.0, 20.0], [200.0, 44.0], [10.0, 44.0]],
-                            )
-                        })
-                        .collect(),
-                    timings: inference::Timings::default(),
-                    error: None,
-                    fields: Default::default(),
-                    missing: Vec::new(),
-                },
+            let annotation = inference::Annotation {
+                model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
+                width: 640,
+                height: 480,
+                items: (0..5)
+                    .map(|k| {
+                        inference::Item::text(
+                            format!("SN {i:08}-{k}"),
+                            0.98,
+                            [[10.0, 20.0], [200.0, 20.0], [200.0, 44.0], [10.0, 44.0]],
+                        )
+                    })
+                    .collect(),
+                timings: inference::Timings::default(),
+                error: None,
+                fields: Default::default(),
+                missing: Vec::new(),
             };
+            let fa = bench_annotation(&log, seq, &f, img > 0, annotation);
             let json = serde_json::to_vec(&fa)?;
             b.put_blob(Area::Annotations, seq, &json);
             if img > 0 {

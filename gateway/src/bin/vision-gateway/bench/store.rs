@@ -11,7 +11,7 @@
 use super::Throughput;
 use futures::StreamExt;
 use gateway::log::{Cursor, DurableLog, LogOptions};
-use gateway::records::{Area, FrameAnnotation, FrameRecord, SampleReason, SCHEMA_VERSION};
+use gateway::records::{Area, FrameRecord};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 use std::path::Path;
@@ -181,29 +181,7 @@ async fn lane(dir: &Path, cfg: &gateway::config::Config, payloads: &[Vec<u8>]) -
             payload: p.clone(),
         };
         let seq = log.append_frame(&f)?.seq;
-        let fa = FrameAnnotation {
-            schema: SCHEMA_VERSION,
-            frame_id: log.frame_id(seq),
-            gateway_id: "bench".into(),
-            seq,
-            camera: f.camera.clone(),
-            camera_seq: f.camera_seq,
-            captured_at_ms: None,
-            received_at_ms: i as u64,
-            content_type: f.content_type.clone(),
-            frame_bytes: f.payload.len() as u64,
-            sampled: Some(SampleReason::EveryNth),
-            annotation: inference::Annotation {
-                model: inference::ModelInfo::new("none", "0", &"0".repeat(64)),
-                width: 0,
-                height: 0,
-                items: Vec::new(),
-                timings: inference::Timings::default(),
-                error: None,
-                fields: Default::default(),
-                missing: Vec::new(),
-            },
-        };
+        let fa = super::bench_annotation(&log, seq, &f, true, gateway::detect::not_annotated());
         b.put_blob(Area::Annotations, seq, &serde_json::to_vec(&fa)?);
         b.put_frame(Area::Images, seq, &f);
     }
