@@ -3,8 +3,9 @@
 //! required client certificate), certificates made by openssl, and the real
 //! gateway producing over SSL, mTLS and SASL_SSL with SCRAM-SHA-256 and
 //! -512. Then the failures a site meets (a wrong password, a CA the brokers'
-//! certificate does not chain to, no client certificate where one is
-//! required): each named in the log, counted in `/metrics`, nothing lost.
+//! certificate does not chain to, the brokers' certificate expired, no
+//! client certificate where one is required): each named in the log,
+//! counted in `/metrics`, nothing lost.
 
 use crate::harness::{exe, free_port, publish_numbered, small_jpeg, Gateway, Mosquitto, Settings, Tansu};
 use gateway::records::header::{ALL_TOPICS, ANNOTATIONS_TOPIC};
@@ -198,6 +199,24 @@ fn a_wrong_password_an_unknown_ca_and_a_missing_client_certificate_are_named_and
     let (_, line) = refused(&mq, &up, work.path(), replicate_keys(work.path(), &opts, None), "tls");
     println!("unknown CA: {line}");
     assert!(line.contains("TLS handshake with a Kafka broker failed"), "{line}");
+
+    // The brokers' certificate expired (the test's own client cannot make
+    // topics through it either: none are needed to be refused).
+    let tls_port = free_port();
+    let tansu = Tansu::start_advertising(Some(tls_port));
+    let expired = Certs { server_cert: certs.expired_server_cert.clone(), ..certs.clone() };
+    let tls = Stunnel::start(tls_port, tansu.port, &expired, ClientCerts::NotAsked).unwrap();
+    let up = Uplink { tansu, _tls: tls };
+    let work = tempfile::tempdir().unwrap();
+    let opts = options(Mode::Tls, &certs, &certs.ca, false);
+    let (_, line) = refused(&mq, &up, work.path(), replicate_keys(work.path(), &opts, None), "tls");
+    println!("expired certificate: {line}");
+    // librdkafka's OpenSSL says "certificate verify failed" for an expired
+    // certificate as for an unknown CA; the line names the dates to check.
+    assert!(
+        line.contains("TLS handshake with a Kafka broker failed") && line.contains("certificates' dates"),
+        "{line}"
+    );
 
     // mTLS required, no client certificate presented.
     let up = uplink(&certs, Mode::Mtls);

@@ -1,7 +1,8 @@
 //! Certificates for the TLS tests, made with Debian's `openssl`: a CA,
 //! a server certificate for 127.0.0.1 signed by it, a client certificate
-//! signed by it (mTLS), and a second CA nobody signed with (an untrusted
-//! one). Valid for two days.
+//! signed by it (mTLS), a second CA nobody signed with (an untrusted
+//! one), and the server's key in a certificate that expired in 2020
+//! (`openssl ca` with explicit dates). Valid for two days.
 
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ pub struct Certs {
     pub client_key: PathBuf,
     /// Another CA, which signed nothing here.
     pub other_ca: PathBuf,
+    /// The server's key in a certificate by the CA that expired on
+    /// 2020-01-02.
+    pub expired_server_cert: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
@@ -57,7 +61,20 @@ impl Certs {
             sign.extend(days);
             openssl(dir, &sign)?;
         }
+        // `x509 -req` takes no dates in OpenSSL 3.0; `ca` does.
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+             default_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n",
+        )?;
+        std::fs::write(dir.join("index.txt"), "")?;
+        std::fs::write(dir.join("serial"), "1000\n")?;
+        let mut ca = vec!["ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-notext"];
+        ca.extend(["-in", "server.csr", "-out", "expired.pem", "-extfile", "server.ext"]);
+        ca.extend(["-startdate", "20200101000000Z", "-enddate", "20200102000000Z"]);
+        openssl(dir, &ca)?;
         Ok(Self {
+            expired_server_cert: dir.join("expired.pem"),
             ca: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
