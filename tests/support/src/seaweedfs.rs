@@ -102,6 +102,11 @@ impl Seaweed {
     /// port opens before the filer and volumes behind it are ready; after a
     /// restart reads can fail with 500 for a few seconds).
     fn wait_serving(&self) {
+        // On a thread of its own: callers may be inside a tokio runtime.
+        std::thread::scope(|s| s.spawn(|| self.probe_until_serving()).join().unwrap());
+    }
+
+    fn probe_until_serving(&self) {
         use object_store::ObjectStoreExt;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = self.client();
