@@ -8,7 +8,8 @@
 //! Test-only: failures panic with the reason, as an assertion does.
 #![allow(clippy::unwrap_used)]
 
-use crate::net::{free_port, wait_for_port};
+use crate::net::free_port;
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub const ACCESS_KEY: &str = "vision-gateway";
 pub const SECRET_KEY: &str = "test-secret-key-0123456789";
 /// The bucket the tests use (made on start).
 pub const BUCKET: &str = "vision-images";
+
+/// How many times a start or restart is tried before it fails the test.
+pub const ATTEMPTS: usize = 4;
 
 /// A running (or killed) SeaweedFS.
 pub struct Seaweed {
@@ -33,11 +37,14 @@ pub struct Seaweed {
 
 impl Seaweed {
     /// Starts a store ([`BUCKET`] is made by the first PUT into it).
+    ///
+    /// Its eight ports are picked free a moment before `weed` binds them,
+    /// so another process (an outgoing connection's local port) can take
+    /// one in between: a start whose `weed` exits is tried again on fresh
+    /// ports, up to [`ATTEMPTS`] times, and the last failure carries the
+    /// tail of its log.
     pub fn start() -> Self {
-        let bin = std::env::var_os("WEED_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vision-gateway/seaweedfs-4.48/weed")
-        });
-        assert!(bin.exists(), "weed not found at {} (bash tests/run installs it once)", bin.display());
+        let bin = binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap();
         let config = serde_json::json!({"identities": [{
             "name": "gateway",
@@ -46,13 +53,19 @@ impl Seaweed {
         }]});
         std::fs::write(dir.path().join("s3.json"), config.to_string()).unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let mut ports = [0u16; 7];
-        for p in &mut ports {
-            *p = free_port().unwrap();
+        let mut s = Self { s3_port: 0, ports: [0; 7], child: None, bin, dir };
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            s.s3_port = free_port().unwrap();
+            for p in &mut s.ports {
+                *p = free_port().unwrap();
+            }
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
         }
-        let mut s = Self { s3_port: free_port().unwrap(), ports, child: None, bin, dir };
-        s.spawn();
-        s
+        panic!("SeaweedFS did not start in {ATTEMPTS} attempts on fresh ports; last: {last}");
     }
 
     /// The S3 endpoint URL.
@@ -60,7 +73,7 @@ impl Seaweed {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let d = self.dir.path();
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc] = self.ports;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("weed.log")).unwrap();
@@ -94,8 +107,35 @@ impl Seaweed {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for_port(self.s3_port, "SeaweedFS S3", Duration::from_secs(60)).unwrap();
+        self.wait_listening(Duration::from_secs(60))?;
         self.wait_serving();
+        Ok(())
+    }
+
+    /// Waits for the S3 port while watching the process: `Err` with the
+    /// log's tail when `weed` exits (a port taken) or stays closed.
+    fn wait_listening(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + limit;
+        while TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let why = match exited {
+                Some(status) => format!("weed exited ({status})"),
+                None if std::time::Instant::now() > deadline => format!("port {} closed after {limit:?}", self.s3_port),
+                None => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            self.stop();
+            return Err(format!("{why}; weed.log ends:\n{}", self.log_tail()));
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// Waits until a signed request is answered as a store does (the S3
@@ -148,25 +188,51 @@ impl Seaweed {
 
     /// SIGKILL (an outage); the data stays.
     pub fn kill(&mut self) {
+        self.stop();
+        crate::net::wait_for_close(self.s3_port, Duration::from_secs(10));
+    }
+
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        crate::net::wait_for_close(self.s3_port, Duration::from_secs(10));
     }
 
-    /// Starts again on the same ports and data.
+    /// Starts again on the same ports and data (the gateway's endpoint
+    /// names the S3 port). A port another process took meanwhile is
+    /// waited for, up to [`ATTEMPTS`] tries a second apart.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("SeaweedFS did not restart on its ports in {ATTEMPTS} attempts; last: {last}");
     }
 }
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
+    }
+}
+
+/// Where `weed` is: `WEED_BIN`, else where tests/run installs it.
+///
+/// # Errors
+/// No file there, with how to get one.
+pub fn binary() -> Result<PathBuf, String> {
+    let bin = std::env::var_os("WEED_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/vision-gateway/seaweedfs-4.48/weed")
+    });
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("SeaweedFS not found at {} (bash tests/run installs it; or set WEED_BIN)", bin.display()))
     }
 }

@@ -221,7 +221,7 @@ pub async fn all(repo: &Path, dir: &Path, o: &AllOptions, progress: impl Fn(&str
 async fn store_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let Ctx { dir, progress, .. } = *cx;
     let fig = "claim check MB/s (image lane: upload, reference, free) / bare object_store PUT loop, 2 MiB images";
-    if let Err(why) = super::weed_found() {
+    if let Err(why) = testkit::seaweedfs::binary() {
         rows.push(skipped(fig, ">= 0.8", why));
         return Ok(());
     }

@@ -17,7 +17,7 @@ pub use backends::backends;
 pub use backlog::{backlog, cameras};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
 pub use live::{drain, idle, DrainBench, IdleBench};
-pub use store::{store_throughput, weed_found, StoreBench};
+pub use store::{store_throughput, StoreBench};
 
 use gateway::log::{DurableLog, LogOptions, WhenFull};
 use gateway::records::FrameRecord;

@@ -58,19 +58,6 @@ impl std::fmt::Display for StoreBench {
     }
 }
 
-/// Whether the `weed` binary is where testkit looks for it.
-pub fn weed_found() -> Result<(), String> {
-    let bin = std::env::var_os("WEED_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/vision-gateway/seaweedfs-4.48/weed")
-    });
-    if bin.is_file() {
-        Ok(())
-    } else {
-        Err(format!("SeaweedFS not found at {} (bash tests/run installs it; or set WEED_BIN)", bin.display()))
-    }
-}
-
 /// Runs the three rows on `images` images of `image_bytes` bytes.
 ///
 /// # Errors
@@ -81,7 +68,7 @@ pub async fn store_throughput(
     image_bytes: usize,
     in_flight: usize,
 ) -> anyhow::Result<StoreBench> {
-    weed_found().map_err(anyhow::Error::msg)?;
+    testkit::seaweedfs::binary().map_err(anyhow::Error::msg)?;
     let store = tokio::task::spawn_blocking(Seaweed::start).await?;
     let payloads: Vec<Vec<u8>> = (0..images).map(|i| synthetic_jpeg(image_bytes, i)).collect();
     let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
