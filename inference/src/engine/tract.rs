@@ -25,7 +25,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 pub const PLANS: usize = 8;
 
 fn rt(e: impl std::fmt::Display) -> InferenceError {
-    InferenceError::Runtime(format!("tract: {e}"))
+    InferenceError::Runtime(format!("tract: {e:#}"))
 }
 
 /// One ONNX graph under tract.
@@ -56,7 +56,15 @@ impl TractGraph {
     /// # Errors
     /// [`InferenceError::Runtime`] if tract cannot read it.
     pub fn load(path: &Path, threads: usize) -> Result<Self, InferenceError> {
-        let model = tract_onnx::onnx().model_for_path(path).map_err(|e| rt(format!("{}: {e}", path.display())))?;
+        // The file's intermediate shapes (`value_info`) are ignored: tract
+        // infers them from the input each plan gives, and PP-OCRv6's
+        // recogniser declares them with named symbols that a concrete batch
+        // and width cannot unify with ("Impossible to unify
+        // Sym(DynamicDimension.0) with Val(5)").
+        let model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)
+            .map_err(|e| rt(format!("{}: {e}", path.display())))?;
         if model.input_outlets().map_err(rt)?.len() != 1 {
             return Err(rt(format!("{}: the gateway feeds graphs with exactly one input", path.display())));
         }
