@@ -1,31 +1,104 @@
 #!/usr/bin/env python3
-"""Reference PP-OCR results for the golden test.
+"""Reference PP-OCR results for the golden test and `vision-gateway bench models`.
 
-Runs RapidOCR 1.4.4 (Python onnxruntime 1.31.1, the same PP-OCRv4 det/rec
-files the gateway pins) on each image given, without the angle classifier,
-and prints one JSON object per line:
+    ppocr_reference.py [--bundle DIR] [--threads N] [--warm-up] IMAGE...
+    ppocr_reference.py [--bundle DIR] [--threads N] --stdin
 
-    {"file": ..., "items": [{"quad": [[x, y] x4], "text": ..., "score": ...}]}
+With `--stdin` it reads one image path per line and answers each at once
+(`vision-gateway bench models` interleaves it with the gateway frame by
+frame).
 
-Run by the golden test through the venv that tests/run creates from
-tests/reference/requirements.txt.
+Runs the Python RapidOCR release that ships the bundle's files, on Python
+onnxruntime 1.31.1, without the angle classifier, at its defaults:
+
+- `models/ppocr-v4` (the default `--bundle`): RapidOCR 1.4.4
+  (`rapidocr_onnxruntime`), PP-OCRv4 det/rec, its own bundled copies (the
+  same bytes the gateway pins);
+- `models/ppocr-v6`: RapidOCR 3.10.0 (`rapidocr`), PP-OCRv6 small det/rec,
+  given the bundle's files by path (the same bytes as in its wheel), so
+  nothing is downloaded.
+
+Prints one JSON object per image:
+
+    {"file": ..., "items": [{"quad": [[x, y] x4], "text": ..., "score": ...}], "ms": ...}
+
+`ms` is the engine call alone (decode, detection, recognition), measured
+with `time.perf_counter`; `--warm-up` runs the first image once untimed
+first, as the gateway's bench does. Run through the venv that
+tests/run creates from tests/reference/requirements.txt.
 """
 
+import argparse
 import json
+import os
 import sys
+import time
 
-from rapidocr_onnxruntime import RapidOCR
+
+def rapidocr_v4(threads: int):
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
+
+    def run(path):
+        result, _ = engine(path, use_cls=False)
+        return [(q, t, s) for q, t, s in result or []]
+
+    return run
+
+
+def rapidocr_v6(bundle: str, threads: int):
+    from rapidocr import RapidOCR
+
+    engine = RapidOCR(
+        params={
+            "Det.model_path": os.path.join(bundle, "PP-OCRv6_det_small.onnx"),
+            "Rec.model_path": os.path.join(bundle, "PP-OCRv6_rec_small.onnx"),
+            "Global.use_cls": False,
+            "Global.log_level": "warning",
+            "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        }
+    )
+
+    def run(path):
+        r = engine(path, use_cls=False)
+        if r.boxes is None:
+            return []
+        return list(zip(r.boxes, r.txts, r.scores))
+
+    return run
 
 
 def main() -> None:
-    engine = RapidOCR()
-    for path in sys.argv[1:]:
-        result, _ = engine(path, use_cls=False)
-        items = []
-        for quad, text, score in result or []:
-            items.append({"quad": [[float(x), float(y)] for x, y in quad], "text": text, "score": float(score)})
-        print(json.dumps({"file": path, "items": items}), flush=True)
-
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", default="models/ppocr-v4")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warm-up", action="store_true")
+    ap.add_argument("--stdin", action="store_true")
+    ap.add_argument("images", nargs="*")
+    a = ap.parse_args()
+    name = os.path.basename(os.path.normpath(a.bundle))
+    if name == "ppocr-v4":
+        run = rapidocr_v4(a.threads)
+    elif name == "ppocr-v6":
+        run = rapidocr_v6(a.bundle, a.threads)
+    else:
+        raise SystemExit(f"no Python reference for bundle {name!r} (ppocr-v4 or ppocr-v6)")
+    paths = (line.rstrip("\n") for line in sys.stdin) if a.stdin else iter(a.images)
+    first = True
+    for path in paths:
+        if a.warm_up and first:
+            run(path)
+        first = False
+        t = time.perf_counter()
+        result = run(path)
+        ms = (time.perf_counter() - t) * 1000.0
+        items = [
+            {"quad": [[float(x), float(y)] for x, y in quad], "text": text, "score": float(score)}
+            for quad, text, score in result
+        ]
+        print(json.dumps({"file": path, "items": items, "ms": ms}), flush=True)
 
 if __name__ == "__main__":
     main()

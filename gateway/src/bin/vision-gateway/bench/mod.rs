@@ -9,6 +9,7 @@ mod backends;
 mod backlog;
 mod detect;
 mod live;
+mod models;
 mod service;
 mod store;
 
@@ -17,6 +18,7 @@ pub use backends::backends;
 pub use backlog::{backlog, cameras};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
 pub use live::{drain, idle, DrainBench, IdleBench};
+pub use models::{models, ModelsRun};
 pub use store::{store_throughput, StoreBench};
 
 use gateway::log::{DurableLog, LogOptions, WhenFull};

@@ -60,6 +60,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each OCR model set on the label fixtures next to the Python RapidOCR
+    /// release that ships its files, interleaved frame by frame: lines and
+    /// fields read exactly, junk on blank frames, ms per frame, and the
+    /// gateway's whole-frame speed over Python's. Run from the repository
+    /// after `bash tests/run` made the reference venv.
+    Models {
+        /// Model folders.
+        #[arg(long, value_delimiter = ',', default_value = "models/ppocr-v6,models/ppocr-v4")]
+        models: Vec<PathBuf>,
+        /// Thread counts (both engines).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Every Nth fixture frame (1: all).
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+        /// The reference Python (default: $VISION_GATEWAY_REF_PYTHON, then
+        /// tests/run's venv in the cache).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Directory for the Python logs (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The runtimes side by side (ONNX Runtime where its library is, and
     /// tract): detector and recogniser time per run and whole-frame time,
     /// for each thread count, on the same fixture frames.
@@ -230,6 +256,11 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::OcrSide { model, sides, threads, json } => {
             emit(&bench::ocr_sides(&repo, &model, &sides, threads)?, json)?
         }
+        Command::Models { models, threads, every, python, dir, json } => {
+            let python = python.unwrap_or_else(reference_python);
+            let run = bench::ModelsRun { models, threads, every, python };
+            emit(&bench::models(&repo, &run, &bench_dir(dir)?)?, json)?;
+        }
         Command::Backends { model, threads, every, json } => {
             emit(&bench::backends(&repo, &model, &threads, every)?, json)?;
         }
@@ -286,4 +317,19 @@ async fn create_topics(brokers: &str) -> Result<()> {
         header::ALL_TOPICS.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
     let _ = admin.create_topics(&new, &AdminOptions::new()).await;
     Ok(())
+}
+
+/// The golden test's reference Python: `$VISION_GATEWAY_REF_PYTHON`, else
+/// the venv tests/run makes in the cache.
+fn reference_python() -> PathBuf {
+    std::env::var_os("VISION_GATEWAY_REF_PYTHON").map_or_else(
+        || {
+            let cache = std::env::var_os("VISION_GATEWAY_CACHE").map_or_else(
+                || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vision-gateway"),
+                PathBuf::from,
+            );
+            cache.join("venv-ref/bin/python")
+        },
+        PathBuf::from,
+    )
 }

@@ -1,0 +1,352 @@
+//! `vision-gateway bench models`: each OCR model set on the label fixtures
+//! next to the Python RapidOCR release that ships its files, in the same
+//! run, the two engines interleaved frame by frame.
+//!
+//! Owns the model table of the README: label lines read exactly (camera
+//! fixtures and `tests/fixtures/labels2`), declared fields read exactly,
+//! junk lines on blank frames, milliseconds per frame (decode included, on
+//! both sides) and the gateway's whole-frame speed over Python's. The
+//! gateway runs as deployed (default junk filter, the fixtures'
+//! `[[fields]]`); Python RapidOCR at its defaults without the angle
+//! classifier (tests/reference/ppocr_reference.py).
+
+use anyhow::Context;
+use gateway::config::Config;
+use inference::fields::Field;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Which fixture set a frame is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Set {
+    Cameras,
+    Labels2,
+    Blank,
+}
+
+/// One fixture frame and what is printed on it.
+struct Frame {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    set: Set,
+    /// Printed lines, spaces removed; empty on a frame without a label.
+    texts: Vec<String>,
+    /// Declared field -> printed value.
+    fields: BTreeMap<String, String>,
+}
+
+/// Counts for one engine on one model set and thread count.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Label lines read exactly (spaces ignored) on the camera fixtures.
+    pub lines_cameras: u64,
+    /// The same on labels2.
+    pub lines_labels2: u64,
+    /// Declared fields read exactly on the camera fixtures (gateway only).
+    pub fields_cameras: Option<u64>,
+    /// The same on labels2.
+    pub fields_labels2: Option<u64>,
+    /// Lines read on frames without a label.
+    pub junk: u64,
+    /// Milliseconds per frame (decode included).
+    pub ms_per_frame: f64,
+}
+
+/// One model set at one thread count, both engines.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    /// Model folder name.
+    pub model: String,
+    /// Runtime threads of both engines.
+    pub threads: usize,
+    /// The gateway.
+    pub gateway: Counts,
+    /// Python RapidOCR on the same files.
+    pub python: Counts,
+    /// Which Python release that is.
+    pub python_engine: String,
+}
+
+impl ModelRow {
+    /// Whole-frame frames/s of the gateway over Python's.
+    pub fn speed_ratio(&self) -> f64 {
+        self.python.ms_per_frame / self.gateway.ms_per_frame
+    }
+}
+
+/// The table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelsBench {
+    /// Frames per set: cameras, labels2, blank (and camera frames without a
+    /// part, counted as blank).
+    pub frames: [usize; 3],
+    /// Printed lines: cameras, labels2.
+    pub lines: [u64; 2],
+    /// Declared fields: cameras, labels2.
+    pub fields: [u64; 2],
+    /// Frames without a label (junk is counted on them).
+    pub blank_frames: usize,
+    /// One row per model set and thread count.
+    pub rows: Vec<ModelRow>,
+}
+
+impl std::fmt::Display for ModelsBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [c, l, b] = self.frames;
+        writeln!(
+            f,
+            "OCR model sets on the fixtures ({c} camera frames, {l} labels2 frames, {b} blank frames; \
+             {} frames without a label), gateway and Python interleaved frame by frame:",
+            self.blank_frames
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "model", "engine", "thr", "lines", "lines", "fields", "fields", "junk", "ms/frame", "gateway"
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "",
+            "",
+            "",
+            format!("cams/{}", self.lines[0]),
+            format!("lab2/{}", self.lines[1]),
+            format!("cams/{}", self.fields[0]),
+            format!("lab2/{}", self.fields[1]),
+            "",
+            "",
+            "vs Python"
+        )?;
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        for r in &self.rows {
+            for (engine, k, ratio) in [
+                ("gateway", &r.gateway, format!("{:.2}x", r.speed_ratio())),
+                (r.python_engine.as_str(), &r.python, String::new()),
+            ] {
+                writeln!(
+                    f,
+                    "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
+                    r.model,
+                    engine,
+                    r.threads,
+                    k.lines_cameras,
+                    k.lines_labels2,
+                    opt(k.fields_cameras),
+                    opt(k.fields_labels2),
+                    k.junk,
+                    k.ms_per_frame,
+                    ratio
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn norm(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// The camera fixtures' fields, from their printed lines (`PN 8402-620-K`
+/// -> `part_number = 8402-620-K`, as tests/fixtures/fields.toml reads them).
+fn camera_fields(texts: &[String]) -> BTreeMap<String, String> {
+    let names = [("PN", "part_number"), ("LOT", "lot"), ("DATE", "date"), ("SN", "serial")];
+    texts
+        .iter()
+        .filter_map(|t| {
+            let (prefix, value) = t.split_once(' ')?;
+            let (_, name) = names.iter().find(|(p, _)| *p == prefix)?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn load_frames(repo: &Path, every: usize) -> anyhow::Result<Vec<Frame>> {
+    let mut out = Vec::new();
+    let fixtures = repo.join("tests/fixtures");
+    let mut sets: Vec<(PathBuf, Set)> = Vec::new();
+    for cam in testkit::replay::load_cameras(&fixtures.join("cameras"))? {
+        sets.push((fixtures.join("cameras").join(&cam.id), Set::Cameras));
+    }
+    sets.push((fixtures.join("labels2"), Set::Labels2));
+    for (dir, set) in sets {
+        let exp: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json"))?)
+            .with_context(|| format!("{}/expected.json", dir.display()))?;
+        for fr in exp["frames"].as_array().into_iter().flatten() {
+            let path = dir.join(fr["file"].as_str().unwrap_or_default());
+            let printed: Vec<String> =
+                fr["texts"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+            let fields = match set {
+                Set::Cameras => camera_fields(&printed),
+                _ => fr["fields"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect(),
+            };
+            out.push(Frame { bytes: std::fs::read(&path)?, path, set, texts: printed.iter().map(|t| norm(t)).collect(), fields });
+        }
+    }
+    let mut blank: Vec<PathBuf> = std::fs::read_dir(fixtures.join("blank"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "png"))
+        .collect();
+    blank.sort();
+    for path in blank {
+        out.push(Frame { bytes: std::fs::read(&path)?, path, set: Set::Blank, texts: Vec::new(), fields: BTreeMap::new() });
+    }
+    Ok(out.into_iter().step_by(every.max(1)).collect())
+}
+
+/// Python RapidOCR answering one path per line (ppocr_reference.py --stdin).
+struct Python {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    stdin: std::process::ChildStdin,
+}
+
+impl Python {
+    fn start(python: &Path, repo: &Path, bundle: &Path, threads: usize, log: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(python)
+            .arg(repo.join("tests/reference/ppocr_reference.py"))
+            .arg("--bundle")
+            .arg(bundle)
+            .args(["--threads", &threads.to_string(), "--stdin"])
+            .env("ORT_DISABLE_TELEMETRY", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {} (bash tests/run creates the reference venv)", python.display()))?;
+        let stdin = child.stdin.take().context("python stdin")?;
+        let lines = BufReader::new(child.stdout.take().context("python stdout")?).lines();
+        Ok(Self { child, lines, stdin })
+    }
+
+    /// Texts read and milliseconds taken on one file.
+    fn read(&mut self, path: &Path, log: &Path) -> anyhow::Result<(Vec<String>, f64)> {
+        writeln!(self.stdin, "{}", path.display())?;
+        self.stdin.flush()?;
+        let Some(line) = self.lines.next() else {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!("Python RapidOCR stopped on {}: {}", path.display(), tail.lines().last().unwrap_or(""));
+        };
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        let texts = v["items"].as_array().into_iter().flatten().filter_map(|i| i["text"].as_str().map(norm)).collect();
+        Ok((texts, v["ms"].as_f64().unwrap_or(f64::NAN)))
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Adds one frame's reading to `c`.
+fn count(c: &mut Counts, frame: &Frame, got: &[String], fields: Option<&BTreeMap<String, String>>) {
+    if frame.texts.is_empty() {
+        c.junk += got.len() as u64;
+        return;
+    }
+    let lines = frame.texts.iter().filter(|w| got.contains(w)).count() as u64;
+    let exact = fields.map(|f| frame.fields.iter().filter(|(k, v)| f.get(*k) == Some(*v)).count() as u64);
+    if frame.set == Set::Cameras {
+        c.lines_cameras += lines;
+        c.fields_cameras = exact.map(|e| c.fields_cameras.unwrap_or(0) + e);
+    } else {
+        c.lines_labels2 += lines;
+        c.fields_labels2 = exact.map(|e| c.fields_labels2.unwrap_or(0) + e);
+    }
+}
+
+/// What `bench models` runs.
+#[derive(Debug, Clone)]
+pub struct ModelsRun {
+    /// Model folders.
+    pub models: Vec<PathBuf>,
+    /// Thread counts.
+    pub threads: Vec<usize>,
+    /// Every Nth fixture frame.
+    pub every: usize,
+    /// The reference venv's python.
+    pub python: PathBuf,
+}
+
+/// The Python release that ships a bundle's files.
+fn python_engine(model: &str) -> anyhow::Result<&'static str> {
+    match model {
+        "ppocr-v4" => Ok("RapidOCR 1.4.4 (Python)"),
+        "ppocr-v6" => Ok("RapidOCR 3.10.0 (Python)"),
+        other => anyhow::bail!("no Python reference for model set {other:?} (ppocr-v4 or ppocr-v6)"),
+    }
+}
+
+/// Runs the table.
+///
+/// # Errors
+/// A model, the reference Python or a fixture failing.
+pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<ModelsBench> {
+    let frames = load_frames(repo, run.every)?;
+    let (cam_decls, _) = Config::load_fields(&repo.join("tests/fixtures/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (lab_decls, _) =
+        Config::load_fields(&repo.join("tests/fixtures/labels2/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let per = |s: Set| frames.iter().filter(|f| f.set == s).count();
+    let lines = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.texts.len() as u64).sum::<u64>();
+    let fields = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.fields.len() as u64).sum::<u64>();
+    let mut out = ModelsBench {
+        frames: [per(Set::Cameras), per(Set::Labels2), per(Set::Blank)],
+        lines: [lines(Set::Cameras), lines(Set::Labels2)],
+        fields: [fields(Set::Cameras), fields(Set::Labels2)],
+        blank_frames: frames.iter().filter(|f| f.texts.is_empty()).count(),
+        rows: Vec::new(),
+    };
+    for model_dir in &run.models {
+        let model = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let python_engine = python_engine(&model)?;
+        for &threads in &run.threads {
+            let opts = inference::LoadOptions {
+                intra_threads: threads,
+                backend: inference::engine::Backend::Onnxruntime,
+                ..inference::LoadOptions::new(inference::runtime::default_library(None, Some(repo)), Default::default())
+            };
+            let mut m = inference::Model::load(model_dir, &opts)
+                .with_context(|| format!("cannot load {}", model_dir.display()))?;
+            let cam = m.compile_fields(cam_decls.iter().map(|d| &d.spec)).map_err(anyhow::Error::msg)?;
+            let lab = m.compile_fields(lab_decls.iter().map(|d| &d.spec)).map_err(anyhow::Error::msg)?;
+            let (cam, lab): (Vec<&Field>, Vec<&Field>) = (cam.iter().collect(), lab.iter().collect());
+            let log = dir.join(format!("python-{model}-{threads}.log"));
+            let mut py = Python::start(&run.python, repo, model_dir, threads, &log)?;
+            // Warm-up on both sides (sessions, first allocations).
+            if let Some(f) = frames.first() {
+                m.annotate(&f.bytes)?;
+                py.read(&f.path, &log)?;
+            }
+            let (mut g, mut p) = (Counts::default(), Counts::default());
+            let (mut g_ms, mut p_ms) = (0.0, 0.0);
+            for f in &frames {
+                let fields = if f.set == Set::Labels2 { &lab } else { &cam };
+                let t = Instant::now();
+                let a = m.annotate_with(&f.bytes, fields)?;
+                g_ms += t.elapsed().as_secs_f64() * 1000.0;
+                let got: Vec<String> = a.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
+                let read: BTreeMap<String, String> = a.fields.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+                count(&mut g, f, &got, Some(&read));
+                let (texts, ms) = py.read(&f.path, &log)?;
+                p_ms += ms;
+                count(&mut p, f, &texts, None);
+            }
+            g.ms_per_frame = g_ms / frames.len().max(1) as f64;
+            p.ms_per_frame = p_ms / frames.len().max(1) as f64;
+            out.rows.push(ModelRow { model: model.clone(), threads, gateway: g, python: p, python_engine: python_engine.into() });
+        }
+    }
+    Ok(out)
+}
