@@ -348,13 +348,15 @@ mod tests {
         assert!(e.to_string().contains("m.onnx"), "{e}");
     }
 
-    /// The bundled default model, once fetched by `models/fetch`, matches
+    /// The bundled models, once fetched by `models/fetch`, matches
     /// its pins. The test suite's command runs the fetch first.
     #[test]
     fn bundled_ppocr_model_matches_its_pins() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ppocr-v4");
-        let m = Manifest::load(&dir).unwrap_or_else(|e| panic!("{e} (run: bash models/fetch)"));
-        assert_eq!(m.task, Task::Ocr);
-        assert!(m.file("det").is_some() && m.file("rec").is_some());
+        for bundle in ["ppocr-v6", "ppocr-v4"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(bundle);
+            let m = Manifest::load(&dir).unwrap_or_else(|e| panic!("{bundle}: {e} (run: bash models/fetch)"));
+            assert_eq!(m.task, Task::Ocr);
+            assert!(m.file("det").is_some() && m.file("rec").is_some());
+        }
     }
 }

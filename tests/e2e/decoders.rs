@@ -167,7 +167,7 @@ fn the_manifest_or_the_config_chooses_the_runtime() {
 fn a_missing_runtime_library_is_an_error_not_a_panic() {
     let mut o = opts();
     o.library = PathBuf::from("/nonexistent/libonnxruntime.so.1.31.1");
-    let e = Model::load(&repo().join("models/ppocr-v4"), &o).unwrap_err();
+    let e = Model::load(&repo().join("models/ppocr-v6"), &o).unwrap_err();
     assert!(e.to_string().contains("not found") || e.to_string().contains("already loaded"), "{e}");
 }
 

@@ -44,7 +44,7 @@ fn every_frame_is_annotated_in_order_and_undecodable_frames_become_error_annotat
 
     let log = s.open_log();
     assert_eq!(log.area_stats(Area::Frames).records, 0, "annotated frames are freed");
-    let manifest = inference::Manifest::load(&repo().join("models/ppocr-v4")).unwrap();
+    let manifest = inference::Manifest::load(&repo().join("models/ppocr-v6")).unwrap();
     let anns = annotations(&log);
     assert_eq!(anns.len(), total + 1, "one annotation per frame");
     let mut per_camera: BTreeMap<String, Vec<&FrameAnnotation>> = BTreeMap::new();

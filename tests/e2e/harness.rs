@@ -99,7 +99,7 @@ impl Settings {
         t.reconnect_max_backoff = Some("1s".into());
         t.detect = if self.detect {
             testkit::config::Detect::Model {
-                model: repo().join("models/ppocr-v4"),
+                model: repo().join("models/ppocr-v6"),
                 onnxruntime: self.onnxruntime.clone(),
                 backend: self.backend,
                 workers: 1,

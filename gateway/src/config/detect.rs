@@ -19,7 +19,7 @@ pub struct RawDetect {
     /// log unannotated until a model is enabled (the log fills up).
     pub when_disabled: Option<String>,
     /// Model folder (with `model.toml`). Default
-    /// `/usr/share/vision-gateway/models/ppocr-v4`.
+    /// `/usr/share/vision-gateway/models/ppocr-v6`.
     pub model: Option<PathBuf>,
     /// Path of `libonnxruntime.so.1.31.1`. Default: `$ORT_DYLIB_PATH`, else
     /// `/usr/lib/vision-gateway/libonnxruntime.so.1.31.1`.
@@ -68,6 +68,9 @@ pub struct RawText {
     /// Lines with fewer characters than this (spaces aside) are dropped.
     /// Default 2.
     pub min_chars: Option<u32>,
+    /// Lines with fewer distinct characters than this (spaces aside) are
+    /// dropped (`1111` read off tick marks). Default 2; 0 turns it off.
+    pub min_distinct_chars: Option<u32>,
 }
 
 /// Validated `[detect]`.
@@ -110,7 +113,7 @@ pub(super) fn validate(v: &mut Validator<'_>, d: RawDetect) -> DetectConfig {
                 false
             }
         },
-        model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v4")),
+        model: d.model.unwrap_or_else(|| PathBuf::from("/usr/share/vision-gateway/models/ppocr-v6")),
         onnxruntime: d
             .onnxruntime
             .or_else(|| v.env.var("ORT_DYLIB_PATH").map(PathBuf::from))
@@ -194,5 +197,6 @@ pub(super) fn text_filter(v: &mut Validator<'_>, t: &RawText) -> inference::ocr:
             x => x,
         },
         min_chars: t.min_chars.map_or(def.min_chars, |n| n as usize),
+        min_distinct_chars: t.min_distinct_chars.map_or(def.min_distinct_chars, |n| n as usize),
     }
 }

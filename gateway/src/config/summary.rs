@@ -69,7 +69,7 @@ mod tests {
     fn a_box_without_onnx_runtime_is_told_it_runs_tract() {
         let text = format!(
             "gateway_id = \"edge-1\"\n[mqtt]\nbroker = \"127.0.0.1:1883\"\n[replicate]\nbrokers = \"127.0.0.1:9092\"\n\
-             [detect]\nmodel = \"{}/../models/ppocr-v4\"\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n\
+             [detect]\nmodel = \"{}/../models/ppocr-v6\"\nonnxruntime = \"/nonexistent/libonnxruntime.so\"\n\
              [[fields]]\nname = \"lot\"\nformat = 'LOT <L\\d{{4}}>'\ncameras = [\"line1-*\"]\n",
             env!("CARGO_MANIFEST_DIR")
         );

@@ -86,7 +86,7 @@ fn onnx_runtime_runs_without_writable_executable_memory() {
         "--json",
         "--model",
     ])
-    .arg(repo("models/ppocr-v4"))
+    .arg(repo("models/ppocr-v6"))
     .arg("--onnxruntime")
     .arg(&lib)
     .arg(&frame);

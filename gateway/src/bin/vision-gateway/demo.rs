@@ -252,7 +252,7 @@ pub async fn pipeline(repo: &Path, brokers: &str, out: &Path, rate: Option<f64>)
     let _ = std::fs::remove_dir_all(&log_dir);
     let mut t = GatewayToml::new("demo", &log_dir, mqtt_port);
     t.detect = Detect::Model {
-        model: repo.join("models/ppocr-v4"),
+        model: repo.join("models/ppocr-v6"),
         onnxruntime: library.clone(),
         backend: "auto",
         workers: 2,

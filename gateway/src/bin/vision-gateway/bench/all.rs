@@ -273,7 +273,7 @@ async fn intake_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> a
 async fn detect_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let Ctx { repo, dir, o, progress, .. } = *cx;
     progress("detect stage next to a bare session.run loop");
-    let model = repo.join("models/ppocr-v4");
+    let model = repo.join("models/ppocr-v6");
     let figs = [
         "detect stage frames/s / bare session.run loop",
         "(decode + preprocess + postprocess) / model run time",

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model folder (with model.toml).
-    #[arg(long, default_value = "models/ppocr-v4")]
+    #[arg(long, default_value = "models/ppocr-v6")]
     pub model: PathBuf,
     /// libonnxruntime.so.1.31.1 (default: $ORT_DYLIB_PATH, then
     /// models/runtime/<arch>/, then /usr/lib/vision-gateway/).

@@ -26,7 +26,7 @@ pub enum Command {
     /// model and threads; and the share of decode/pre/post-processing.
     Detect {
         /// Model folder.
-        #[arg(long, default_value = "models/ppocr-v4")]
+        #[arg(long, default_value = "models/ppocr-v6")]
         model: PathBuf,
         /// Directory for the log (default: a temporary directory).
         #[arg(long)]
@@ -48,7 +48,7 @@ pub enum Command {
     /// and time per frame on the fixtures, for each side.
     OcrSide {
         /// Model folder.
-        #[arg(long, default_value = "models/ppocr-v4")]
+        #[arg(long, default_value = "models/ppocr-v6")]
         model: PathBuf,
         /// Sides to try (multiples of 32).
         #[arg(long, value_delimiter = ',', default_value = "416,544,640,736,960")]
@@ -91,7 +91,7 @@ pub enum Command {
     /// for each thread count, on the same fixture frames.
     Backends {
         /// Model folder.
-        #[arg(long, default_value = "models/ppocr-v4")]
+        #[arg(long, default_value = "models/ppocr-v6")]
         model: PathBuf,
         /// Thread counts to try.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
