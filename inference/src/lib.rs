@@ -351,7 +351,14 @@ impl Model {
                 let (det, rec) = (file("det")?, file("rec")?);
                 let d = engine::open(kind, &opts.library, &det, opts.intra_threads)?;
                 let r = engine::open(kind, &opts.library, &rec, opts.intra_threads)?;
-                Pipeline::Ocr(ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?)
+                let mut o = ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?;
+                if let Some(m) = &manifest.memory {
+                    o.set_memory(ocr::MemoryModel {
+                        runtime_bytes: m.runtime_mib << 20,
+                        det_bytes_per_px: m.det_bytes_per_pixel,
+                    });
+                }
+                Pipeline::Ocr(o)
             }
             Task::Detect | Task::Classify => Pipeline::Vision(vision::Vision::load(
                 kind,
@@ -381,7 +388,9 @@ impl Model {
     /// [`InferenceError::TooLarge`] with the estimate.
     pub fn fits(&self, width: usize, height: usize) -> Result<(), InferenceError> {
         match &self.pipeline {
-            Pipeline::Ocr(o) => ocr::DetPlan::within_side(width, height, self.max_frame_memory, o.det_side()).map(drop),
+            Pipeline::Ocr(o) => {
+                ocr::DetPlan::within_side(width, height, self.max_frame_memory, o.det_side(), o.memory()).map(drop)
+            }
             Pipeline::Vision(v) => {
                 let need = v.estimate_bytes(width, height);
                 if need > self.max_frame_memory {

@@ -173,6 +173,17 @@ pub struct LabelsSpec {
     pub metadata_key: Option<String>,
 }
 
+/// `[memory]` of an OCR model: measured with `/usr/bin/time -v vision-gateway
+/// annotate` on two frame sizes (the line through the two peaks).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    /// MiB held before any frame (process, runtime, both models), 1..=16384.
+    pub runtime_mib: u64,
+    /// Runtime working memory per detector input pixel, 1..=100000 bytes.
+    pub det_bytes_per_pixel: u64,
+}
+
 /// The manifest of a model folder.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +212,8 @@ pub struct Manifest {
     /// overrides it.
     #[serde(default)]
     pub backend: crate::engine::Backend,
+    /// The memory model of an OCR pair (task `ocr`; PP-OCRv4's if absent).
+    pub memory: Option<MemorySpec>,
     /// Folder the manifest was loaded from (set by `load`).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -220,6 +233,21 @@ impl Manifest {
             return Err(InferenceError::Manifest { path, message: "lists no files".into() });
         }
         m.dir = dir.to_owned();
+        if let Some(mem) = m.memory {
+            let mut problems = Vec::new();
+            if m.task != Task::Ocr {
+                problems.push("[memory] applies to task \"ocr\" only");
+            }
+            if !(1..=16_384).contains(&mem.runtime_mib) {
+                problems.push("memory.runtime_mib must be 1..=16384");
+            }
+            if !(1..=100_000).contains(&mem.det_bytes_per_pixel) {
+                problems.push("memory.det_bytes_per_pixel must be 1..=100000");
+            }
+            if !problems.is_empty() {
+                return Err(InferenceError::Manifest { path, message: problems.join("; ") });
+            }
+        }
         if matches!(m.task, Task::Detect | Task::Classify) {
             let mut problems = Vec::new();
             match &m.input {

@@ -26,16 +26,41 @@ pub const DET_MIN_SIDE: usize = 736;
 /// side passes this, which leaves ordinary frames (640x480 -> 992x736)
 /// exactly as the reference has them.
 const DET_MAX_SIDE: f64 = 2016.0;
-/// ONNX Runtime's working memory per detector input pixel, measured with
-/// `vision-gateway annotate` (peak RSS 224 MiB for a 992x736 input, 788 MiB
-/// for 1984x1984: 184 bytes per pixel), rounded up.
+/// ONNX Runtime's working memory per detector input pixel for PP-OCRv4,
+/// measured with `vision-gateway annotate` (peak RSS 224 MiB for a 992x736
+/// input, 788 MiB for 1984x1984: 184 bytes per pixel), rounded up. A
+/// manifest's `[memory]` gives its own model's figure.
 pub const DET_BYTES_PER_PX: usize = 200;
 /// The process, the runtime and both models before any frame (the same
 /// measurement's intercept), rounded up.
 pub const RUNTIME_BYTES: usize = 100 << 20;
-/// Bytes per detector input pixel in all: ONNX Runtime's, plus the resized
-/// frame (3), its f32 tensor (12) and the f32 probability map (4).
-const DET_PX_BYTES: u64 = (DET_BYTES_PER_PX + 3 + 12 + 4) as u64;
+/// The resized frame (3), its f32 tensor (12) and the f32 probability map
+/// (4), per detector input pixel, on top of the runtime's own.
+const PREPROCESS_PX_BYTES: u64 = 3 + 12 + 4;
+
+/// The memory model of an OCR model pair: what the runtime holds before any
+/// frame, and its working memory per detector input pixel (a manifest's
+/// `[memory]`, measured per model; PP-OCRv4's by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryModel {
+    /// Bytes before any frame: process, runtime, both models.
+    pub runtime_bytes: u64,
+    /// Runtime working memory per detector input pixel.
+    pub det_bytes_per_px: u64,
+}
+
+impl Default for MemoryModel {
+    fn default() -> Self {
+        Self { runtime_bytes: RUNTIME_BYTES as u64, det_bytes_per_px: DET_BYTES_PER_PX as u64 }
+    }
+}
+
+impl MemoryModel {
+    /// Bytes per detector input pixel in all.
+    fn px_bytes(self) -> u64 {
+        self.det_bytes_per_px + PREPROCESS_PX_BYTES
+    }
+}
 /// Recogniser input height and minimum width.
 const REC_H: usize = 48;
 const REC_W: usize = 320;
@@ -69,6 +94,7 @@ pub struct Ocr {
     params: db::DbParams,
     max_frame_memory: u64,
     det_side: usize,
+    memory: MemoryModel,
     /// When set, every session input is also kept here (for the bare
     /// `session.run` baseline of `vision-gateway bench detect`).
     pub(crate) capture: Option<Vec<(crate::Stage, Array4<f32>)>>,
@@ -139,7 +165,7 @@ impl DetPlan {
     /// [`InferenceError::TooLarge`] if even a 32x32 detector input does not
     /// fit.
     pub fn within(width: usize, height: usize, budget: u64) -> Result<Self, InferenceError> {
-        Self::within_side(width, height, budget, DET_MIN_SIDE)
+        Self::within_side(width, height, budget, DET_MIN_SIDE, MemoryModel::default())
     }
 
     /// As [`within`](Self::within) with the detector side `side` (see
@@ -147,17 +173,23 @@ impl DetPlan {
     ///
     /// # Errors
     /// As [`within`](Self::within).
-    pub fn within_side(width: usize, height: usize, budget: u64, side: usize) -> Result<Self, InferenceError> {
+    pub fn within_side(
+        width: usize,
+        height: usize,
+        budget: u64,
+        side: usize,
+        mem: MemoryModel,
+    ) -> Result<Self, InferenceError> {
         let mut p = Self::with_side(width, height, side);
-        let need = p.estimate_bytes(width, height);
+        let need = p.estimate_with(width, height, mem);
         if need <= budget {
             return Ok(p);
         }
-        let fixed = p.fixed_bytes(width, height);
+        let fixed = p.fixed_bytes(width, height, mem);
         let too_large = |n: u64| InferenceError::TooLarge { needed_mib: n >> 20, budget_mib: budget >> 20 };
-        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / DET_PX_BYTES;
+        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / mem.px_bytes();
         if room < 32 * 32 {
-            return Err(too_large(fixed + 32 * 32 * DET_PX_BYTES));
+            return Err(too_large(fixed + 32 * 32 * mem.px_bytes()));
         }
         let s = (room as f64 / (p.det_width * p.det_height) as f64).sqrt();
         let down = |v: usize| (((v as f64 * s) as usize) / 32).max(1) * 32;
@@ -166,15 +198,21 @@ impl DetPlan {
         Ok(p)
     }
 
-    /// Estimated bytes to annotate a `width` x `height` frame with this plan.
+    /// Estimated bytes to annotate a `width` x `height` frame with this
+    /// plan, for PP-OCRv4's memory model.
     pub fn estimate_bytes(&self, width: usize, height: usize) -> u64 {
-        self.fixed_bytes(width, height) + (self.det_width * self.det_height) as u64 * DET_PX_BYTES
+        self.estimate_with(width, height, MemoryModel::default())
+    }
+
+    /// As [`estimate_bytes`](Self::estimate_bytes) for `mem`.
+    pub fn estimate_with(&self, width: usize, height: usize, mem: MemoryModel) -> u64 {
+        self.fixed_bytes(width, height, mem) + (self.det_width * self.det_height) as u64 * mem.px_bytes()
     }
 
     /// The part of the estimate that does not depend on the detector input:
     /// runtime, the decoded frame (RGB and BGR) and the brought-down frame.
-    fn fixed_bytes(&self, width: usize, height: usize) -> u64 {
-        RUNTIME_BYTES as u64 + (width.max(1) * height.max(1) * 6) as u64 + (self.width * self.height * 3) as u64
+    fn fixed_bytes(&self, width: usize, height: usize, mem: MemoryModel) -> u64 {
+        mem.runtime_bytes + (width.max(1) * height.max(1) * 6) as u64 + (self.width * self.height * 3) as u64
     }
 
     /// Bytes the pre-processing allocates at most: the brought-down frame,
@@ -225,6 +263,7 @@ impl Ocr {
             params: db::DbParams::default(),
             max_frame_memory,
             det_side,
+            memory: MemoryModel::default(),
             capture: None,
         })
     }
@@ -239,7 +278,7 @@ impl Ocr {
     pub fn read(&mut self, raw: &Bgr, fields: &[&Field], filter: &TextFilter) -> Result<Read, InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
-        let plan = DetPlan::within_side(raw.width, raw.height, self.max_frame_memory, self.det_side)?;
+        let plan = DetPlan::within_side(raw.width, raw.height, self.max_frame_memory, self.det_side, self.memory)?;
         let (ratio_h, ratio_w) = (plan.ratio_h, plan.ratio_w);
         // Very large frames are brought down first, as the reference does.
         let img = if (plan.width, plan.height) != (raw.width, raw.height) {
@@ -483,6 +522,16 @@ impl Ocr {
     /// The detector side in use.
     pub fn det_side(&self) -> usize {
         self.det_side
+    }
+
+    /// The memory model frames are planned with.
+    pub fn memory(&self) -> MemoryModel {
+        self.memory
+    }
+
+    /// Plans frames with `memory` (a manifest's `[memory]`).
+    pub fn set_memory(&mut self, memory: MemoryModel) {
+        self.memory = memory;
     }
 
     /// Runs the sessions alone on inputs captured before, reading each
