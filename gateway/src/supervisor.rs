@@ -222,6 +222,7 @@ async fn start_detect(config: &config::Config, log: &log::DurableLog) -> Result<
         max_pixels: config.mqtt.max_pixels,
         max_frame_memory: config.detect.max_frame_memory,
         ocr_side: config.detect.ocr_side,
+        camera_sides: config.detect.camera_sides.clone(),
         backend: config.detect.backend,
         text: config.detect.text,
         fields: config.fields.clone(),

@@ -500,6 +500,14 @@ impl Model {
         self.annotate_with(bytes, &[])
     }
 
+    /// OCR models: the detector side for the next frames (`detect.ocr_side`,
+    /// or a camera's own). Other models have a fixed input; no effect.
+    pub fn set_ocr_side(&mut self, side: usize) {
+        if let Pipeline::Ocr(o) = &mut self.pipeline {
+            o.set_det_side(side);
+        }
+    }
+
     /// As [`annotate`](Self::annotate), reading `fields` (compiled by
     /// [`compile_fields`](Self::compile_fields)) off the frame's lines.
     ///

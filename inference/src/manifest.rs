@@ -376,8 +376,29 @@ mod tests {
         assert!(e.to_string().contains("m.onnx"), "{e}");
     }
 
-    /// The bundled models, once fetched by `models/fetch`, matches
-    /// its pins. The test suite's command runs the fetch first.
+    #[test]
+    fn an_ocr_memory_model_is_checked() {
+        let base = "name = \"m\"\nversion = \"1\"\ntask = \"ocr\"\nlicence = \"x\"\nprovenance = \"x\"\n\
+                    [[files]]\nrole = \"det\"\npath = \"d.onnx\"\nsha256 = \"ab\"\n";
+        let dir = Path::new("/m");
+        let ok = Manifest::parse(&format!("{base}[memory]\nruntime_mib = 130\ndet_bytes_per_pixel = 340\n"), dir).unwrap();
+        assert_eq!(ok.memory.map(|m| (m.runtime_mib, m.det_bytes_per_pixel)), Some((130, 340)));
+        assert!(Manifest::parse(base, dir).unwrap().memory.is_none(), "optional");
+        let e = Manifest::parse(&format!("{base}[memory]\nruntime_mib = 0\ndet_bytes_per_pixel = 200000\n"), dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime_mib must be 1..=16384") && e.contains("det_bytes_per_pixel must be"), "{e}");
+        let e = Manifest::parse(&format!("{base}[memory]\nruntime_mib = 1\n"), dir).unwrap_err().to_string();
+        assert!(e.contains("det_bytes_per_pixel"), "{e}");
+        let detect = base.replace("\"ocr\"", "\"classify\"");
+        let e = Manifest::parse(&format!("{detect}[memory]\nruntime_mib = 1\ndet_bytes_per_pixel = 1\n"), dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[memory] applies to task \"ocr\" only"), "{e}");
+    }
+
+    /// The bundled models, once fetched by `models/fetch`, match
+    /// their pins. The test suite's command runs the fetch first.
     #[test]
     fn bundled_ppocr_model_matches_its_pins() {
         for bundle in ["ppocr-v6", "ppocr-v4"] {

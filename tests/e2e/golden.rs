@@ -522,3 +522,36 @@ fn unseen_label_formats_are_read_and_marks_give_no_junk() {
     assert!(junk_before > 0, "the blank frames still provoke the reference filter");
     assert!(total > 0 && exact as f64 >= 0.98 * total as f64, "{exact}/{total}");
 }
+
+/// `[[detect.camera]]`'s side reaches the detector: the same model reads
+/// the fixtures at 480 (their native size) as at 736, and the detector
+/// input is smaller (fewer detector pixels, less time inside the runtime).
+#[test]
+fn a_cameras_own_detector_side_is_used_for_its_frames() {
+    let mut model = load_model(TextFilter::default());
+    let files: Vec<PathBuf> = frames().into_iter().take(6).collect();
+    let (mut same, mut lines, mut run_736, mut run_480) = (0, 0, 0.0, 0.0);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        model.set_ocr_side(736);
+        let a = model.annotate(&bytes).unwrap();
+        model.set_ocr_side(480);
+        let b = model.annotate(&bytes).unwrap();
+        run_736 += a.timings.run_ms;
+        run_480 += b.timings.run_ms;
+        let texts = |x: &inference::Annotation| x.items.iter().filter_map(|i| i.text.clone()).collect::<Vec<_>>();
+        lines += texts(&a).len();
+        same += texts(&a).iter().filter(|t| texts(&b).contains(t)).count();
+    }
+    println!("side 480 vs 736 on {} frames: {same}/{lines} lines the same; runtime {run_480:.0} vs {run_736:.0} ms", files.len());
+    assert!(lines > 0 && same * 10 >= lines * 9, "{same}/{lines}");
+    // Not a timing threshold: the detector's own input says which side ran.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    for (side, want) in [(480, [1, 3, 480, 640]), (736, [1, 3, 736, 992])] {
+        model.set_ocr_side(side);
+        let inputs = model.capture_inputs(&[&bytes]).unwrap();
+        let det: Vec<Vec<usize>> =
+            inputs.tensors().into_iter().filter(|(w, _)| *w == "det").map(|(_, t)| t.shape().to_vec()).collect();
+        assert_eq!(det, vec![want.to_vec()], "side {side}");
+    }
+}

@@ -50,6 +50,20 @@ pub struct RawDetect {
     /// OCR: which raw text lines are kept (junk rejection).
     #[serde(default)]
     pub text: RawText,
+    /// `[[detect.camera]]`: settings of one camera that differ from the
+    /// stage's (its OCR detector side).
+    #[serde(default)]
+    pub camera: Vec<RawCamera>,
+}
+
+/// `[[detect.camera]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCamera {
+    /// The camera id (the topic's camera part).
+    pub id: Option<String>,
+    /// Its OCR detector side, as `detect.ocr_side`: a camera whose labels
+    /// fill the frame reads as well at its native size, faster.
+    pub ocr_side: Option<u32>,
 }
 
 /// `[detect.text]`: which raw text lines are kept (junk rejection).
@@ -94,6 +108,8 @@ pub struct DetectConfig {
     pub max_frame_memory: u64,
     /// OCR detector side.
     pub ocr_side: usize,
+    /// OCR detector side per camera id, where it differs.
+    pub camera_sides: std::collections::BTreeMap<String, usize>,
     /// Runtime.
     pub backend: inference::engine::Backend,
     /// Raw text filter (`[detect.text]`).
@@ -122,7 +138,8 @@ pub(super) fn validate(v: &mut Validator<'_>, d: RawDetect) -> DetectConfig {
         intra_threads: v.range("detect.intra_threads", d.intra_threads, 1, 1..=64),
         queue: v.range("detect.queue", d.queue, 8, 1..=4096),
         max_frame_memory: max_frame_memory(v, d.max_frame_memory.as_ref()),
-        ocr_side: ocr_side(v, d.ocr_side),
+        ocr_side: ocr_side(v, "detect.ocr_side", d.ocr_side),
+        camera_sides: camera_sides(v, &d.camera),
         backend: backend(v, d.backend.as_deref()),
         text: text_filter(v, &d.text),
     };
@@ -153,12 +170,33 @@ fn max_frame_memory(v: &mut Validator<'_>, raw: Option<&toml::Value>) -> u64 {
     m
 }
 
-fn ocr_side(v: &mut Validator<'_>, raw: Option<u32>) -> usize {
-    let side = v.range("detect.ocr_side", raw, inference::ocr::DET_MIN_SIDE as u32, 32..=2016);
+fn ocr_side(v: &mut Validator<'_>, key: &str, raw: Option<u32>) -> usize {
+    let side = v.range(key, raw, inference::ocr::DET_MIN_SIDE as u32, 32..=2016);
     if side % 32 != 0 {
-        v.problem("detect.ocr_side", format!("{side} is not a multiple of 32 (the detector works in steps of 32)"));
+        v.problem(key, format!("{side} is not a multiple of 32 (the detector works in steps of 32)"));
     }
     side as usize
+}
+
+/// `[[detect.camera]]`: each needs an id, once, and something to set.
+fn camera_sides(v: &mut Validator<'_>, raw: &[RawCamera]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (i, c) in raw.iter().enumerate() {
+        let key = format!("detect.camera[{i}]");
+        let Some(id) = c.id.as_deref().filter(|id| !id.is_empty()) else {
+            v.problem(&format!("{key}.id"), "is required (the camera id, as in the topic)".to_owned());
+            continue;
+        };
+        let Some(raw_side) = c.ocr_side else {
+            v.problem(&key, format!("camera {id:?} sets nothing (ocr_side)"));
+            continue;
+        };
+        let side = ocr_side(v, &format!("{key}.ocr_side"), Some(raw_side));
+        if out.insert(id.to_owned(), side).is_some() {
+            v.problem(&format!("{key}.id"), format!("camera {id:?} is listed twice"));
+        }
+    }
+    out
 }
 
 fn backend(v: &mut Validator<'_>, raw: Option<&str>) -> Backend {

@@ -374,3 +374,26 @@ fn claim_check_defaults_and_summary_without_the_secret() {
     assert!(s.contains("claim check  images >= 921600 B to http://127.0.0.1:8333/vision-images/vision-gateway"), "{s}");
     assert!(!s.contains("very-secret") && !format!("{c:?}").contains("very-secret"), "{s}");
 }
+
+#[test]
+fn a_camera_may_have_its_own_ocr_side() {
+    let ok = format!("{MINIMAL}[detect]\nocr_side = 736\n[[detect.camera]]\nid = \"line1-cam1\"\nocr_side = 480\n");
+    let c = Config::parse(Path::new("c.toml"), &ok, &env()).unwrap();
+    assert_eq!(c.detect.ocr_side, 736);
+    assert_eq!(c.detect.camera_sides.get("line1-cam1"), Some(&480));
+    assert_eq!(c.detect.camera_sides.len(), 1);
+
+    let bad = format!(
+        "{MINIMAL}[[detect.camera]]\nocr_side = 480\n[[detect.camera]]\nid = \"a\"\nocr_side = 500\n\
+         [[detect.camera]]\nid = \"a\"\nocr_side = 512\n[[detect.camera]]\nid = \"b\"\n"
+    );
+    let e = Config::parse(Path::new("c.toml"), &bad, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec!["detect.camera[0].id", "detect.camera[1].ocr_side", "detect.camera[2].id", "detect.camera[3]"],
+        "{e}"
+    );
+    assert!(e.to_string().contains("500 is not a multiple of 32"), "{e}");
+    assert!(e.to_string().contains("\"a\" is listed twice"), "{e}");
+}

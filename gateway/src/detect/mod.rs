@@ -131,6 +131,8 @@ pub struct DetectOptions {
     pub max_frame_memory: u64,
     /// OCR detector side (`detect.ocr_side`).
     pub ocr_side: usize,
+    /// OCR detector side per camera, where `[[detect.camera]]` sets one.
+    pub camera_sides: std::collections::BTreeMap<String, usize>,
     /// Runtime (`detect.backend`).
     pub backend: inference::engine::Backend,
     /// Raw text filter (`[detect.text]`).
@@ -197,6 +199,7 @@ impl Detect {
                 model_dir: opts.enabled.then(|| opts.model.clone()),
                 load,
                 field_decls: opts.fields.clone(),
+                camera_sides: opts.camera_sides.clone(),
                 faults: opts.faults.clone(),
             };
             let channels = worker::Channels { jobs: jobs_rx.clone(), results: res_tx.clone(), ready: ready_tx };

@@ -22,6 +22,9 @@ pub(super) struct Worker {
     pub(super) load: LoadOptions,
     /// The declared label fields.
     pub(super) field_decls: Vec<FieldConfig>,
+    /// OCR detector side per camera (`[[detect.camera]]`); the others use
+    /// the load options' side.
+    pub(super) camera_sides: std::collections::BTreeMap<String, usize>,
     /// Injected faults (tests only).
     pub(super) faults: Faults,
 }
@@ -127,6 +130,7 @@ impl Worker {
                 .filter(|(_, d)| d.applies(&frame.camera))
                 .map(|(f, _)| f)
                 .collect();
+            model.set_ocr_side(self.camera_sides.get(&frame.camera).copied().unwrap_or(self.load.ocr_side));
             model.annotate_with(&frame.payload, &fields)
         }));
         Ok(match run {

@@ -524,6 +524,12 @@ impl Ocr {
         self.det_side
     }
 
+    /// Reads the next frames with the detector side `side` (see
+    /// [`DetPlan::with_side`]; taken within 32..=2016).
+    pub fn set_det_side(&mut self, side: usize) {
+        self.det_side = side;
+    }
+
     /// The memory model frames are planned with.
     pub fn memory(&self) -> MemoryModel {
         self.memory

@@ -257,6 +257,7 @@ async fn stage_pass(
         max_pixels: 1 << 25,
         max_frame_memory: inference::DEFAULT_MAX_FRAME_MEMORY,
         ocr_side: inference::ocr::DET_MIN_SIDE,
+        camera_sides: Default::default(),
         backend: inference::engine::Backend::Onnxruntime,
         text: inference::ocr::TextFilter::default(),
         fields: Vec::new(),

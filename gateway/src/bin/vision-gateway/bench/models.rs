@@ -63,8 +63,8 @@ pub struct ModelRow {
     pub model: String,
     /// Runtime threads of both engines.
     pub threads: usize,
-    /// The gateway.
-    pub gateway: Counts,
+    /// The gateway at each detector side measured (`detect.ocr_side`).
+    pub gateway: Vec<(usize, Counts)>,
     /// Python RapidOCR on the same files.
     pub python: Counts,
     /// Which Python release that is.
@@ -72,9 +72,9 @@ pub struct ModelRow {
 }
 
 impl ModelRow {
-    /// Whole-frame frames/s of the gateway over Python's.
-    pub fn speed_ratio(&self) -> f64 {
-        self.python.ms_per_frame / self.gateway.ms_per_frame
+    /// Whole-frame frames/s of the gateway at `c` over Python's.
+    pub fn speed_ratio(&self, c: &Counts) -> f64 {
+        self.python.ms_per_frame / c.ms_per_frame
     }
 }
 
@@ -105,12 +105,12 @@ impl std::fmt::Display for ModelsBench {
         )?;
         writeln!(
             f,
-            "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
             "model", "engine", "thr", "lines", "lines", "fields", "fields", "junk", "ms/frame", "gateway"
         )?;
         writeln!(
             f,
-            "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
             "",
             "",
             "",
@@ -124,13 +124,16 @@ impl std::fmt::Display for ModelsBench {
         )?;
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         for r in &self.rows {
-            for (engine, k, ratio) in [
-                ("gateway", &r.gateway, format!("{:.2}x", r.speed_ratio())),
-                (r.python_engine.as_str(), &r.python, String::new()),
-            ] {
+            let mut engines: Vec<(String, &Counts, String)> = r
+                .gateway
+                .iter()
+                .map(|(side, k)| (format!("gateway, side {side}"), k, format!("{:.2}x", r.speed_ratio(k))))
+                .collect();
+            engines.push((format!("{}, side 736", r.python_engine), &r.python, String::new()));
+            for (engine, k, ratio) in engines {
                 writeln!(
                     f,
-                    "{:<10} {:<24} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
+                    "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
                     r.model,
                     engine,
                     r.threads,
@@ -276,6 +279,8 @@ pub struct ModelsRun {
     pub threads: Vec<usize>,
     /// Every Nth fixture frame.
     pub every: usize,
+    /// The gateway's detector sides (Python runs at its default, 736).
+    pub sides: Vec<usize>,
     /// The reference venv's python.
     pub python: PathBuf,
 }
@@ -329,22 +334,29 @@ pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<Models
                 m.annotate(&f.bytes)?;
                 py.read(&f.path, &log)?;
             }
-            let (mut g, mut p) = (Counts::default(), Counts::default());
-            let (mut g_ms, mut p_ms) = (0.0, 0.0);
+            let mut g: Vec<(usize, Counts)> = run.sides.iter().map(|&s| (s, Counts::default())).collect();
+            let mut p = Counts::default();
             for f in &frames {
                 let fields = if f.set == Set::Labels2 { &lab } else { &cam };
-                let t = Instant::now();
-                let a = m.annotate_with(&f.bytes, fields)?;
-                g_ms += t.elapsed().as_secs_f64() * 1000.0;
-                let got: Vec<String> = a.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
-                let read: BTreeMap<String, String> = a.fields.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
-                count(&mut g, f, &got, Some(&read));
+                for (side, c) in &mut g {
+                    m.set_ocr_side(*side);
+                    let t = Instant::now();
+                    let a = m.annotate_with(&f.bytes, fields)?;
+                    c.ms_per_frame += t.elapsed().as_secs_f64() * 1000.0;
+                    let got: Vec<String> = a.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
+                    let read: BTreeMap<String, String> =
+                        a.fields.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+                    count(c, f, &got, Some(&read));
+                }
                 let (texts, ms) = py.read(&f.path, &log)?;
-                p_ms += ms;
+                p.ms_per_frame += ms;
                 count(&mut p, f, &texts, None);
             }
-            g.ms_per_frame = g_ms / frames.len().max(1) as f64;
-            p.ms_per_frame = p_ms / frames.len().max(1) as f64;
+            let n = frames.len().max(1) as f64;
+            for (_, c) in &mut g {
+                c.ms_per_frame /= n;
+            }
+            p.ms_per_frame /= n;
             out.rows.push(ModelRow { model: model.clone(), threads, gateway: g, python: p, python_engine: python_engine.into() });
         }
     }

@@ -75,6 +75,10 @@ pub enum Command {
         /// Every Nth fixture frame (1: all).
         #[arg(long, default_value_t = 1)]
         every: usize,
+        /// The gateway's OCR detector sides (`detect.ocr_side`, or a
+        /// camera's own); Python runs at its default, 736.
+        #[arg(long, value_delimiter = ',', default_value = "736,480")]
+        sides: Vec<usize>,
         /// The reference Python (default: $VISION_GATEWAY_REF_PYTHON, then
         /// tests/run's venv in the cache).
         #[arg(long)]
@@ -256,9 +260,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::OcrSide { model, sides, threads, json } => {
             emit(&bench::ocr_sides(&repo, &model, &sides, threads)?, json)?
         }
-        Command::Models { models, threads, every, python, dir, json } => {
+        Command::Models { models, threads, every, sides, python, dir, json } => {
             let python = python.unwrap_or_else(reference_python);
-            let run = bench::ModelsRun { models, threads, every, python };
+            let run = bench::ModelsRun { models, threads, every, sides, python };
             emit(&bench::models(&repo, &run, &bench_dir(dir)?)?, json)?;
         }
         Command::Backends { model, threads, every, json } => {
