@@ -35,6 +35,8 @@ struct Frame {
     set: Set,
     /// Printed lines, spaces removed; empty on a frame without a label.
     texts: Vec<String>,
+    /// The same lines as printed, spaces kept.
+    printed: Vec<String>,
     /// Declared field -> printed value.
     fields: BTreeMap<String, String>,
 }
@@ -46,6 +48,9 @@ pub struct Counts {
     pub lines_cameras: u64,
     /// The same on labels2.
     pub lines_labels2: u64,
+    /// Lines read exactly with their spaces, both sets (PP-OCRv4 often
+    /// drops the space between words).
+    pub lines_with_spaces: u64,
     /// Declared fields read exactly on the camera fixtures (gateway only).
     pub fields_cameras: Option<u64>,
     /// The same on labels2.
@@ -100,22 +105,25 @@ impl std::fmt::Display for ModelsBench {
         writeln!(
             f,
             "OCR model sets on the fixtures ({c} camera frames, {l} labels2 frames, {b} blank frames; \
-             {} frames without a label), gateway and Python interleaved frame by frame:",
+             {} frames without a label), gateway and Python interleaved frame by frame;\n\
+             lines: read exactly, spaces ignored (+spaces: with them); fields: the declared ones, exactly; \
+             junk: lines on frames without a label; ms/frame: decode to result",
             self.blank_frames
         )?;
         writeln!(
             f,
-            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
-            "model", "engine", "thr", "lines", "lines", "fields", "fields", "junk", "ms/frame", "gateway"
+            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "model", "engine", "thr", "lines", "lines", "+spaces", "fields", "fields", "junk", "ms/frame", "gateway"
         )?;
         writeln!(
             f,
-            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
             "",
             "",
             "",
             format!("cams/{}", self.lines[0]),
             format!("lab2/{}", self.lines[1]),
+            format!("both/{}", self.lines[0] + self.lines[1]),
             format!("cams/{}", self.fields[0]),
             format!("lab2/{}", self.fields[1]),
             "",
@@ -133,12 +141,13 @@ impl std::fmt::Display for ModelsBench {
             for (engine, k, ratio) in engines {
                 writeln!(
                     f,
-                    "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
+                    "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
                     r.model,
                     engine,
                     r.threads,
                     k.lines_cameras,
                     k.lines_labels2,
+                    k.lines_with_spaces,
                     opt(k.fields_cameras),
                     opt(k.fields_labels2),
                     k.junk,
@@ -193,7 +202,8 @@ fn load_frames(repo: &Path, every: usize) -> anyhow::Result<Vec<Frame>> {
                     .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
                     .collect(),
             };
-            out.push(Frame { bytes: std::fs::read(&path)?, path, set, texts: printed.iter().map(|t| norm(t)).collect(), fields });
+            let texts = printed.iter().map(|t| norm(t)).collect();
+            out.push(Frame { bytes: std::fs::read(&path)?, path, set, texts, printed, fields });
         }
     }
     let mut blank: Vec<PathBuf> = std::fs::read_dir(fixtures.join("blank"))?
@@ -202,7 +212,8 @@ fn load_frames(repo: &Path, every: usize) -> anyhow::Result<Vec<Frame>> {
         .collect();
     blank.sort();
     for path in blank {
-        out.push(Frame { bytes: std::fs::read(&path)?, path, set: Set::Blank, texts: Vec::new(), fields: BTreeMap::new() });
+        let (texts, printed, fields) = (Vec::new(), Vec::new(), BTreeMap::new());
+        out.push(Frame { bytes: std::fs::read(&path)?, path, set: Set::Blank, texts, printed, fields });
     }
     Ok(out.into_iter().step_by(every.max(1)).collect())
 }
@@ -232,7 +243,7 @@ impl Python {
         Ok(Self { child, lines, stdin })
     }
 
-    /// Texts read and milliseconds taken on one file.
+    /// Texts read (as read) and milliseconds taken on one file.
     fn read(&mut self, path: &Path, log: &Path) -> anyhow::Result<(Vec<String>, f64)> {
         writeln!(self.stdin, "{}", path.display())?;
         self.stdin.flush()?;
@@ -241,7 +252,8 @@ impl Python {
             anyhow::bail!("Python RapidOCR stopped on {}: {}", path.display(), tail.lines().last().unwrap_or(""));
         };
         let v: serde_json::Value = serde_json::from_str(&line?)?;
-        let texts = v["items"].as_array().into_iter().flatten().filter_map(|i| i["text"].as_str().map(norm)).collect();
+        let texts =
+            v["items"].as_array().into_iter().flatten().filter_map(|i| i["text"].as_str().map(str::to_owned)).collect();
         Ok((texts, v["ms"].as_f64().unwrap_or(f64::NAN)))
     }
 }
@@ -253,12 +265,14 @@ impl Drop for Python {
     }
 }
 
-/// Adds one frame's reading to `c`.
-fn count(c: &mut Counts, frame: &Frame, got: &[String], fields: Option<&BTreeMap<String, String>>) {
+/// Adds one frame's reading (`read`: the texts as read) to `c`.
+fn count(c: &mut Counts, frame: &Frame, read: &[String], fields: Option<&BTreeMap<String, String>>) {
     if frame.texts.is_empty() {
-        c.junk += got.len() as u64;
+        c.junk += read.len() as u64;
         return;
     }
+    c.lines_with_spaces += frame.printed.iter().filter(|w| read.contains(w)).count() as u64;
+    let got: Vec<String> = read.iter().map(|t| norm(t)).collect();
     let lines = frame.texts.iter().filter(|w| got.contains(w)).count() as u64;
     let exact = fields.map(|f| frame.fields.iter().filter(|(k, v)| f.get(*k) == Some(*v)).count() as u64);
     if frame.set == Set::Cameras {
@@ -343,7 +357,7 @@ pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<Models
                     let t = Instant::now();
                     let a = m.annotate_with(&f.bytes, fields)?;
                     c.ms_per_frame += t.elapsed().as_secs_f64() * 1000.0;
-                    let got: Vec<String> = a.items.iter().filter_map(|i| i.text.as_deref().map(norm)).collect();
+                    let got: Vec<String> = a.items.iter().filter_map(|i| i.text.clone()).collect();
                     let read: BTreeMap<String, String> =
                         a.fields.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
                     count(c, f, &got, Some(&read));
