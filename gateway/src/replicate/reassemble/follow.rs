@@ -5,12 +5,11 @@
 //! reference that cannot be resolved now is an error (the run stops before
 //! committing past it); one whose object is missing or differs is corrupt.
 
-use super::{extension, header, safe_name, Image, Outcome};
+use super::{header, image_path, Image, Outcome};
 use crate::records::header as h;
 use crate::replicate::{Reference, Store, StoreError};
 use rdkafka::message::Message;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 
 /// The largest object a reference may name (a frame is at most 64 MiB).
 pub const MAX_REFERENCED_BYTES: usize = 64 << 20;
@@ -57,8 +56,7 @@ pub(super) async fn follow(msg: &rdkafka::message::BorrowedMessage<'_>, store: O
     if hex::encode(Sha256::digest(&bytes)) != r.sha256 || bytes.len() as u64 != r.size {
         return Ok(Outcome::Corrupt(r.frame_id));
     }
-    let path =
-        Path::new(&safe_name(&r.camera)).join(format!("{}.{}", safe_name(&r.frame_id), extension(&r.content_type)));
+    let path = image_path(&r.camera, &r.frame_id, &r.content_type);
     Ok(Outcome::Whole(Image { path, bytes, frame_id: r.frame_id }))
 }
 

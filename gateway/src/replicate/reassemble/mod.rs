@@ -204,6 +204,12 @@ fn extension(content_type: &str) -> &'static str {
     }
 }
 
+/// Where an image is written under `--out`: `<camera>/<frame_id>.<ext>`,
+/// each part made safe.
+fn image_path(camera: &str, frame_id: &str, content_type: &str) -> PathBuf {
+    Path::new(&safe_name(camera)).join(format!("{}.{}", safe_name(frame_id), extension(content_type)))
+}
+
 impl Assembler {
     /// An empty assembler.
     pub fn new(limits: Limits) -> Self {
@@ -261,11 +267,7 @@ impl Assembler {
             if hex::encode(Sha256::digest(&bytes)) != p.sha256 {
                 return Outcome::Corrupt(c.frame_id);
             }
-            let path = Path::new(&safe_name(&p.camera)).join(format!(
-                "{}.{}",
-                safe_name(&c.frame_id),
-                extension(&p.content_type)
-            ));
+            let path = image_path(&p.camera, &c.frame_id, &p.content_type);
             return Outcome::Whole(Image { path, bytes, frame_id: c.frame_id });
         }
         // Over budget: give up the oldest partials (not the one just fed
