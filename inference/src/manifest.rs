@@ -381,7 +381,8 @@ mod tests {
         let base = "name = \"m\"\nversion = \"1\"\ntask = \"ocr\"\nlicence = \"x\"\nprovenance = \"x\"\n\
                     [[files]]\nrole = \"det\"\npath = \"d.onnx\"\nsha256 = \"ab\"\n";
         let dir = Path::new("/m");
-        let ok = Manifest::parse(&format!("{base}[memory]\nruntime_mib = 130\ndet_bytes_per_pixel = 340\n"), dir).unwrap();
+        let ok =
+            Manifest::parse(&format!("{base}[memory]\nruntime_mib = 130\ndet_bytes_per_pixel = 340\n"), dir).unwrap();
         assert_eq!(ok.memory.map(|m| (m.runtime_mib, m.det_bytes_per_pixel)), Some((130, 340)));
         assert!(Manifest::parse(base, dir).unwrap().memory.is_none(), "optional");
         let e = Manifest::parse(&format!("{base}[memory]\nruntime_mib = 0\ndet_bytes_per_pixel = 200000\n"), dir)

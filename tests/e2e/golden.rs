@@ -543,7 +543,10 @@ fn a_cameras_own_detector_side_is_used_for_its_frames() {
         lines += texts(&a).len();
         same += texts(&a).iter().filter(|t| texts(&b).contains(t)).count();
     }
-    println!("side 480 vs 736 on {} frames: {same}/{lines} lines the same; runtime {run_480:.0} vs {run_736:.0} ms", files.len());
+    println!(
+        "side 480 vs 736 on {} frames: {same}/{lines} lines the same; runtime {run_480:.0} vs {run_736:.0} ms",
+        files.len()
+    );
     assert!(lines > 0 && same * 10 >= lines * 9, "{same}/{lines}");
     // Not a timing threshold: the detector's own input says which side ran.
     let bytes = std::fs::read(&files[0]).unwrap();

@@ -38,7 +38,13 @@ pub struct TextFilter {
 impl TextFilter {
     /// Keeps every line the reference keeps.
     pub fn off() -> Self {
-        Self { min_score: 0.0, min_height: 0.0, max_aspect_per_char: f32::INFINITY, min_chars: 0, min_distinct_chars: 0 }
+        Self {
+            min_score: 0.0,
+            min_height: 0.0,
+            max_aspect_per_char: f32::INFINITY,
+            min_chars: 0,
+            min_distinct_chars: 0,
+        }
     }
 
     /// Whether a text item is kept.

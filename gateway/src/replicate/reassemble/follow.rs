@@ -23,7 +23,10 @@ const MAX_REFERENCE_RECORD: usize = 64 << 10;
 /// # Errors
 /// The reference cannot be resolved now (no store, store unreachable):
 /// the caller stops before committing past it.
-pub(super) async fn follow(msg: &rdkafka::message::BorrowedMessage<'_>, store: Option<&Store>) -> anyhow::Result<Outcome> {
+pub(super) async fn follow(
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    store: Option<&Store>,
+) -> anyhow::Result<Outcome> {
     let payload = msg.payload().unwrap_or_default();
     let frame_id = header(msg, h::FRAME_ID).unwrap_or_default();
     if payload.len() > MAX_REFERENCE_RECORD {
@@ -59,4 +62,3 @@ pub(super) async fn follow(msg: &rdkafka::message::BorrowedMessage<'_>, store: O
     let path = image_path(&r.camera, &r.frame_id, &r.content_type);
     Ok(Outcome::Whole(Image { path, bytes, frame_id: r.frame_id }))
 }
-

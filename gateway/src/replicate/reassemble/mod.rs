@@ -31,9 +31,9 @@
 mod follow;
 
 use super::Store;
+use crate::records::header as h;
 use follow::follow;
 pub use follow::MAX_REFERENCED_BYTES;
-use crate::records::header as h;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};

@@ -237,7 +237,9 @@ impl Python {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log)?)
             .spawn()
-            .with_context(|| format!("cannot start {} (bash tests/run creates the reference venv)", python.display()))?;
+            .with_context(|| {
+                format!("cannot start {} (bash tests/run creates the reference venv)", python.display())
+            })?;
         let stdin = child.stdin.take().context("python stdin")?;
         let lines = BufReader::new(child.stdout.take().context("python stdout")?).lines();
         Ok(Self { child, lines, stdin })
@@ -314,7 +316,8 @@ fn python_engine(model: &str) -> anyhow::Result<&'static str> {
 /// A model, the reference Python or a fixture failing.
 pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<ModelsBench> {
     let frames = load_frames(repo, run.every)?;
-    let (cam_decls, _) = Config::load_fields(&repo.join("tests/fixtures/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (cam_decls, _) =
+        Config::load_fields(&repo.join("tests/fixtures/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (lab_decls, _) =
         Config::load_fields(&repo.join("tests/fixtures/labels2/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let per = |s: Set| frames.iter().filter(|f| f.set == s).count();
@@ -371,7 +374,13 @@ pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<Models
                 c.ms_per_frame /= n;
             }
             p.ms_per_frame /= n;
-            out.rows.push(ModelRow { model: model.clone(), threads, gateway: g, python: p, python_engine: python_engine.into() });
+            out.rows.push(ModelRow {
+                model: model.clone(),
+                threads,
+                gateway: g,
+                python: p,
+                python_engine: python_engine.into(),
+            });
         }
     }
     Ok(out)
