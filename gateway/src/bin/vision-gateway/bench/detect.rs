@@ -324,7 +324,9 @@ impl std::fmt::Display for SideBench {
     }
 }
 
-fn norm(s: &str) -> String {
+/// A printed or read line with its whitespace removed (the models often
+/// drop or add a space).
+pub(super) fn norm(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 

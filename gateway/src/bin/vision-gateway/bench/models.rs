@@ -10,6 +10,7 @@
 //! `[[fields]]`); Python RapidOCR at its defaults without the angle
 //! classifier (tests/reference/ppocr_reference.py).
 
+use super::detect::norm;
 use anyhow::Context;
 use gateway::config::Config;
 use inference::fields::Field;
@@ -33,9 +34,7 @@ struct Frame {
     path: PathBuf,
     bytes: Vec<u8>,
     set: Set,
-    /// Printed lines, spaces removed; empty on a frame without a label.
-    texts: Vec<String>,
-    /// The same lines as printed, spaces kept.
+    /// Printed lines as printed; empty on a frame without a label.
     printed: Vec<String>,
     /// Declared field -> printed value.
     fields: BTreeMap<String, String>,
@@ -160,10 +159,6 @@ impl std::fmt::Display for ModelsBench {
     }
 }
 
-fn norm(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect()
-}
-
 /// The camera fixtures' fields, from their printed lines (`PN 8402-620-K`
 /// -> `part_number = 8402-620-K`, as tests/fixtures/fields.toml reads them).
 fn camera_fields(texts: &[String]) -> BTreeMap<String, String> {
@@ -202,8 +197,7 @@ fn load_frames(repo: &Path, every: usize) -> anyhow::Result<Vec<Frame>> {
                     .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
                     .collect(),
             };
-            let texts = printed.iter().map(|t| norm(t)).collect();
-            out.push(Frame { bytes: std::fs::read(&path)?, path, set, texts, printed, fields });
+            out.push(Frame { bytes: std::fs::read(&path)?, path, set, printed, fields });
         }
     }
     let mut blank: Vec<PathBuf> = std::fs::read_dir(fixtures.join("blank"))?
@@ -212,8 +206,13 @@ fn load_frames(repo: &Path, every: usize) -> anyhow::Result<Vec<Frame>> {
         .collect();
     blank.sort();
     for path in blank {
-        let (texts, printed, fields) = (Vec::new(), Vec::new(), BTreeMap::new());
-        out.push(Frame { bytes: std::fs::read(&path)?, path, set: Set::Blank, texts, printed, fields });
+        out.push(Frame {
+            bytes: std::fs::read(&path)?,
+            path,
+            set: Set::Blank,
+            printed: Vec::new(),
+            fields: BTreeMap::new(),
+        });
     }
     Ok(out.into_iter().step_by(every.max(1)).collect())
 }
@@ -269,13 +268,13 @@ impl Drop for Python {
 
 /// Adds one frame's reading (`read`: the texts as read) to `c`.
 fn count(c: &mut Counts, frame: &Frame, read: &[String], fields: Option<&BTreeMap<String, String>>) {
-    if frame.texts.is_empty() {
+    if frame.printed.is_empty() {
         c.junk += read.len() as u64;
         return;
     }
     c.lines_with_spaces += frame.printed.iter().filter(|w| read.contains(w)).count() as u64;
     let got: Vec<String> = read.iter().map(|t| norm(t)).collect();
-    let lines = frame.texts.iter().filter(|w| got.contains(w)).count() as u64;
+    let lines = frame.printed.iter().filter(|w| got.contains(&norm(w))).count() as u64;
     let exact = fields.map(|f| frame.fields.iter().filter(|(k, v)| f.get(*k) == Some(*v)).count() as u64);
     if frame.set == Set::Cameras {
         c.lines_cameras += lines;
@@ -321,13 +320,13 @@ pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<Models
     let (lab_decls, _) =
         Config::load_fields(&repo.join("tests/fixtures/labels2/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let per = |s: Set| frames.iter().filter(|f| f.set == s).count();
-    let lines = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.texts.len() as u64).sum::<u64>();
+    let lines = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.printed.len() as u64).sum::<u64>();
     let fields = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.fields.len() as u64).sum::<u64>();
     let mut out = ModelsBench {
         frames: [per(Set::Cameras), per(Set::Labels2), per(Set::Blank)],
         lines: [lines(Set::Cameras), lines(Set::Labels2)],
         fields: [fields(Set::Cameras), fields(Set::Labels2)],
-        blank_frames: frames.iter().filter(|f| f.texts.is_empty()).count(),
+        blank_frames: frames.iter().filter(|f| f.printed.is_empty()).count(),
         rows: Vec::new(),
     };
     for model_dir in &run.models {
