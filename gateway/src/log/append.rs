@@ -55,9 +55,12 @@ impl DurableLog {
     /// its seq and stores nothing. The fingerprint is remembered either way. Intake uses it so that a frame the broker delivers again
     /// (it was stored, but the gateway died before its PUBACK) is not
     /// stored twice under two frame ids. The fingerprint is written right
-    /// after the record, so a crash can lose the fingerprint of a stored
-    /// record (one duplicate) but never keep a fingerprint without its
-    /// record (a loss).
+    /// before the record (sled keeps a prefix of its writes across a
+    /// crash), so a crash can keep a fingerprint without its record, never
+    /// a record without its fingerprint (which would store its redelivery
+    /// again, under a second frame id); opening the log removes the
+    /// fingerprints whose records never made it (a redelivery is then
+    /// stored, not taken for a duplicate of nothing).
     ///
     /// # Errors
     /// As [`append_frame`](Self::append_frame).
@@ -187,6 +190,7 @@ impl DurableLog {
         let seq = core.state.next_seq;
         let k = key(area.prefix(), seq);
         let len: u64 = value.iter().map(|p| p.len() as u64).sum();
+        let tree = &self.inner.index.tree;
         let slot = if self.inner.in_segment(area, len) {
             let lane = area.lane();
             let before = core.segs.active_id(lane);
@@ -199,16 +203,13 @@ impl DurableLog {
                 }
                 core.state.segs.insert(p.segment, SegLive { lane: lane as u8, records: 0, bytes: 0 });
             }
-            self.inner.index.tree.insert(k, index::encode_pointer(&p))?;
+            Self::insert_fingerprinted(tree, k, &index::encode_pointer(&p), seq, fingerprint)?;
             Slot::Ptr(p)
         } else {
-            self.inner.index.tree.insert(k, value.concat())?;
+            Self::insert_fingerprinted(tree, k, &value.concat(), seq, fingerprint)?;
             Slot::Inline(len)
         };
         if let Some(fp) = fingerprint {
-            // After the record: see `append_frame_once`.
-            let tree = &self.inner.index.tree;
-            tree.insert(key(index::RECENT_PREFIX, seq), &fp.to_be_bytes())?;
             core.recent.insert(fp, seq);
             if let Some(old_seq) = seq.checked_sub(RECENT) {
                 let old = tree.remove(key(index::RECENT_PREFIX, old_seq))?;
@@ -225,6 +226,32 @@ impl DurableLog {
         self.inner.bump();
         self.inner.publish_used(core);
         Ok(seq)
+    }
+
+    /// The record's index entry, its fingerprint (if any) first: see
+    /// [`append_frame_once`](Self::append_frame_once). A record that could
+    /// not be written takes its fingerprint back with it.
+    fn insert_fingerprinted(
+        tree: &sled::Tree,
+        k: [u8; 9],
+        v: &[u8],
+        seq: u64,
+        fingerprint: Option<u64>,
+    ) -> Result<(), LogError> {
+        let fp_key = key(index::RECENT_PREFIX, seq);
+        if let Some(fp) = fingerprint {
+            tree.insert(fp_key, &fp.to_be_bytes())?;
+        }
+        match tree.insert(k, v) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if fingerprint.is_some() {
+                    // Best effort; the next open removes it otherwise.
+                    let _ = tree.remove(fp_key);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     pub(super) fn finish(&self, txn: Txn<'_>) -> Result<(), LogError> {

@@ -72,6 +72,11 @@ impl DurableLog {
             let at = index.cursor(Cursor::Replicate.name())?.unwrap_or(0);
             index.tree.insert(index::cursor_key(Cursor::ReplicateImages.name()), &at.to_be_bytes())?;
         }
+        // A log that never flushed (or one from a release before the mark)
+        // gets its mark now: what is in it is all there is.
+        if index.tree.get(META_DURABLE)?.is_none() {
+            index.tree.insert(META_DURABLE, &state.next_seq.to_be_bytes())?;
+        }
         index.tree.insert(META_STATE, state.encode())?;
         let index_bytes = index.flush_durable()?.max(index::INDEX_FLOOR);
         // Only now, with the index durable, can unreferenced files go.
@@ -96,8 +101,48 @@ impl DurableLog {
             dropped: Default::default(),
         };
         let log = Self { inner: Arc::new(inner) };
+        log.forget_orphan_fingerprints()?;
         log.trim_torn_tail()?;
         Ok(log)
+    }
+
+    /// After a crash: a fingerprint is written just before its record (see
+    /// [`append_frame_once`](Self::append_frame_once)), so the crash can
+    /// have kept the fingerprint of a record it lost. Above the durable
+    /// mark (nothing there was acknowledged, nothing consumed) a
+    /// fingerprint without a record is removed: the broker delivers that
+    /// frame again and it must be stored, not taken for a duplicate.
+    fn forget_orphan_fingerprints(&self) -> Result<(), LogError> {
+        let tree = &self.inner.index.tree;
+        let Some(mark) = tree.get(META_DURABLE)?.as_deref().and_then(index::decode_u64) else { return Ok(()) };
+        let mut orphans = Vec::new();
+        for kv in tree.range(key(index::RECENT_PREFIX, mark)..=key(index::RECENT_PREFIX, u64::MAX)) {
+            let (k, v) = kv?;
+            let Some(seq) = seq_of(&k) else { continue };
+            let stored = [Area::Frames, Area::DeadLetters]
+                .into_iter()
+                .map(|a| tree.contains_key(key(a.prefix(), seq)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !stored.contains(&true) {
+                orphans.push((seq, index::decode_u64(&v)));
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let mut core = self.inner.lock();
+        for (seq, fp) in &orphans {
+            tree.remove(key(index::RECENT_PREFIX, *seq))?;
+            if let Some(fp) = fp.filter(|fp| core.recent.get(fp) == Some(seq)) {
+                core.recent.remove(&fp);
+            }
+        }
+        drop(core);
+        tracing::info!(
+            fingerprints = orphans.len(),
+            "crash recovery: fingerprints of frames the crash did not keep removed; the broker redelivers those frames"
+        );
+        self.inner.flush()
     }
 
     /// After a crash: intake records appended after the last completed

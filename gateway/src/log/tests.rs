@@ -437,6 +437,42 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     }
 }
 
+/// kill -9 mid-append: sled kept a prefix of its writes that ends between
+/// a frame's fingerprint and the frame itself. The broker redelivers the
+/// frame (it was never acknowledged): it must be stored, not taken for a
+/// duplicate of a record that does not exist. The frames before it keep
+/// their fingerprints (their redeliveries stay duplicates).
+#[test]
+fn a_fingerprint_whose_record_a_crash_did_not_keep_is_forgotten_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_frame_once(&frame("a", 10), 200, Dedup::Check).unwrap();
+        log.flush_blocking().unwrap();
+        log.append_frame_once(&frame("a", 10), 201, Dedup::Check).unwrap();
+    }
+    {
+        // The crash: seq 2's fingerprint reached the index, its record not.
+        let index = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+        assert!(index.tree.get(key(Area::Frames.prefix(), 2)).unwrap().is_none());
+        index.tree.insert(key(index::RECENT_PREFIX, 2), &202u64.to_be_bytes()).unwrap();
+        index.flush_durable().unwrap();
+    }
+    let log = open(dir.path());
+    assert_eq!(log.seen(202), None, "the fingerprint without its record is gone");
+    assert_eq!(log.seen(200), Some(0));
+    assert_eq!(log.seen(201), Some(1), "an unflushed record the crash kept keeps its fingerprint");
+    match log.append_frame_once(&frame("a", 10), 202, Dedup::Check).unwrap() {
+        AppendOutcome::Stored(a) => assert_eq!(a.seq, 2),
+        other => panic!("the redelivery was taken for a duplicate: {other:?}"),
+    }
+    assert_eq!(log.append_frame_once(&frame("a", 10), 201, Dedup::Check).unwrap(), AppendOutcome::Duplicate(1));
+    drop(log);
+    // And across a clean reopen everything stays as it is.
+    let log = open(dir.path());
+    assert_eq!((log.seen(200), log.seen(201), log.seen(202)), (Some(0), Some(1), Some(2)));
+}
+
 /// A snapshot sled did not finish writing (ENOSPC, kill -9 or a power cut
 /// while it wrote it) would stop sled from opening; the log removes it.
 #[test]
