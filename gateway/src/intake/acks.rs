@@ -88,6 +88,11 @@ impl AckQueue {
         self.ready.notify_one();
     }
 
+    #[cfg(test)]
+    pub fn take_front(&self) -> Option<PendingAck> {
+        self.lock().pop_front()
+    }
+
     fn front(&self) -> Option<PendingAck> {
         self.lock().front().copied()
     }

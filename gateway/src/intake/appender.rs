@@ -94,28 +94,15 @@ impl Appender {
                     Err(_) => break,
                 }
             }
-            let mut stored = 0;
-            for m in &batch {
-                if syncing.as_ref().is_some_and(|s| s.flush.is_finished()) {
-                    self.settle(&mut syncing).await?;
-                }
-                if !self.store(&m.publish, &stop, &mut syncing).await? {
-                    break; // stopped while waiting for space
-                }
-                stored += 1;
-            }
+            let (acked, stored) = self.write(&batch, &stop, &mut syncing).await?;
             // Durable after this batch's flush: acknowledge then, in
             // arrival order. Never wait on rumqttc here: the event loop may
             // itself be waiting for this task to take the next frame. The
             // queue keeps every PUBACK, in order, until rumqttc has room
             // (see `acks`); those of a connection lost meanwhile are
             // discarded there (the broker redelivers).
-            let acks: Vec<acks::PendingAck> = batch
-                .drain(..)
-                .take(stored)
-                .filter(|m| m.publish.qos == QoS::AtLeastOnce)
-                .map(|m| acks::PendingAck { pkid: m.publish.pkid, connection: m.connection })
-                .collect();
+            let acks = acks_of(&batch[acked..stored]);
+            let stored = stored - acked;
             batch.clear();
             self.settle(&mut syncing).await?;
             if stored > 0 {
@@ -128,6 +115,45 @@ impl Appender {
                 return Ok(());
             }
         }
+    }
+
+    /// Writes a batch in order until it is written or `stop` comes while
+    /// waiting for room. Returns `(acked, stored)`: `batch[..acked]` was
+    /// flushed and acknowledged already (intake waited for room mid-batch),
+    /// `batch[acked..stored]` is written, not yet flushed.
+    async fn write(
+        &self,
+        batch: &[Incoming],
+        stop: &CancellationToken,
+        syncing: &mut Option<Syncing>,
+    ) -> Result<(usize, usize), IntakeError> {
+        let (mut stored, mut acked) = (0, 0);
+        while stored < batch.len() {
+            if syncing.as_ref().is_some_and(|s| s.flush.is_finished()) {
+                self.settle(syncing).await?;
+            }
+            let e = match self.store(&batch[stored].publish)? {
+                None => {
+                    stored += 1;
+                    continue;
+                }
+                Some(e) => e,
+            };
+            // No room. What this batch wrote is made durable and
+            // acknowledged first: consumers read only durable records,
+            // so until then they could not free the room it waits for.
+            self.settle(syncing).await?;
+            if stored > acked {
+                let log = self.log.clone();
+                let r = tokio::task::spawn_blocking(move || log.flush_blocking()).await;
+                self.synced(r, acks_of(&batch[acked..stored]))?;
+                acked = stored;
+            }
+            if !self.wait_for_room(e, stop).await? {
+                break; // stopped while waiting for room
+            }
+        }
+        Ok((acked, stored))
     }
 
     /// Waits for the flush in flight, if any, and queues its PUBACKs.
@@ -153,50 +179,36 @@ impl Appender {
         Ok(())
     }
 
-    /// Stores one publish as a frame or a dead letter. Returns false if
-    /// `stop` came while waiting for log space (nothing stored).
-    /// While it waits for space, the batch flushing before it is settled
-    /// first, so its PUBACKs do not wait with it.
-    async fn store(
-        &self,
-        p: &Publish,
-        stop: &CancellationToken,
-        syncing: &mut Option<Syncing>,
-    ) -> Result<bool, IntakeError> {
+    /// Stores one publish as a frame or a dead letter. Returns the error
+    /// if there is no room for it (a full log or a full disk; nothing
+    /// stored): the caller waits for room and tries again.
+    fn store(&self, p: &Publish) -> Result<Option<LogError>, IntakeError> {
         let arrival = Arrival::of(p, &self.topics, self.limits);
-        loop {
-            let result = match (&arrival.camera, arrival.checked) {
-                (Some(camera), Ok(c)) => {
-                    let head = FrameHead {
-                        camera,
-                        content_type: c.format.content_type(),
-                        received_at_ms: arrival.received_at_ms,
-                        captured_at_ms: arrival.captured_at_ms,
-                        camera_seq: arrival.camera_seq,
-                    };
-                    self.log.append_payload_once(head, &p.payload, arrival.fingerprint, arrival.dedup).inspect(|o| {
-                        if matches!(o, AppendOutcome::Stored(_)) {
-                            self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                            self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-                        }
-                    })
-                }
-                (_, checked) => self.quarantine(p, &arrival, checked.err().unwrap_or(QuarantineReason::UnknownTopic)),
-            };
-            let e = match result {
-                Ok(outcome) => {
-                    self.stored(outcome, &arrival.topic, p.dup);
-                    return Ok(true);
-                }
-                Err(e) => e,
-            };
-            if !matches!(e, LogError::Full { .. } | LogError::NoSpace { .. }) {
-                return Err(e.into());
+        let result = match (&arrival.camera, arrival.checked) {
+            (Some(camera), Ok(c)) => {
+                let head = FrameHead {
+                    camera,
+                    content_type: c.format.content_type(),
+                    received_at_ms: arrival.received_at_ms,
+                    captured_at_ms: arrival.captured_at_ms,
+                    camera_seq: arrival.camera_seq,
+                };
+                self.log.append_payload_once(head, &p.payload, arrival.fingerprint, arrival.dedup).inspect(|o| {
+                    if matches!(o, AppendOutcome::Stored(_)) {
+                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                        self.stats.stored_bytes.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    }
+                })
             }
-            self.settle(syncing).await?;
-            if !self.wait_for_room(e, stop).await? {
-                return Ok(false);
+            (_, checked) => self.quarantine(p, &arrival, checked.err().unwrap_or(QuarantineReason::UnknownTopic)),
+        };
+        match result {
+            Ok(outcome) => {
+                self.stored(outcome, &arrival.topic, p.dup);
+                Ok(None)
             }
+            Err(e @ (LogError::Full { .. } | LogError::NoSpace { .. })) => Ok(Some(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -286,6 +298,15 @@ impl Appender {
     }
 }
 
+/// The PUBACKs of stored publishes, in arrival order.
+fn acks_of(stored: &[Incoming]) -> Vec<acks::PendingAck> {
+    stored
+        .iter()
+        .filter(|m| m.publish.qos == QoS::AtLeastOnce)
+        .map(|m| acks::PendingAck { pkid: m.publish.pkid, connection: m.connection })
+        .collect()
+}
+
 /// What intake knows of a publish before storing it.
 struct Arrival {
     received_at_ms: u64,
@@ -363,6 +384,76 @@ fn metadata(p: &Publish) -> (Option<u64>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::{Cursor, LogOptions, WhenFull};
+
+    fn jpeg(seed: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(160, 160, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ seed.wrapping_mul(97)) as u8;
+            image::Rgb([v, v.rotate_left(3), v.rotate_left(5)])
+        });
+        let mut out = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        img.write_with_encoder(enc).unwrap();
+        out
+    }
+
+    /// A batch that fills the log part-way: what it stored is flushed and
+    /// acknowledged before intake waits for room, so the consumer can read
+    /// it and free the room (it reads only durable records); before, the
+    /// consumer waited for those records and intake for room, for ever.
+    #[tokio::test]
+    async fn a_batch_that_fills_the_log_is_made_durable_before_intake_waits_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<Vec<u8>> = (0..12).map(jpeg).collect();
+        let size = frames[0].len() as u64;
+        let mut o = LogOptions::new(dir.path(), "gw-test");
+        o.index_reserve = 0;
+        drop(DurableLog::open(o.clone()).unwrap());
+        let base = DurableLog::open(o.clone()).unwrap().stats().unwrap().used_bytes;
+        o.max_bytes = base + 4 * size + size / 2;
+        o.when_full = WhenFull::Block;
+        o.segment_bytes = Some(size * 2);
+        let log = DurableLog::open(o).unwrap();
+        let stats = Arc::new(IntakeStats::default());
+        let acks = Arc::new(acks::AckQueue::default());
+        let appender = Appender {
+            log: log.clone(),
+            acks: acks.clone(),
+            stats: stats.clone(),
+            limits: Limits { max_bytes: 1 << 20, max_pixels: 1 << 20 },
+            topics: vec!["cameras/+/frames".into()],
+            quarantine_max: 0,
+            warn: RateLimiter::new(Duration::from_secs(10)),
+        };
+        // Everything is waiting before the appender starts: one batch.
+        let (tx, rx) = mpsc::channel(64);
+        for (i, f) in frames.iter().enumerate() {
+            let mut publish = Publish::new("cameras/a/frames", QoS::AtLeastOnce, f.clone(), None);
+            publish.pkid = i as u16 + 1;
+            tx.send(Incoming { publish, connection: 1 }).await.unwrap();
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(appender.run(rx, stop.clone()));
+        let mut reader = log.frame_reader().unwrap();
+        let mut read = 0;
+        while read < frames.len() {
+            let batch = tokio::time::timeout(Duration::from_secs(30), reader.next_frames(2))
+                .await
+                .expect("intake made what it stored durable while it waited for room")
+                .unwrap();
+            read += batch.records.len();
+            let mut b = log.batch();
+            b.set_cursor(Cursor::Detect, batch.upto);
+            log.apply(b).unwrap();
+        }
+        assert!(stats.blocked.load(Ordering::Relaxed) || read == frames.len());
+        drop(tx);
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let pkids: Vec<u16> = std::iter::from_fn(|| acks.take_front()).map(|a| a.pkid).collect();
+        assert_eq!(pkids, (1..=12).collect::<Vec<u16>>(), "every frame acknowledged once, in order");
+        assert_eq!(log.counts().gaps_written, 0);
+    }
 
     #[test]
     fn metadata_from_user_properties() {
