@@ -126,8 +126,8 @@ impl Replicate {
             let Some(from) = lanes.backfill else { break };
             let waiting = inflight.iter().filter(|p| p.lane == Lane::Backfill).count();
             let live_coming = lanes.live_at.is_some_and(|t| t.elapsed() < LIVE_QUIET);
-            if live_coming && waiting >= BACKFILL_IN_FLIGHT {
-                break;
+            if (live_coming && waiting >= BACKFILL_IN_FLIGHT) || inflight.len() + 1 >= IN_FLIGHT {
+                break; // the last slot is the live lane's
             }
             let live = self.log.cursor(Cursor::ReplicateLive)?;
             let records = self.next_records(from, live, budget)?;

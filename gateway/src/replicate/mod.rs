@@ -93,7 +93,9 @@ pub const IN_FLIGHT: usize = 8;
 /// live lane and live records are coming (one produced within
 /// [`LIVE_QUIET`]): a live record shares its camera's partition queue with
 /// them, so this bounds what it can wait behind. With no live record for
-/// longer, the backlog may take every free slot.
+/// longer, the backlog may take every slot but one: the live lane's, so
+/// the first live record after a quiet spell (the broker just came back)
+/// is produced at once instead of after the oldest backfill batch.
 pub const BACKFILL_IN_FLIGHT: usize = 2;
 /// How long after its last record the live lane counts as quiet.
 pub const LIVE_QUIET: Duration = Duration::from_secs(1);

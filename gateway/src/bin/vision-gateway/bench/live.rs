@@ -53,6 +53,10 @@ pub struct DrainBench {
     pub during_p99_ms: f64,
     /// Their p99 from capture to the gateway's intake, ms (the MQTT part).
     pub during_intake_p99_ms: f64,
+    /// Their p99 from capture to the gateway handing the annotation to
+    /// librdkafka (the record's CreateTime), ms: intake, log, detect and
+    /// the replicate stage's lanes.
+    pub during_produce_p99_ms: f64,
     /// The same live stream on an empty gateway, after its first second:
     /// p50 and p99, ms.
     pub idle_p50_ms: f64,
@@ -88,11 +92,12 @@ impl std::fmt::Display for DrainBench {
         )?;
         writeln!(
             f,
-            "  live capture->Kafka: {} frames captured during the drain, p99 {:.0} ms (capture->intake p99 {:.0} ms); all live frames of that run p50 {:.0} ms, p99 {:.0} ms; \
+            "  live capture->Kafka: {} frames captured during the drain, p99 {:.0} ms (capture->intake p99 {:.0} ms, capture->produced p99 {:.0} ms); all live frames of that run p50 {:.0} ms, p99 {:.0} ms; \
              with no backlog p50 {:.0} ms, p99 {:.0} ms (p99 ratio during the drain {:.2})",
             self.during_drain,
             self.during_p99_ms,
             self.during_intake_p99_ms,
+            self.during_produce_p99_ms,
             self.live_p50_ms,
             self.live_p99_ms,
             self.idle_p50_ms,
@@ -185,15 +190,26 @@ pub(crate) async fn publish_stream(port: u16, client: String, stream: Stream, pa
 /// Consumes the annotations of gateway `gateway` until `want_live` distinct
 /// live frames (camera_seq from `live_seq0`) and `backlog` distinct backlog
 /// frames (camera_seq from `backlog_seq0`, below `live_seq0`) arrived.
-/// Returns the live frames (capture ms, latency ms, capture to intake ms)
-/// and the wall time (ms) when the last backlog annotation arrived.
+/// Returns the live frames and the wall time (ms) when the last backlog
+/// annotation arrived. Only the fields it needs are parsed: the consumer
+/// reads the whole backlog too, and its own lag would count as latency.
 async fn consume(
     brokers: String,
     gateway: &'static str,
     (want_live, live_seq0): (u64, u64),
     (backlog, backlog_seq0): (u64, u64),
-) -> anyhow::Result<(Vec<(u64, f64, f64)>, Instant, u64)> {
+) -> anyhow::Result<(Vec<LiveFrame>, Instant, u64)> {
     use rdkafka::Message;
+    #[derive(serde::Deserialize)]
+    struct Seen<'a> {
+        #[serde(borrow)]
+        gateway_id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        frame_id: std::borrow::Cow<'a, str>,
+        camera_seq: Option<u64>,
+        captured_at_ms: Option<u64>,
+        received_at_ms: Option<u64>,
+    }
     let consumer = crate::demo::latency_consumer(&brokers, gateway::records::header::ANNOTATIONS_TOPIC)?;
     let mut seen = std::collections::HashSet::new();
     let (mut live, mut old) = (Vec::new(), 0u64);
@@ -208,25 +224,38 @@ async fn consume(
             )
         })??;
         let at = now_ms();
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        if v["gateway_id"].as_str() != Some(gateway) {
+        let v: Seen<'_> = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        if v.gateway_id != gateway || !seen.insert(v.frame_id.into_owned()) {
             continue;
         }
-        let id = v["frame_id"].as_str().unwrap_or_default().to_owned();
-        if !seen.insert(id) {
-            continue;
-        }
-        let seq = v["camera_seq"].as_u64().unwrap_or(0);
+        let seq = v.camera_seq.unwrap_or(0);
         if seq >= live_seq0 {
-            let captured = v["captured_at_ms"].as_u64().unwrap_or(0);
-            let received = v["received_at_ms"].as_u64().unwrap_or(captured);
-            live.push((captured, at.saturating_sub(captured) as f64, received.saturating_sub(captured) as f64));
+            let captured = v.captured_at_ms.unwrap_or(0);
+            let since = |t: u64| t.saturating_sub(captured) as f64;
+            let produced = m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()).unwrap_or(at);
+            live.push(LiveFrame {
+                captured_ms: captured,
+                consumed: since(at),
+                intake: since(v.received_at_ms.unwrap_or(captured)),
+                produced: since(produced),
+            });
         } else if seq >= backlog_seq0 {
             old += 1;
             (last_old, last_old_ms) = (Instant::now(), at);
         }
     }
     Ok((live, last_old, last_old_ms))
+}
+
+/// A live frame as the consumer saw it: when it was captured, and ms from
+/// there to the gateway's intake, to the annotation's produce call (its
+/// CreateTime) and to the consumer.
+#[derive(Debug, Clone, Copy)]
+struct LiveFrame {
+    captured_ms: u64,
+    intake: f64,
+    produced: f64,
+    consumed: f64,
 }
 
 /// Runs the consumer and the publisher as tasks of their own: joined in
@@ -289,8 +318,8 @@ pub async fn drain(
         svc.stop().await?;
         // Steady state: the first second (the producer fetching topic
         // metadata, connections warming up) is left out of the baseline.
-        let first = lat.iter().map(|l| l.0).min().unwrap_or(0);
-        sorted(lat.into_iter().filter(|l| l.0 >= first + 1_000).map(|l| l.1))
+        let first = lat.iter().map(|l| l.captured_ms).min().unwrap_or(0);
+        sorted(lat.into_iter().filter(|l| l.captured_ms >= first + 1_000).map(|l| l.consumed))
     };
 
     // The backlog, stored while the broker is down (the uplink is out).
@@ -337,11 +366,12 @@ pub async fn drain(
     svc.stop().await?;
     // Live frames captured while the backlog was still draining, after the
     // first second (as in the baseline).
-    let first = live.iter().map(|l| l.0).min().unwrap_or(0);
-    let during_live = || live.iter().filter(|l| l.0 >= first + 1_000 && l.0 <= last_old_ms);
-    let during = sorted(during_live().map(|l| l.1));
-    let during_intake = sorted(during_live().map(|l| l.2));
-    let live = sorted(live.into_iter().map(|l| l.1));
+    let first = live.iter().map(|l| l.captured_ms).min().unwrap_or(0);
+    let during_live = || live.iter().filter(|l| l.captured_ms >= first + 1_000 && l.captured_ms <= last_old_ms);
+    let during = sorted(during_live().map(|l| l.consumed));
+    let during_intake = sorted(during_live().map(|l| l.intake));
+    let during_produce = sorted(during_live().map(|l| l.produced));
+    let live = sorted(live.into_iter().map(|l| l.consumed));
     let drained_in = last_old.saturating_duration_since(up).as_secs_f64().max(1e-3);
     let _ = std::fs::remove_dir_all(&log);
     let _ = std::fs::remove_dir_all(dir.join("drain-idle-log"));
@@ -356,9 +386,81 @@ pub async fn drain(
         backfilled,
         during_p99_ms: percentile(&during, 0.99),
         during_intake_p99_ms: percentile(&during_intake, 0.99),
+        during_produce_p99_ms: percentile(&during_produce, 0.99),
         idle_p50_ms: percentile(&idle, 0.5),
         idle_p99_ms: percentile(&idle, 0.99),
     })
+}
+
+/// Several drain runs, each with its own baseline: the live lane's p99
+/// moves with whatever else the machine does (a p99 of the few dozen live
+/// frames of one drain is nearly its maximum), so the figure is the worst
+/// run's and the spread is printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainRuns {
+    /// Each run, in order.
+    pub runs: Vec<DrainBench>,
+}
+
+impl DrainRuns {
+    fn ratios(&self, f: impl Fn(&DrainBench) -> f64) -> Vec<f64> {
+        sorted(self.runs.iter().map(f))
+    }
+    /// The worst (highest) p99 ratio of the live frames during a drain.
+    pub fn worst_starvation(&self) -> f64 {
+        self.ratios(DrainBench::starvation_ratio).last().copied().unwrap_or(f64::NAN)
+    }
+    /// The worst (lowest) drain rate over the live rate.
+    pub fn worst_drain(&self) -> f64 {
+        self.ratios(DrainBench::drain_ratio).first().copied().unwrap_or(f64::NAN)
+    }
+    /// The run with the worst p99 ratio.
+    pub fn worst(&self) -> Option<&DrainBench> {
+        self.runs.iter().max_by(|a, b| a.starvation_ratio().total_cmp(&b.starvation_ratio()))
+    }
+    /// Live frames captured during the drains, all runs.
+    pub fn during(&self) -> u64 {
+        self.runs.iter().map(|r| r.during_drain).sum()
+    }
+}
+
+impl std::fmt::Display for DrainRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (k, r) in self.runs.iter().enumerate() {
+            write!(f, "drain run {} of {}: {r}", k + 1, self.runs.len())?;
+        }
+        let list = |v: Vec<f64>| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        writeln!(
+            f,
+            "drain over {} runs: live p99 ratio {} (worst {:.2}); drain / live rate {} (worst {:.0})",
+            self.runs.len(),
+            list(self.ratios(DrainBench::starvation_ratio)),
+            self.worst_starvation(),
+            list(self.ratios(DrainBench::drain_ratio)),
+            self.worst_drain()
+        )
+    }
+}
+
+/// [`drain`] `runs` times, each in a directory of its own under `dir`.
+///
+/// # Errors
+/// As [`drain`].
+pub async fn drain_runs(
+    dir: &Path,
+    runs: usize,
+    backlog: u64,
+    (live_fps, seconds): (f64, f64),
+    live_lane_after: u64,
+) -> anyhow::Result<DrainRuns> {
+    let mut out = Vec::with_capacity(runs);
+    for k in 0..runs.max(1) {
+        let d = dir.join(format!("run-{k}"));
+        std::fs::create_dir_all(&d)?;
+        out.push(drain(&d, backlog, live_fps, seconds, live_lane_after).await?);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    Ok(DrainRuns { runs: out })
 }
 
 /// The benchmark's brokers: a private mosquitto and librdkafka's mock

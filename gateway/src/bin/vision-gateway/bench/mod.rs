@@ -17,7 +17,7 @@ pub use all::{all, AllOptions};
 pub use backends::backends;
 pub use backlog::{backlog, cameras};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
-pub use live::{drain, idle, DrainBench, IdleBench};
+pub use live::{drain_runs, idle, DrainRuns, IdleBench};
 pub use models::{models, ModelsRun};
 pub use store::{store_throughput, StoreBench};
 

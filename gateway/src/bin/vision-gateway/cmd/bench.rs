@@ -125,6 +125,9 @@ pub enum Command {
         /// The service's `replicate.live_lane_after` (0: one lane).
         #[arg(long, default_value_t = 1000)]
         live_lane_after: u64,
+        /// Runs, each with its own baseline (the spread is printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -268,9 +271,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Backends { model, threads, every, json } => {
             emit(&bench::backends(&repo, &model, &threads, every)?, json)?;
         }
-        Command::Drain { dir, backlog, live_fps, seconds, live_lane_after, json } => {
+        Command::Drain { dir, backlog, live_fps, seconds, live_lane_after, runs, json } => {
             let dir = bench_dir(dir)?;
-            emit(&rt.block_on(bench::drain(&dir, backlog, live_fps, seconds, live_lane_after))?, json)?;
+            emit(&rt.block_on(bench::drain_runs(&dir, runs, backlog, (live_fps, seconds), live_lane_after))?, json)?;
         }
         Command::Replicate { brokers, dir, records, image_bytes, json } => {
             let dir = bench_dir(dir)?;
