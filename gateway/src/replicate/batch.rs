@@ -49,6 +49,8 @@ pub(super) struct Pending {
     pub(super) image_bytes: usize,
     /// Records (not chunks) in the batch.
     pub(super) records: usize,
+    /// When it was handed to librdkafka.
+    pub(super) sent_at: std::time::Instant,
 }
 
 impl Replicate {
@@ -137,6 +139,7 @@ impl Replicate {
             gaps_end: gaps.last().map(|(id, _)| id + 1),
             image_bytes: 0,
             records: records.len() + gaps.len(),
+            sent_at: std::time::Instant::now(),
         };
         let h = |k: &'static str, v: &str, hs: OwnedHeaders| hs.insert(Header { key: k, value: Some(v) });
         let lane_of = |hs: OwnedHeaders| {

@@ -323,7 +323,12 @@ impl Replicate {
             failures = failures.saturating_add(1);
             let e = &failed[0];
             let e = format!("{} on {}: {}", e.part.kind(), e.topic, e.error);
-            let wait = Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
+            // The backoff counts from when the failed batch was sent: a
+            // delivery that timed out (the broker is away) has waited its
+            // `message.timeout.ms` already, and more sleep would only leave
+            // the gateway blind to the broker's return.
+            let backoff = Duration::from_millis(200).saturating_mul(1 << failures.min(8)).min(Duration::from_secs(30));
+            let wait = backoff.saturating_sub(front.sent_at.elapsed()).max(Duration::from_millis(200));
             if let Some(held) = self.warn.check("send") {
                 tracing::warn!(error = %e, retry_in = ?wait, records = in_flight, suppressed = held, "Kafka delivery failed; the records stay on disk");
             }
