@@ -30,6 +30,9 @@ fn now_ms() -> u64 {
 pub struct DrainBench {
     /// Frames in the backlog (stored while Kafka was unreachable).
     pub backlog: u64,
+    /// Seconds from the broker coming back to the gateway's first
+    /// acknowledged batch (its retry timer and librdkafka's reconnect).
+    pub found_back_s: f64,
     /// Live frames per second, over all cameras.
     pub live_fps: f64,
     /// Live frames published during each run.
@@ -80,8 +83,8 @@ impl std::fmt::Display for DrainBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "drain: {} backlog frames (stored while the broker was down), then the broker back and {} live frames at {:.0}/s (detect forward, mock cluster)",
-            self.backlog, self.live_frames, self.live_fps
+            "drain: {} backlog frames (stored while the broker was down), then the broker back (found after {:.1} s) and {} live frames at {:.0}/s (detect forward, mock cluster)",
+            self.backlog, self.found_back_s, self.live_frames, self.live_fps
         )?;
         writeln!(
             f,
@@ -350,6 +353,7 @@ pub async fn drain(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let up = Instant::now();
+    let found_back_s = t.elapsed().as_secs_f64();
     let (c, p) = both(
         consume(brokers.clone(), "bench-drain", (live_frames, 2_000_000), (backlog, 1_000_000)),
         publish_stream(
@@ -377,6 +381,7 @@ pub async fn drain(
     let _ = std::fs::remove_dir_all(dir.join("drain-idle-log"));
     Ok(DrainBench {
         backlog,
+        found_back_s,
         live_fps,
         live_frames,
         drain_per_s: backlog as f64 / drained_in,
