@@ -87,6 +87,21 @@ pub enum InferenceError {
         /// The budget, MiB.
         budget_mib: u64,
     },
+    /// The memory budget is below what the model needs for any frame (its
+    /// runtime and a small frame): found when it is loaded, not on every
+    /// frame.
+    #[error(
+        "detect.max_frame_memory ({budget_mib} MiB) is below what model {model} needs for even a small frame \
+         (about {needed_mib} MiB: its runtime and a 320x320 frame); raise detect.max_frame_memory"
+    )]
+    BudgetBelowModel {
+        /// The model's name.
+        model: String,
+        /// Estimated need, MiB.
+        needed_mib: u64,
+        /// The budget, MiB.
+        budget_mib: u64,
+    },
 }
 
 /// Default memory budget for annotating one frame: fits a 1 GB box with the
@@ -356,6 +371,13 @@ impl Model {
                     o.set_memory(ocr::MemoryModel {
                         runtime_bytes: m.runtime_mib << 20,
                         det_bytes_per_px: m.det_bytes_per_pixel,
+                    });
+                }
+                if let Err(InferenceError::TooLarge { needed_mib, budget_mib }) = o.plan_for(320, 320) {
+                    return Err(InferenceError::BudgetBelowModel {
+                        model: manifest.name.clone(),
+                        needed_mib,
+                        budget_mib,
                     });
                 }
                 Pipeline::Ocr(o)

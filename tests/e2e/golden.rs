@@ -219,6 +219,28 @@ fn against_labels(ours_by_file: &BTreeMap<PathBuf, inference::Annotation>) -> (u
 /// for a 13 GB tensor and aborted the process): each is read or refused
 /// with an error, the process keeps its memory bounded, and a normal frame
 /// after them still reads exactly as before.
+/// A budget below what the model itself needs is refused when the model
+/// is loaded, naming the key, not frame by frame as error annotations.
+#[test]
+fn a_frame_memory_budget_below_the_models_own_need_is_refused_at_load() {
+    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
+    let opts = LoadOptions {
+        max_frame_memory: 128 << 20,
+        ..LoadOptions::new(library.clone(), inference::engine::Backend::Onnxruntime)
+    };
+    let e = Model::load(&repo().join("models").join(DEFAULT_BUNDLE), &opts).err().expect("refused");
+    let text = e.to_string();
+    assert!(matches!(e, inference::InferenceError::BudgetBelowModel { budget_mib: 128, .. }), "{text}");
+    assert!(text.contains("detect.max_frame_memory") && text.contains("raise"), "{text}");
+    println!("budget below the model: {text}");
+    // The default budget loads it.
+    Model::load(
+        &repo().join("models").join(DEFAULT_BUNDLE),
+        &LoadOptions::new(library, inference::engine::Backend::Onnxruntime),
+    )
+    .unwrap();
+}
+
 #[test]
 fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     // Every line the reference keeps (no junk rejection): raw text parity.

@@ -192,9 +192,11 @@ impl DetPlan {
         }
         let fixed = p.fixed_bytes(width, height, mem);
         let too_large = |n: u64| InferenceError::TooLarge { needed_mib: n >> 20, budget_mib: budget >> 20 };
-        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(need))? / mem.px_bytes();
+        // What it needs scaled down as far as it goes: the least that would do.
+        let least = fixed + 32 * 32 * mem.px_bytes();
+        let room = budget.checked_sub(fixed).ok_or_else(|| too_large(least))? / mem.px_bytes();
         if room < 32 * 32 {
-            return Err(too_large(fixed + 32 * 32 * mem.px_bytes()));
+            return Err(too_large(least));
         }
         let s = (room as f64 / (p.det_width * p.det_height) as f64).sqrt();
         let down = |v: usize| (((v as f64 * s) as usize) / 32).max(1) * 32;
@@ -283,7 +285,7 @@ impl Ocr {
     pub fn read(&mut self, raw: &Bgr, fields: &[&Field], filter: &TextFilter) -> Result<Read, InferenceError> {
         let mut times = Times::default();
         let t0 = Instant::now();
-        let plan = DetPlan::within_side(raw.width, raw.height, self.max_frame_memory, self.det_side, self.memory)?;
+        let plan = self.plan_for(raw.width, raw.height)?;
         let (ratio_h, ratio_w) = (plan.ratio_h, plan.ratio_w);
         // Very large frames are brought down first, as the reference does.
         let img = if (plan.width, plan.height) != (raw.width, raw.height) {
@@ -462,6 +464,15 @@ impl Ocr {
     /// Plans frames with `memory` (a manifest's `[memory]`).
     pub fn set_memory(&mut self, memory: MemoryModel) {
         self.memory = memory;
+    }
+
+    /// The detector plan a `width` x `height` frame would get under the
+    /// budget (or why none fits).
+    ///
+    /// # Errors
+    /// [`InferenceError::TooLarge`].
+    pub fn plan_for(&self, width: usize, height: usize) -> Result<DetPlan, InferenceError> {
+        DetPlan::within_side(width, height, self.max_frame_memory, self.det_side, self.memory)
     }
 
     /// Runs the sessions alone on inputs captured before, reading each
