@@ -63,8 +63,26 @@ impl LazyFs {
         }
     }
 
-    /// Mounts a fresh LazyFS and waits until it serves.
+    /// Mounts a fresh LazyFS and waits until it serves. A LazyFS that
+    /// exits or does not serve within 30 s (a loaded machine) is stopped
+    /// and started again on a fresh directory, 3 attempts; the failure
+    /// carries the tail of its log.
     pub fn mount() -> Self {
+        const ATTEMPTS: usize = 3;
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match Self::try_mount(Duration::from_secs(30)) {
+                Ok(me) => return me,
+                Err(why) => {
+                    eprintln!("LazyFS attempt {attempt} of {ATTEMPTS}: {why}");
+                    last = why;
+                }
+            }
+        }
+        panic!("LazyFS did not mount in {ATTEMPTS} attempts; last: {last}");
+    }
+
+    fn try_mount(wait: Duration) -> Result<Self, String> {
         let bin = Self::bin().expect("LazyFS binary");
         let dir = tempfile::tempdir().unwrap();
         let (mnt, root, fifo) = (dir.path().join("mnt"), dir.path().join("root"), dir.path().join("faults.fifo"));
@@ -80,7 +98,8 @@ impl LazyFs {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("lazyfs.log")).unwrap();
+        let log_path = dir.path().join("lazyfs.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(bin)
             .arg(&mnt)
             .arg("--config-path")
@@ -92,17 +111,28 @@ impl LazyFs {
             .stderr(log)
             .spawn()
             .unwrap();
-        let me = Self { mnt, fifo, child: Some(child), _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut me = Self { mnt, fifo, child: Some(child), _dir: dir };
+        let tail = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(8)..].join(" | ")
+        };
+        let deadline = Instant::now() + wait;
         loop {
             let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
             if mounts.lines().any(|l| l.split_whitespace().nth(1) == me.mnt.to_str()) && me.fifo.exists() {
-                break;
+                return Ok(me);
             }
-            assert!(Instant::now() < deadline, "LazyFS did not mount at {}", me.mnt.display());
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("lazyfs exited ({status}); its log ends: {}", tail()));
+            }
+            if Instant::now() >= deadline {
+                let why = format!("not mounted at {} within {wait:?}; its log ends: {}", me.mnt.display(), tail());
+                drop(me); // unmounts and stops it
+                return Err(why);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        me
     }
 
     fn command(&self, c: &str) {
