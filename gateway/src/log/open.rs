@@ -82,6 +82,9 @@ impl DurableLog {
         // Only now, with the index durable, can unreferenced files go.
         segs.delete(&dead).map_err(io)?;
         segs.take_sync_plan().and_then(|p| p.run()).map_err(io)?;
+        // What the previous process wrote after its last flush is synced by
+        // the flush at the end of open (see there).
+        segs.mark_all_dirty();
         if !dead.is_empty() {
             tracing::info!(segments = dead.len(), "deleted payload segments nothing refers to");
         }
@@ -101,8 +104,15 @@ impl DurableLog {
             dropped: Default::default(),
         };
         let log = Self { inner: Arc::new(inner) };
-        log.forget_orphan_fingerprints()?;
-        log.trim_torn_tail()?;
+        let mark = log.inner.index.tree.get(META_DURABLE)?.as_deref().and_then(index::decode_u64).unwrap_or(0);
+        log.trim_torn_tail(mark)?;
+        log.forget_orphan_fingerprints(mark)?;
+        // What survived above the mark is durable from here on, before any
+        // reader sees it (their watermark starts at `next_seq`): its
+        // payloads synced, the mark moved past it. Otherwise a reader could
+        // consume and delete it and a second crash leave its fingerprints
+        // above the old mark, taken for orphans at the next open.
+        log.inner.flush()?;
         Ok(log)
     }
 
@@ -112,9 +122,8 @@ impl DurableLog {
     /// mark (nothing there was acknowledged, nothing consumed) a
     /// fingerprint without a record is removed: the broker delivers that
     /// frame again and it must be stored, not taken for a duplicate.
-    fn forget_orphan_fingerprints(&self) -> Result<(), LogError> {
+    fn forget_orphan_fingerprints(&self, mark: u64) -> Result<(), LogError> {
         let tree = &self.inner.index.tree;
-        let Some(mark) = tree.get(META_DURABLE)?.as_deref().and_then(index::decode_u64) else { return Ok(()) };
         let mut orphans = Vec::new();
         for kv in tree.range(key(index::RECENT_PREFIX, mark)..=key(index::RECENT_PREFIX, u64::MAX)) {
             let (k, v) = kv?;
@@ -142,7 +151,7 @@ impl DurableLog {
             fingerprints = orphans.len(),
             "crash recovery: fingerprints of frames the crash did not keep removed; the broker redelivers those frames"
         );
-        self.inner.flush()
+        Ok(())
     }
 
     /// After a crash: intake records appended after the last completed
@@ -153,9 +162,8 @@ impl DurableLog {
     /// gap record says so: the broker still holds those frames and delivers
     /// them again, so they are stored anew, in order, and not mistaken for
     /// duplicates. What is kept is a prefix of what was appended.
-    fn trim_torn_tail(&self) -> Result<(), LogError> {
+    fn trim_torn_tail(&self, mark: u64) -> Result<(), LogError> {
         let tree = &self.inner.index.tree;
-        let Some(mark) = tree.get(META_DURABLE)?.as_deref().and_then(index::decode_u64) else { return Ok(()) };
         let lane = [Area::Frames, Area::DeadLetters];
         let mut first_bad: Option<u64> = None;
         for area in lane {
@@ -222,7 +230,7 @@ impl DurableLog {
             gap = g.id,
             "crash recovery: unacknowledged torn tail removed; the broker redelivers it"
         );
-        self.inner.flush()
+        Ok(())
     }
 }
 

@@ -408,6 +408,13 @@ impl SegmentStore {
         Ok(SyncPlan { files, dir })
     }
 
+    /// Every segment (and the directory) to be synced at the next flush:
+    /// at open, for what the previous process wrote after its last one.
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.segs.keys().copied());
+        self.dir_dirty = true;
+    }
+
     /// fdatasyncs segment `id` now, and the directory if a segment file
     /// appeared since the last sync: for records whose index entries must
     /// not become durable before their bytes (see `txn.rs`).

@@ -415,6 +415,9 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     {
         let index = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
         index.tree.insert(META_DURABLE, &2u64.to_be_bytes()).unwrap();
+        // And the fingerprint of a seq 6 whose record the crash did not
+        // keep: removing it must not stop the torn tail from being trimmed.
+        index.tree.insert(key(index::RECENT_PREFIX, 6), &106u64.to_be_bytes()).unwrap();
         index.flush_durable().unwrap();
     }
     let seg = std::fs::read_dir(dir.path().join("segments")).unwrap().next().unwrap().unwrap().path();
@@ -431,6 +434,7 @@ fn a_torn_unacknowledged_tail_is_trimmed_at_open_with_its_fingerprints() {
     assert_eq!(log.seen(102), Some(2));
     assert_eq!(log.seen(103), None, "a redelivery of seq 3 is stored again");
     assert_eq!(log.seen(105), None);
+    assert_eq!(log.seen(106), None, "the orphan fingerprint is gone too");
     match log.append_frame_once(&frame("a", 10), 103, Dedup::Check).unwrap() {
         AppendOutcome::Stored(a) => assert_eq!(a.seq, 6),
         other => panic!("{other:?}"),
@@ -467,6 +471,10 @@ fn a_fingerprint_whose_record_a_crash_did_not_keep_is_forgotten_at_open() {
         other => panic!("the redelivery was taken for a duplicate: {other:?}"),
     }
     assert_eq!(log.append_frame_once(&frame("a", 10), 201, Dedup::Check).unwrap(), AppendOutcome::Duplicate(1));
+    // What the crash kept above the old mark is durable now, before any
+    // reader could consume it: the mark on disk is past it.
+    let mark = log.inner.index.tree.get(META_DURABLE).unwrap().as_deref().and_then(index::decode_u64);
+    assert_eq!(mark, Some(2), "the mark moved past seq 1 at open");
     drop(log);
     // And across a clean reopen everything stays as it is.
     let log = open(dir.path());
