@@ -169,18 +169,26 @@ fn bench_drain_delivers_the_backlog_and_the_live_frames() {
         "3",
         "--live-lane-after",
         "100",
+        "--runs",
+        "2",
         "--json",
         "--dir",
         dir.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["backlog"], 2000);
-    assert_eq!(v["live_frames"], 60);
-    let backfilled = v["backfilled"].as_u64().unwrap();
-    assert!(backfilled > 0 && backfilled <= 2000, "{v}");
-    assert!(v["drain_per_s"].as_f64().unwrap() > 0.0, "{v}");
-    assert!(v["idle_p99_ms"].as_f64().unwrap() >= v["idle_p50_ms"].as_f64().unwrap(), "{v}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = all["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{all}");
+    for v in runs {
+        assert_eq!(v["backlog"], 2000);
+        assert_eq!(v["live_frames"], 60);
+        let backfilled = v["backfilled"].as_u64().unwrap();
+        assert!(backfilled > 0 && backfilled <= 2000, "{v}");
+        assert!(v["drain_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["found_back_s"].as_f64().unwrap() >= 0.0, "{v}");
+        assert!(v["idle_p99_ms"].as_f64().unwrap() >= v["idle_p50_ms"].as_f64().unwrap(), "{v}");
+        assert!(v["during_produce_p99_ms"].as_f64().unwrap() <= v["during_p99_ms"].as_f64().unwrap() + 1.0, "{v}");
+    }
 }
 
 #[test]
