@@ -434,6 +434,16 @@ mod tests {
         }
         let stop = CancellationToken::new();
         let task = tokio::spawn(appender.run(rx, stop.clone()));
+        // Intake fills the log and waits for room before anything is read.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !stats.blocked.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("intake paused on the full log");
+        let stored = stats.stored.load(Ordering::Relaxed);
+        assert!(stored < frames.len() as u64, "{stored} of {} stored before the pause", frames.len());
         let mut reader = log.frame_reader().unwrap();
         let mut read = 0;
         while read < frames.len() {
@@ -446,7 +456,6 @@ mod tests {
             b.set_cursor(Cursor::Detect, batch.upto);
             log.apply(b).unwrap();
         }
-        assert!(stats.blocked.load(Ordering::Relaxed) || read == frames.len());
         drop(tx);
         stop.cancel();
         task.await.unwrap().unwrap();

@@ -413,7 +413,7 @@ impl DrainRuns {
     }
     /// The worst (highest) p99 ratio of the live frames during a drain.
     pub fn worst_starvation(&self) -> f64 {
-        self.ratios(DrainBench::starvation_ratio).last().copied().unwrap_or(f64::NAN)
+        self.worst().map_or(f64::NAN, DrainBench::starvation_ratio)
     }
     /// The worst (lowest) drain rate over the live rate.
     pub fn worst_drain(&self) -> f64 {
