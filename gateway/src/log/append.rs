@@ -221,6 +221,8 @@ impl DurableLog {
             }
         }
         core.state.next_seq += 1;
+        let below = &mut core.retained_below[area.index()];
+        *below = (*below).min(seq);
         core.state.account(area, slot, true);
         core.state_dirty = true;
         self.inner.bump();

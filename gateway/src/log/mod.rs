@@ -121,6 +121,27 @@ struct Core {
     state_dirty: bool,
     /// Fingerprint -> seq of the last [`RECENT`] appends that had one.
     recent: HashMap<u64, u64>,
+    /// Per area (by [`Area::index`]): no key below this sequence number is
+    /// in the index. Retention scans from here, not from 0: sled walks the
+    /// emptied leaves of a deleted range, so a scan from 0 on every commit
+    /// cost time in proportion to everything deleted so far, and a long
+    /// backlog drained ever slower. In memory only; 0 after open.
+    retained_below: [u64; Area::ALL.len()],
+}
+
+impl Core {
+    /// The state of a log just opened: nothing waiting for deletion,
+    /// retention scans from the start.
+    fn new(state: State, segs: SegmentStore, recent: HashMap<u64, u64>) -> Self {
+        Self {
+            state,
+            segs,
+            pending_delete: Vec::new(),
+            state_dirty: false,
+            recent,
+            retained_below: [0; Area::ALL.len()],
+        }
+    }
 }
 
 /// How many appends' fingerprints are remembered for de-duplication.

@@ -93,7 +93,7 @@ impl DurableLog {
         let inner = Inner {
             opts,
             index,
-            core: Mutex::new(Core { state, segs, pending_delete: Vec::new(), state_dirty: false, recent }),
+            core: Mutex::new(Core::new(state, segs, recent)),
             flush_lock: Mutex::new(()),
             changes: watch::channel(0).0,
             used: watch::channel(used).0,

@@ -500,3 +500,42 @@ fn an_unfinished_sled_snapshot_does_not_stop_the_log_from_opening() {
     assert_eq!(log.read_frames(0, 10).unwrap().len(), 1);
     assert!(!torn.exists());
 }
+
+#[test]
+fn retention_resumes_where_it_stopped_and_still_finds_a_record_written_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let n = RETAIN_PER_BATCH as u64 + 1000;
+    let mut b = log.batch();
+    for seq in 0..n {
+        b.put_blob(Area::Annotations, seq, b"{}");
+    }
+    log.apply(b).unwrap();
+    let annotations = |log: &DurableLog| log.stats().unwrap().areas[&Area::Annotations].records;
+    // More than one batch may delete: the rest waits for the next one.
+    let mut b = log.batch();
+    b.set_cursor(Cursor::Replicate, n - 10);
+    log.apply(b).unwrap();
+    assert_eq!(annotations(&log), 10 + 990, "one batch deletes RETAIN_PER_BATCH records");
+    assert_eq!(log.retain().unwrap(), 990, "retain() deletes the rest, from where the batch stopped");
+    assert_eq!(annotations(&log), 10);
+    // A record written below where retention has reached is still deleted
+    // once its consumer is past it.
+    let mut b = log.batch();
+    b.put_blob(Area::Annotations, 3, b"{}");
+    log.apply(b).unwrap();
+    assert_eq!(annotations(&log), 11);
+    let mut b = log.batch();
+    b.set_cursor(Cursor::Replicate, n - 5);
+    log.apply(b).unwrap();
+    let left: Vec<u64> =
+        log.read_blobs(Area::Annotations, 0, n, usize::MAX).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(left, (n - 5..n).collect::<Vec<_>>());
+    // After a reopen retention starts from the beginning again.
+    drop(log);
+    let log = open(dir.path());
+    let mut b = log.batch();
+    b.put_blob(Area::Annotations, 1, b"{}").set_cursor(Cursor::Replicate, n);
+    log.apply(b).unwrap();
+    assert_eq!(annotations(&log), 0);
+}

@@ -68,11 +68,15 @@ pub(super) struct Txn<'a> {
     stage_writes: BTreeSet<u64>,
     touched: bool,
     dropped: [u64; GapReason::COUNT],
+    /// The log's `retained_below`, as this transaction leaves it (written
+    /// back only when it commits).
+    retained_below: [u64; Area::ALL.len()],
 }
 
 impl<'a> Txn<'a> {
     pub fn new(inner: &'a Inner, core: &'a mut Core) -> Self {
         let state = core.state.clone();
+        let retained_below = core.retained_below;
         Self {
             inner,
             core,
@@ -84,6 +88,7 @@ impl<'a> Txn<'a> {
             stage_writes: BTreeSet::new(),
             touched: false,
             dropped: [0; GapReason::COUNT],
+            retained_below,
         }
     }
 
@@ -135,6 +140,8 @@ impl<'a> Txn<'a> {
         if let Some(old) = self.current(&k)? {
             self.account(area, old, false);
         }
+        let below = &mut self.retained_below[area.index()];
+        *below = (*below).min(seq);
         let slot = if self.inner.in_segment(area, value.len() as u64) {
             let lane = area.lane();
             let before = self.core.segs.active_id(lane);
@@ -191,19 +198,35 @@ impl<'a> Txn<'a> {
             low = Some(low.map_or(at, |l| l.min(at)));
         }
         let Some(low) = low else { return Ok(0) };
+        let start = self.retained_below[area.index()];
+        if start >= low {
+            return Ok(0);
+        }
         // The scan's values are used as they are unless this transaction
         // changed the key: one index read per record, not two.
         let mut found = Vec::new();
-        let (from, to) = (key(area.prefix(), 0), key(area.prefix(), low));
+        let (from, to) = (key(area.prefix(), start), key(area.prefix(), low));
+        let mut complete = true;
         for kv in self.inner.index.tree.range(from.as_slice()..to.as_slice()) {
             let (k, v) = kv?;
             if let Some(s) = seq_of(&k) {
                 found.push((s, Slot::of(&v)));
             }
             if found.len() >= limit {
+                complete = false;
                 break;
             }
         }
+        // Records this transaction put below `low` are not in the tree yet.
+        let scanned_to = if complete { low } else { found.last().map_or(start, |(s, _)| s + 1) };
+        for (k, slot) in &self.pending {
+            if let (Some(slot), Some(s)) = (slot, seq_of(k)) {
+                if k[0] == area.prefix() && s >= start && s < scanned_to && !found.iter().any(|(f, _)| *f == s) {
+                    found.push((s, *slot));
+                }
+            }
+        }
+        self.retained_below[area.index()] = scanned_to;
         let mut n = 0;
         for (s, slot) in found {
             let k = key(area.prefix(), s);
@@ -307,7 +330,8 @@ impl<'a> Txn<'a> {
         let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut victims = Vec::new();
         let mut freed = self.projected_free();
-        let (from, to) = (key(area.prefix(), 0), key(area.prefix().saturating_add(1), 0));
+        let start = self.retained_below[area.index()];
+        let (from, to) = (key(area.prefix(), start), key(area.prefix().saturating_add(1), 0));
         for kv in self.inner.index.tree.range(from.as_slice()..to.as_slice()) {
             let (k, v) = kv?;
             let Some(seq) = seq_of(&k) else { continue };
@@ -348,6 +372,7 @@ impl<'a> Txn<'a> {
         self.inner.index.tree.apply_batch(self.batch)?;
         self.core.state = self.state;
         self.core.state_dirty = false;
+        self.core.retained_below = self.retained_below;
         for id in dead {
             self.core.segs.seal(id);
             if !self.core.pending_delete.contains(&id) {
