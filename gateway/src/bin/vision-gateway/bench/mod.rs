@@ -372,6 +372,9 @@ pub(super) fn bench_annotation(
     }
 }
 
+/// Records per log batch while a bench fills its log.
+const FILL_BATCH: u64 = 1024;
+
 /// Fills a log with `records` annotation records (and, if `image_bytes` >
 /// 0, a sampled image each), then times the replicate stage draining it,
 /// next to a bare idempotent producer sending the same payloads.
@@ -443,6 +446,12 @@ pub async fn replicate_throughput(
                 payloads.push((json, f.payload.clone()));
             } else {
                 payloads.push((json, Vec::new()));
+            }
+            // Committed as detect does, a batch at a time (one batch of
+            // everything held the whole backlog in memory twice over).
+            if (i + 1) % FILL_BATCH == 0 {
+                b.set_cursor(Cursor::Detect, seq + 1);
+                log.apply(std::mem::replace(&mut b, log.batch()))?;
             }
         }
         b.set_cursor(Cursor::Detect, log.counts().next_seq);
