@@ -97,8 +97,8 @@ fn config(
 /// Publishes `n` copies of `payload` with QoS 1 (one camera, as fast as
 /// the broker acks) and waits for the broker's PUBACKs.
 async fn publish(port: u16, n: u64, payload: Vec<u8>) -> anyhow::Result<()> {
-    let stream = super::live::Stream { cameras: 1, frames: n, seq0: 0, fps: 0.0 };
-    super::live::publish_stream(port, format!("bench-backlog-pub-{}", std::process::id()), stream, payload).await
+    let stream = super::stream::Stream { cameras: 1, frames: n, seq0: 0, fps: 0.0 };
+    super::stream::publish_stream(port, format!("bench-backlog-pub-{}", std::process::id()), stream, payload).await
 }
 
 /// Runs the benchmark in `dir` with a backlog of `bytes` in frames of

@@ -1,7 +1,7 @@
 //! Live-traffic figures of the real service: capture→Kafka latency of live
 //! frames while a backlog drains (next to the same stream with no
-//! backlog), the drain rate next to the live rate, and the CPU of an idle
-//! gateway.
+//! backlog), and the drain rate next to the live rate. The stand-in
+//! brokers and the service's config are shared with `idle.rs`.
 //!
 //! The service is the `vision-gateway` binary itself, on a private
 //! mosquitto and librdkafka's mock cluster (started in this process, on
@@ -10,20 +10,17 @@
 //! measured by [`super::all`] with the bundled model at half its capacity.
 
 use super::service::{metric, Service};
+use super::stream::{both, consume, publish_stream, Stream};
 use crate::demo::percentile;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use testkit::config::{Detect, GatewayToml};
 use testkit::frames::synthetic_jpeg;
 use testkit::mosquitto::{Mosquitto, Persistence};
 use testkit::net::free_port;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Results of the drain benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -118,7 +115,13 @@ fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
 
 /// A gateway without a model forwarding to `brokers`, its log at `log`,
 /// written as `<dir>/<name>.toml`.
-fn config(dir: &Path, name: &str, log: &Path, ports: (u16, u16), upstream: (&str, u64)) -> anyhow::Result<PathBuf> {
+pub(super) fn config(
+    dir: &Path,
+    name: &str,
+    log: &Path,
+    ports: (u16, u16),
+    upstream: (&str, u64),
+) -> anyhow::Result<PathBuf> {
     let (mqtt, http) = ports;
     let (brokers, live_lane_after) = upstream;
     let mut t = GatewayToml::new(&format!("bench-{name}"), log, mqtt);
@@ -130,150 +133,6 @@ fn config(dir: &Path, name: &str, log: &Path, ports: (u16, u16), upstream: (&str
     t.live_lane_after = Some(live_lane_after);
     t.http_port = Some(http);
     Ok(t.write(&dir.join(format!("{name}.toml")))?)
-}
-
-/// A stream of frames: `frames` over `cameras` cameras from `camera_seq`
-/// `seq0`, at `fps` frames/s in all (0: as fast as the broker acks).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Stream {
-    pub(crate) cameras: u64,
-    pub(crate) frames: u64,
-    pub(crate) seq0: u64,
-    pub(crate) fps: f64,
-}
-
-/// Publishes `n` frames over `cameras` cameras at `fps` frames/s in all (0:
-/// as fast as the broker acks), each with `captured_at_ms` and
-/// `camera_seq` (from `seq0`), and waits for the PUBACKs.
-pub(crate) async fn publish_stream(port: u16, client: String, stream: Stream, payload: Vec<u8>) -> anyhow::Result<()> {
-    let Stream { cameras, frames: n, seq0, fps } = stream;
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let mut o = MqttOptions::new(client, "127.0.0.1", port);
-    o.set_max_packet_size(Some(64 << 20));
-    let (c, mut el) = AsyncClient::new(o, 256);
-    let pubs = tokio::spawn(async move {
-        let t0 = tokio::time::Instant::now();
-        for i in 0..n {
-            let cam = i % cameras.max(1);
-            let props = PublishProperties {
-                user_properties: vec![
-                    ("captured_at_ms".into(), now_ms().to_string()),
-                    ("camera_seq".into(), (seq0 + i / cameras.max(1)).to_string()),
-                ],
-                content_type: Some("image/jpeg".into()),
-                ..Default::default()
-            };
-            c.publish_with_properties(
-                format!("cameras/cam{cam}/frames"),
-                QoS::AtLeastOnce,
-                false,
-                payload.clone(),
-                props,
-            )
-            .await?;
-            if fps > 0.0 {
-                tokio::time::sleep_until(t0 + Duration::from_secs_f64((i + 1) as f64 / fps)).await;
-            }
-        }
-        Ok::<_, anyhow::Error>(c)
-    });
-    let mut acked = 0;
-    while acked < n {
-        if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
-            acked += 1;
-        }
-    }
-    let c = pubs.await??;
-    let _ = c.try_disconnect();
-    Ok(())
-}
-
-/// Consumes the annotations of gateway `gateway` until `want_live` distinct
-/// live frames (camera_seq from `live_seq0`) and `backlog` distinct backlog
-/// frames (camera_seq from `backlog_seq0`, below `live_seq0`) arrived.
-/// Returns the live frames and the wall time (ms) when the last backlog
-/// annotation arrived. Only the fields it needs are parsed: the consumer
-/// reads the whole backlog too, and its own lag would count as latency.
-async fn consume(
-    brokers: String,
-    gateway: &'static str,
-    (want_live, live_seq0): (u64, u64),
-    (backlog, backlog_seq0): (u64, u64),
-) -> anyhow::Result<(Vec<LiveFrame>, Instant, u64)> {
-    use rdkafka::Message;
-    #[derive(serde::Deserialize)]
-    struct Seen<'a> {
-        #[serde(borrow)]
-        gateway_id: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        frame_id: std::borrow::Cow<'a, str>,
-        camera_seq: Option<u64>,
-        captured_at_ms: Option<u64>,
-        received_at_ms: Option<u64>,
-    }
-    let consumer = crate::demo::latency_consumer(&brokers, gateway::records::header::ANNOTATIONS_TOPIC)?;
-    let mut seen = std::collections::HashSet::new();
-    let (mut live, mut old) = (Vec::new(), 0u64);
-    let (mut last_old, mut last_old_ms) = (Instant::now(), now_ms());
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while (live.len() as u64) < want_live || old < backlog {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, consumer.recv()).await.map_err(|_| {
-            anyhow::anyhow!(
-                "{} of {want_live} live and {old} of {backlog} backlog annotations within 10 minutes",
-                live.len()
-            )
-        })??;
-        let at = now_ms();
-        let v: Seen<'_> = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        if v.gateway_id != gateway || !seen.insert(v.frame_id.into_owned()) {
-            continue;
-        }
-        let seq = v.camera_seq.unwrap_or(0);
-        if seq >= live_seq0 {
-            let captured = v.captured_at_ms.unwrap_or(0);
-            let since = |t: u64| t.saturating_sub(captured) as f64;
-            let produced = m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()).unwrap_or(at);
-            live.push(LiveFrame {
-                captured_ms: captured,
-                consumed: since(at),
-                intake: since(v.received_at_ms.unwrap_or(captured)),
-                produced: since(produced),
-            });
-        } else if seq >= backlog_seq0 {
-            old += 1;
-            (last_old, last_old_ms) = (Instant::now(), at);
-        }
-    }
-    Ok((live, last_old, last_old_ms))
-}
-
-/// A live frame as the consumer saw it: when it was captured, and ms from
-/// there to the gateway's intake, to the annotation's produce call (its
-/// CreateTime) and to the consumer.
-#[derive(Debug, Clone, Copy)]
-struct LiveFrame {
-    captured_ms: u64,
-    intake: f64,
-    produced: f64,
-    consumed: f64,
-}
-
-/// Runs the consumer and the publisher as tasks of their own: joined in
-/// one task, a consumer reading a long run of ready records would hold up
-/// the publisher's MQTT event loop, and the delay would be counted as the
-/// gateway's.
-async fn both<C, P>(consumer: C, publisher: P) -> anyhow::Result<(C::Output, P::Output)>
-where
-    C: std::future::Future + Send + 'static,
-    C::Output: Send + 'static,
-    P: std::future::Future + Send + 'static,
-    P::Output: Send + 'static,
-{
-    let (c, p) = (tokio::spawn(consumer), tokio::spawn(publisher));
-    Ok((c.await?, p.await?))
 }
 
 /// Runs the drain benchmark: `backlog` frames stored while the broker is
@@ -470,63 +329,11 @@ pub async fn drain_runs(
 
 /// The benchmark's brokers: a private mosquitto and librdkafka's mock
 /// cluster (in this process) with the gateway's topics.
-fn stand_ins() -> anyhow::Result<(Mosquitto, MockCluster<'static, DefaultProducerContext>)> {
+pub(super) fn stand_ins() -> anyhow::Result<(Mosquitto, MockCluster<'static, DefaultProducerContext>)> {
     let broker = Mosquitto::start_with(Persistence::Off, 0)?;
     let mock = MockCluster::new(1)?;
     for t in gateway::records::header::ALL_TOPICS {
         mock.create_topic(t, 1, 1)?;
     }
     Ok((broker, mock))
-}
-
-/// CPU of an idle gateway: connected to mosquitto and Kafka (mock cluster),
-/// nothing arriving.
-#[derive(Debug, Clone, Serialize)]
-pub struct IdleBench {
-    /// Seconds measured (after a settling second).
-    pub seconds: f64,
-    /// CPU time used (user + system) over wall time, percent of one core.
-    pub cpu_percent: f64,
-}
-
-impl std::fmt::Display for IdleBench {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "idle gateway (connected, nothing arriving, {:.0} s): {:.2}% of one core",
-            self.seconds, self.cpu_percent
-        )
-    }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) : utime is the
-    // 14th field of the line, stime the 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-/// Measures the CPU of an idle service for `seconds`.
-///
-/// # Errors
-/// mosquitto missing, the service failing.
-pub async fn idle(dir: &Path, seconds: f64) -> anyhow::Result<IdleBench> {
-    let exe = std::env::current_exe()?;
-    let (broker, mock) = stand_ins()?;
-    let mqtt = broker.port;
-    let http = free_port()?;
-    let cfg = config(dir, "idle", &dir.join("idle-log"), (mqtt, http), (&mock.bootstrap_servers(), 1000))?;
-    let (svc, _) = Service::start(&exe, &cfg, http).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.
-    let hz = 100.0;
-    let (c0, t0) = (cpu_ticks(svc.pid()), Instant::now());
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let (c1, wall) = (cpu_ticks(svc.pid()), t0.elapsed().as_secs_f64());
-    svc.stop().await?;
-    let _ = std::fs::remove_dir_all(dir.join("idle-log"));
-    Ok(IdleBench { seconds: wall, cpu_percent: (c1.saturating_sub(c0)) as f64 / hz / wall * 100.0 })
 }

@@ -8,16 +8,19 @@ mod all;
 mod backends;
 mod backlog;
 mod detect;
+mod idle;
 mod live;
 mod models;
 mod service;
 mod store;
+mod stream;
 
 pub use all::{all, AllOptions};
 pub use backends::backends;
 pub use backlog::{backlog, cameras};
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
-pub use live::{drain_runs, idle, DrainRuns, IdleBench};
+pub use idle::{idle, IdleBench};
+pub use live::{drain_runs, DrainRuns};
 pub use models::{models, ModelsRun};
 pub use store::{store_throughput, StoreBench};
 
