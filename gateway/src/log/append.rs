@@ -221,8 +221,7 @@ impl DurableLog {
             }
         }
         core.state.next_seq += 1;
-        let below = &mut core.retained_below[area.index()];
-        *below = (*below).min(seq);
+        core.retained_below.written(area, seq);
         core.state.account(area, slot, true);
         core.state_dirty = true;
         self.inner.bump();

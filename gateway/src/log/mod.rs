@@ -121,12 +121,32 @@ struct Core {
     state_dirty: bool,
     /// Fingerprint -> seq of the last [`RECENT`] appends that had one.
     recent: HashMap<u64, u64>,
-    /// Per area (by [`Area::index`]): no key below this sequence number is
-    /// in the index. Retention scans from here, not from 0: sled walks the
-    /// emptied leaves of a deleted range, so a scan from 0 on every commit
-    /// cost time in proportion to everything deleted so far, and a long
-    /// backlog drained ever slower. In memory only; 0 after open.
-    retained_below: [u64; Area::ALL.len()],
+    /// Where retention scans from, per area.
+    retained_below: RetainedBelow,
+}
+
+/// Per area: no key below this sequence number is in the index. Retention
+/// scans from here, not from 0: sled walks the emptied leaves of a deleted
+/// range, so a scan from 0 on every commit cost time in proportion to
+/// everything deleted so far. In memory only; 0 after open.
+#[derive(Debug, Clone, Copy, Default)]
+struct RetainedBelow([u64; Area::ALL.len()]);
+
+impl RetainedBelow {
+    fn get(self, area: Area) -> u64 {
+        self.0[area.index()]
+    }
+
+    /// Retention has deleted every key of `area` below `seq`.
+    fn set(&mut self, area: Area, seq: u64) {
+        self.0[area.index()] = seq;
+    }
+
+    /// A record was written at `seq` of `area`.
+    fn written(&mut self, area: Area, seq: u64) {
+        let below = &mut self.0[area.index()];
+        *below = (*below).min(seq);
+    }
 }
 
 impl Core {
@@ -139,7 +159,7 @@ impl Core {
             pending_delete: Vec::new(),
             state_dirty: false,
             recent,
-            retained_below: [0; Area::ALL.len()],
+            retained_below: RetainedBelow::default(),
         }
     }
 }

@@ -70,7 +70,7 @@ pub(super) struct Txn<'a> {
     dropped: [u64; GapReason::COUNT],
     /// The log's `retained_below`, as this transaction leaves it (written
     /// back only when it commits).
-    retained_below: [u64; Area::ALL.len()],
+    retained_below: super::RetainedBelow,
 }
 
 impl<'a> Txn<'a> {
@@ -140,8 +140,7 @@ impl<'a> Txn<'a> {
         if let Some(old) = self.current(&k)? {
             self.account(area, old, false);
         }
-        let below = &mut self.retained_below[area.index()];
-        *below = (*below).min(seq);
+        self.retained_below.written(area, seq);
         let slot = if self.inner.in_segment(area, value.len() as u64) {
             let lane = area.lane();
             let before = self.core.segs.active_id(lane);
@@ -198,7 +197,7 @@ impl<'a> Txn<'a> {
             low = Some(low.map_or(at, |l| l.min(at)));
         }
         let Some(low) = low else { return Ok(0) };
-        let start = self.retained_below[area.index()];
+        let start = self.retained_below.get(area);
         if start >= low {
             return Ok(0);
         }
@@ -226,7 +225,7 @@ impl<'a> Txn<'a> {
                 }
             }
         }
-        self.retained_below[area.index()] = scanned_to;
+        self.retained_below.set(area, scanned_to);
         let mut n = 0;
         for (s, slot) in found {
             let k = key(area.prefix(), s);
@@ -330,7 +329,7 @@ impl<'a> Txn<'a> {
         let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut victims = Vec::new();
         let mut freed = self.projected_free();
-        let start = self.retained_below[area.index()];
+        let start = self.retained_below.get(area);
         let (from, to) = (key(area.prefix(), start), key(area.prefix().saturating_add(1), 0));
         for kv in self.inner.index.tree.range(from.as_slice()..to.as_slice()) {
             let (k, v) = kv?;
