@@ -20,6 +20,7 @@
 
 #[cfg(feature = "bench")]
 mod bare;
+pub mod codes;
 pub mod engine;
 pub mod fields;
 pub mod imageops;

@@ -1,0 +1,276 @@
+//! The time-bounded reader: one helper thread per worker runs rxing on a
+//! grey image while the worker waits at most the frame's budget.
+//!
+//! Promise: [`CodeReader::read`] returns within the budget (plus the time
+//! to hand the image over). A decode that overruns is left to finish on
+//! the helper; its result is thrown away, and the next frame first waits
+//! (within its own budget) for the helper to be free, so at most one
+//! decode is ever running per worker. A panic inside rxing ends that
+//! decode with [`Outcome::Failed`]; a helper that has gone is started
+//! again on the next frame.
+
+use super::{code, merge, Code, CodeOptions, Symbology};
+use std::collections::HashSet;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::Instant;
+
+/// What reading one frame gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The codes found (possibly none).
+    Read(Vec<Code>),
+    /// The budget ran out before the decode ended.
+    Timeout,
+    /// The decoder failed (a panic inside it, or its thread could not run).
+    Failed(String),
+}
+
+struct Job {
+    id: u64,
+    luma: Vec<u8>,
+    width: u32,
+    height: u32,
+    origin: [f32; 2],
+}
+
+type Reply = (u64, Result<Vec<Code>, String>);
+
+/// A worker's code reader (not shared: each worker has its own, as its
+/// model).
+pub struct CodeReader {
+    opts: CodeOptions,
+    helper: Option<(SyncSender<Job>, Receiver<Reply>)>,
+    next_id: u64,
+    /// A decode that overran and may still be running.
+    pending: Option<u64>,
+}
+
+impl std::fmt::Debug for CodeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeReader").field("opts", &self.opts).field("pending", &self.pending).finish()
+    }
+}
+
+impl CodeReader {
+    /// A reader with these options; its helper thread starts on the first
+    /// frame.
+    pub fn new(opts: CodeOptions) -> Self {
+        Self { opts, helper: None, next_id: 0, pending: None }
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &CodeOptions {
+        &self.opts
+    }
+
+    /// Reads the codes on a `width` x `height` grey image (`luma`, one
+    /// byte a pixel, rows top to bottom) whose top-left corner is at
+    /// `origin` in the frame (points are given in frame pixels).
+    pub fn read(&mut self, luma: Vec<u8>, width: u32, height: u32, origin: [f32; 2]) -> Outcome {
+        let deadline = Instant::now() + self.opts.budget;
+        if luma.len() as u64 != u64::from(width) * u64::from(height) || width == 0 || height == 0 {
+            return Outcome::Read(Vec::new());
+        }
+        // Wait (within this frame's budget) for an overrun decode to end.
+        if let Some(id) = self.pending {
+            match self.wait_for(id, deadline) {
+                Some(_) => self.pending = None,
+                None => return Outcome::Timeout,
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let job = Job { id, luma, width, height, origin };
+        let sent = match self.helper() {
+            Ok((tx, _)) => tx.send(job).map_err(|mpsc::SendError(job)| job),
+            Err(e) => return Outcome::Failed(e),
+        };
+        if let Err(job) = sent {
+            // The helper has gone (it only ends when its channel closes, or
+            // if the thread itself died): start a new one, once.
+            self.helper = None;
+            match self.helper() {
+                Ok((tx, _)) => {
+                    if tx.send(job).is_err() {
+                        return Outcome::Failed("the code reader's thread could not be started".into());
+                    }
+                }
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+        match self.wait_for(id, deadline) {
+            Some(Ok(codes)) => Outcome::Read(codes),
+            Some(Err(e)) => Outcome::Failed(e),
+            None => {
+                self.pending = Some(id);
+                Outcome::Timeout
+            }
+        }
+    }
+
+    /// The reply to job `id`, or `None` when the deadline passes first
+    /// (replies to older jobs are dropped on the way).
+    fn wait_for(&mut self, id: u64, deadline: Instant) -> Option<Result<Vec<Code>, String>> {
+        let (_, rx) = self.helper.as_ref()?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((got, r)) if got == id => return Some(r),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.helper = None;
+                    return Some(Err("the code reader's thread ended".into()));
+                }
+            }
+        }
+    }
+
+    fn helper(&mut self) -> Result<&(SyncSender<Job>, Receiver<Reply>), String> {
+        if self.helper.is_none() {
+            let (jtx, jrx) = mpsc::sync_channel::<Job>(1);
+            let (rtx, rrx) = mpsc::sync_channel::<Reply>(2);
+            let opts = self.opts.clone();
+            std::thread::Builder::new()
+                .name("codes".into())
+                .spawn(move || {
+                    for job in jrx {
+                        let id = job.id;
+                        let opts = &opts;
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || decode(job, opts)))
+                            .unwrap_or_else(|_| Err("the code decoder panicked on this frame".into()));
+                        if rtx.send((id, r)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the code reader's thread: {e}"))?;
+            self.helper = Some((jtx, rrx));
+            self.pending = None;
+        }
+        self.helper.as_ref().ok_or_else(|| "no code reader thread".into())
+    }
+}
+
+/// Runs rxing's multiple-code reader on one grey image.
+fn decode(job: Job, opts: &CodeOptions) -> Result<Vec<Code>, String> {
+    let formats: HashSet<rxing::BarcodeFormat> = opts.symbologies.iter().map(|s| s.to_rxing()).collect();
+    let mut hints = rxing::DecodeHints::default()
+        .with(rxing::DecodeHintValue::PossibleFormats(formats))
+        .with(rxing::DecodeHintValue::TryHarder(opts.thorough));
+    let found = match rxing::helpers::detect_multiple_in_luma_with_hints(job.luma, job.width, job.height, &mut hints) {
+        Ok(found) => found,
+        Err(rxing::Exceptions::NotFoundException(_)) => Vec::new(),
+        Err(e) => return Err(format!("code decoder: {e}")),
+    };
+    let [ox, oy] = job.origin;
+    let codes = found
+        .into_iter()
+        .filter_map(|r| {
+            let sym = Symbology::from_rxing(*r.getBarcodeFormat())?;
+            let id = match r.getRXingResultMetadata().get(&rxing::RXingResultMetadataType::SYMBOLOGY_IDENTIFIER) {
+                Some(rxing::RXingResultMetadataValue::SymbologyIdentifier(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let pts: Vec<[f32; 2]> = r.getPoints().iter().map(|p| [p.x + ox, p.y + oy]).collect();
+            Some(code(sym, r.getText().to_owned(), &id, &pts))
+        })
+        .collect();
+    Ok(merge(codes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rxing::Writer;
+    use std::time::Duration;
+
+    /// Draws `text` as `format` into a grey canvas at (x, y), `scale`
+    /// pixels a module (black on white); text with a GS is drawn as GS1.
+    fn draw(canvas: &mut [u8], cw: usize, at: (usize, usize), text: &str, format: rxing::BarcodeFormat) {
+        let gs1 = text.contains('\u{1d}');
+        // rxing's DataMatrix writer makes GS1 (leading FNC1, GS as FNC1)
+        // only with its minimal ("compact") encoder.
+        let hints = rxing::EncodeHints::default()
+            .with(rxing::EncodeHintValue::Gs1Format(gs1))
+            .with(rxing::EncodeHintValue::DataMatrixCompact(gs1));
+        let m = rxing::MultiFormatWriter
+            .encode_with_hints(text, &format, 0, 0, &hints)
+            .unwrap_or_else(|e| panic!("encode {text:?}: {e}"));
+        let scale = if matches!(format, rxing::BarcodeFormat::CODE_128) { 2 } else { 5 };
+        let rows = if matches!(format, rxing::BarcodeFormat::CODE_128) { 60 } else { m.height() as usize * scale };
+        for y in 0..rows {
+            for x in 0..m.width() as usize * scale {
+                let my = if matches!(format, rxing::BarcodeFormat::CODE_128) { 0 } else { (y / scale) as u32 };
+                if m.get((x / scale) as u32, my) {
+                    canvas[(at.1 + y) * cw + at.0 + x] = 0;
+                }
+            }
+        }
+    }
+
+    fn reader(budget: Duration) -> CodeReader {
+        CodeReader::new(CodeOptions { budget, ..CodeOptions::default() })
+    }
+
+    #[test]
+    fn reads_a_gs1_datamatrix_a_qr_and_a_code_128_on_one_frame() {
+        let (w, h) = (640usize, 480usize);
+        let mut img = vec![255u8; w * h];
+        draw(&mut img, w, (40, 40), "0109506000134376\u{1d}10LOT-7\u{1d}17271231", rxing::BarcodeFormat::DATA_MATRIX);
+        draw(&mut img, w, (360, 40), "https://example.invalid/p/42", rxing::BarcodeFormat::QR_CODE);
+        draw(&mut img, w, (60, 320), "SN-000123", rxing::BarcodeFormat::CODE_128);
+        let Outcome::Read(codes) = reader(Duration::from_secs(60)).read(img, w as u32, h as u32, [10.0, 20.0]) else {
+            panic!("not read")
+        };
+        let texts: Vec<(Symbology, &str)> = codes.iter().map(|c| (c.symbology, c.text.as_str())).collect();
+        assert!(texts.contains(&(Symbology::Qr, "https://example.invalid/p/42")), "{texts:?}");
+        assert!(texts.contains(&(Symbology::Code128, "SN-000123")), "{texts:?}");
+        let dm = codes.iter().find(|c| c.symbology == Symbology::DataMatrix).expect("the DataMatrix");
+        // Drawn at (40, 40) and read in a region whose corner is (10, 20).
+        assert!(dm.bbox[0] >= 45.0 && dm.bbox[1] >= 55.0 && dm.bbox[2] < 330.0, "{:?}", dm.bbox);
+        let gs1: Vec<(&str, &str)> = dm.gs1.iter().flatten().map(|(a, v)| (a.as_str(), v.as_str())).collect();
+        assert_eq!(gs1, [("01", "09506000134376"), ("10", "LOT-7"), ("17", "271231")], "{dm:?}");
+        assert_eq!(codes.len(), 3, "one code per symbol: {texts:?}");
+    }
+
+    #[test]
+    fn a_decode_over_its_budget_is_a_timeout_and_the_worker_goes_on() {
+        // A large noisy frame with a zero budget cannot be decoded in time.
+        let (w, h) = (3000usize, 2000usize);
+        let mut x: u32 = 1;
+        let noise: Vec<u8> = (0..w * h)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        let mut r = reader(Duration::ZERO);
+        assert_eq!(r.read(noise.clone(), w as u32, h as u32, [0.0; 2]), Outcome::Timeout);
+        // Still busy with that frame: the next one gets the same answer at
+        // once, and no second decode is started beside it.
+        assert_eq!(r.read(noise, w as u32, h as u32, [0.0; 2]), Outcome::Timeout);
+        assert!(r.pending.is_some());
+        // With time, the helper ends the old decode and reads the new frame.
+        r.opts.budget = Duration::from_secs(120);
+        let mut img = vec![255u8; 300 * 300];
+        draw(&mut img, 300, (50, 50), "AFTER", rxing::BarcodeFormat::QR_CODE);
+        let Outcome::Read(codes) = r.read(img, 300, 300, [0.0; 2]) else { panic!("not read after the timeout") };
+        assert_eq!(codes.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(), ["AFTER"]);
+    }
+
+    #[test]
+    fn hostile_shapes_and_noise_give_a_result_not_a_panic() {
+        let mut r = reader(Duration::from_secs(60));
+        for (w, h) in [(1u32, 1u32), (2000, 1), (1, 2000), (3, 3), (64, 64)] {
+            let img: Vec<u8> = (0..w * h).map(|i| if (i / 3) % 2 == 0 { 0 } else { 255 }).collect();
+            assert!(matches!(r.read(img, w, h, [0.0; 2]), Outcome::Read(_)), "{w}x{h}");
+        }
+        // A buffer that does not match its size is no code, not a read
+        // past its end.
+        assert_eq!(r.read(vec![0; 10], 100, 100, [0.0; 2]), Outcome::Read(Vec::new()));
+        assert_eq!(r.read(Vec::new(), 0, 0, [0.0; 2]), Outcome::Read(Vec::new()));
+    }
+}
