@@ -7,8 +7,9 @@
 //! - rules: every Nth frame of a camera; an item whose label or text
 //!   matches `labels` / `text_pattern` with at least `min_score`; a best
 //!   score below `low_confidence_below` (material for retraining); a frame
-//!   that could not be decoded; a frame with a declared label field missing
-//!   or uncertain (`review`, for a human look upstream);
+//!   that could not be decoded; a frame whose print disagrees with its
+//!   code (`mismatches`); a frame with a declared label field missing or
+//!   uncertain (`review`, for a human look upstream);
 //! - limits: at most one sampled frame per `min_interval` per camera, and a
 //!   per-camera token bucket of `max_bytes_per_second` (burst: 10 s worth).
 //!
@@ -79,6 +80,9 @@ impl Sampler {
         if a.error.is_some() {
             return self.cfg.errors.then_some(SampleReason::Error);
         }
+        if self.cfg.mismatches && !a.mismatches.is_empty() {
+            return Some(SampleReason::Mismatch);
+        }
         if self.cfg.review && a.needs_review() {
             return Some(SampleReason::Review);
         }
@@ -139,19 +143,27 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use inference::{Item, ModelInfo, Timings};
+    use inference::{Item, ModelInfo};
 
     fn ann(items: &[(&str, f32)]) -> Annotation {
         Annotation {
-            model: ModelInfo::new("m", "1", "h"),
             width: 10,
             height: 10,
             items: items.iter().map(|(t, s)| Item::text((*t).into(), *s, [[0.0, 0.0]; 4])).collect(),
-            timings: Timings::default(),
             error: None,
-            fields: Default::default(),
-            missing: Vec::new(),
+            ..Annotation::failed(ModelInfo::new("m", "1", "h"), String::new())
         }
+    }
+
+    #[test]
+    fn a_misprint_is_sampled_as_a_mismatch_unless_turned_off() {
+        let mut a = ann(&[("LOT 1", 0.99)]);
+        a.mismatches = vec!["lot".into()];
+        let mut s = Sampler::new(SampleConfig { every_nth: 0, ..SampleConfig::default() });
+        assert_eq!(s.decide("c", &a, 1, 1), Some(SampleReason::Mismatch));
+        assert_eq!(s.decide("c", &ann(&[("LOT 1", 0.99)]), 1, 2), None);
+        let mut off = Sampler::new(SampleConfig { every_nth: 0, mismatches: false, ..SampleConfig::default() });
+        assert_eq!(off.decide("c", &a, 1, 1), None);
     }
 
     #[test]
@@ -189,6 +201,8 @@ mod tests {
             raw: "L0T L2112X".into(),
             bbox: [0.0; 4],
             uncertain,
+            verified: None,
+            code: None,
         };
         let mut ok = ann(&[("LOT L2112X", 0.9)]);
         ok.fields.insert("lot".into(), field(false));

@@ -225,6 +225,7 @@ async fn start_detect(config: &config::Config, log: &log::DurableLog) -> Result<
         camera_sides: config.detect.camera_sides.clone(),
         backend: config.detect.backend,
         text: config.detect.text,
+        codes: config.detect.codes.clone(),
         fields: config.fields.clone(),
         sample: config.sample.clone(),
         faults: crate::faults::Faults::from_env(),

@@ -196,6 +196,11 @@ pub struct Timings {
     /// decoding of every line against every format). Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fields_ms: f64,
+    /// Reading the codes (`[detect.codes]`), on the worker's code thread:
+    /// beside the model in `region = "frame"`, after it in `"labels"`. Not
+    /// part of [`total_ms`](Self::total_ms). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub codes_ms: f64,
 }
 
 impl Timings {
@@ -233,6 +238,24 @@ pub struct Annotation {
     /// Required fields not read, on a frame where text was read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
+    /// Codes read on the frame (`[detect.codes]`), top to bottom.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<codes::Code>,
+    /// The code reader ran out of its time budget on this frame: codes
+    /// may be missing (and fields with a `verify` rule unverified).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub codes_timeout: bool,
+    /// The code reader failed on this frame (its decoder panicked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes_error: Option<String>,
+    /// Fields whose print disagrees with the code that carries the same
+    /// value (each field has `verified = false` and both values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatches: Vec<String>,
+    /// Fields read with a `verify` rule whose value no code on the frame
+    /// carries: not checked, not a mismatch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverified: Vec<String>,
 }
 
 impl Annotation {
@@ -247,12 +270,36 @@ impl Annotation {
             error: Some(error),
             fields: std::collections::BTreeMap::new(),
             missing: Vec::new(),
+            codes: Vec::new(),
+            codes_timeout: false,
+            codes_error: None,
+            mismatches: Vec::new(),
+            unverified: Vec::new(),
         }
     }
 
     /// Whether a declared field is missing or uncertain.
     pub fn needs_review(&self) -> bool {
         !self.missing.is_empty() || self.fields.values().any(|f| f.uncertain)
+    }
+}
+
+/// Checks every read field with a `verify` rule against the frame's
+/// codes: sets its `verified` (and `code` when they differ) and lists it
+/// in `mismatches` or `unverified`.
+fn cross_check(a: &mut Annotation, fields: &[&fields::Field]) {
+    for f in fields {
+        let Some(rule) = &f.spec.verify else { continue };
+        let Some(v) = a.fields.get_mut(&f.spec.name) else { continue };
+        match codes::verify::check(&v.value, rule, &a.codes) {
+            codes::verify::Verdict::Agree => v.verified = Some(true),
+            codes::verify::Verdict::Differ(code) => {
+                v.verified = Some(false);
+                v.code = Some(code);
+                a.mismatches.push(f.spec.name.clone());
+            }
+            codes::verify::Verdict::Unverified => a.unverified.push(f.spec.name.clone()),
+        }
     }
 }
 
@@ -289,6 +336,8 @@ pub struct LoadOptions {
     pub backend: engine::Backend,
     /// OCR: which raw text lines are kept (junk rejection).
     pub text_filter: ocr::TextFilter,
+    /// Read the codes on each frame too (`[detect.codes]`); `None`: not.
+    pub codes: Option<codes::CodeOptions>,
 }
 
 impl LoadOptions {
@@ -303,6 +352,7 @@ impl LoadOptions {
             ocr_side: ocr::DET_MIN_SIDE,
             backend,
             text_filter: ocr::TextFilter::default(),
+            codes: None,
         }
     }
 
@@ -330,6 +380,7 @@ pub struct Model {
     max_pixels: u64,
     max_frame_memory: u64,
     text_filter: ocr::TextFilter,
+    codes: Option<codes::CodeReader>,
 }
 
 impl std::fmt::Debug for Model {
@@ -398,6 +449,7 @@ impl Model {
             max_pixels: opts.max_pixels,
             max_frame_memory: opts.max_frame_memory,
             text_filter: opts.text_filter,
+            codes: opts.codes.clone().map(codes::CodeReader::new),
         })
     }
 
@@ -484,7 +536,15 @@ impl Model {
         decode_ms: f64,
         fields: &[&fields::Field],
     ) -> Result<Annotation, InferenceError> {
-        let (items, t, fields, missing) = match &mut self.pipeline {
+        let whole = [0, 0, frame.width, frame.height];
+        // In frame mode the codes are read beside the model.
+        let mut ticket = match &mut self.codes {
+            Some(r) if r.options().region == codes::Region::Frame => {
+                Some(r.start(codes::luma(frame, whole), frame.width as u32, frame.height as u32, [0.0; 2]))
+            }
+            _ => None,
+        };
+        let (items, t, fields_read, missing) = match &mut self.pipeline {
             Pipeline::Ocr(o) => {
                 let r = o.read(frame, fields, &self.text_filter)?;
                 (r.items, r.times, r.fields, r.missing)
@@ -494,7 +554,13 @@ impl Model {
                 (items, t, std::collections::BTreeMap::new(), Vec::new())
             }
         };
-        Ok(Annotation {
+        if let (Some(r), None) = (&mut self.codes, &ticket) {
+            let text: Vec<[f32; 4]> = items.iter().filter(|i| i.text.is_some()).map(|i| i.bbox).collect();
+            let rect = codes::label_region(&text, frame.width, frame.height);
+            let (w, h) = ((rect[2] - rect[0]) as u32, (rect[3] - rect[1]) as u32);
+            ticket = Some(r.start(codes::luma(frame, rect), w, h, [rect[0] as f32, rect[1] as f32]));
+        }
+        let mut a = Annotation {
             model: self.info.clone(),
             width: frame.width as u32,
             height: frame.height as u32,
@@ -505,11 +571,28 @@ impl Model {
                 run_ms: t.run_ms,
                 postprocess_ms: t.postprocess_ms,
                 fields_ms: t.fields_ms,
+                codes_ms: 0.0,
             },
             error: None,
-            fields,
+            fields: fields_read,
             missing,
-        })
+            codes: Vec::new(),
+            codes_timeout: false,
+            codes_error: None,
+            mismatches: Vec::new(),
+            unverified: Vec::new(),
+        };
+        if let (Some(r), Some(ticket)) = (&mut self.codes, ticket) {
+            let (outcome, ms) = r.finish(ticket);
+            a.timings.codes_ms = ms;
+            match outcome {
+                codes::Outcome::Read(c) => a.codes = c,
+                codes::Outcome::Timeout => a.codes_timeout = true,
+                codes::Outcome::Failed(e) => a.codes_error = Some(e),
+            }
+        }
+        cross_check(&mut a, fields);
+        Ok(a)
     }
 
     /// Decodes JPEG/PNG bytes and runs the model. A frame that cannot be

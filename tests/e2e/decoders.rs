@@ -32,6 +32,7 @@ fn opts() -> LoadOptions {
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
         text_filter: inference::ocr::TextFilter::default(),
+        codes: None,
     }
 }
 

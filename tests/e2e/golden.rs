@@ -309,6 +309,7 @@ fn tract_against_onnxruntime_on_session_inputs(bundle: &str) {
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
         text_filter: TextFilter::off(),
+        codes: None,
     };
     let dir = repo().join("models").join(bundle);
     let mut m = Model::load(&dir, &opts).unwrap();
@@ -414,6 +415,7 @@ fn field_specs(path: &Path) -> Vec<inference::fields::FieldSpec> {
             format: d.format,
             required: true,
             min_score: inference::fields::DEFAULT_MIN_SCORE,
+            verify: None,
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! `[detect]`: the model, its runtime and threads, the memory budget of a
-//! frame, and the raw-text filter (`[detect.text]`).
+//! frame, the raw-text filter (`[detect.text]`) and the code reader
+//! (`[detect.codes]`, in `codes.rs`).
 
 use super::Validator;
 use crate::util::units::format_size;
@@ -50,6 +51,9 @@ pub struct RawDetect {
     /// OCR: which raw text lines are kept (junk rejection).
     #[serde(default)]
     pub text: RawText,
+    /// `[detect.codes]`: read the codes on the label too (off when
+    /// absent).
+    pub codes: Option<super::codes::RawCodes>,
     /// `[[detect.camera]]`: settings of one camera that differ from the
     /// stage's (its OCR detector side).
     #[serde(default)]
@@ -114,6 +118,8 @@ pub struct DetectConfig {
     pub backend: inference::engine::Backend,
     /// Raw text filter (`[detect.text]`).
     pub text: inference::ocr::TextFilter,
+    /// The code reader (`[detect.codes]`); `None`: codes are not read.
+    pub codes: Option<inference::codes::CodeOptions>,
 }
 
 /// Checks `[detect]`; ONNX Runtime's library is looked for only when the
@@ -142,6 +148,7 @@ pub(super) fn validate(v: &mut Validator<'_>, d: RawDetect) -> DetectConfig {
         camera_sides: camera_sides(v, &d.camera),
         backend: backend(v, d.backend.as_deref()),
         text: text_filter(v, &d.text),
+        codes: super::codes::validate(v, d.codes),
     };
     if detect.enabled && detect.backend == Backend::Onnxruntime && !detect.onnxruntime.is_file() {
         v.problem(

@@ -21,6 +21,10 @@ pub struct RawField {
     /// Camera ids the field applies to; `*` matches any run of characters
     /// (`"line1-*"`). Default: every camera.
     pub cameras: Option<Vec<String>>,
+    /// The code value the print must agree with, `"gs1:<AI>"` (for example
+    /// `"gs1:10"` for the lot, `"gs1:17"` for the expiry). Needs
+    /// `[detect.codes]`. Default: none.
+    pub verify: Option<String>,
 }
 
 /// A declared label field and the cameras it applies to.
@@ -114,8 +118,21 @@ pub(super) fn validate(v: &mut Validator<'_>, raw: Vec<RawField>) -> Vec<FieldCo
                 v.problem(&key("cameras"), format!("{c:?} is not a camera id (A-Z a-z 0-9 . _ - and * for any run)"));
             }
         }
+        let verify = f.verify.as_deref().and_then(|r| match inference::codes::verify::Rule::parse(r) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                v.problem(&key("verify"), e);
+                None
+            }
+        });
         out.push(FieldConfig {
-            spec: inference::fields::FieldSpec { name, format, required: f.required.unwrap_or(true), min_score },
+            spec: inference::fields::FieldSpec {
+                name,
+                format,
+                required: f.required.unwrap_or(true),
+                min_score,
+                verify,
+            },
             cameras,
         });
     }

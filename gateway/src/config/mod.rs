@@ -17,6 +17,7 @@
 //! present, secrets readable); secrets never appear in `Debug` or logs.
 
 mod claim_check;
+mod codes;
 mod detect;
 mod fields;
 mod kafka_security;
@@ -180,6 +181,17 @@ impl Config {
                 "label fields are read by the model, and detect.enabled is false (enable it or remove [[fields]])"
                     .into(),
             );
+        }
+        if detect.codes.is_none() {
+            for (i, f) in fields.iter().enumerate().filter(|(_, f)| f.spec.verify.is_some()) {
+                v.problem(
+                    &format!("fields[{i}].verify"),
+                    format!(
+                        "field {:?} is checked against a code, and codes are not read (add [detect.codes])",
+                        f.spec.name
+                    ),
+                );
+            }
         }
         let replicate = replicate::validate(&mut v, raw.replicate);
         let telemetry = telemetry::validate(&mut v, raw.telemetry);

@@ -25,6 +25,9 @@ pub struct RawSample {
     /// Sample frames with a required field missing or a field uncertain
     /// (see `[[fields]]`), for review upstream. Default true.
     pub review: Option<bool>,
+    /// Sample frames where a printed field disagrees with the code that
+    /// carries the same value (`verify` in `[[fields]]`). Default true.
+    pub mismatches: Option<bool>,
     /// Minimum time between two sampled frames of one camera. Default `"0s"`.
     pub min_interval: Option<toml::Value>,
     /// Upload budget per camera, e.g. `"200KiB"` per second (0 = no limit).
@@ -49,6 +52,8 @@ pub struct SampleConfig {
     pub errors: bool,
     /// Sample frames with a missing or uncertain label field.
     pub review: bool,
+    /// Sample frames whose print disagrees with their code.
+    pub mismatches: bool,
     /// Minimum time between two sampled frames of one camera.
     pub min_interval: Duration,
     /// Upload budget per camera, bytes per second (0 = unlimited).
@@ -65,6 +70,7 @@ impl Default for SampleConfig {
             low_confidence_below: None,
             errors: true,
             review: true,
+            mismatches: true,
             min_interval: Duration::ZERO,
             max_bytes_per_second: 0,
         }
@@ -88,6 +94,7 @@ pub(super) fn validate(v: &mut Validator<'_>, sm: RawSample) -> SampleConfig {
         low_confidence_below: sm.low_confidence_below,
         errors: sm.errors.unwrap_or(true),
         review: sm.review.unwrap_or(true),
+        mismatches: sm.mismatches.unwrap_or(true),
         min_interval: v.duration("sample.min_interval", sm.min_interval.as_ref(), Duration::ZERO),
         max_bytes_per_second: v.size("sample.max_bytes_per_second", sm.max_bytes_per_second.as_ref(), 0),
     }

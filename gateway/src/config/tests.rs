@@ -397,3 +397,52 @@ fn a_camera_may_have_its_own_ocr_side() {
     assert!(e.to_string().contains("500 is not a multiple of 32"), "{e}");
     assert!(e.to_string().contains("\"a\" is listed twice"), "{e}");
 }
+
+#[test]
+fn codes_are_off_until_their_section_and_their_mistakes_are_named() {
+    let c = Config::parse(Path::new("c.toml"), MINIMAL, &env()).unwrap();
+    assert!(c.detect.codes.is_none());
+
+    let on = format!(
+        "{MINIMAL}[detect.codes]\n[[fields]]\nname = \"lot\"\nformat = 'LOT <\\d{{4}}>'\nverify = \"gs1:10\"\n"
+    );
+    let c = Config::parse(Path::new("c.toml"), &on, &env()).unwrap();
+    assert_eq!(c.detect.codes, Some(inference::codes::CodeOptions::default()));
+    assert_eq!(c.fields[0].spec.verify, Some(inference::codes::verify::Rule::Gs1("10".into())));
+
+    let set = format!(
+        "{MINIMAL}[detect.codes]\nsymbologies = [\"qr\", \"ean13\"]\nbudget = \"80ms\"\neffort = \"fast\"\nregion = \"labels\"\n"
+    );
+    let c = Config::parse(Path::new("c.toml"), &set, &env()).unwrap();
+    let codes = c.detect.codes.unwrap();
+    assert_eq!(codes.symbologies, [inference::codes::Symbology::Qr, inference::codes::Symbology::Ean13]);
+    assert_eq!((codes.budget, codes.thorough), (std::time::Duration::from_millis(80), false));
+    assert_eq!(codes.region, inference::codes::Region::Labels);
+
+    let off = format!("{MINIMAL}[detect.codes]\nenabled = false\n");
+    assert!(Config::parse(Path::new("c.toml"), &off, &env()).unwrap().detect.codes.is_none());
+
+    let bad = format!(
+        "{MINIMAL}[detect.codes]\nsymbologies = [\"qrcode\", \"qr\", \"qr\"]\nbudget = \"0s\"\neffort = \"max\"\nregion = \"roi\"\n"
+    );
+    let e = Config::parse(Path::new("c.toml"), &bad, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "detect.codes.symbologies",
+            "detect.codes.symbologies",
+            "detect.codes.budget",
+            "detect.codes.effort",
+            "detect.codes.region"
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("\"qrcode\" is not one of data_matrix, code128, qr"), "{e}");
+
+    let unread = format!("{MINIMAL}[[fields]]\nname = \"lot\"\nformat = 'LOT <\\d{{4}}>'\nverify = \"gs1:10\"\n[[fields]]\nname = \"exp\"\nformat = 'EXP <\\d{{4}}>'\nverify = \"lot\"\n");
+    let e = Config::parse(Path::new("c.toml"), &unread, &env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["fields[1].verify", "fields[0].verify"], "{e}");
+    assert!(e.to_string().contains("add [detect.codes]"), "{e}");
+}

@@ -85,6 +85,14 @@ pub struct DetectStats {
     /// Per declared label field: frames it was read on, read uncertain on,
     /// and missing from (names come from the config, so this is bounded).
     pub fields: std::sync::Mutex<BTreeMap<String, FieldCounts>>,
+    /// Codes read (`[detect.codes]`).
+    pub codes: AtomicU64,
+    /// Frames whose code reading ran out of its budget.
+    pub codes_timeouts: AtomicU64,
+    /// Frames whose code reader failed (a decoder panic).
+    pub codes_errors: AtomicU64,
+    /// Frames with at least one printed field disagreeing with its code.
+    pub mismatched_frames: AtomicU64,
 }
 
 /// Counters of one label field.
@@ -96,6 +104,13 @@ pub struct FieldCounts {
     pub uncertain: u64,
     /// Required and not read on a frame with text.
     pub missing: u64,
+    /// Read, with a `verify` rule, and agreeing with its code.
+    pub verified: u64,
+    /// Read, with a `verify` rule, and disagreeing with its code.
+    pub mismatch: u64,
+    /// Read, with a `verify` rule, and no code on the frame carried the
+    /// value.
+    pub unverified: u64,
 }
 
 /// Upper bounds (ms) of the latency histogram buckets.
@@ -137,6 +152,8 @@ pub struct DetectOptions {
     pub backend: inference::engine::Backend,
     /// Raw text filter (`[detect.text]`).
     pub text: inference::ocr::TextFilter,
+    /// The code reader (`[detect.codes]`), one per worker.
+    pub codes: Option<inference::codes::CodeOptions>,
     /// Label fields (`[[fields]]`), compiled by each worker for its model.
     pub fields: Vec<crate::config::FieldConfig>,
     /// Which images are kept for upload.
@@ -194,6 +211,7 @@ impl Detect {
                 ocr_side: opts.ocr_side,
                 backend: opts.backend,
                 text_filter: opts.text,
+                codes: opts.codes.clone(),
             };
             let w = worker::Worker {
                 model_dir: opts.enabled.then(|| opts.model.clone()),
@@ -305,6 +323,61 @@ impl Detect {
         result.and(committed)
     }
 
+    /// Counts the frame's label fields, codes and cross-check, and warns
+    /// (rate-limited) about a missing field, a misprint or a code reader
+    /// that ran out of time.
+    fn count_labels(&self, fa: &FrameAnnotation) {
+        if !fa.annotation.fields.is_empty() || !fa.annotation.missing.is_empty() {
+            let mut counts = self.stats.fields.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, f) in &fa.annotation.fields {
+                let c = counts.entry(name.clone()).or_default();
+                c.read += 1;
+                c.uncertain += u64::from(f.uncertain);
+                c.verified += u64::from(f.verified == Some(true));
+                c.mismatch += u64::from(f.verified == Some(false));
+            }
+            for name in &fa.annotation.unverified {
+                counts.entry(name.clone()).or_default().unverified += 1;
+            }
+            for name in &fa.annotation.missing {
+                counts.entry(name.clone()).or_default().missing += 1;
+            }
+        }
+        if !fa.annotation.missing.is_empty() {
+            if let Some(held) = self.warn.check("missing") {
+                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, missing = %fa.annotation.missing.join(","), suppressed = held, "required label field not read");
+            }
+        }
+        let a = &fa.annotation;
+        self.stats.codes.fetch_add(a.codes.len() as u64, Ordering::Relaxed);
+        if a.codes_timeout {
+            self.stats.codes_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = self.warn.check("codes_timeout") {
+                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, suppressed = held, "code reading ran out of its budget (detect.codes.budget); codes may be missing");
+            }
+        }
+        if let Some(e) = &a.codes_error {
+            self.stats.codes_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = self.warn.check("codes_error") {
+                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, error = %e, suppressed = held, "code reader failed");
+            }
+        }
+        if !a.mismatches.is_empty() {
+            self.stats.mismatched_frames.fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = self.warn.check("mismatch") {
+                let detail: Vec<String> = a
+                    .mismatches
+                    .iter()
+                    .filter_map(|n| {
+                        let f = a.fields.get(n)?;
+                        Some(format!("{n}: printed {:?}, code {:?}", f.value, f.code.as_deref().unwrap_or("")))
+                    })
+                    .collect();
+                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, mismatches = %detail.join("; "), suppressed = held, "label print disagrees with its code");
+            }
+        }
+    }
+
     /// Commits the annotations of the contiguous run of finished frames
     /// starting at `next_commit`, and moves the cursor past them (and up to
     /// `scanned` when nothing is in flight any more).
@@ -358,22 +431,7 @@ impl Detect {
             let t = &fa.annotation.timings;
             self.stats.observe(t.total_ms());
             self.stats.items.fetch_add(fa.annotation.items.len() as u64, Ordering::Relaxed);
-            if !fa.annotation.fields.is_empty() || !fa.annotation.missing.is_empty() {
-                let mut counts = self.stats.fields.lock().unwrap_or_else(|p| p.into_inner());
-                for (name, f) in &fa.annotation.fields {
-                    let c = counts.entry(name.clone()).or_default();
-                    c.read += 1;
-                    c.uncertain += u64::from(f.uncertain);
-                }
-                for name in &fa.annotation.missing {
-                    counts.entry(name.clone()).or_default().missing += 1;
-                }
-            }
-            if !fa.annotation.missing.is_empty() {
-                if let Some(held) = self.warn.check("missing") {
-                    tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, missing = %fa.annotation.missing.join(","), suppressed = held, "required label field not read");
-                }
-            }
+            self.count_labels(&fa);
             // Serialising plain data cannot fail.
             let body = serde_json::to_vec(&fa).unwrap_or_default();
             batch.put_blob(Area::Annotations, seq, &body);
@@ -400,16 +458,7 @@ impl Detect {
 /// The annotation of a frame when `detect.enabled = false`: no model ran,
 /// nothing was found, and the record still goes upstream in order.
 pub fn not_annotated() -> Annotation {
-    Annotation {
-        model: inference::ModelInfo::new("none", "", ""),
-        width: 0,
-        height: 0,
-        items: Vec::new(),
-        timings: inference::Timings::default(),
-        error: None,
-        fields: Default::default(),
-        missing: Vec::new(),
-    }
+    Annotation { error: None, ..Annotation::failed(inference::ModelInfo::new("none", "", ""), String::new()) }
 }
 
 /// The detect stage as the supervisor runs it.

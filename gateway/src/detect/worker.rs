@@ -106,16 +106,7 @@ impl Worker {
         seq: u64,
     ) -> Result<Annotation, String> {
         let info = model.info.clone();
-        let failed = |error: String| Annotation {
-            model: info.clone(),
-            width: 0,
-            height: 0,
-            items: Vec::new(),
-            timings: inference::Timings::default(),
-            error: Some(error),
-            fields: Default::default(),
-            missing: Vec::new(),
-        };
+        let failed = |error: String| Annotation::failed(info.clone(), error);
         let panic_here = self.faults.panic_camera.as_deref() == Some(frame.camera.as_str());
         if self.faults.detect_delay_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(self.faults.detect_delay_ms));

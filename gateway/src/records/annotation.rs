@@ -54,4 +54,6 @@ pub enum SampleReason {
     Error,
     /// A required label field is missing or a field is uncertain.
     Review,
+    /// A printed field disagrees with the code that carries its value.
+    Mismatch,
 }

@@ -154,10 +154,10 @@ mod tests {
             started: std::time::Instant::now(),
         };
         if let Some(d) = &t.detect {
-            d.fields
-                .lock()
-                .unwrap()
-                .insert("lot".into(), crate::detect::FieldCounts { read: 3, uncertain: 1, missing: 2 });
+            d.fields.lock().unwrap().insert(
+                "lot".into(),
+                crate::detect::FieldCounts { read: 3, uncertain: 1, missing: 2, ..Default::default() },
+            );
         }
         let text = super::super::metrics::render(&t);
         for name in [
@@ -203,7 +203,7 @@ mod tests {
             .fields
             .lock()
             .unwrap()
-            .insert("lot \"A\"\\2".into(), crate::detect::FieldCounts { read: 1, uncertain: 0, missing: 0 });
+            .insert("lot \"A\"\\2".into(), crate::detect::FieldCounts { read: 1, ..Default::default() });
         let text = super::super::metrics::render(&t);
         assert!(
             text.contains("vision_gateway_fields_total{field=\"lot \\\"A\\\"\\\\2\",outcome=\"read\"} 1\n"),

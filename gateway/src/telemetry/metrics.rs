@@ -237,6 +237,20 @@ fn detect(e: &mut Exposition<'_, '_>, d: &DetectStats) {
                 ld(&d.sampled)
             }),
             ("vision_gateway_annotation_items_total", COUNTER, "Items (texts, objects) found.", |d| ld(&d.items)),
+            ("vision_gateway_codes_read_total", COUNTER, "Codes read on frames ([detect.codes]).", |d| ld(&d.codes)),
+            (
+                "vision_gateway_codes_timeouts_total",
+                COUNTER,
+                "Frames whose code reading ran out of detect.codes.budget.",
+                |d| ld(&d.codes_timeouts),
+            ),
+            ("vision_gateway_codes_errors_total", COUNTER, "Frames whose code reader failed.", |d| ld(&d.codes_errors)),
+            (
+                "vision_gateway_label_mismatches_total",
+                COUNTER,
+                "Frames with a printed field that disagrees with its code (verify).",
+                |d| ld(&d.mismatched_frames),
+            ),
         ],
     );
     let fields: Vec<(Labels, u64)> = d
@@ -245,14 +259,22 @@ fn detect(e: &mut Exposition<'_, '_>, d: &DetectStats) {
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .flat_map(|(name, c)| {
-            [("read", c.read), ("uncertain", c.uncertain), ("missing", c.missing)]
-                .map(|(k, v)| (vec![("field", name.clone()), ("outcome", k.to_owned())], v))
+            [
+                ("read", c.read),
+                ("uncertain", c.uncertain),
+                ("missing", c.missing),
+                ("verified", c.verified),
+                ("mismatch", c.mismatch),
+                ("unverified", c.unverified),
+            ]
+            .map(|(k, v)| (vec![("field", name.clone()), ("outcome", k.to_owned())], v))
         })
         .collect();
     e.family(
         "vision_gateway_fields_total",
         COUNTER,
-        "Label fields per declared field: read, read uncertain, required and missing.",
+        "Label fields per declared field: read, read uncertain, required and missing; with verify: agreeing with \
+         the code, disagreeing, no code.",
         &fields,
     );
     let mut buckets: Vec<(f64, u64)> =

@@ -11,7 +11,7 @@ use gateway::records::SampleReason;
 use gateway::records::{Area, FrameRecord};
 use gateway::records::{FrameAnnotation, SCHEMA_VERSION};
 use gateway::replicate::{producer, Replicate};
-use inference::{Annotation, Item, ModelInfo, Timings};
+use inference::{Annotation, Item, ModelInfo};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -102,14 +102,11 @@ fn filled_log(dir: &Path) -> (DurableLog, Vec<u8>) {
             frame_bytes: f.payload.len() as u64,
             sampled,
             annotation: Annotation {
-                model: ModelInfo::new("m", "1", "abc"),
                 width: 640,
                 height: 480,
                 items: vec![Item::text(format!("SN{i}"), 0.9, [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])],
-                timings: Timings::default(),
                 error: None,
-                fields: Default::default(),
-                missing: Vec::new(),
+                ..Annotation::failed(ModelInfo::new("m", "1", "abc"), String::new())
             },
         };
         b.put_blob(Area::Annotations, seq, &serde_json::to_vec(&fa).unwrap());
@@ -327,14 +324,11 @@ fn annotate(log: &DurableLog, first: u64, n: u64) {
             frame_bytes: f.payload.len() as u64,
             sampled: None,
             annotation: Annotation {
-                model: ModelInfo::new("m", "1", "abc"),
                 width: 640,
                 height: 480,
                 items: Vec::new(),
-                timings: Timings::default(),
                 error: None,
-                fields: Default::default(),
-                missing: Vec::new(),
+                ..Annotation::failed(ModelInfo::new("m", "1", "abc"), String::new())
             },
         };
         b.put_blob(Area::Annotations, seq, &serde_json::to_vec(&fa).unwrap());

@@ -18,7 +18,7 @@ pub mod gs1;
 mod read;
 pub mod verify;
 
-pub use read::{CodeReader, Outcome};
+pub use read::{CodeReader, Outcome, Ticket};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,12 +137,73 @@ pub struct CodeOptions {
     /// Thorough (rxing's try-harder: rotations, more rows; reads more,
     /// slower) or fast.
     pub thorough: bool,
+    /// Where to look.
+    pub region: Region,
 }
 
 impl Default for CodeOptions {
     fn default() -> Self {
-        Self { symbologies: Symbology::DEFAULT.to_vec(), budget: Duration::from_millis(250), thorough: true }
+        Self {
+            symbologies: Symbology::DEFAULT.to_vec(),
+            budget: Duration::from_millis(250),
+            thorough: true,
+            region: Region::Frame,
+        }
     }
+}
+
+/// Where on the frame codes are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Region {
+    /// The whole frame, beside the model (on the worker's code thread
+    /// while the model runs).
+    #[default]
+    Frame,
+    /// Around the text the OCR detector found (the box around every text
+    /// line, grown by half its width to each side and half its height up
+    /// and down, where a label's code sits), after the model: less to
+    /// scan on a large frame. A frame with no text is scanned whole. Other
+    /// models than OCR: the whole frame.
+    Labels,
+}
+
+/// The rectangle `[x0, y0, x1, y1]` (pixels, end exclusive) a `Labels`
+/// scan covers on a `width` x `height` frame with text boxes `boxes`.
+pub fn label_region(boxes: &[[f32; 4]], width: usize, height: usize) -> [usize; 4] {
+    if boxes.is_empty() {
+        return [0, 0, width, height];
+    }
+    let mut u = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
+    for b in boxes {
+        u = [u[0].min(b[0]), u[1].min(b[1]), u[2].max(b[2]), u[3].max(b[3])];
+    }
+    let (gw, gh) = ((u[2] - u[0]).max(0.0) / 2.0, (u[3] - u[1]).max(0.0) / 2.0);
+    let clamp = |v: f32, hi: usize| (v.max(0.0) as usize).min(hi);
+    let r = [
+        clamp(u[0] - gw, width),
+        clamp(u[1] - gh, height),
+        clamp(u[2] + gw + 1.0, width),
+        clamp(u[3] + gh + 1.0, height),
+    ];
+    if r[2] <= r[0] || r[3] <= r[1] {
+        return [0, 0, width, height];
+    }
+    r
+}
+
+/// The grey image (BT.601 luma) of `rect` of a BGR frame.
+pub fn luma(frame: &crate::imageops::Bgr, rect: [usize; 4]) -> Vec<u8> {
+    let [x0, y0, x1, y1] = rect;
+    let (x1, y1) = (x1.min(frame.width), y1.min(frame.height));
+    let mut out = Vec::with_capacity(x1.saturating_sub(x0) * y1.saturating_sub(y0));
+    for y in y0..y1 {
+        let row = &frame.data[(y * frame.width + x0) * 3..(y * frame.width + x1) * 3];
+        out.extend(
+            row.chunks_exact(3)
+                .map(|p| ((u32::from(p[0]) * 29 + u32::from(p[1]) * 150 + u32::from(p[2]) * 77 + 128) >> 8) as u8),
+        );
+    }
+    out
 }
 
 /// One code read on a frame.
@@ -241,6 +302,23 @@ mod tests {
         assert!(bad.gs1.is_none() && bad.gs1_error.as_deref().is_some_and(|e| e.contains("check digit")));
         let plain = code(Symbology::Qr, "0109506000134376".into(), "]Q1", &[]);
         assert!(plain.gs1.is_none() && plain.gs1_error.is_none());
+    }
+
+    #[test]
+    fn the_label_region_grows_around_the_text_and_stays_in_the_frame() {
+        assert_eq!(label_region(&[], 640, 480), [0, 0, 640, 480]);
+        assert_eq!(
+            label_region(&[[100.0, 100.0, 300.0, 140.0], [100.0, 150.0, 200.0, 180.0]], 640, 480),
+            [0, 60, 401, 221]
+        );
+        assert_eq!(label_region(&[[600.0, 0.0, 640.0, 480.0]], 640, 480), [580, 0, 640, 480]);
+        let frame = crate::imageops::Bgr {
+            width: 3,
+            height: 2,
+            data: vec![255, 255, 255, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 255, 0, 9, 9, 9],
+        };
+        assert_eq!(luma(&frame, [0, 0, 3, 2]), [255, 0, 77, 29, 149, 9]);
+        assert_eq!(luma(&frame, [1, 1, 3, 2]), [149, 9]);
     }
 
     #[test]

@@ -33,7 +33,18 @@ struct Job {
     origin: [f32; 2],
 }
 
-type Reply = (u64, Result<Vec<Code>, String>);
+/// A job's id, its codes, and the decode's time in ms.
+type Reply = (u64, Result<Vec<Code>, String>, f64);
+
+/// A read handed to the helper ([`CodeReader::start`]).
+#[derive(Debug)]
+pub struct Ticket {
+    id: Option<u64>,
+    started: Instant,
+    deadline: Instant,
+    /// Known without the helper (a bad size, still busy, no thread).
+    early: Option<Outcome>,
+}
 
 /// A worker's code reader (not shared: each worker has its own, as its
 /// model).
@@ -65,17 +76,30 @@ impl CodeReader {
 
     /// Reads the codes on a `width` x `height` grey image (`luma`, one
     /// byte a pixel, rows top to bottom) whose top-left corner is at
-    /// `origin` in the frame (points are given in frame pixels).
+    /// `origin` in the frame (points are given in frame pixels): [`start`]
+    /// then [`finish`].
+    ///
+    /// [`start`]: Self::start
+    /// [`finish`]: Self::finish
     pub fn read(&mut self, luma: Vec<u8>, width: u32, height: u32, origin: [f32; 2]) -> Outcome {
-        let deadline = Instant::now() + self.opts.budget;
+        let t = self.start(luma, width, height, origin);
+        self.finish(t).0
+    }
+
+    /// Hands a grey image to the helper and returns at once (the caller
+    /// runs the model meanwhile); the budget counts from here.
+    pub fn start(&mut self, luma: Vec<u8>, width: u32, height: u32, origin: [f32; 2]) -> Ticket {
+        let started = Instant::now();
+        let deadline = started + self.opts.budget;
+        let early = |o: Outcome| Ticket { id: None, started, deadline, early: Some(o) };
         if luma.len() as u64 != u64::from(width) * u64::from(height) || width == 0 || height == 0 {
-            return Outcome::Read(Vec::new());
+            return early(Outcome::Read(Vec::new()));
         }
         // Wait (within this frame's budget) for an overrun decode to end.
         if let Some(id) = self.pending {
             match self.wait_for(id, deadline) {
                 Some(_) => self.pending = None,
-                None => return Outcome::Timeout,
+                None => return early(Outcome::Timeout),
             }
         }
         let id = self.next_id;
@@ -83,44 +107,56 @@ impl CodeReader {
         let job = Job { id, luma, width, height, origin };
         let sent = match self.helper() {
             Ok((tx, _)) => tx.send(job).map_err(|mpsc::SendError(job)| job),
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return early(Outcome::Failed(e)),
         };
         if let Err(job) = sent {
-            // The helper has gone (it only ends when its channel closes, or
-            // if the thread itself died): start a new one, once.
+            // The helper has gone (its thread died): start a new one, once.
             self.helper = None;
             match self.helper() {
                 Ok((tx, _)) => {
                     if tx.send(job).is_err() {
-                        return Outcome::Failed("the code reader's thread could not be started".into());
+                        return early(Outcome::Failed("the code reader's thread could not be started".into()));
                     }
                 }
-                Err(e) => return Outcome::Failed(e),
+                Err(e) => return early(Outcome::Failed(e)),
             }
         }
-        match self.wait_for(id, deadline) {
-            Some(Ok(codes)) => Outcome::Read(codes),
-            Some(Err(e)) => Outcome::Failed(e),
+        Ticket { id: Some(id), started, deadline, early: None }
+    }
+
+    /// Waits (until the ticket's deadline) for the codes of a started
+    /// read. Returns them with the decode's own time in ms (the helper's,
+    /// or the time waited when it ran out).
+    pub fn finish(&mut self, t: Ticket) -> (Outcome, f64) {
+        let waited = || t.started.elapsed().as_secs_f64() * 1e3;
+        let id = match (t.early, t.id) {
+            (Some(o), _) => return (o, waited()),
+            (None, Some(id)) => id,
+            (None, None) => return (Outcome::Read(Vec::new()), 0.0),
+        };
+        match self.wait_for(id, t.deadline) {
+            Some((Ok(codes), ms)) => (Outcome::Read(codes), ms),
+            Some((Err(e), ms)) => (Outcome::Failed(e), ms),
             None => {
                 self.pending = Some(id);
-                Outcome::Timeout
+                (Outcome::Timeout, waited())
             }
         }
     }
 
     /// The reply to job `id`, or `None` when the deadline passes first
     /// (replies to older jobs are dropped on the way).
-    fn wait_for(&mut self, id: u64, deadline: Instant) -> Option<Result<Vec<Code>, String>> {
+    fn wait_for(&mut self, id: u64, deadline: Instant) -> Option<(Result<Vec<Code>, String>, f64)> {
         let (_, rx) = self.helper.as_ref()?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok((got, r)) if got == id => return Some(r),
+                Ok((got, r, ms)) if got == id => return Some((r, ms)),
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => return None,
                 Err(RecvTimeoutError::Disconnected) => {
                     self.helper = None;
-                    return Some(Err("the code reader's thread ended".into()));
+                    return Some((Err("the code reader's thread ended".into()), 0.0));
                 }
             }
         }
@@ -137,9 +173,10 @@ impl CodeReader {
                     for job in jrx {
                         let id = job.id;
                         let opts = &opts;
+                        let t = Instant::now();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || decode(job, opts)))
                             .unwrap_or_else(|_| Err("the code decoder panicked on this frame".into()));
-                        if rtx.send((id, r)).is_err() {
+                        if rtx.send((id, r, t.elapsed().as_secs_f64() * 1e3)).is_err() {
                             break;
                         }
                     }

@@ -51,6 +51,9 @@ pub struct FieldSpec {
     pub required: bool,
     /// A value whose weakest character scores below this is uncertain.
     pub min_score: f32,
+    /// The code value the printed value must agree with (`verify =
+    /// "gs1:10"`), see [`crate::codes::verify`].
+    pub verify: Option<crate::codes::verify::Rule>,
 }
 
 /// A field read on a frame.
@@ -67,6 +70,15 @@ pub struct FieldValue {
     /// The score is below the field's `min_score`: worth a human look.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uncertain: bool,
+    /// The field has a `verify` rule and a code on the frame carries its
+    /// value: whether the print agrees (absent: no rule, or no code
+    /// carries the value, and the field is listed in the annotation's
+    /// `unverified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// When `verified` is false: the code's value (`value` is the print's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// A field compiled for one model.
@@ -180,6 +192,8 @@ pub fn assign(fields: &[&Field], lines: &[Line], text_read: bool) -> (BTreeMap<S
                 score: d.score,
                 raw: lines[li].raw.clone(),
                 bbox: lines[li].bbox,
+                verified: None,
+                code: None,
             },
         );
     }
@@ -229,6 +243,7 @@ mod tests {
     fn lines_go_to_the_fields_they_fit() {
         let cs = ctc::charset("0\n1\n2\n3\n4\n5\n6\n7\n8\n9\nA\nC\nE\nL\nM\nN\nO\nP\nS\nT\nR\n-");
         let spec = |name: &str, format: &str, required| FieldSpec {
+            verify: None,
             name: name.into(),
             format: format.into(),
             required,

@@ -134,6 +134,7 @@ pub async fn detect_throughput(repo: &Path, dir: &Path, run: &DetectRun) -> anyh
         ocr_side: inference::ocr::DET_MIN_SIDE,
         backend: inference::engine::Backend::Onnxruntime,
         text_filter: inference::ocr::TextFilter::default(),
+        codes: None,
     };
     let workers = workers.max(1);
 
@@ -260,6 +261,7 @@ async fn stage_pass(
         camera_sides: Default::default(),
         backend: inference::engine::Backend::Onnxruntime,
         text: inference::ocr::TextFilter::default(),
+        codes: None,
         fields: Vec::new(),
         sample: gateway::config::SampleConfig::default(),
         faults: gateway::faults::Faults::default(),
@@ -360,6 +362,7 @@ pub fn ocr_sides(repo: &Path, model: &Path, sides: &[usize], intra_threads: usiz
             ocr_side: side,
             backend: inference::engine::Backend::Onnxruntime,
             text_filter: inference::ocr::TextFilter::default(),
+            codes: None,
         };
         let mut m = Model::load(model, &load)?;
         let mut r = SideRow { side, lines_read: 0, lines: 0, texts_on_blank: 0, ms_per_frame: 0.0 };

@@ -424,7 +424,6 @@ pub async fn replicate_throughput(
             };
             let seq = log.append_frame(&f)?.seq;
             let annotation = inference::Annotation {
-                model: inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
                 width: 640,
                 height: 480,
                 items: (0..5)
@@ -436,10 +435,11 @@ pub async fn replicate_throughput(
                         )
                     })
                     .collect(),
-                timings: inference::Timings::default(),
                 error: None,
-                fields: Default::default(),
-                missing: Vec::new(),
+                ..inference::Annotation::failed(
+                    inference::ModelInfo::new("ppocr-v4", "4", &"0".repeat(64)),
+                    String::new(),
+                )
             };
             let fa = bench_annotation(&log, seq, &f, img > 0, annotation);
             let json = serde_json::to_vec(&fa)?;
