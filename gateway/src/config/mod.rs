@@ -33,6 +33,7 @@ mod tests;
 mod validator;
 
 pub use claim_check::{ClaimCheckConfig, RawClaimCheck};
+pub use codes::RawCodes;
 pub use detect::{DetectConfig, RawDetect, RawText};
 pub use fields::{glob, FieldConfig, RawField};
 pub use kafka_security::{KafkaSecurity, Protocol};
@@ -251,22 +252,35 @@ fn raw_config(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
     }
 }
 
+/// What `annotate --config` takes from a config file.
+#[derive(Debug, Clone)]
+pub struct LabelConfig {
+    /// `[[fields]]`.
+    pub fields: Vec<FieldConfig>,
+    /// `[detect.text]`.
+    pub text: inference::ocr::TextFilter,
+    /// `[detect.codes]` (`None`: not read).
+    pub codes: Option<inference::codes::CodeOptions>,
+}
+
 impl Config {
-    /// Only the `[[fields]]` and `[detect.text]` of a config file, checked
-    /// (for `vision-gateway annotate --config`, which needs no broker).
+    /// Only the `[[fields]]`, `[detect.text]` and `[detect.codes]` of a
+    /// config file, checked (for `vision-gateway annotate --config`, which
+    /// needs no broker).
     ///
     /// # Errors
     /// Unreadable file, TOML errors, unknown keys, and every problem of
-    /// those two sections.
-    pub fn load_fields(path: &Path) -> Result<(Vec<FieldConfig>, inference::ocr::TextFilter), ConfigError> {
+    /// those three sections.
+    pub fn load_fields(path: &Path) -> Result<LabelConfig, ConfigError> {
         let (raw, problems) = raw_config(&read_file(path)?);
         let Some(raw) = raw else { return Err(ConfigError { path: path.to_owned(), problems }) };
         let env = ProcessEnv;
         let mut v = Validator { problems, env: &env };
-        let filter = detect::text_filter(&mut v, &raw.detect.text);
+        let text = detect::text_filter(&mut v, &raw.detect.text);
+        let codes = codes::validate(&mut v, raw.detect.codes);
         let fields = fields::validate(&mut v, raw.fields);
         if v.problems.is_empty() {
-            Ok((fields, filter))
+            Ok(LabelConfig { fields, text, codes })
         } else {
             Err(ConfigError { path: path.to_owned(), problems: v.problems })
         }

@@ -315,10 +315,11 @@ fn python_engine(model: &str) -> anyhow::Result<&'static str> {
 /// A model, the reference Python or a fixture failing.
 pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<ModelsBench> {
     let frames = load_frames(repo, run.every)?;
-    let (cam_decls, _) =
-        Config::load_fields(&repo.join("tests/fixtures/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (lab_decls, _) =
-        Config::load_fields(&repo.join("tests/fixtures/labels2/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cam_decls =
+        Config::load_fields(&repo.join("tests/fixtures/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?.fields;
+    let lab_decls = Config::load_fields(&repo.join("tests/fixtures/labels2/fields.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .fields;
     let per = |s: Set| frames.iter().filter(|f| f.set == s).count();
     let lines = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.printed.len() as u64).sum::<u64>();
     let fields = |s: Set| frames.iter().filter(|f| f.set == s).map(|f| f.fields.len() as u64).sum::<u64>();

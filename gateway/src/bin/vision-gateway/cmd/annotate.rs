@@ -1,6 +1,7 @@
 //! `annotate`: runs a model on image files, one annotation per image (a
 //! line of JSON each with `--json`), optionally with a config's label
-//! fields, to check formats before deploying them.
+//! fields and code reader, to check formats and the print-against-code
+//! cross-check before deploying them.
 
 use anyhow::{Context, Result};
 use gateway::config::Config;
@@ -28,10 +29,15 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// A gateway config: read its `[[fields]]` and apply its
-    /// `[detect.text]` (the rest of the file is not needed), to check
-    /// formats on sample images before deploying them.
+    /// `[detect.text]` and `[detect.codes]` (the rest of the file is not
+    /// needed), to check formats and the code cross-check on sample images
+    /// before deploying them.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Read the codes on the label too, with `[detect.codes]`'s defaults
+    /// (a --config with that section uses its settings).
+    #[arg(long)]
+    pub codes: bool,
     /// With --config: apply the fields declared for this camera id
     /// (default: every field, whatever its `cameras`).
     #[arg(long, requires = "config")]
@@ -46,21 +52,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let cwd = std::env::current_dir().ok();
     let library = inference::runtime::default_library(args.onnxruntime.as_deref(), cwd.as_deref());
     let backend = inference::engine::Backend::parse(&args.backend).unwrap_or_default();
-    let (decls, filter) = match &args.config {
+    let (decls, filter, mut codes) = match &args.config {
         Some(path) => match Config::load_fields(path) {
-            Ok(x) => x,
+            Ok(x) => (x.fields, x.text, x.codes),
             Err(e) => {
                 eprintln!("{e}");
                 return Ok(ExitCode::from(2));
             }
         },
-        None => (Vec::new(), inference::ocr::TextFilter::default()),
+        None => (Vec::new(), inference::ocr::TextFilter::default(), None),
     };
+    if args.codes && codes.is_none() {
+        codes = Some(inference::codes::CodeOptions::default());
+    }
     let camera = args.camera.as_deref();
     let decls: Vec<_> = decls.into_iter().filter(|d| camera.is_none_or(|c| d.applies(c))).collect();
     let opts = inference::LoadOptions {
         intra_threads: args.threads,
         text_filter: filter,
+        codes,
         ..inference::LoadOptions::new(library, backend)
     };
     let mut m = inference::Model::load(&args.model, &opts)
@@ -108,12 +118,44 @@ fn text(file: &str, a: &Annotation) -> String {
         let [x0, y0, x1, y1] = it.bbox;
         let _ = writeln!(o, "  {:>5.3}  [{x0:.0}, {y0:.0}, {x1:.0}, {y1:.0}]  {what}", it.score);
     }
+    for c in &a.codes {
+        let [x0, y0, x1, y1] = c.bbox;
+        let text = c.text.replace('\u{1d}', "<GS>");
+        let _ = writeln!(o, "  code {} [{x0:.0}, {y0:.0}, {x1:.0}, {y1:.0}]  {text:?}", c.symbology.name());
+        if let Some(m) = &c.gs1 {
+            let ais: Vec<String> = m.iter().map(|(ai, v)| format!("({ai}) {v}")).collect();
+            let _ = writeln!(o, "    gs1 {}", ais.join("  "));
+        }
+        if let Some(e) = &c.gs1_error {
+            let _ = writeln!(o, "    gs1 error: {e}");
+        }
+    }
+    if a.codes_timeout {
+        let _ = writeln!(
+            o,
+            "  codes: TIMEOUT after {:.0} ms (detect.codes.budget): codes may be missing",
+            a.timings.codes_ms
+        );
+    }
+    if let Some(e) = &a.codes_error {
+        let _ = writeln!(o, "  codes: error: {e}");
+    }
     for (name, f) in &a.fields {
         let uncertain = if f.uncertain { " UNCERTAIN" } else { "" };
-        let _ = writeln!(o, "  field {name} = {:?}  score {:.3}{uncertain}  (read {:?})", f.value, f.score, f.raw);
+        let check = match (f.verified, &f.code) {
+            (Some(true), _) => "  code agrees".to_owned(),
+            (Some(false), Some(c)) => format!("  MISMATCH: code says {c:?}"),
+            _ if a.unverified.contains(name) => "  unverified (no code carries it)".to_owned(),
+            _ => String::new(),
+        };
+        let _ =
+            writeln!(o, "  field {name} = {:?}  score {:.3}{uncertain}  (read {:?}){check}", f.value, f.score, f.raw);
     }
     if !a.missing.is_empty() {
         let _ = writeln!(o, "  missing: {}", a.missing.join(", "));
+    }
+    if !a.mismatches.is_empty() {
+        let _ = writeln!(o, "  mismatches: {}", a.mismatches.join(", "));
     }
     o
 }
