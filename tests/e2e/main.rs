@@ -5,6 +5,7 @@
 //!
 //! - [`intake`]: MQTT in, durable before the PUBACK, quarantine, full disk;
 //! - [`detect`]: annotations, the status page, a model that lags;
+//! - [`labels`]: codes on the label and the print-against-code check;
 //! - [`replicate`]: Kafka out, in order, outages, chunked images;
 //! - [`service`]: systemd readiness and watchdog, stop, upgrade, full disk;
 //! - [`claim`]: the claim check to a real S3 store (SeaweedFS), with its faults;
@@ -19,6 +20,7 @@ mod chaos;
 mod claim;
 mod detect;
 mod intake;
+mod labels;
 mod power;
 mod replicate;
 mod security;

@@ -21,8 +21,9 @@ pub struct RawCodes {
     /// carry).
     pub symbologies: Option<Vec<String>>,
     /// The most one frame's decode may take; past it the annotation says
-    /// `codes_timeout` and the worker goes on. Default `"250ms"`, at most
-    /// `"10s"`.
+    /// `codes_timeout` and the worker goes on. Default `"500ms"`, at most
+    /// `"10s"`. In `region = "frame"` the decode runs beside the model, so
+    /// a budget under the model's own time per frame adds nothing to it.
     pub budget: Option<toml::Value>,
     /// `"thorough"` (default: rotations and more rows, reads more) or
     /// `"fast"`.

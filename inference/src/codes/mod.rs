@@ -145,7 +145,7 @@ impl Default for CodeOptions {
     fn default() -> Self {
         Self {
             symbologies: Symbology::DEFAULT.to_vec(),
-            budget: Duration::from_millis(250),
+            budget: Duration::from_millis(500),
             thorough: true,
             region: Region::Frame,
         }

@@ -2,17 +2,26 @@
 //! grey image while the worker waits at most the frame's budget.
 //!
 //! Promise: [`CodeReader::read`] returns within the budget (plus the time
-//! to hand the image over). A decode that overruns is left to finish on
-//! the helper; its result is thrown away, and the next frame first waits
-//! (within its own budget) for the helper to be free, so at most one
-//! decode is ever running per worker. A panic inside rxing ends that
-//! decode with [`Outcome::Failed`]; a helper that has gone is started
-//! again on the next frame.
+//! to hand the image over). A decode that overruns is abandoned: its helper
+//! finishes it on its own and then ends (its result is never looked at),
+//! and the next frame gets a fresh helper, so one hostile frame costs the
+//! frames after it nothing. At most [`MAX_HELPERS`] helpers of a worker are
+//! alive (the current one and those still finishing an abandoned decode,
+//! each holding one grey frame); past that, a frame waits within its own
+//! budget for one to end and is a timeout if none does. A panic inside
+//! rxing ends that decode with [`Outcome::Failed`]; a helper that has gone
+//! is started again on the next frame.
 
 use super::{code, merge, Code, CodeOptions, Symbology};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Helper threads of one worker alive at once: the current one and two
+/// still finishing decodes that overran.
+pub const MAX_HELPERS: usize = 3;
 
 /// What reading one frame gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,13 +61,16 @@ pub struct CodeReader {
     opts: CodeOptions,
     helper: Option<(SyncSender<Job>, Receiver<Reply>)>,
     next_id: u64,
-    /// A decode that overran and may still be running.
-    pending: Option<u64>,
+    /// Helper threads alive (the current one and abandoned ones).
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for CodeReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeReader").field("opts", &self.opts).field("pending", &self.pending).finish()
+        f.debug_struct("CodeReader")
+            .field("opts", &self.opts)
+            .field("helpers", &self.live.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -66,7 +78,7 @@ impl CodeReader {
     /// A reader with these options; its helper thread starts on the first
     /// frame.
     pub fn new(opts: CodeOptions) -> Self {
-        Self { opts, helper: None, next_id: 0, pending: None }
+        Self { opts, helper: None, next_id: 0, live: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Its options.
@@ -95,11 +107,14 @@ impl CodeReader {
         if luma.len() as u64 != u64::from(width) * u64::from(height) || width == 0 || height == 0 {
             return early(Outcome::Read(Vec::new()));
         }
-        // Wait (within this frame's budget) for an overrun decode to end.
-        if let Some(id) = self.pending {
-            match self.wait_for(id, deadline) {
-                Some(_) => self.pending = None,
-                None => return early(Outcome::Timeout),
+        // Too many helpers still finishing overrun decodes: wait (within
+        // this frame's budget) for one to end.
+        if self.helper.is_none() {
+            while self.live.load(Ordering::Acquire) >= MAX_HELPERS {
+                if Instant::now() >= deadline {
+                    return early(Outcome::Timeout);
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         let id = self.next_id;
@@ -138,7 +153,8 @@ impl CodeReader {
             Some((Ok(codes), ms)) => (Outcome::Read(codes), ms),
             Some((Err(e), ms)) => (Outcome::Failed(e), ms),
             None => {
-                self.pending = Some(id);
+                // Abandon the helper: it ends after this decode.
+                self.helper = None;
                 (Outcome::Timeout, waited())
             }
         }
@@ -167,9 +183,13 @@ impl CodeReader {
             let (jtx, jrx) = mpsc::sync_channel::<Job>(1);
             let (rtx, rrx) = mpsc::sync_channel::<Reply>(2);
             let opts = self.opts.clone();
+            let live = Arc::clone(&self.live);
+            live.fetch_add(1, Ordering::AcqRel);
+            let alive = Alive(Arc::clone(&live));
             std::thread::Builder::new()
                 .name("codes".into())
                 .spawn(move || {
+                    let _alive = alive;
                     for job in jrx {
                         let id = job.id;
                         let opts = &opts;
@@ -183,9 +203,17 @@ impl CodeReader {
                 })
                 .map_err(|e| format!("cannot start the code reader's thread: {e}"))?;
             self.helper = Some((jtx, rrx));
-            self.pending = None;
         }
         self.helper.as_ref().ok_or_else(|| "no code reader thread".into())
+    }
+}
+
+/// Counts a helper thread as alive until it ends (or could not start).
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -286,16 +314,25 @@ mod tests {
             .collect();
         let mut r = reader(Duration::ZERO);
         assert_eq!(r.read(noise.clone(), w as u32, h as u32, [0.0; 2]), Outcome::Timeout);
-        // Still busy with that frame: the next one gets the same answer at
-        // once, and no second decode is started beside it.
-        assert_eq!(r.read(noise, w as u32, h as u32, [0.0; 2]), Outcome::Timeout);
-        assert!(r.pending.is_some());
-        // With time, the helper ends the old decode and reads the new frame.
+        // The next frame gets a fresh helper and is read at once.
         r.opts.budget = Duration::from_secs(120);
         let mut img = vec![255u8; 300 * 300];
         draw(&mut img, 300, (50, 50), "AFTER", rxing::BarcodeFormat::QR_CODE);
-        let Outcome::Read(codes) = r.read(img, 300, 300, [0.0; 2]) else { panic!("not read after the timeout") };
+        let Outcome::Read(codes) = r.read(img.clone(), 300, 300, [0.0; 2]) else {
+            panic!("not read after the timeout")
+        };
         assert_eq!(codes.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(), ["AFTER"]);
+        // Overruns pile up to MAX_HELPERS threads, never more: past that a
+        // frame is a timeout without a new thread.
+        r.opts.budget = Duration::ZERO;
+        for _ in 0..MAX_HELPERS + 2 {
+            assert_eq!(r.read(noise.clone(), w as u32, h as u32, [0.0; 2]), Outcome::Timeout);
+            assert!(r.live.load(Ordering::Acquire) <= MAX_HELPERS);
+        }
+        // Given time, one ends and the frame is read.
+        r.opts.budget = Duration::from_secs(300);
+        let Outcome::Read(codes) = r.read(img, 300, 300, [0.0; 2]) else { panic!("not read once a helper ended") };
+        assert_eq!(codes.len(), 1);
     }
 
     #[test]
