@@ -217,21 +217,30 @@ impl Drop for Alive {
     }
 }
 
-/// Runs rxing's multiple-code reader on one grey image.
+/// Runs rxing's multiple-code reader on one grey image, one symbology at
+/// a time in [`Symbology::ALL`]'s order: rxing tries the formats of one
+/// call in a hash set's order, which changes from process to process, and
+/// which symbol it finds first decides where it looks next; one format a
+/// pass makes the result the same on every run (and no symbol hides
+/// another of a different kind).
 fn decode(job: Job, opts: &CodeOptions) -> Result<Vec<Code>, String> {
-    let formats: HashSet<rxing::BarcodeFormat> = opts.symbologies.iter().map(|s| s.to_rxing()).collect();
-    let mut hints = rxing::DecodeHints::default()
-        .with(rxing::DecodeHintValue::PossibleFormats(formats))
-        .with(rxing::DecodeHintValue::TryHarder(opts.thorough));
-    let found = match rxing::helpers::detect_multiple_in_luma_with_hints(job.luma, job.width, job.height, &mut hints) {
-        Ok(found) => found,
-        Err(rxing::Exceptions::NotFoundException(_)) => Vec::new(),
-        Err(e) => return Err(format!("code decoder: {e}")),
-    };
     let [ox, oy] = job.origin;
-    let codes = found
-        .into_iter()
-        .filter_map(|r| {
+    let mut codes = Vec::new();
+    for sym in Symbology::ALL.into_iter().filter(|s| opts.symbologies.contains(s)) {
+        let mut hints = rxing::DecodeHints::default()
+            .with(rxing::DecodeHintValue::PossibleFormats(HashSet::from([sym.to_rxing()])))
+            .with(rxing::DecodeHintValue::TryHarder(opts.thorough));
+        let found = match rxing::helpers::detect_multiple_in_luma_with_hints(
+            job.luma.clone(),
+            job.width,
+            job.height,
+            &mut hints,
+        ) {
+            Ok(found) => found,
+            Err(rxing::Exceptions::NotFoundException(_)) => Vec::new(),
+            Err(e) => return Err(format!("code decoder: {e}")),
+        };
+        codes.extend(found.into_iter().filter_map(|r| {
             let sym = Symbology::from_rxing(*r.getBarcodeFormat())?;
             let id = match r.getRXingResultMetadata().get(&rxing::RXingResultMetadataType::SYMBOLOGY_IDENTIFIER) {
                 Some(rxing::RXingResultMetadataValue::SymbologyIdentifier(s)) => s.clone(),
@@ -239,8 +248,8 @@ fn decode(job: Job, opts: &CodeOptions) -> Result<Vec<Code>, String> {
             };
             let pts: Vec<[f32; 2]> = r.getPoints().iter().map(|p| [p.x + ox, p.y + oy]).collect();
             Some(code(sym, r.getText().to_owned(), &id, &pts))
-        })
-        .collect();
+        }));
+    }
     Ok(merge(codes))
 }
 
