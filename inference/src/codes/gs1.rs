@@ -223,6 +223,9 @@ pub fn parse(s: &str) -> Result<BTreeMap<String, String>, Gs1Error> {
         }
         at = next;
     }
+    if out.is_empty() {
+        return Err(err(0, "no element, only separators".into()));
+    }
     Ok(out)
 }
 
@@ -265,6 +268,8 @@ mod tests {
     fn malformed_strings_are_reported_not_guessed() {
         let cases = [
             ("", "empty"),
+            ("\u{1d}", "no element"),
+            ("\u{1d}\u{1d}", "empty element"),
             ("0109506000134377", "check digit"),
             ("01095060001343", "needs 14 digits"),
             ("17271301", "not a YYMMDD"),

@@ -160,9 +160,9 @@ pub enum Region {
     #[default]
     Frame,
     /// Around the text the OCR detector found (the box around every text
-    /// line, grown by half its width to each side and half its height up
-    /// and down, where a label's code sits), after the model: less to
-    /// scan on a large frame. A frame with no text is scanned whole. Other
+    /// line, grown on every side by 1.5 times its longer side, where a
+    /// label's codes sit), after the model: less to scan on a large frame
+    /// with a small label. A frame with no text is scanned whole. Other
     /// models than OCR: the whole frame.
     Labels,
 }
@@ -177,7 +177,8 @@ pub fn label_region(boxes: &[[f32; 4]], width: usize, height: usize) -> [usize; 
     for b in boxes {
         u = [u[0].min(b[0]), u[1].min(b[1]), u[2].max(b[2]), u[3].max(b[3])];
     }
-    let (gw, gh) = ((u[2] - u[0]).max(0.0) / 2.0, (u[3] - u[1]).max(0.0) / 2.0);
+    let g = 1.5 * (u[2] - u[0]).max(u[3] - u[1]).max(0.0);
+    let (gw, gh) = (g, g);
     let clamp = |v: f32, hi: usize| (v.max(0.0) as usize).min(hi);
     let r = [
         clamp(u[0] - gw, width),
@@ -307,11 +308,10 @@ mod tests {
     #[test]
     fn the_label_region_grows_around_the_text_and_stays_in_the_frame() {
         assert_eq!(label_region(&[], 640, 480), [0, 0, 640, 480]);
-        assert_eq!(
-            label_region(&[[100.0, 100.0, 300.0, 140.0], [100.0, 150.0, 200.0, 180.0]], 640, 480),
-            [0, 60, 401, 221]
-        );
-        assert_eq!(label_region(&[[600.0, 0.0, 640.0, 480.0]], 640, 480), [580, 0, 640, 480]);
+        let text = [[400.0, 300.0, 500.0, 340.0], [400.0, 350.0, 450.0, 380.0]];
+        assert_eq!(label_region(&text, 1920, 1080), [250, 150, 651, 531]);
+        assert_eq!(label_region(&text, 640, 480), [250, 150, 640, 480]);
+        assert_eq!(label_region(&[[600.0, 0.0, 640.0, 10.0]], 640, 480), [540, 0, 640, 71]);
         let frame = crate::imageops::Bgr {
             width: 3,
             height: 2,

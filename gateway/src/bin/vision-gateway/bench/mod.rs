@@ -7,6 +7,7 @@
 mod all;
 mod backends;
 mod backlog;
+mod codes;
 mod detect;
 mod idle;
 mod live;
@@ -18,6 +19,7 @@ mod stream;
 pub use all::{all, AllOptions};
 pub use backends::backends;
 pub use backlog::{backlog, cameras};
+pub use codes::codes;
 pub use detect::{detect_throughput, fixture_frames, ocr_sides, DetectBench, DetectRun};
 pub use idle::{idle, IdleBench};
 pub use live::{drain_runs, DrainRuns};

@@ -44,6 +44,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reading the codes on the label (`[detect.codes]`) next to the model
+    /// alone on tests/fixtures/codes: wall and model time per frame, the
+    /// code reader's own time, codes read and misprints flagged, for the
+    /// whole frame and the label regions; Python zxing-cpp on the same
+    /// files when the reference venv is there.
+    Codes {
+        /// ONNX Runtime threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The reference Python (default: $VISION_GATEWAY_REF_PYTHON, then
+        /// the venv tests/run makes).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The OCR detector side (`detect.ocr_side`): label lines read exactly
     /// and time per frame on the fixtures, for each side.
     OcrSide {
@@ -259,6 +276,10 @@ pub fn run(command: Command) -> Result<ExitCode> {
             let dir = bench_dir(dir)?;
             let run = bench::DetectRun { model, frames, workers, intra_threads: threads };
             emit(&rt.block_on(bench::detect_throughput(&repo, &dir, &run))?, json)?;
+        }
+        Command::Codes { threads, python, json } => {
+            let python = python.unwrap_or_else(reference_python);
+            emit(&bench::codes(&repo, threads, Some(&python))?, json)?;
         }
         Command::OcrSide { model, sides, threads, json } => {
             emit(&bench::ocr_sides(&repo, &model, &sides, threads)?, json)?
