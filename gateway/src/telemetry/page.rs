@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 pub const BOX_RGB: [u8; 3] = [0x00, 0xe6, 0x76];
 const BOX: &str = "#00e676";
 const ERROR: &str = "#ff5252";
+/// Codes (DataMatrix, QR, barcodes) are drawn in this colour.
+const CODE: &str = "#40c4ff";
 
 /// `s` escaped for HTML text and attribute values.
 pub fn esc(s: &str) -> String {
@@ -111,6 +113,7 @@ pub fn frame_svg(a: &FrameAnnotation, href: &str) -> String {
             item.score
         );
     }
+    codes_svg(&mut o, a, stroke, font);
     if let Some(e) = &a.annotation.error {
         let big = font * 1.6;
         let _ = write!(
@@ -125,15 +128,75 @@ pub fn frame_svg(a: &FrameAnnotation, href: &str) -> String {
     o
 }
 
-/// The texts or labels of a frame, one per line, for captions.
+/// A code's text for people: the GS1 separator shown as `<GS>`, long
+/// texts cut at 48 characters.
+fn code_text(t: &str) -> String {
+    let shown: String = t.replace('\u{1d}', "<GS>").chars().take(48).collect();
+    if t.chars().count() > 48 {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
+/// The frame's codes (their corners, symbology and text) and, in red, each
+/// printed field that disagrees with its code, with both values.
+fn codes_svg(o: &mut String, a: &FrameAnnotation, stroke: f32, font: f32) {
+    for c in &a.annotation.codes {
+        let [x0, y0, x1, y1] = c.bbox;
+        let pts = if c.points.len() >= 3 {
+            c.points.clone()
+        } else {
+            vec![[x0, y0], [x1, y0], [x1, y1.max(y0 + stroke)], [x0, y1.max(y0 + stroke)]]
+        };
+        let points: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", p[0], p[1])).collect();
+        let _ = write!(
+            o,
+            r#"<polygon points="{}" fill="none" stroke="{CODE}" stroke-width="{stroke:.1}"/>"#,
+            points.join(" ")
+        );
+        let _ = write!(
+            o,
+            r#"<text x="{x0:.1}" y="{:.1}" font-family="DejaVu Sans Mono, monospace" font-size="{:.0}" fill="{CODE}" stroke="black" stroke-width="{:.1}" paint-order="stroke">{} {}</text>"#,
+            y1.max(y0 + stroke) + font,
+            font * 0.8,
+            font / 6.0,
+            c.symbology.name(),
+            esc(&code_text(&c.text))
+        );
+    }
+    for name in &a.annotation.mismatches {
+        let Some(f) = a.annotation.fields.get(name) else { continue };
+        let [x0, y0, x1, y1] = f.bbox;
+        let _ = write!(
+            o,
+            r#"<rect x="{x0:.1}" y="{y0:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{ERROR}" stroke-width="{:.1}"/>"#,
+            (x1 - x0).max(1.0),
+            (y1 - y0).max(1.0),
+            stroke * 1.5
+        );
+        let _ = write!(
+            o,
+            r#"<text x="{x0:.1}" y="{:.1}" font-family="sans-serif" font-size="{font:.0}" fill="{ERROR}" stroke="black" stroke-width="{:.1}" paint-order="stroke">MISMATCH {}: code says {}</text>"#,
+            y1 + font,
+            font / 6.0,
+            esc(name),
+            esc(f.code.as_deref().unwrap_or(""))
+        );
+    }
+}
+
+/// The texts or labels of a frame, one per line, for captions; then its
+/// codes and any misprint.
 pub fn item_list(a: &FrameAnnotation) -> String {
     if let Some(e) = &a.annotation.error {
         return format!("<li class=\"err\">not annotated: {}</li>", esc(e));
     }
-    if a.annotation.items.is_empty() {
+    if a.annotation.items.is_empty() && a.annotation.codes.is_empty() {
         return "<li class=\"none\">nothing found</li>".into();
     }
-    a.annotation
+    let mut out: String = a
+        .annotation
         .items
         .iter()
         .map(|i| {
@@ -143,7 +206,25 @@ pub fn item_list(a: &FrameAnnotation) -> String {
                 i.score
             )
         })
-        .collect()
+        .collect();
+    for c in &a.annotation.codes {
+        let _ = write!(out, "<li>{} <code>{}</code></li>", c.symbology.name(), esc(&code_text(&c.text)));
+    }
+    if a.annotation.codes_timeout {
+        out.push_str("<li class=\"warn\">codes: out of time (detect.codes.budget)</li>");
+    }
+    for name in &a.annotation.mismatches {
+        if let Some(f) = a.annotation.fields.get(name) {
+            let _ = write!(
+                out,
+                "<li class=\"err\">MISMATCH {}: printed <code>{}</code>, code <code>{}</code></li>",
+                esc(name),
+                esc(&f.value),
+                esc(f.code.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    out
 }
 
 /// Shared style of the status page and the report.
@@ -320,5 +401,51 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn codes_and_misprints_are_drawn_and_listed_escaped() {
+        let mut a = inference::Annotation::failed(inference::ModelInfo::new("m", "1", "h"), String::new());
+        (a.error, a.width, a.height) = (None, 640, 480);
+        a.codes.push(inference::codes::Code {
+            symbology: inference::codes::Symbology::DataMatrix,
+            text: "10<LOT>\u{1d}21S".into(),
+            gs1: None,
+            gs1_error: None,
+            bbox: [10.0, 10.0, 50.0, 50.0],
+            points: vec![[10.0, 10.0], [50.0, 10.0], [50.0, 50.0], [10.0, 50.0]],
+        });
+        a.fields.insert(
+            "lot".into(),
+            inference::fields::FieldValue {
+                value: "4821-X".into(),
+                score: 0.99,
+                raw: "LOT 4821-X".into(),
+                bbox: [60.0, 10.0, 200.0, 30.0],
+                uncertain: false,
+                verified: Some(false),
+                code: Some("4821-K".into()),
+            },
+        );
+        a.mismatches.push("lot".into());
+        let fa = FrameAnnotation {
+            schema: 1,
+            frame_id: "g:1".into(),
+            gateway_id: "g".into(),
+            seq: 1,
+            camera: "c".into(),
+            camera_seq: None,
+            captured_at_ms: None,
+            received_at_ms: 0,
+            content_type: "image/jpeg".into(),
+            frame_bytes: 1,
+            sampled: None,
+            annotation: a,
+        };
+        let svg = frame_svg(&fa, "x.jpg");
+        assert!(svg.contains(CODE) && svg.contains("data_matrix 10&lt;LOT&gt;&lt;GS&gt;21S"), "{svg}");
+        assert!(svg.contains("MISMATCH lot: code says 4821-K"), "{svg}");
+        let list = item_list(&fa);
+        assert!(list.contains("printed <code>4821-X</code>, code <code>4821-K</code>"), "{list}");
     }
 }
