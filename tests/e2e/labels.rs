@@ -167,3 +167,64 @@ fn misprinted_labels_reach_kafka_flagged_sampled_and_counted_and_hostile_frames_
     assert_eq!(flagged, 4);
     assert!(read * 10 >= printed * 9, "{read} of {printed}");
 }
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn frames_full_of_symbols_over_a_tight_budget_are_timeouts_and_hold_at_most_three_code_threads() {
+    let mq = Mosquitto::start().unwrap();
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new(dir.path(), mq.port);
+    s.detect = true;
+    s.kafka = tansu.brokers();
+    s.max_frame_bytes = "8MiB";
+    // A frame full of 63 symbols takes this machine about 300 ms to read
+    // whole: 20 ms cannot hold it, whatever the machine's speed. In
+    // `labels` the decode starts after the model (a frame without text is
+    // read whole), so the model's own time does not hide the overrun as
+    // it may in `frame`, where a decode that ends before the model is
+    // taken.
+    s.extra = "[sample]\nevery_nth = 0\n[detect.codes]\nbudget = \"20ms\"\nregion = \"labels\"\n".into();
+    let many = std::fs::read(fixtures().join("codes/hostile/many.jpg")).unwrap();
+    let frames: Vec<(String, Vec<u8>)> = (0..8).map(|_| ("jpg".to_owned(), many.clone())).collect();
+    let cams = load_cameras(&camera(dir.path(), "many", &frames)).unwrap();
+    let gw = Gateway::start(exe(), &s.write(&dir.path().join("g.toml")), s.http_port).unwrap();
+    let pid = gw.pid();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(replay(&cams, &mq.addr(), Some(0.0), false)).unwrap();
+    let most = std::cell::Cell::new(0);
+    gw.wait_for("every frame replicated", Duration::from_secs(600), |m| {
+        most.set(most.get().max(threads_named(pid, "codes")));
+        m.get("vision_gateway_replicated_total{kind=\"annotation\"}").copied().unwrap_or(0.0) >= frames.len() as f64
+    })
+    .unwrap();
+    let m = gw.metrics();
+    let most = most.get();
+    assert_eq!(gw.pid(), pid);
+    let (ok, glog) = gw.terminate().unwrap();
+    assert!(ok, "{glog}");
+    assert!(glog.contains("code reading ran out of its budget"), "{glog}");
+    let anns: Vec<FrameAnnotation> = tansu
+        .consume_all("vision.annotations", Duration::from_secs(5))
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    assert_eq!(anns.len(), frames.len());
+    let timeouts = anns.iter().filter(|a| a.annotation.codes_timeout).count();
+    assert_eq!(timeouts, frames.len(), "every frame over its budget says so");
+    assert!(anns.iter().all(|a| a.annotation.codes_error.is_none() && a.annotation.error.is_none()));
+    assert_eq!(m.get("vision_gateway_codes_timeouts_total"), Some(&(frames.len() as f64)), "{m:?}");
+    println!("tight budget e2e: {timeouts}/{} frames full of symbols timed out at 20 ms; at most {most} code threads seen (cap 3)", frames.len());
+    assert!(most <= 3, "{most} code threads alive at once");
+}

@@ -20,10 +20,12 @@ pub struct RawCodes {
     /// symbols give false reads on noise: enable only those your labels
     /// carry).
     pub symbologies: Option<Vec<String>>,
-    /// The most one frame's decode may take; past it the annotation says
-    /// `codes_timeout` and the worker goes on. Default `"500ms"`, at most
-    /// `"10s"`. In `region = "frame"` the decode runs beside the model, so
-    /// a budget under the model's own time per frame adds nothing to it.
+    /// How long the worker waits for a frame's codes, from when their
+    /// decode starts; past it the annotation says `codes_timeout` and the
+    /// worker goes on. Default `"500ms"`, at most `"10s"`. In `region =
+    /// "frame"` the decode starts with the model, so a decode that ends
+    /// before the model does is always taken, and the budget only bounds
+    /// the wait beyond the model.
     pub budget: Option<toml::Value>,
     /// `"thorough"` (default: rotations and more rows, reads more) or
     /// `"fast"`.
