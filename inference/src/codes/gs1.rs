@@ -28,8 +28,12 @@ enum Kind {
     Fixed(usize),
     /// Digits only, exactly `n`, the last a GS1 mod-10 check digit.
     Check(usize),
-    /// A date, YYMMDD.
+    /// A date, YYMMDD, day `00` allowed ("end of the month": AIs 11-17).
     Date,
+    /// A date, YYMMDD, a real day (AI 7006).
+    ExactDate,
+    /// One YYMMDD date or two (a range: AI 7007), real days.
+    DateRange,
     /// Digits, 1 to `n`.
     Digits(usize),
     /// GS1 characters (set 82), 1 to `n`.
@@ -74,14 +78,18 @@ fn ai_at(s: &str) -> Option<(&str, Kind)> {
     }
     let four = d(4)?;
     let p3 = &four[..3];
+    let decimals = four.as_bytes()[3] <= b'5';
+    let measure = matches!(p3.parse::<u32>(), Ok(310..=316 | 320..=337 | 340..=357 | 360..=369));
     let kind4 = match p3 {
-        // Measures: 310n..369n, six digits (n is the decimal point).
-        _ if ("310".."370").contains(&p3) => Some(Kind::Fixed(6)),
+        // Measures: 310n-316n, 320n-337n, 340n-357n, 360n-369n, six
+        // digits, n (0-5) the decimal point's place.
+        _ if measure && decimals => Some(Kind::Fixed(6)),
         // Amounts: 390n, 392n up to 15 digits.
-        "390" | "392" => Some(Kind::Digits(15)),
+        "390" | "392" if decimals => Some(Kind::Digits(15)),
         _ => match four {
             "7003" => Some(Kind::Fixed(10)),
-            "7006" | "7007" => Some(Kind::Date),
+            "7006" => Some(Kind::ExactDate),
+            "7007" => Some(Kind::DateRange),
             "8003" => Some(Kind::Text(30)),
             "8004" => Some(Kind::Text(30)),
             "8020" => Some(Kind::Text(25)),
@@ -139,6 +147,12 @@ pub fn date_ok(d: &str) -> bool {
     day <= last
 }
 
+/// `ai` is an Application Identifier this parser knows (for checking a
+/// `verify = "gs1:<AI>"` rule before any frame).
+pub fn known_ai(ai: &str) -> bool {
+    ai_at(ai).is_some_and(|(a, _)| a.len() == ai.len())
+}
+
 /// GS1 AI encodable character set 82 (printable ASCII but space, `"`, `#`,
 /// `$`, `@`, `[`, `\`, `]`, `^`, `` ` ``, `{`, `|`, `}`, `~`).
 fn set82(c: char) -> bool {
@@ -187,9 +201,20 @@ pub fn parse(s: &str) -> Result<BTreeMap<String, String>, Gs1Error> {
                 })?;
                 (v, start + n)
             }
-            Kind::Date => {
+            Kind::Date | Kind::ExactDate => {
                 let v = body.get(..6).ok_or_else(|| err(start, format!("({ai}) needs a YYMMDD date")))?;
                 (v, start + 6)
+            }
+            Kind::DateRange => {
+                let end = body.find(GS).unwrap_or(body.len());
+                let v = &body[..end];
+                if v.len() != 6 && v.len() != 12 {
+                    return Err(err(
+                        start,
+                        format!("({ai}) takes one or two YYMMDD dates, found {} characters", v.len()),
+                    ));
+                }
+                (v, start + end)
             }
             Kind::Digits(n) | Kind::Text(n) => {
                 let end = body.find(GS).unwrap_or(body.len());
@@ -213,6 +238,17 @@ pub fn parse(s: &str) -> Result<BTreeMap<String, String>, Gs1Error> {
             }
             Kind::Date if !date_ok(value) => {
                 return Err(err(start, format!("({ai}) {value}: not a YYMMDD date")));
+            }
+            Kind::ExactDate if !date_ok(value) || value.ends_with("00") => {
+                return Err(err(start, format!("({ai}) {value}: not a YYMMDD date with a day")));
+            }
+            Kind::DateRange
+                if !value
+                    .as_bytes()
+                    .chunks(6)
+                    .all(|d| std::str::from_utf8(d).is_ok_and(|d| date_ok(d) && !d.ends_with("00"))) =>
+            {
+                return Err(err(start, format!("({ai}) {value}: not one or two YYMMDD dates")));
             }
             _ => {}
         }
@@ -255,6 +291,19 @@ mod tests {
         assert_eq!(ok(&format!("10ABC{GS}240X-1")), pairs(&[("10", "ABC"), ("240", "X-1")]));
         assert_eq!(ok("3712"), pairs(&[("37", "12")]));
         assert_eq!(ok("30123"), pairs(&[("30", "123")]));
+        assert_eq!(ok("7007210101210131"), pairs(&[("7007", "210101210131")]));
+        assert_eq!(ok(&format!("7007210101{GS}10A")), pairs(&[("10", "A"), ("7007", "210101")]));
+        assert_eq!(ok("3925123"), pairs(&[("3925", "123")]));
+    }
+
+    #[test]
+    fn the_known_identifiers_are_those_of_the_table() {
+        for ai in ["00", "01", "10", "17", "21", "240", "3103", "3375", "3925", "7003", "7007", "8020", "91"] {
+            assert!(known_ai(ai), "{ai}");
+        }
+        for ai in ["1", "19", "999", "421", "3106", "3175", "3385", "3926", "7777", "010", "10A"] {
+            assert!(!known_ai(ai), "{ai}");
+        }
     }
 
     #[test]
@@ -269,6 +318,11 @@ mod tests {
         let cases = [
             ("", "empty"),
             ("\u{1d}", "no element"),
+            ("7006270200", "with a day"),
+            ("70072101012101", "one or two"),
+            ("7007210101210100", "one or two"),
+            ("3106123456", "unknown application identifier"),
+            ("3175123456", "unknown application identifier"),
             ("\u{1d}\u{1d}", "empty element"),
             ("0109506000134377", "check digit"),
             ("01095060001343", "needs 14 digits"),

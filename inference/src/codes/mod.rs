@@ -7,18 +7,23 @@
 //! Promises: a frame costs at most its budget on the calling thread. The
 //! decode runs on a helper thread of the calling worker; when it overruns,
 //! the frame's result is `timeout` and the worker goes on, the helper
-//! finishes (or not) on its own and no second decode starts until it has
-//! (so an unlucky run of hostile frames holds one extra thread and one
-//! frame's grey image, never more). A panic in the decoder is a read error,
-//! not a dead worker. Duplicates of one symbol are merged. The code's value
-//! never feeds the OCR of the fields it checks ([`crate::fields`] reads the
-//! print alone; [`verify`] compares afterwards).
+//! finishes on its own and ends (at most [`MAX_HELPERS`] threads of
+//! a worker alive, each with one frame's grey image). A panic in the
+//! decoder is a read error, not a dead worker. Duplicates of one symbol
+//! are merged, and a frame keeps at most [`MAX_CODES`] codes. The code's
+//! value never feeds the OCR of the fields it checks ([`crate::fields`]
+//! reads the print alone; [`verify`] compares afterwards).
 
 pub mod gs1;
 mod read;
 pub mod verify;
 
-pub use read::{CodeReader, Outcome, Ticket};
+pub use read::{CodeReader, Outcome, Ticket, MAX_HELPERS};
+
+/// Codes kept per frame (a frame full of symbols could otherwise make an
+/// annotation larger than a Kafka message may be): the first, top to
+/// bottom.
+pub const MAX_CODES: usize = 32;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -196,6 +201,10 @@ pub fn label_region(boxes: &[[f32; 4]], width: usize, height: usize) -> [usize; 
 pub fn luma(frame: &crate::imageops::Bgr, rect: [usize; 4]) -> Vec<u8> {
     let [x0, y0, x1, y1] = rect;
     let (x1, y1) = (x1.min(frame.width), y1.min(frame.height));
+    let (x0, y0) = (x0.min(x1), y0.min(y1));
+    if frame.data.len() < frame.width * frame.height * 3 {
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(x1.saturating_sub(x0) * y1.saturating_sub(y0));
     for y in y0..y1 {
         let row = &frame.data[(y * frame.width + x0) * 3..(y * frame.width + x1) * 3];
@@ -238,6 +247,7 @@ fn is_gs1(symbology_id: &str) -> bool {
 /// Builds a [`Code`] from the decoder's text, symbology identifier and
 /// points (offset by the region's corner).
 fn code(symbology: Symbology, text: String, id: &str, pts: &[[f32; 2]]) -> Code {
+    let pts: Vec<[f32; 2]> = pts.iter().copied().filter(|p| p[0].is_finite() && p[1].is_finite()).collect();
     let (gs1, gs1_error) = if is_gs1(id) {
         match gs1::parse(&text) {
             Ok(m) => (Some(m), None),
@@ -247,13 +257,13 @@ fn code(symbology: Symbology, text: String, id: &str, pts: &[[f32; 2]]) -> Code 
         (None, None)
     };
     let mut bbox = [f32::MAX, f32::MAX, f32::MIN, f32::MIN];
-    for p in pts {
+    for p in &pts {
         bbox = [bbox[0].min(p[0]), bbox[1].min(p[1]), bbox[2].max(p[0]), bbox[3].max(p[1])];
     }
     if pts.is_empty() {
         bbox = [0.0; 4];
     }
-    Code { symbology, text, gs1, gs1_error, bbox, points: pts.to_vec() }
+    Code { symbology, text, gs1, gs1_error, bbox, points: pts }
 }
 
 /// Merges reads of one symbol (same symbology and text): the reader can
@@ -277,6 +287,7 @@ fn merge(codes: Vec<Code>) -> Vec<Code> {
     }
     // Reading order: top to bottom, then left to right.
     out.sort_by(|a, b| a.bbox[1].total_cmp(&b.bbox[1]).then(a.bbox[0].total_cmp(&b.bbox[0])));
+    out.truncate(MAX_CODES);
     out
 }
 
@@ -319,6 +330,7 @@ mod tests {
         };
         assert_eq!(luma(&frame, [0, 0, 3, 2]), [255, 0, 77, 29, 149, 9]);
         assert_eq!(luma(&frame, [1, 1, 3, 2]), [149, 9]);
+        assert!(luma(&frame, [5, 5, 2, 1]).is_empty() && luma(&frame, [0, 0, 0, 9]).is_empty());
     }
 
     #[test]

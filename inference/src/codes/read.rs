@@ -63,6 +63,10 @@ pub struct CodeReader {
     next_id: u64,
     /// Helper threads alive (the current one and abandoned ones).
     live: Arc<AtomicUsize>,
+    /// A job handed over and not yet finished: if the caller never
+    /// finishes it (the model failed meanwhile), the next start abandons
+    /// that helper instead of queueing behind an unread reply.
+    outstanding: Option<u64>,
 }
 
 impl std::fmt::Debug for CodeReader {
@@ -78,7 +82,7 @@ impl CodeReader {
     /// A reader with these options; its helper thread starts on the first
     /// frame.
     pub fn new(opts: CodeOptions) -> Self {
-        Self { opts, helper: None, next_id: 0, live: Arc::new(AtomicUsize::new(0)) }
+        Self { opts, helper: None, next_id: 0, live: Arc::new(AtomicUsize::new(0)), outstanding: None }
     }
 
     /// Its options.
@@ -104,6 +108,11 @@ impl CodeReader {
         let started = Instant::now();
         let deadline = started + self.opts.budget;
         let early = |o: Outcome| Ticket { id: None, started, deadline, early: Some(o) };
+        if self.outstanding.take().is_some() {
+            // The last job was never finished: its helper may still be
+            // busy with it, and its reply would sit unread. Abandon it.
+            self.helper = None;
+        }
         if luma.len() as u64 != u64::from(width) * u64::from(height) || width == 0 || height == 0 {
             return early(Outcome::Read(Vec::new()));
         }
@@ -120,22 +129,29 @@ impl CodeReader {
         let id = self.next_id;
         self.next_id += 1;
         let job = Job { id, luma, width, height, origin };
+        // The helper is idle here (every job before was finished or its
+        // helper abandoned), so its one-job queue has room; `try_send`
+        // makes sure the worker never blocks on it.
         let sent = match self.helper() {
-            Ok((tx, _)) => tx.send(job).map_err(|mpsc::SendError(job)| job),
+            Ok((tx, _)) => tx.try_send(job).map_err(|e| match e {
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
+            }),
             Err(e) => return early(Outcome::Failed(e)),
         };
         if let Err(job) = sent {
-            // The helper has gone (its thread died): start a new one, once.
+            // The helper has gone (its thread died) or is still busy: start
+            // a new one, once.
             self.helper = None;
             match self.helper() {
                 Ok((tx, _)) => {
-                    if tx.send(job).is_err() {
+                    if tx.try_send(job).is_err() {
                         return early(Outcome::Failed("the code reader's thread could not be started".into()));
                     }
                 }
                 Err(e) => return early(Outcome::Failed(e)),
             }
         }
+        self.outstanding = Some(id);
         Ticket { id: Some(id), started, deadline, early: None }
     }
 
@@ -149,6 +165,7 @@ impl CodeReader {
             (None, Some(id)) => id,
             (None, None) => return (Outcome::Read(Vec::new()), 0.0),
         };
+        self.outstanding = None;
         match self.wait_for(id, t.deadline) {
             Some((Ok(codes), ms)) => (Outcome::Read(codes), ms),
             Some((Err(e), ms)) => (Outcome::Failed(e), ms),
@@ -342,6 +359,22 @@ mod tests {
         r.opts.budget = Duration::from_secs(300);
         let Outcome::Read(codes) = r.read(img, 300, 300, [0.0; 2]) else { panic!("not read once a helper ended") };
         assert_eq!(codes.len(), 1);
+    }
+
+    #[test]
+    fn reads_started_and_never_finished_do_not_block_the_next_ones() {
+        // The model failing after a start (its error returned before
+        // finish), frame after frame: each start abandons the helper of
+        // the unfinished one instead of queueing behind its reply.
+        let mut r = reader(Duration::from_secs(120));
+        let mut img = vec![255u8; 300 * 300];
+        draw(&mut img, 300, (50, 50), "NEXT", rxing::BarcodeFormat::QR_CODE);
+        for _ in 0..8 {
+            drop(r.start(img.clone(), 300, 300, [0.0; 2]));
+        }
+        let Outcome::Read(codes) = r.read(img, 300, 300, [0.0; 2]) else { panic!("not read") };
+        assert_eq!(codes.len(), 1);
+        assert!(r.live.load(Ordering::Acquire) <= MAX_HELPERS);
     }
 
     #[test]

@@ -21,18 +21,16 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// Parses `gs1:<AI>` (2 to 4 digits).
+    /// Parses `gs1:<AI>`, an AI [`super::gs1`] knows.
     ///
     /// # Errors
     /// A message saying what is accepted.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
-            Some(("gs1", ai)) if (2..=4).contains(&ai.len()) && ai.bytes().all(|b| b.is_ascii_digit()) => {
-                Ok(Self::Gs1(ai.to_owned()))
-            }
+            Some(("gs1", ai)) if super::gs1::known_ai(ai) => Ok(Self::Gs1(ai.to_owned())),
             _ => Err(format!(
-                "verify = {s:?}: expected \"gs1:<AI>\", an application identifier of 2 to 4 digits, \
-                 for example \"gs1:10\" (lot) or \"gs1:17\" (expiry)"
+                "verify = {s:?}: expected \"gs1:<AI>\", a GS1 application identifier the reader knows, \
+                 for example \"gs1:10\" (lot), \"gs1:17\" (expiry), \"gs1:21\" (serial)"
             )),
         }
     }
@@ -69,13 +67,22 @@ fn squash(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
-/// A printed date: year, month, and the day if printed.
+/// A printed date: year, month, and the day if printed. Year first with
+/// any separator; day first only with dots (`31.12.2027`): `05/12/2027`
+/// is the 5th of December in Europe and the 12th of May in the US, so it
+/// is not read as a date (nor is anything with letters, such as a month
+/// name): the field then shows as a mismatch with both values.
 fn printed_date(s: &str) -> Option<(u32, u32, Option<u32>)> {
+    let s = s.trim();
+    if s.chars().any(|c| !(c.is_ascii_digit() || matches!(c, '-' | '/' | '.' | ' '))) {
+        return None;
+    }
     let groups: Vec<&str> = s.split(|c: char| !c.is_ascii_digit()).filter(|g| !g.is_empty()).collect();
     let n = |g: &str| g.parse::<u32>().ok();
+    let dotted = s.contains('.') && !s.contains(['/', '-']);
     let (y, m, d) = match groups.as_slice() {
         [y, m, d] if y.len() == 4 => (n(y)?, n(m)?, Some(n(d)?)),
-        [d, m, y] if y.len() == 4 => (n(y)?, n(m)?, Some(n(d)?)),
+        [d, m, y] if y.len() == 4 && dotted => (n(y)?, n(m)?, Some(n(d)?)),
         [y, m] if y.len() == 4 => (n(y)?, n(m)?, None),
         [m, y] if y.len() == 4 => (n(y)?, n(m)?, None),
         [ymd] if ymd.len() == 8 => (n(&ymd[..4])?, n(&ymd[4..6])?, Some(n(&ymd[6..])?)),
@@ -135,7 +142,7 @@ mod tests {
     fn rules_are_gs1_application_identifiers() {
         assert_eq!(Rule::parse("gs1:10"), Ok(Rule::Gs1("10".into())));
         assert_eq!(Rule::parse("gs1:7006"), Ok(Rule::Gs1("7006".into())));
-        for bad in ["gs1:", "gs1:1", "gs1:12345", "gs1:1A", "lot", "qr:10"] {
+        for bad in ["gs1:", "gs1:1", "gs1:12345", "gs1:1A", "gs1:999", "gs1:421", "lot", "qr:10"] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
     }
@@ -159,6 +166,8 @@ mod tests {
         for p in ["2027-12-31", "2027/12/31", "31.12.2027", "20271231", "271231", "2027-12", "12/2027"] {
             assert!(on("271231", p), "{p}");
         }
+        // Month names and day-first dates with slashes are not guessed.
+        assert!(!on("271215", "12 MAR 2027") && !on("271205", "05/12/2027") && !on("271205", "05 DEC 2027"));
         assert!(on("271200", "2027-12-31") && on("271200", "2027-12"));
         assert!(on("280200", "2028-02-29") && !on("270200", "2027-02-29"));
         assert!(!on("271200", "2027-12-30"));
