@@ -190,68 +190,8 @@ pub fn parse(s: &str) -> Result<BTreeMap<String, String>, Gs1Error> {
             return Err(err(at, format!("unknown application identifier at {shown:?}")));
         };
         let start = at + ai.len();
-        let body = &s[start..];
-        let (value, next) = match kind {
-            Kind::Fixed(n) | Kind::Check(n) => {
-                let v = body.get(..n).filter(|v| v.len() == n).ok_or_else(|| {
-                    err(
-                        start,
-                        format!("({ai}) needs {n} digits, {} left", body.chars().take_while(|c| *c != GS).count()),
-                    )
-                })?;
-                (v, start + n)
-            }
-            Kind::Date | Kind::ExactDate => {
-                let v = body.get(..6).ok_or_else(|| err(start, format!("({ai}) needs a YYMMDD date")))?;
-                (v, start + 6)
-            }
-            Kind::DateRange => {
-                let end = body.find(GS).unwrap_or(body.len());
-                let v = &body[..end];
-                if v.len() != 6 && v.len() != 12 {
-                    return Err(err(
-                        start,
-                        format!("({ai}) takes one or two YYMMDD dates, found {} characters", v.len()),
-                    ));
-                }
-                (v, start + end)
-            }
-            Kind::Digits(n) | Kind::Text(n) => {
-                let end = body.find(GS).unwrap_or(body.len());
-                let v = &body[..end];
-                if v.is_empty() || v.chars().count() > n {
-                    return Err(err(start, format!("({ai}) takes 1 to {n} characters, found {}", v.chars().count())));
-                }
-                (v, start + end)
-            }
-        };
-        let digits_only = !matches!(kind, Kind::Text(_));
-        if digits_only && !value.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(err(start, format!("({ai}) is numeric, found {value:?}")));
-        }
-        if let Some(bad) = value.chars().find(|c| !set82(*c)) {
-            return Err(err(start, format!("({ai}) has {bad:?}, not a GS1 character")));
-        }
-        match kind {
-            Kind::Check(_) if !check_digit_ok(value) => {
-                return Err(err(start, format!("({ai}) {value}: wrong check digit")));
-            }
-            Kind::Date if !date_ok(value) => {
-                return Err(err(start, format!("({ai}) {value}: not a YYMMDD date")));
-            }
-            Kind::ExactDate if !date_ok(value) || value.ends_with("00") => {
-                return Err(err(start, format!("({ai}) {value}: not a YYMMDD date with a day")));
-            }
-            Kind::DateRange
-                if !value
-                    .as_bytes()
-                    .chunks(6)
-                    .all(|d| std::str::from_utf8(d).is_ok_and(|d| date_ok(d) && !d.ends_with("00"))) =>
-            {
-                return Err(err(start, format!("({ai}) {value}: not one or two YYMMDD dates")));
-            }
-            _ => {}
-        }
+        let value = element(&s[start..], ai, kind).map_err(|reason| err(start, reason))?;
+        let next = start + value.len();
         if let Some(prev) = out.insert(ai.to_owned(), value.to_owned()) {
             if prev != value {
                 return Err(err(at, format!("({ai}) given twice: {prev:?} and {value:?}")));
@@ -263,6 +203,47 @@ pub fn parse(s: &str) -> Result<BTreeMap<String, String>, Gs1Error> {
         return Err(err(0, "no element, only separators".into()));
     }
     Ok(out)
+}
+
+/// The value of element `ai` (of `kind`) at the start of `body`, checked.
+fn element<'a>(body: &'a str, ai: &str, kind: Kind) -> Result<&'a str, String> {
+    let to_gs = || &body[..body.find(GS).unwrap_or(body.len())];
+    let value = match kind {
+        Kind::Fixed(n) | Kind::Check(n) => body.get(..n).filter(|v| v.len() == n).ok_or_else(|| {
+            format!("({ai}) needs {n} digits, {} left", body.chars().take_while(|c| *c != GS).count())
+        })?,
+        Kind::Date | Kind::ExactDate => body.get(..6).ok_or_else(|| format!("({ai}) needs a YYMMDD date"))?,
+        Kind::DateRange => {
+            let v = to_gs();
+            if v.len() != 6 && v.len() != 12 {
+                return Err(format!("({ai}) takes one or two YYMMDD dates, found {} characters", v.len()));
+            }
+            v
+        }
+        Kind::Digits(n) | Kind::Text(n) => {
+            let v = to_gs();
+            if v.is_empty() || v.chars().count() > n {
+                return Err(format!("({ai}) takes 1 to {n} characters, found {}", v.chars().count()));
+            }
+            v
+        }
+    };
+    if !matches!(kind, Kind::Text(_)) && !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("({ai}) is numeric, found {value:?}"));
+    }
+    if let Some(bad) = value.chars().find(|c| !set82(*c)) {
+        return Err(format!("({ai}) has {bad:?}, not a GS1 character"));
+    }
+    let real_day = |d: &[u8]| std::str::from_utf8(d).is_ok_and(|d| date_ok(d) && !d.ends_with("00"));
+    match kind {
+        Kind::Check(_) if !check_digit_ok(value) => Err(format!("({ai}) {value}: wrong check digit")),
+        Kind::Date if !date_ok(value) => Err(format!("({ai}) {value}: not a YYMMDD date")),
+        Kind::ExactDate if !real_day(value.as_bytes()) => Err(format!("({ai}) {value}: not a YYMMDD date with a day")),
+        Kind::DateRange if !value.as_bytes().chunks(6).all(real_day) => {
+            Err(format!("({ai}) {value}: not one or two YYMMDD dates"))
+        }
+        _ => Ok(value),
+    }
 }
 
 #[cfg(test)]
