@@ -33,6 +33,9 @@ pub const MAX_STATES: usize = 512;
 pub const MAX_REPEAT: u32 = 64;
 /// Longest format, in characters.
 pub const MAX_LEN: usize = 512;
+/// Transitions of a compiled format at most (nested repeats of a star make
+/// many; a label line needs a few hundred).
+pub const MAX_STEPS: usize = 16_384;
 
 /// Marks in an automaton's output where the value starts and ends.
 pub(crate) const OPEN: char = '\u{2}';
@@ -496,6 +499,7 @@ impl Pattern {
             return err(0, format!("the format is too large ({states} positions, at most {MAX_STATES})"));
         }
         let mut steps: Vec<Step> = Vec::new();
+        let mut seen_steps: std::collections::HashSet<(usize, usize, usize)> = std::collections::HashSet::new();
         let mut accept = vec![None; states];
         for s in (0..n).filter(|&s| keep[s]) {
             for (r, w) in b.closure(s) {
@@ -504,9 +508,14 @@ impl Pattern {
                 }
                 for e in &b.edges[r] {
                     if let EdgeKind::Char(c) = e.kind {
-                        let step = Step { from: index[s], class: c, to: index[e.to], prefix: w.clone() };
-                        if !steps.iter().any(|x| x.from == step.from && x.class == step.class && x.to == step.to) {
-                            steps.push(step);
+                        if seen_steps.insert((index[s], c, index[e.to])) {
+                            if steps.len() >= MAX_STEPS {
+                                return err(
+                                    0,
+                                    format!("the format is too large (over {MAX_STEPS} transitions once repeats are counted)"),
+                                );
+                            }
+                            steps.push(Step { from: index[s], class: c, to: index[e.to], prefix: w.clone() });
                         }
                     }
                 }

@@ -81,3 +81,16 @@ fn repeats_are_bounded() {
     assert!(ok(r"\d{64}").states() <= 65);
     assert!(Pattern::parse(&"A".repeat(MAX_LEN + 1)).is_err());
 }
+
+#[test]
+fn stacked_repeats_of_a_star_compile_quickly_or_are_refused() {
+    // Found by the fields fuzz target (a timeout): every repeat of a star
+    // adds epsilon paths, and the automaton's transitions were de-duplicated
+    // by a linear search, quadratic in their number.
+    for f in ["SN <#~d*{5}?{4}*{6}?{4}>", "<(A*)?{9}(B*){9}C>", "<(\\d*)*{60}>"] {
+        match Pattern::parse(f) {
+            Ok(p) => assert!(p.states() <= MAX_STATES, "{f}"),
+            Err(e) => assert!(!e.to_string().is_empty(), "{f}"),
+        }
+    }
+}
