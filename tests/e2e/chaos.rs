@@ -45,7 +45,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::harness::{
-    exe, fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Persistence, Settings, Tansu, TmpFs,
+    exe, fixtures, free_port, header, Gateway, LazyFs, Mosquitto, Persistence, Settings, Tansu, TmpFs, TOPICS,
 };
 use gateway::records::FrameAnnotation;
 use gateway::records::{Area, GapReason, GapRecord};
@@ -56,7 +56,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use testkit::seaweedfs::Seaweed;
 
-const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 const CAMERAS: [&str; 4] = ["camA", "camB", "camC", "camD"];
 /// Seeds of the CI run.
 const CI_SEEDS: [u64; 3] = [1, 2, 3];

@@ -127,6 +127,24 @@ impl Settings {
 }
 
 /// Every frame in the log, in log order.
+/// The gateway's four default topics, created on a test broker.
+pub const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
+
+/// Every annotation record on the broker's annotations topic, each checked
+/// against its `frame_id` header and its key (the camera).
+pub fn kafka_annotations(t: &Tansu) -> Vec<gateway::records::FrameAnnotation> {
+    use rdkafka::Message;
+    t.consume_all("vision.annotations", std::time::Duration::from_secs(5))
+        .iter()
+        .map(|m| {
+            let fa: gateway::records::FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            assert_eq!(header(m, "frame_id").as_deref(), Some(fa.frame_id.as_str()));
+            assert_eq!(m.key(), Some(fa.camera.as_bytes()));
+            fa
+        })
+        .collect()
+}
+
 pub fn frames(log: &DurableLog) -> Vec<(u64, FrameRecord)> {
     log.read_frames(0, usize::MAX).unwrap()
 }

@@ -9,15 +9,12 @@
 //! the overrun path itself is the reader's unit test on a real decode.)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use crate::harness::{exe, fixtures, Gateway, Mosquitto, Settings, Tansu};
-use gateway::records::{FrameAnnotation, SampleReason};
-use rdkafka::Message;
+use crate::harness::{exe, fixtures, kafka_annotations, Gateway, Mosquitto, Settings, Tansu, TOPICS};
+use gateway::records::SampleReason;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 use testkit::replay::{load_cameras, replay};
-
-const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 
 /// A camera folder `id` with `files` in this order.
 fn camera(dir: &Path, id: &str, files: &[(String, Vec<u8>)]) -> std::path::PathBuf {
@@ -107,11 +104,7 @@ fn misprinted_labels_reach_kafka_flagged_sampled_and_counted_and_hostile_frames_
     assert!(ok, "the gateway kept its pid and stops cleanly: {glog}");
     assert!(glog.contains("label print disagrees with its code"), "{glog}");
 
-    let anns: Vec<FrameAnnotation> = tansu
-        .consume_all("vision.annotations", Duration::from_secs(5))
-        .iter()
-        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
-        .collect();
+    let anns = kafka_annotations(&tansu);
     let (mut read, mut printed, mut flagged) = (0, 0, 0);
     for (i, f) in frames.iter().enumerate() {
         let a = anns
@@ -215,11 +208,7 @@ fn frames_full_of_symbols_over_a_tight_budget_are_timeouts_and_hold_at_most_thre
     let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
     assert!(glog.contains("code reading ran out of its budget"), "{glog}");
-    let anns: Vec<FrameAnnotation> = tansu
-        .consume_all("vision.annotations", Duration::from_secs(5))
-        .iter()
-        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
-        .collect();
+    let anns = kafka_annotations(&tansu);
     assert_eq!(anns.len(), frames.len());
     let timeouts = anns.iter().filter(|a| a.annotation.codes_timeout).count();
     assert_eq!(timeouts, frames.len(), "every frame over its budget says so");

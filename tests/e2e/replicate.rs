@@ -3,7 +3,9 @@
 //! (tansu with sqlite storage), and images reassembled from the topic.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use crate::harness::{exe, fixtures, header, long_camera, Gateway, Mosquitto, Persistence, Settings, Tansu};
+use crate::harness::{
+    exe, fixtures, header, kafka_annotations, long_camera, Gateway, Mosquitto, Persistence, Settings, Tansu, TOPICS,
+};
 use gateway::records::FrameAnnotation;
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
@@ -11,8 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 use testkit::replay::{load_cameras, replay};
-
-const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -35,18 +35,6 @@ fn big_jpeg(dir: &Path) -> std::path::PathBuf {
     assert!(bytes.len() > 2_500_000, "{}", bytes.len());
     std::fs::write(d.join("0.jpg"), &bytes).unwrap();
     d
-}
-
-fn annotations(t: &Tansu) -> Vec<FrameAnnotation> {
-    t.consume_all("vision.annotations", Duration::from_secs(5))
-        .iter()
-        .map(|m| {
-            let fa: FrameAnnotation = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            assert_eq!(header(m, "frame_id").as_deref(), Some(fa.frame_id.as_str()));
-            assert_eq!(m.key(), Some(fa.camera.as_bytes()));
-            fa
-        })
-        .collect()
 }
 
 #[test]
@@ -78,7 +66,7 @@ fn fixtures_reach_kafka_once_in_order_and_sampled_images_reassemble_byte_identic
     let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
-    let anns = annotations(&tansu);
+    let anns = kafka_annotations(&tansu);
     let ids: BTreeSet<&str> = anns.iter().map(|a| a.frame_id.as_str()).collect();
     assert_eq!(anns.len(), total, "exactly one annotation per frame");
     assert_eq!(ids.len(), total, "no duplicates without a crash");
@@ -172,7 +160,7 @@ fn kafka_down_for_the_middle_third_with_a_gateway_restart_loses_nothing() {
     let (ok, glog) = gw.terminate().unwrap();
     assert!(ok, "{glog}");
 
-    let anns = annotations(&tansu);
+    let anns = kafka_annotations(&tansu);
     let gaps = tansu.consume_all("vision.gaps", Duration::from_secs(2));
     let seqs: BTreeSet<u64> = anns.iter().map(|a| a.camera_seq.unwrap()).collect();
     assert!(gaps.is_empty(), "no drops with a roomy log");
@@ -228,7 +216,7 @@ fn bad_frame_while_the_model_is_behind(hold_first: bool) {
     .unwrap();
     let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "{log}");
-    let anns = annotations(&tansu);
+    let anns = kafka_annotations(&tansu);
     let cam_a: Vec<u64> =
         anns.iter().filter(|a| a.camera == "camA").map(|a| a.camera_seq.unwrap_or(u64::MAX)).collect();
     assert_eq!(cam_a, (0..12).collect::<Vec<_>>(), "all 12 annotations, once, in order");
@@ -282,7 +270,7 @@ fn a_missing_images_topic_does_not_stop_annotations() {
     let refusals = gw.metric("vision_gateway_replicate_topic_refusals_total");
     let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "{log}");
-    let anns = annotations(&tansu);
+    let anns = kafka_annotations(&tansu);
     let mut first: Vec<u64> = Vec::new();
     for a in &anns {
         let c = a.camera_seq.unwrap();
@@ -390,7 +378,7 @@ fn frames_of_extreme_shape_between_good_frames_keep_the_pipeline_going() {
     assert_eq!(gw.pid(), pid);
     let (ok, log) = gw.terminate().unwrap();
     assert!(ok, "the gateway kept its pid and stops cleanly: {log}");
-    let anns = annotations(&tansu);
+    let anns = kafka_annotations(&tansu);
     let dead: Vec<serde_json::Value> = tansu
         .consume_all("vision.dead-letters", Duration::from_secs(3))
         .iter()

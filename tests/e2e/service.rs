@@ -5,7 +5,7 @@
 //! stream, and restarts it: nothing is lost or annotated twice.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use crate::harness::{annotations, exe, long_camera, repo, Gateway, Mosquitto, Settings};
+use crate::harness::{annotations, exe, long_camera, repo, Gateway, Mosquitto, Settings, TOPICS};
 use gateway::records::Area;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -206,8 +206,6 @@ fn upstream_ids(
     }
     ids
 }
-
-const TOPICS: [&str; 4] = ["vision.annotations", "vision.images", "vision.gaps", "vision.dead-letters"];
 
 /// Another file fills the log's file system while frames arrive, then goes
 /// away: same process throughout, `/healthz` answering and `/readyz` saying

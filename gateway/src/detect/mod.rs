@@ -327,28 +327,28 @@ impl Detect {
     /// (rate-limited) about a missing field, a misprint or a code reader
     /// that ran out of time.
     fn count_labels(&self, fa: &FrameAnnotation) {
-        if !fa.annotation.fields.is_empty() || !fa.annotation.missing.is_empty() {
+        let a = &fa.annotation;
+        if !a.fields.is_empty() || !a.missing.is_empty() {
             let mut counts = self.stats.fields.lock().unwrap_or_else(|p| p.into_inner());
-            for (name, f) in &fa.annotation.fields {
+            for (name, f) in &a.fields {
                 let c = counts.entry(name.clone()).or_default();
                 c.read += 1;
                 c.uncertain += u64::from(f.uncertain);
                 c.verified += u64::from(f.verified == Some(true));
                 c.mismatch += u64::from(f.verified == Some(false));
             }
-            for name in &fa.annotation.unverified {
+            for name in &a.unverified {
                 counts.entry(name.clone()).or_default().unverified += 1;
             }
-            for name in &fa.annotation.missing {
+            for name in &a.missing {
                 counts.entry(name.clone()).or_default().missing += 1;
             }
         }
-        if !fa.annotation.missing.is_empty() {
+        if !a.missing.is_empty() {
             if let Some(held) = self.warn.check("missing") {
-                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, missing = %fa.annotation.missing.join(","), suppressed = held, "required label field not read");
+                tracing::warn!(frame_id = %fa.frame_id, camera = %fa.camera, missing = %a.missing.join(","), suppressed = held, "required label field not read");
             }
         }
-        let a = &fa.annotation;
         self.stats.codes.fetch_add(a.codes.len() as u64, Ordering::Relaxed);
         if a.codes_timeout {
             self.stats.codes_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -128,11 +128,12 @@ pub fn frame_svg(a: &FrameAnnotation, href: &str) -> String {
     o
 }
 
-/// A code's text for people: the GS1 separator shown as `<GS>`, long
+/// A code's text for people ([`inference::codes::Code::shown_text`]), long
 /// texts cut at 48 characters.
-fn code_text(t: &str) -> String {
-    let shown: String = t.replace('\u{1d}', "<GS>").chars().take(48).collect();
-    if t.chars().count() > 48 {
+fn code_text(c: &inference::codes::Code) -> String {
+    let full = c.shown_text();
+    let shown: String = full.chars().take(48).collect();
+    if full.chars().count() > 48 {
         format!("{shown}…")
     } else {
         shown
@@ -162,7 +163,7 @@ fn codes_svg(o: &mut String, a: &FrameAnnotation, stroke: f32, font: f32) {
             font * 0.8,
             font / 6.0,
             c.symbology.name(),
-            esc(&code_text(&c.text))
+            esc(&code_text(c))
         );
     }
     for name in &a.annotation.mismatches {
@@ -208,7 +209,7 @@ pub fn item_list(a: &FrameAnnotation) -> String {
         })
         .collect();
     for c in &a.annotation.codes {
-        let _ = write!(out, "<li>{} <code>{}</code></li>", c.symbology.name(), esc(&code_text(&c.text)));
+        let _ = write!(out, "<li>{} <code>{}</code></li>", c.symbology.name(), esc(&code_text(c)));
     }
     if a.annotation.codes_timeout {
         out.push_str("<li class=\"warn\">codes: out of time (detect.codes.budget)</li>");

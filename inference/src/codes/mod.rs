@@ -238,6 +238,14 @@ pub struct Code {
     pub points: Vec<[f32; 2]>,
 }
 
+impl Code {
+    /// The text for people: the GS1 group separator (ASCII 29, invisible)
+    /// shown as `<GS>`.
+    pub fn shown_text(&self) -> String {
+        self.text.replace(gs1::GS, "<GS>")
+    }
+}
+
 /// The symbology identifiers of GS1 data: DataMatrix `]d2` (`]d5` with
 /// ECI), GS1-128 `]C1`, GS1 QR `]Q3` (`]Q4`), GS1 DataBar `]e0`.
 fn is_gs1(symbology_id: &str) -> bool {

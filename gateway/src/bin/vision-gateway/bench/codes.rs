@@ -5,8 +5,8 @@
 //! codes read and misprints flagged; and Python zxing-cpp on the same
 //! files for reference.
 
-use inference::codes::{verify::Rule, CodeOptions, Region};
-use inference::fields::FieldSpec;
+use gateway::config::Config;
+use inference::codes::{CodeOptions, Region};
 use inference::{LoadOptions, Model};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -113,21 +113,6 @@ fn fixtures(repo: &Path) -> anyhow::Result<(Vec<Fixture>, Vec<PathBuf>)> {
     Ok((out, files))
 }
 
-fn fields() -> Vec<FieldSpec> {
-    let spec = |name: &str, format: &str, ai: &str| FieldSpec {
-        name: name.into(),
-        format: format.into(),
-        required: true,
-        min_score: inference::fields::DEFAULT_MIN_SCORE,
-        verify: Some(Rule::Gs1(ai.into())),
-    };
-    vec![
-        spec("lot", r"LOT <\d{4}-\u>", "10"),
-        spec("expiry", r"EXP <\d{4}-\d{2}-\d{2}>", "17"),
-        spec("serial", r"SN <\d{6}>", "21"),
-    ]
-}
-
 /// Runs the table.
 ///
 /// # Errors
@@ -143,7 +128,9 @@ pub fn codes(repo: &Path, intra_threads: usize, python: Option<&Path>) -> anyhow
         ("labels", Some(thorough(Region::Labels))),
         ("frame, fast", Some(CodeOptions { thorough: false, ..thorough(Region::Frame) })),
     ];
-    let specs = fields();
+    // The fields (with their `verify` rules) as the fixtures declare them.
+    let decls =
+        Config::load_fields(&repo.join("tests/fixtures/codes/fields.toml")).map_err(|e| anyhow::anyhow!("{e}"))?.fields;
     let mut rows = Vec::new();
     for (name, codes) in modes {
         let load = LoadOptions {
@@ -152,7 +139,7 @@ pub fn codes(repo: &Path, intra_threads: usize, python: Option<&Path>) -> anyhow
             ..LoadOptions::new(inference::runtime::default_library(None, Some(repo)), inference::engine::Backend::Auto)
         };
         let mut m = Model::load(&repo.join("models/ppocr-v6"), &load)?;
-        let compiled = m.compile_fields(&specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = m.compile_fields(decls.iter().map(|d| &d.spec)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let refs: Vec<&inference::fields::Field> = compiled.iter().collect();
         let mut r = CodesRow {
             mode: name.to_owned(),

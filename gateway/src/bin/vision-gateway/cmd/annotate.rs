@@ -120,7 +120,7 @@ fn text(file: &str, a: &Annotation) -> String {
     }
     for c in &a.codes {
         let [x0, y0, x1, y1] = c.bbox;
-        let text = c.text.replace('\u{1d}', "<GS>");
+        let text = c.shown_text();
         let _ = writeln!(o, "  code {} [{x0:.0}, {y0:.0}, {x1:.0}, {y1:.0}]  {text:?}", c.symbology.name());
         if let Some(m) = &c.gs1 {
             let ais: Vec<String> = m.iter().map(|(ai, v)| format!("({ai}) {v}")).collect();
