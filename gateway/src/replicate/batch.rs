@@ -5,7 +5,7 @@
 
 use super::part::{Failure, Lane, Part, Sent};
 use super::producer::{enqueue_yielding, DeliveryFuture};
-use super::wire::{annotation_headers, chunk_headers, chunks, with_header, AnnotationHead, ImageHead};
+use super::wire::{annotation_headers, chunk_headers, chunks, with_header, ImageHead};
 use super::{Replicate, ReplicateError, BATCH};
 use crate::records::{header, Area, DeadLetter, FrameRecord, GapRecord};
 use rdkafka::error::KafkaError;
@@ -79,10 +79,10 @@ impl Replicate {
             };
             if take_a {
                 let Some((seq, json)) = a.next() else { break };
-                match serde_json::from_slice::<AnnotationHead>(&json) {
+                match super::head::parse(&json) {
                     Ok(fa) => {
                         // With the claim check on, images go by their own lane.
-                        let ours = fa.sampled.is_some() && self.cfg.claim_check.is_none();
+                        let ours = fa.sampled && self.cfg.claim_check.is_none();
                         let image = if ours { self.log.read_area_frame(Area::Images, seq)? } else { None };
                         image_bytes += image.as_ref().map_or(0, |i| i.payload.len());
                         out.push(Out::Annotation {

@@ -5,10 +5,13 @@
 
 use super::batch::Pending;
 use super::part::{Lane, Part};
-use super::{Replicate, ReplicateError, BACKFILL_IN_FLIGHT, BATCH, IN_FLIGHT, IN_FLIGHT_IMAGE_BYTES, LIVE_QUIET};
+use super::{
+    Replicate, ReplicateError, StageTimes, BACKFILL_IN_FLIGHT, BATCH, IN_FLIGHT, IN_FLIGHT_IMAGE_BYTES, LIVE_QUIET,
+};
 use crate::log::Cursor;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Where each lane reads next.
@@ -106,14 +109,18 @@ impl Replicate {
                 break;
             }
             let budget = IN_FLIGHT_IMAGE_BYTES - held;
+            let t = Instant::now();
             let records = self.next_records(lanes.next, self.read_bound()?, budget)?;
+            StageTimes::add(&self.stats.time_ns.read, t);
             let gaps = self.log.read_gaps(lanes.next_gap, self.log.bound(Cursor::ReplicateGaps)?, BATCH)?;
             if !records.is_empty() || !gaps.is_empty() {
                 let lane = if lanes.backfill.is_some() { Lane::Live } else { Lane::Main };
                 if lane == Lane::Live {
                     lanes.live_at = Some(std::time::Instant::now());
                 }
+                let t = Instant::now();
                 let p = self.produce(lane, records, gaps).await;
+                StageTimes::add(&self.stats.time_ns.produce, t);
                 lanes.next = p.records_end.unwrap_or(lanes.next);
                 lanes.next_gap = p.gaps_end.unwrap_or(lanes.next_gap);
                 let refused = !p.failures.is_empty();
@@ -130,7 +137,9 @@ impl Replicate {
                 break; // the last slot is the live lane's
             }
             let live = self.log.cursor(Cursor::ReplicateLive)?;
+            let t = Instant::now();
             let records = self.next_records(from, live, budget)?;
+            StageTimes::add(&self.stats.time_ns.read, t);
             if records.is_empty() {
                 if inflight.iter().any(|p| p.lane != Lane::Live) {
                     break;
@@ -148,7 +157,9 @@ impl Replicate {
                 tracing::info!(at = live, "backlog drained: one lane again");
                 continue;
             }
+            let t = Instant::now();
             let p = self.produce(Lane::Backfill, records, Vec::new()).await;
+            StageTimes::add(&self.stats.time_ns.produce, t);
             lanes.backfill = Some(p.records_end.unwrap_or(from));
             let refused = !p.failures.is_empty();
             inflight.push_back(p);
@@ -192,7 +203,9 @@ impl Replicate {
         if p.lane == Lane::Backfill {
             self.stats.backfilled.fetch_add(p.records as u64, Ordering::Relaxed);
         }
+        let t = Instant::now();
         self.log.apply(b)?;
+        StageTimes::add(&self.stats.time_ns.commit, t);
         Ok(())
     }
 }

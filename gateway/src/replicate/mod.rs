@@ -54,6 +54,7 @@
 
 mod batch;
 mod context;
+mod head;
 mod images;
 mod lanes;
 mod part;
@@ -181,6 +182,32 @@ pub struct ReplicateStats {
     pub store_failures: [AtomicU64; 3],
     /// Claim check: the last upload succeeded.
     pub store_up: AtomicBool,
+    /// Where the main lane's time goes, in nanoseconds: reading records
+    /// from the log (index, segments, the annotation's head), handing them
+    /// to librdkafka, and committing acknowledged batches (cursors and the
+    /// deletions that follow them). `bench replicate` prints them per
+    /// record next to the bare producer's whole cost.
+    pub time_ns: StageTimes,
+}
+
+/// Time the main lane spent in each of its steps (see
+/// [`ReplicateStats::time_ns`]).
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Reading the next records from the log.
+    pub read: AtomicU64,
+    /// Handing them to librdkafka.
+    pub produce: AtomicU64,
+    /// Committing acknowledged batches to the log.
+    pub commit: AtomicU64,
+}
+
+impl StageTimes {
+    /// Adds the time since `since` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 /// The replicate stage.

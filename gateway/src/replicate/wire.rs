@@ -1,6 +1,5 @@
 //! What goes on the wire: the Kafka headers of each record kind, images
-//! cut into chunks, and the fields of a stored annotation the stage reads
-//! for keys and headers (the rest is not parsed).
+//! cut into chunks.
 
 use crate::records::{header, SCHEMA_VERSION};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -44,23 +43,6 @@ pub fn chunks(bytes: &[u8], chunk: usize) -> Vec<&[u8]> {
         return vec![bytes];
     }
     bytes.chunks(chunk.max(1)).collect()
-}
-
-/// The fields of a stored [`FrameAnnotation`] the stage needs for keys
-/// and headers; the rest (the items) is skipped without being built.
-#[derive(serde::Deserialize)]
-pub(super) struct AnnotationHead {
-    pub(super) camera: String,
-    pub(super) frame_id: String,
-    #[serde(default)]
-    pub(super) sampled: Option<serde::de::IgnoredAny>,
-    pub(super) annotation: ModelHead,
-}
-
-#[derive(serde::Deserialize)]
-/// The model of a stored annotation.
-pub(super) struct ModelHead {
-    pub(super) model: inference::ModelInfo,
 }
 
 #[cfg(test)]

@@ -416,6 +416,7 @@ async fn replicate_tansu_part(cx: &Ctx<'_>, out: &mut AllBench, rows: &mut Vec<R
                     }
                     let mut merged = a;
                     merged.rows.extend(i.rows.into_iter().filter(|r| r.0 != "annotations only"));
+                    merged.steps.extend(i.steps.into_iter().filter(|r| r.0 != "annotations only"));
                     out.replicate_tansu = Some(merged);
                 }
                 Err(e) => {

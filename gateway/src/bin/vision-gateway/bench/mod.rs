@@ -343,13 +343,75 @@ pub struct ReplicateBench {
     pub broker: String,
     /// (case, bare producer, replicate stage) rows.
     pub rows: Vec<(String, Throughput, Throughput)>,
+    /// Where the stage's time went, per case.
+    pub steps: Vec<(String, StageSteps)>,
+}
+
+/// The replicate stage's time per record, by step, next to the bare
+/// producer's whole time per record (wall time over records, both).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StageSteps {
+    /// Reading the log: index, segments, the annotation's head (µs).
+    pub read_us: f64,
+    /// Handing records to librdkafka (µs).
+    pub produce_us: f64,
+    /// Committing acknowledged batches: cursors and deletions (µs).
+    pub commit_us: f64,
+    /// The stage's wall time per record (µs).
+    pub stage_us: f64,
+    /// The bare producer's wall time per record (µs).
+    pub bare_us: f64,
+}
+
+impl StageSteps {
+    fn of(times: &gateway::replicate::StageTimes, records: u64, stage: &Throughput, bare: &Throughput) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let per = |ns: u64| ns as f64 / 1e3 / records.max(1) as f64;
+        let wall = |t: &Throughput| t.seconds * 1e6 / records.max(1) as f64;
+        Self {
+            read_us: per(times.read.load(Relaxed)),
+            produce_us: per(times.produce.load(Relaxed)),
+            commit_us: per(times.commit.load(Relaxed)),
+            stage_us: wall(stage),
+            bare_us: wall(bare),
+        }
+    }
+
+    /// The ratio to the bare producer the stage could reach if everything
+    /// but its log work (read and commit) were free and nothing overlapped.
+    pub fn log_bound(&self) -> f64 {
+        self.bare_us / (self.read_us + self.commit_us)
+    }
 }
 
 impl std::fmt::Display for ReplicateBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "replicate throughput on {} (same broker, same run)", self.broker)?;
         ratio_table(f, 48, "records/s", self.rows.iter().map(|(_, bare, stage)| (bare, stage)))?;
-        writeln!(f, "(the stage rows are also the backlog drain rate: the log was filled before it started)")
+        writeln!(f, "(the stage rows are also the backlog drain rate: the log was filled before it started)")?;
+        writeln!(f, "where the stage's time goes, µs per record (its steps run one after another on one task):")?;
+        writeln!(
+            f,
+            "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "", "read", "produce", "commit", "stage", "bare", "log bound"
+        )?;
+        for (case, s) in &self.steps {
+            writeln!(
+                f,
+                "{case:<24} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2}",
+                s.read_us,
+                s.produce_us,
+                s.commit_us,
+                s.stage_us,
+                s.bare_us,
+                s.log_bound()
+            )?;
+        }
+        writeln!(
+            f,
+            "(log bound: the bare producer's time over the stage's log work alone, read + commit: the ratio the"
+        )?;
+        writeln!(f, " stage could not pass even if handing records to librdkafka and waiting for reports cost nothing)")
     }
 }
 
@@ -404,7 +466,7 @@ pub async fn replicate_throughput(
         format!("gateway_id = \"bench\"\n[mqtt]\nbroker = \"127.0.0.1:1\"\n[replicate]\nbrokers = \"{brokers}\"\n");
     let cfg = gateway::config::Config::parse(Path::new("bench"), &text, &gateway::config::ProcessEnv)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut rows = Vec::new();
+    let (mut rows, mut steps) = (Vec::new(), Vec::new());
     for (case, img) in [("annotations only", 0usize), ("annotations + images", image_bytes)] {
         if case != "annotations only" && img == 0 {
             continue;
@@ -515,6 +577,7 @@ pub async fn replicate_throughput(
         let stage_producer = gateway::replicate::producer(&cfg.replicate)?;
         warm(&stage_producer, topics).await?;
         let stage = gateway::replicate::Replicate::new(log.clone(), cfg.replicate.clone(), stage_producer);
+        let stats = stage.stats();
         let stop = CancellationToken::new();
         let t = Instant::now();
         let task = tokio::spawn(stage.run(stop.clone()));
@@ -525,7 +588,8 @@ pub async fn replicate_throughput(
         let measured = Throughput::new(format!("replicate stage, {case}"), records, bytes, t.elapsed());
         stop.cancel();
         task.await??;
+        steps.push((case.to_owned(), StageSteps::of(&stats.time_ns, records, &measured, &bare)));
         rows.push((case.to_owned(), bare, measured));
     }
-    Ok(ReplicateBench { broker: brokers.to_owned(), rows })
+    Ok(ReplicateBench { broker: brokers.to_owned(), rows, steps })
 }
