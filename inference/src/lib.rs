@@ -418,7 +418,11 @@ impl Model {
                 let (det, rec) = (file("det")?, file("rec")?);
                 let d = engine::open(kind, &opts.library, &det, opts.intra_threads)?;
                 let r = engine::open(kind, &opts.library, &rec, opts.intra_threads)?;
-                let mut o = ocr::Ocr::load(d, r, &rec, opts.max_frame_memory, opts.ocr_side)?;
+                let charset = match manifest.file("charset") {
+                    Some(p) => Some(manifest::read_charset(&p)?),
+                    None => None,
+                };
+                let mut o = ocr::Ocr::load(d, r, &rec, charset.as_deref(), (opts.max_frame_memory, opts.ocr_side))?;
                 if let Some(m) = &manifest.memory {
                     o.set_memory(ocr::MemoryModel {
                         runtime_bytes: m.runtime_mib << 20,

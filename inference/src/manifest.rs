@@ -332,6 +332,28 @@ pub fn sha256_file(p: &Path) -> Result<String, InferenceError> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Largest character set file read (PaddleOCR's largest dictionary is
+/// about 74 KB).
+pub const MAX_CHARSET_BYTES: u64 = 4 << 20;
+
+/// The text of an OCR bundle's `charset` file (one character a line).
+///
+/// # Errors
+/// [`InferenceError::File`] if it cannot be read, [`InferenceError::Manifest`]
+/// if it is larger than [`MAX_CHARSET_BYTES`] or not UTF-8.
+pub fn read_charset(p: &Path) -> Result<String, InferenceError> {
+    let f = std::fs::File::open(p).map_err(|source| InferenceError::File { path: p.to_owned(), source })?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CHARSET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| InferenceError::File { path: p.to_owned(), source })?;
+    let bad = |message: String| InferenceError::Manifest { path: p.to_owned(), message };
+    if bytes.len() as u64 > MAX_CHARSET_BYTES {
+        return Err(bad(format!("a character set file over {} MiB", MAX_CHARSET_BYTES >> 20)));
+    }
+    String::from_utf8(bytes).map_err(|e| bad(format!("the character set is not UTF-8: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +418,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[memory] applies to task \"ocr\" only"), "{e}");
+    }
+
+    #[test]
+    fn a_charset_file_is_read_within_its_bound_and_as_utf8() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("dict.txt");
+        std::fs::write(&p, "a\nb\n\u{e9}\n").unwrap();
+        assert_eq!(read_charset(&p).unwrap(), "a\nb\n\u{e9}\n");
+        std::fs::write(&p, [b'a', b'\n', 0xff, b'\n']).unwrap();
+        let e = read_charset(&p).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        std::fs::write(&p, vec![b'a'; MAX_CHARSET_BYTES as usize + 1]).unwrap();
+        let e = read_charset(&p).unwrap_err().to_string();
+        assert!(e.contains("over 4 MiB"), "{e}");
+        let e = read_charset(&d.path().join("absent.txt")).unwrap_err();
+        assert!(matches!(e, InferenceError::File { .. }), "{e}");
     }
 
     /// The bundled models, once fetched by `models/fetch`, match

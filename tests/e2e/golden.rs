@@ -584,3 +584,80 @@ fn a_cameras_own_detector_side_is_used_for_its_frames() {
         assert_eq!(det, vec![want.to_vec()], "side {side}");
     }
 }
+
+/// A recogniser whose character set is a file (role `charset`, as
+/// PP-OCRv5 mobile's, whose ONNX file carries none): the file is used
+/// instead of the metadata. The bundled v6 files with their own character
+/// set written out read exactly as the bundle; with `O` and `Q` swapped in
+/// the file, every `O` read becomes `Q`.
+#[test]
+fn a_character_set_file_is_used_instead_of_the_recognisers_metadata() {
+    let library = repo().join("models/runtime").join(std::env::consts::ARCH).join("libonnxruntime.so.1.31.1");
+    let v6 = inference::Manifest::load(&repo().join("models").join(DEFAULT_BUNDLE)).unwrap();
+    let (det, rec) = (v6.file("det").unwrap(), v6.file("rec").unwrap());
+    let kind = inference::engine::EngineKind::OnnxRuntime;
+    let chars = inference::engine::open(kind, &library, &rec, 1).unwrap().metadata("character").unwrap();
+    let bundle = |chars: &str| {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&det, d.path().join("det.onnx")).unwrap();
+        std::os::unix::fs::symlink(&rec, d.path().join("rec.onnx")).unwrap();
+        std::fs::write(d.path().join("dict.txt"), format!("{chars}\n")).unwrap();
+        let sha = |p: &Path| inference::sha256_file(p).unwrap();
+        let toml = format!(
+            "name = \"charset-file\"\nversion = \"1\"\ntask = \"ocr\"\nlicence = \"Apache-2.0\"\nprovenance = \"test\"\n\
+             [[files]]\nrole = \"det\"\npath = \"det.onnx\"\nsha256 = \"{}\"\n\
+             [[files]]\nrole = \"rec\"\npath = \"rec.onnx\"\nsha256 = \"{}\"\n\
+             [[files]]\nrole = \"charset\"\npath = \"dict.txt\"\nsha256 = \"{}\"\n\
+             [memory]\nruntime_mib = 130\ndet_bytes_per_pixel = 340\n",
+            sha(&det),
+            sha(&rec),
+            sha(&d.path().join("dict.txt"))
+        );
+        std::fs::write(d.path().join("model.toml"), toml).unwrap();
+        d
+    };
+    let texts = |dir: &Path| -> Vec<Vec<String>> {
+        let mut m =
+            Model::load(dir, &LoadOptions::new(library.clone(), inference::engine::Backend::Onnxruntime)).unwrap();
+        frames()
+            .iter()
+            .step_by(8)
+            .map(|f| {
+                let a = m.annotate(&std::fs::read(f).unwrap()).unwrap();
+                a.items.iter().filter_map(|i| i.text.clone()).collect()
+            })
+            .collect()
+    };
+    let reference = texts(&repo().join("models").join(DEFAULT_BUNDLE));
+    let same = bundle(&chars);
+    assert_eq!(texts(same.path()), reference, "the metadata written out as a file reads the same");
+    let swapped: String = chars
+        .split('\n')
+        .map(|c| {
+            if c == "O" {
+                "Q"
+            } else if c == "Q" {
+                "O"
+            } else {
+                c
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let swap = |s: &String| {
+        s.chars()
+            .map(|c| {
+                if c == 'O' {
+                    'Q'
+                } else if c == 'Q' {
+                    'O'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+    };
+    let expected: Vec<Vec<String>> = reference.iter().map(|f| f.iter().map(swap).collect()).collect();
+    assert!(reference.iter().flatten().any(|t| t.contains('O')), "the frames read some O");
+    assert_eq!(texts(bundle(&swapped).path()), expected, "the file, not the metadata, decodes");
+}

