@@ -422,13 +422,12 @@ impl Model {
                     Some(p) => Some(manifest::read_charset(&p)?),
                     None => None,
                 };
-                let mut o = ocr::Ocr::load(d, r, &rec, charset.as_deref(), (opts.max_frame_memory, opts.ocr_side))?;
-                if let Some(m) = &manifest.memory {
-                    o.set_memory(ocr::MemoryModel {
-                        runtime_bytes: m.runtime_mib << 20,
-                        det_bytes_per_px: m.det_bytes_per_pixel,
-                    });
-                }
+                let memory = manifest.memory.as_ref().map_or_else(ocr::MemoryModel::default, |m| ocr::MemoryModel {
+                    runtime_bytes: m.runtime_mib << 20,
+                    det_bytes_per_px: m.det_bytes_per_pixel,
+                });
+                let limits = ocr::Limits { max_frame_memory: opts.max_frame_memory, det_side: opts.ocr_side, memory };
+                let o = ocr::Ocr::load(d, r, &rec, charset.as_deref(), limits)?;
                 if let Err(InferenceError::TooLarge { needed_mib, budget_mib }) = o.plan_for(320, 320) {
                     return Err(InferenceError::BudgetBelowModel {
                         model: manifest.name.clone(),

@@ -54,6 +54,19 @@ pub struct MemoryModel {
     pub det_bytes_per_px: u64,
 }
 
+/// What bounds a reader: its frame memory budget (bytes), its detector
+/// side, and the memory model of its files (a manifest's `[memory]`,
+/// PP-OCRv4's figures by default), all decided where it loads.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `detect.max_frame_memory`, bytes.
+    pub max_frame_memory: u64,
+    /// `detect.ocr_side` (a camera's own side is set per frame).
+    pub det_side: usize,
+    /// What the runtime and the detector take.
+    pub memory: MemoryModel,
+}
+
 impl Default for MemoryModel {
     fn default() -> Self {
         Self { runtime_bytes: RUNTIME_BYTES as u64, det_bytes_per_px: DET_BYTES_PER_PX as u64 }
@@ -259,9 +272,9 @@ impl Ocr {
         rec: Box<dyn Engine>,
         rec_path: &std::path::Path,
         charset: Option<&str>,
-        limits: (u64, usize),
+        limits: Limits,
     ) -> Result<Self, InferenceError> {
-        let (max_frame_memory, det_side) = limits;
+        let Limits { max_frame_memory, det_side, memory } = limits;
         let chars = match charset {
             Some(text) => text.strip_suffix('\n').unwrap_or(text).to_owned(),
             None => rec.metadata("character").ok_or_else(|| {
@@ -278,7 +291,7 @@ impl Ocr {
             params: db::DbParams::default(),
             max_frame_memory,
             det_side,
-            memory: MemoryModel::default(),
+            memory,
             capture: None,
         })
     }
@@ -467,11 +480,6 @@ impl Ocr {
     /// The memory model frames are planned with.
     pub fn memory(&self) -> MemoryModel {
         self.memory
-    }
-
-    /// Plans frames with `memory` (a manifest's `[memory]`).
-    pub fn set_memory(&mut self, memory: MemoryModel) {
-        self.memory = memory;
     }
 
     /// The detector plan a `width` x `height` frame would get under the
