@@ -418,10 +418,7 @@ impl Model {
                 let (det, rec) = (file("det")?, file("rec")?);
                 let d = engine::open(kind, &opts.library, &det, opts.intra_threads)?;
                 let r = engine::open(kind, &opts.library, &rec, opts.intra_threads)?;
-                let charset = match manifest.file("charset") {
-                    Some(p) => Some(manifest::read_charset(&p)?),
-                    None => None,
-                };
+                let charset = manifest.file("charset").map(|p| manifest::read_charset(&p)).transpose()?;
                 let memory = manifest.memory.as_ref().map_or_else(ocr::MemoryModel::default, |m| ocr::MemoryModel {
                     runtime_bytes: m.runtime_mib << 20,
                     det_bytes_per_px: m.det_bytes_per_pixel,

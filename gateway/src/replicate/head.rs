@@ -42,7 +42,7 @@ fn present<'de, D: de::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 /// The top-level keys the gateway writes before `annotation`, in order
 /// (optional ones may be missing).
-pub(super) const WRITER_ORDER: [&str; 12] = [
+const WRITER_ORDER: [&str; 12] = [
     "schema",
     "frame_id",
     "gateway_id",
@@ -83,8 +83,6 @@ struct Found {
     camera: Option<String>,
     frame_id: Option<String>,
     sampled: bool,
-    /// The keys so far came in the writer's order.
-    in_order: bool,
     done: Option<AnnotationHead>,
 }
 
@@ -99,18 +97,19 @@ impl<'de> Visitor<'de> for Top<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let found = self.0;
-        found.in_order = true;
+        // The keys so far came in the writer's order.
+        let mut in_order = true;
         let mut next = 0usize;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match WRITER_ORDER[next..].iter().position(|k| *k == key) {
                 Some(i) => next += i + 1,
-                None => found.in_order = false,
+                None => in_order = false,
             }
             match key.as_ref() {
                 "camera" => found.camera = Some(map.next_value()?),
                 "frame_id" => found.frame_id = Some(map.next_value()?),
                 "sampled" => found.sampled = map.next_value::<Option<IgnoredAny>>()?.is_some(),
-                "annotation" if found.in_order => map.next_value_seed(Annotation(found))?,
+                "annotation" if in_order => map.next_value_seed(Annotation(found))?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
