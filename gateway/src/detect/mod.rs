@@ -93,6 +93,38 @@ pub struct DetectStats {
     pub codes_errors: AtomicU64,
     /// Frames with at least one printed field disagreeing with its code.
     pub mismatched_frames: AtomicU64,
+    /// The model workers' thread ids (Linux), whose CPU time tells a slow
+    /// model from a hung one ([`cpu_ticks`](Self::cpu_ticks)).
+    pub worker_tids: std::sync::Mutex<Vec<u32>>,
+}
+
+impl DetectStats {
+    /// CPU time the model workers have used (user + system, clock ticks,
+    /// from `/proc/self/task/<tid>/stat`). A worker computing a frame, even
+    /// one that takes minutes on a slow board, adds to it; one blocked for
+    /// good (a deadlock, a wait that never ends) does not. Threads that
+    /// ended or cannot be read count 0.
+    pub fn cpu_ticks(&self) -> u64 {
+        let tids = self.worker_tids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        tids.iter().filter_map(|tid| thread_cpu_ticks(*tid)).sum()
+    }
+}
+
+/// The calling thread's id, as `/proc/thread-self` names it.
+pub fn current_tid() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self").ok()?.file_name()?.to_str()?.parse().ok()
+}
+
+/// utime + stime of one of this process's threads, in clock ticks.
+fn thread_cpu_ticks(tid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // fields count from the last ')'. utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Counters of one label field.
@@ -201,7 +233,7 @@ impl Detect {
         let mut workers = Vec::new();
         let mut loads = Vec::new();
         for i in 0..workers_n {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), DetectError>>();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Option<u32>, DetectError>>();
             loads.push(ready_rx);
             let load = LoadOptions {
                 library: opts.library.clone(),
@@ -229,7 +261,7 @@ impl Detect {
         }
         for r in loads {
             match r.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(tid)) => stats.worker_tids.lock().unwrap_or_else(|p| p.into_inner()).extend(tid),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(DetectError::Worker("a worker stopped while loading the model".into())),
             }

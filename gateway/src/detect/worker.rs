@@ -35,8 +35,9 @@ pub(super) struct Channels {
     pub(super) jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     /// Annotated frames, or why the worker stopped.
     pub(super) results: mpsc::UnboundedSender<Result<Done, String>>,
-    /// Once, when the model is loaded or could not be.
-    pub(super) ready: std::sync::mpsc::Sender<Result<(), DetectError>>,
+    /// Once, when the model is loaded (with this thread's id, for the
+    /// watchdog) or could not be.
+    pub(super) ready: std::sync::mpsc::Sender<Result<Option<u32>, DetectError>>,
 }
 
 impl Worker {
@@ -50,7 +51,7 @@ impl Worker {
                 return;
             }
         };
-        let _ = ch.ready.send(Ok(()));
+        let _ = ch.ready.send(Ok(super::current_tid()));
         loop {
             let job = {
                 let rx = ch.jobs.lock().unwrap_or_else(|p| p.into_inner());

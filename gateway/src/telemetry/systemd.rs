@@ -9,7 +9,10 @@
 //! - `WATCHDOG=1` is sent only while every stage is alive: it made progress
 //!   within the watchdog timeout (at least [`STALL_AFTER`]), or it has
 //!   nothing to do, or (intake) it is connected and waiting for frames or
-//!   held back on purpose (waiting for log space). A hung model worker or
+//!   held back on purpose (waiting for log space), or (detect) its model
+//!   workers are computing: a frame that takes minutes on a slow board
+//!   uses CPU time, a worker blocked for good does not (a model spinning
+//!   forever would pass for slow). A hung model worker or
 //!   a wedged uplink loop with work waiting stops the pings, and systemd
 //!   restarts the service; nothing is lost, the log is durable.
 //! - `STATUS=` carries a one-line summary (`systemctl status` shows it).
@@ -33,6 +36,8 @@ pub const STALL_AFTER: Duration = Duration::from_secs(90);
 struct Marks {
     intake: u64,
     detect: u64,
+    /// The model workers' CPU time: a frame in the model moves it.
+    detect_cpu: u64,
     replicate: u64,
 }
 
@@ -61,6 +66,7 @@ fn marks(t: &Telemetry) -> Marks {
     Marks {
         intake: ld(&t.intake.polls),
         detect: t.detect.as_ref().map_or(0, |d| ld(&d.annotated)),
+        detect_cpu: t.detect.as_ref().map_or(0, |d| d.cpu_ticks()),
         // Progress is what Kafka acknowledged or what was given up. A failed
         // attempt counts only while Kafka is unreachable (the loop is
         // waiting for the uplink, as it must for days if need be); a record
@@ -94,7 +100,14 @@ impl Liveness {
             || t.intake.connected.load(Ordering::Relaxed);
         let stages = [
             ("intake", m.intake != self.last.intake, if idle_ok { 0 } else { 1 }),
-            ("detect", m.detect != self.last.detect, if t.detect.is_some() { b.detect.records } else { 0 }),
+            // A frame that takes longer than the limit on a slow board is
+            // not a hang while its worker computes (CPU time moves); a
+            // worker blocked for good uses none.
+            (
+                "detect",
+                m.detect != self.last.detect || m.detect_cpu != self.last.detect_cpu,
+                if t.detect.is_some() { b.detect.records } else { 0 },
+            ),
             ("replicate", m.replicate != self.last.replicate, b.replicate.records),
         ];
         self.last = m;
@@ -256,5 +269,64 @@ mod tests {
         t.detect.as_ref().unwrap().annotated.fetch_add(1, Ordering::Relaxed);
         assert!(l.check(&t, t0 + Duration::from_secs(301), limit).is_empty());
         assert!(status_line(&t).contains("1 frames"), "{}", status_line(&t));
+    }
+
+    /// A model worker that computes one frame for longer than the limit
+    /// (a slow board: minutes a frame emulated) keeps detect alive; one
+    /// that is blocked does not. Found by booting the armhf package: the
+    /// watchdog restarted the service in the middle of a frame, over and
+    /// over (images/boot).
+    #[test]
+    fn a_worker_computing_a_long_frame_is_alive_and_a_blocked_one_stalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = telemetry(dir.path());
+        let d = t.detect.clone().unwrap();
+        let f = FrameRecord {
+            camera: "c".into(),
+            content_type: "image/jpeg".into(),
+            received_at_ms: 1,
+            captured_at_ms: None,
+            camera_seq: None,
+            payload: vec![1; 10],
+        };
+        t.log.append_frame(&f).unwrap();
+        t.intake.connected.store(true, Ordering::Relaxed);
+        let limit = Duration::from_secs(60);
+        let t0 = Instant::now();
+
+        // A worker thread that computes until told to stop.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let spin = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                tid_tx.send(crate::detect::current_tid()).unwrap();
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            })
+        };
+        d.worker_tids.lock().unwrap().extend(tid_rx.recv().unwrap());
+        assert_eq!(d.worker_tids.lock().unwrap().len(), 1, "the thread id is read from /proc");
+        let mut l = Liveness::new(&t, t0);
+        let mut at = t0;
+        // Each check comes after the worker used CPU time (a clock tick
+        // at least); the frame is never finished, yet no stall.
+        for _ in 0..5 {
+            let before = d.cpu_ticks();
+            while d.cpu_ticks() == before {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            at += Duration::from_secs(61);
+            assert!(l.check(&t, at, limit).is_empty(), "a computing worker is progress");
+        }
+        // Blocked (here: ended): no CPU time, no annotation: a stall.
+        stop.store(true, Ordering::Relaxed);
+        spin.join().unwrap();
+        l.check(&t, at + Duration::from_secs(1), limit);
+        let s = l.check(&t, at + Duration::from_secs(62), limit);
+        assert_eq!(s, vec![Stall { stage: "detect", idle_s: 61, waiting: 1 }]);
     }
 }
