@@ -166,6 +166,10 @@ impl Replicate {
             if refused {
                 break;
             }
+            // The backfill's log reads run on a runtime worker: give the
+            // other stages' tasks on it (a live frame's intake and detect)
+            // their turn between batches.
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
