@@ -226,6 +226,19 @@ mod tests {
         }
     }
 
+    /// Appends one frame: work waiting for detect.
+    fn a_frame_for_detect(t: &Telemetry) {
+        let f = FrameRecord {
+            camera: "c".into(),
+            content_type: "image/jpeg".into(),
+            received_at_ms: 1,
+            captured_at_ms: None,
+            camera_seq: None,
+            payload: vec![1; 10],
+        };
+        t.log.append_frame(&f).unwrap();
+    }
+
     #[test]
     fn idle_stages_are_alive_and_a_stage_with_work_and_no_progress_stalls() {
         let dir = tempfile::tempdir().unwrap();
@@ -238,15 +251,7 @@ mod tests {
         assert!(l.check(&t, t0 + Duration::from_secs(120), limit).is_empty());
 
         // A frame waits for detect, which does not move.
-        let f = FrameRecord {
-            camera: "c".into(),
-            content_type: "image/jpeg".into(),
-            received_at_ms: 1,
-            captured_at_ms: None,
-            camera_seq: None,
-            payload: vec![1; 10],
-        };
-        t.log.append_frame(&f).unwrap();
+        a_frame_for_detect(&t);
         t.intake.polls.fetch_add(1, Ordering::Relaxed);
         assert!(l.check(&t, t0 + Duration::from_secs(150), limit).is_empty(), "within the limit");
         t.intake.polls.fetch_add(1, Ordering::Relaxed);
@@ -281,22 +286,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = telemetry(dir.path());
         let d = t.detect.clone().unwrap();
-        let f = FrameRecord {
-            camera: "c".into(),
-            content_type: "image/jpeg".into(),
-            received_at_ms: 1,
-            captured_at_ms: None,
-            camera_seq: None,
-            payload: vec![1; 10],
-        };
-        t.log.append_frame(&f).unwrap();
+        a_frame_for_detect(&t);
         t.intake.connected.store(true, Ordering::Relaxed);
         let limit = Duration::from_secs(60);
         let t0 = Instant::now();
 
-        // A worker thread that computes until told to stop.
+        // A worker thread that computes until told to stop, then blocks
+        // (a wait that never ends, until the test releases it).
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
         let spin = {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -305,6 +304,7 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
+                let _ = blocked.recv();
                 x
             })
         };
@@ -322,11 +322,25 @@ mod tests {
             at += Duration::from_secs(61);
             assert!(l.check(&t, at, limit).is_empty(), "a computing worker is progress");
         }
-        // Blocked (here: ended): no CPU time, no annotation: a stall.
+        // Blocked: the thread lives on, uses no CPU time and annotates
+        // nothing: a stall. (Waits until it has left the loop: its CPU
+        // time stops moving.)
         stop.store(true, Ordering::Relaxed);
-        spin.join().unwrap();
-        l.check(&t, at + Duration::from_secs(1), limit);
-        let s = l.check(&t, at + Duration::from_secs(62), limit);
+        let mut last = d.cpu_ticks();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = d.cpu_ticks();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        // Watched from here, where its CPU time stands still.
+        let mut l = Liveness::new(&t, at);
+        assert!(l.check(&t, at + Duration::from_secs(59), limit).is_empty(), "within the limit");
+        let s = l.check(&t, at + Duration::from_secs(61), limit);
         assert_eq!(s, vec![Stall { stage: "detect", idle_s: 61, waiting: 1 }]);
+        drop(release);
+        spin.join().unwrap();
     }
 }
