@@ -106,25 +106,8 @@ impl DetectStats {
     /// ended or cannot be read count 0.
     pub fn cpu_ticks(&self) -> u64 {
         let tids = self.worker_tids.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        tids.iter().filter_map(|tid| thread_cpu_ticks(*tid)).sum()
+        tids.iter().filter_map(|tid| crate::util::threads::thread_cpu_ticks(*tid)).sum()
     }
-}
-
-/// The calling thread's id, as `/proc/thread-self` names it.
-pub fn current_tid() -> Option<u32> {
-    std::fs::read_link("/proc/thread-self").ok()?.file_name()?.to_str()?.parse().ok()
-}
-
-/// utime + stime of one of this process's threads, in clock ticks.
-fn thread_cpu_ticks(tid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces:
-    // fields count from the last ')'. utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_ascii_whitespace().skip(11);
-    let utime: u64 = f.next()?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    Some(utime + stime)
 }
 
 /// Counters of one label field.

@@ -51,7 +51,7 @@ impl Worker {
                 return;
             }
         };
-        let _ = ch.ready.send(Ok(super::current_tid()));
+        let _ = ch.ready.send(Ok(crate::util::threads::current_tid()));
         loop {
             let job = {
                 let rx = ch.jobs.lock().unwrap_or_else(|p| p.into_inner());

@@ -299,7 +299,7 @@ mod tests {
         let spin = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                tid_tx.send(crate::detect::current_tid()).unwrap();
+                tid_tx.send(crate::util::threads::current_tid()).unwrap();
                 let mut x = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));

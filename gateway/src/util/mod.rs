@@ -5,10 +5,12 @@
 //!   sending garbage at 30 fps cannot flood the journal;
 //! - [`units`]: sizes and durations as people write them (`2GiB`, `30s`);
 //! - [`pem`]: certificates and keys for TLS, with errors naming the file;
+//! - [`threads`]: this process's thread ids and their CPU time (`/proc`);
 //! - [`now_ms`]: wall-clock time as the records carry it.
 
 pub mod pem;
 pub mod ratelimit;
+pub mod threads;
 pub mod units;
 
 pub use ratelimit::RateLimiter;
