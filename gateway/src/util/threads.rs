@@ -1,7 +1,8 @@
-//! This process's threads as Linux's `/proc` shows them: the calling
-//! thread's id and a thread's CPU time, so a stage's watchdog can tell a
-//! worker computing a long frame (its CPU time grows) from one blocked for
-//! good (it does not). Nothing here fails: what cannot be read is `None`.
+//! Threads and processes as Linux's `/proc` shows them: the calling
+//! thread's id and a thread's or a process's CPU time, so a stage's
+//! watchdog can tell a worker computing a long frame (its CPU time grows)
+//! from one blocked for good (it does not), and `bench all` can measure
+//! an idle service's CPU. Nothing here fails: what cannot be read is `None`.
 
 /// The calling thread's id, as `/proc/thread-self` names it.
 pub fn current_tid() -> Option<u32> {
@@ -11,7 +12,17 @@ pub fn current_tid() -> Option<u32> {
 /// utime + stime of one of this process's threads, in clock ticks (`None`
 /// once it has ended or if `/proc` cannot be read).
 pub fn thread_cpu_ticks(tid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    stat_cpu_ticks(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    stat_cpu_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a `stat` file of `/proc`.
+fn stat_cpu_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces:
     // fields count from the last ')'. utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -30,5 +41,9 @@ mod tests {
         let tid = current_tid().expect("/proc/thread-self names the thread");
         assert!(thread_cpu_ticks(tid).is_some(), "its stat file parses");
         assert_eq!(thread_cpu_ticks(u32::MAX), None, "no such thread: None, not an error");
+        // Read the thread first: the process's time, read after it, holds it.
+        let thread = thread_cpu_ticks(tid).unwrap_or(0);
+        let process = process_cpu_ticks(std::process::id()).expect("this process's stat file parses");
+        assert!(process >= thread, "a process's time holds its threads': {process} < {thread}");
     }
 }

@@ -30,13 +30,7 @@ impl std::fmt::Display for IdleBench {
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) : utime is the
-    // 14th field of the line, stime the 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+    gateway::util::threads::process_cpu_ticks(pid).unwrap_or(0)
 }
 
 /// Measures the CPU of an idle service for `seconds`.
