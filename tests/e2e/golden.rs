@@ -243,8 +243,29 @@ fn a_frame_memory_budget_below_the_models_own_need_is_refused_at_load() {
     .unwrap();
 }
 
+/// The memory bound is the peak of a process that holds this one model: the
+/// other tests of this binary load models of their own in parallel, so the
+/// check runs in a child process of this test binary (the ignored test below)
+/// and reads that child's own peak.
 #[test]
 fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "extreme_shapes_child", "--nocapture", "--test-threads=1"])
+        .env("VG_GOLDEN_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the child failed: {}", out.status);
+    // The child ran the check (a filter that matched nothing would also exit 0).
+    assert!(stdout.contains("peak RSS") && stdout.contains("1 passed"), "the child did not run the check");
+}
+
+#[test]
+#[ignore = "run by frames_of_extreme_shape_are_annotated_within_bounded_memory in a process of its own"]
+fn extreme_shapes_child() {
+    assert!(std::env::var_os("VG_GOLDEN_CHILD").is_some(), "run through its parent test");
     // Every line the reference keeps (no junk rejection): raw text parity.
     let mut model = load_model(TextFilter::off());
     println!("golden test on {} {}", model.info.backend, model.info.backend_version);
@@ -285,7 +306,10 @@ fn frames_of_extreme_shape_are_annotated_within_bounded_memory() {
     );
     let peak = rss();
     println!("peak RSS {peak} MiB (after the first normal frame: {base} MiB)");
-    assert!(peak < 1536, "peak RSS {peak} MiB");
+    // The whole process (the runtime, both sessions, the test's own frames)
+    // stays near the frame budget the model plans within, whatever the shape.
+    let budget = inference::DEFAULT_MAX_FRAME_MEMORY >> 20;
+    assert!(peak < budget + 128, "peak RSS {peak} MiB over the frame budget of {budget} MiB + 128 MiB");
 }
 
 /// Work in progress (issue 16): tract against ONNX Runtime on exactly the
